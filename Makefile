@@ -1,0 +1,63 @@
+# Thin wrapper over Meson/Ninja. The contract (DESIGN.md): `make` builds
+# build/jobgated and build/jobgate, `make check` runs every test, `make demo`
+# starts a personal gateway with a demo app and prints a link.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+PYTHON     := /usr/bin/python3
+CLANG      ?= clang
+FUZZ_SECONDS ?= 30
+
+.PHONY: all deps check unit unit-asan integration fuzz demo bench clean
+
+all: $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+$(BUILD)/build.ninja:
+	scripts/install-deps build
+	meson setup $(BUILD) --buildtype=debugoptimized -Dwerror=true
+
+$(ASAN_BUILD)/build.ninja:
+	meson setup $(ASAN_BUILD) --buildtype=debug -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
+
+check:
+	scripts/install-deps test
+	$(MAKE) all
+	$(MAKE) unit unit-asan fuzz integration
+
+unit: all
+	meson test -C $(BUILD) --suite unit --print-errorlogs
+
+unit-asan: $(ASAN_BUILD)/build.ninja
+	ninja -C $(ASAN_BUILD)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  meson test -C $(ASAN_BUILD) --suite unit --print-errorlogs
+
+# The head parser under libFuzzer for a bounded time, when clang is present.
+# New inputs go to build/fuzz/corpus; tests/fuzz/corpus/http1 holds the seeds.
+fuzz:
+	@if command -v $(CLANG) >/dev/null 2>&1; then \
+	  mkdir -p $(BUILD)/fuzz/corpus && \
+	  $(CLANG) -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Isrc/lib \
+	    tests/fuzz/fuzz_http1.c src/lib/http1.c -o $(BUILD)/fuzz/fuzz_http1 && \
+	  if $(BUILD)/fuzz/fuzz_http1 -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
+	      -dict=tests/fuzz/http1.dict $(BUILD)/fuzz/corpus tests/fuzz/corpus/http1 \
+	      > $(BUILD)/fuzz/log 2>&1; \
+	  then tail -n 2 $(BUILD)/fuzz/log; \
+	  else tail -n 40 $(BUILD)/fuzz/log; exit 1; fi; \
+	else echo "fuzz: clang not found, skipped"; fi
+
+integration: all
+	JOBGATE_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/integration
+
+demo:
+	scripts/install-deps demo
+	$(MAKE) all
+	scripts/demo.sh $(BUILD)
+
+bench:
+	scripts/install-deps bench
+	$(MAKE) all
+	bench/run.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,56 @@
+/*
+ * route — the live routing table: alias -> backend of one app.
+ *
+ * Owns the struct route objects. Lookups are O(1) (hmap keyed by alias).
+ * A route is looked up per request by alias; nobody keeps a struct route
+ * pointer across event-loop turns, so removal is always safe.
+ *
+ * I3: a route names only a destination its owner registered (a UNIX socket
+ * the owner owns, or a loopback TCP port the owner listens on); the gateway
+ * dials nothing else.
+ */
+#ifndef JG_ROUTE_H
+#define JG_ROUTE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/un.h>
+
+#define ROUTE_ALIAS_MAX 63  /* one DNS label */
+#define ROUTE_NAME_MAX 64   /* human label given with jobgate run -n */
+
+enum route_kind {
+    ROUTE_UNIX = 1, /* path */
+    ROUTE_TCP = 2,  /* 127.0.0.1:port (or [::1]:port when v6) */
+};
+
+struct route {
+    char alias[ROUTE_ALIAS_MAX + 1];
+    char name[ROUTE_NAME_MAX + 1];
+    uid_t uid;          /* owner */
+    pid_t pid;          /* owner process on this host, 0 if none; reaped when gone */
+    enum route_kind kind;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    uint16_t port;
+    int v6;             /* TCP on ::1 rather than 127.0.0.1 */
+    int64_t created;    /* wall clock, seconds */
+};
+
+struct route_table;
+
+struct route_table *route_table_new(void);
+void route_table_free(struct route_table *t);
+/* Adds a copy of *r. -EEXIST if the alias is taken, -EINVAL if the alias is
+ * not a valid DNS label (1..63 of a-z 0-9 '-', not starting or ending in '-'). */
+int route_add(struct route_table *t, const struct route *r);
+/* Finds by alias (len bytes, need not be NUL-terminated). NULL if absent. */
+const struct route *route_find(const struct route_table *t, const char *alias, size_t len);
+/* Removes by alias. 0 or -ENOENT. */
+int route_remove(struct route_table *t, const char *alias);
+size_t route_count(const struct route_table *t);
+/* Calls cb for every route; cb returns nonzero to remove that route (after cb). */
+void route_filter(struct route_table *t, int (*cb)(const struct route *r, void *arg), void *arg);
+/* 1 if s is a valid alias (see route_add). */
+int route_alias_valid(const char *s, size_t len);
+
+#endif

@@ -1,0 +1,66 @@
+/*
+ * store — durable state in SQLite (WAL mode): routes, one-time links,
+ * sessions and an audit trail. One connection, used only from the event-loop
+ * thread; every write is one short BEGIN IMMEDIATE transaction.
+ *
+ * Owns the sqlite3 handle and its prepared statements. Stores tokens only as
+ * their SHA-256 hashes (I4); it never sees a token itself.
+ *
+ * Schema version is kept in PRAGMA user_version; store_open creates or
+ * upgrades the schema and refuses a newer one with a clear error.
+ */
+#ifndef JG_STORE_H
+#define JG_STORE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "route.h"
+
+#define STORE_HASH_LEN 32
+
+struct store;
+
+/* Opens (creating when needed, mode 0600) the database at path. 0 or -errno;
+ * the reason is logged. */
+int store_open(struct store **out, const char *path);
+void store_close(struct store *s);
+
+/* Routes. put replaces an existing row with the same alias. Removing a route
+ * also removes its links and sessions. */
+int store_route_put(struct store *s, const struct route *r);
+int store_route_delete(struct store *s, const char *alias);
+/* Calls cb for every stored route; stops early if cb returns nonzero. */
+int store_route_load(struct store *s, int (*cb)(const struct route *r, void *arg), void *arg);
+
+/* One-time links. */
+int store_link_put(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
+                   int64_t expires);
+/*
+ * Redeems a link atomically: if a link with this hash exists for this alias
+ * and has not expired at time now, deletes it and returns 0. Returns -ENOENT
+ * when there is no such link (unknown, already used, or for another alias)
+ * and -ETIMEDOUT when it expired (it is deleted then too).
+ */
+int store_link_take(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
+                    int64_t now);
+
+/* Sessions (the browser cookie's hash). */
+int store_session_put(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
+                      uid_t uid, int64_t expires);
+int store_session_delete(struct store *s, const uint8_t hash[STORE_HASH_LEN]);
+/* Calls cb for every unexpired session (at time now). */
+int store_session_load(struct store *s, int64_t now,
+                       int (*cb)(const uint8_t hash[STORE_HASH_LEN], const char *alias, uid_t uid,
+                                 int64_t expires, void *arg),
+                       void *arg);
+
+/* Deletes expired links and sessions. Returns the number deleted or -errno. */
+int store_expire(struct store *s, int64_t now);
+
+/* Appends an audit record (time, uid, event such as "route.add", alias, detail).
+ * detail may be NULL. Must never be given a secret. */
+int store_audit(struct store *s, uid_t uid, const char *event, const char *alias,
+                const char *detail);
+
+#endif

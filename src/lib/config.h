@@ -1,0 +1,83 @@
+/*
+ * config — jobgated's settings: defaults for personal mode, the INI file for
+ * shared mode, and the well-known paths (state directory, control socket)
+ * that the daemon and the CLI must agree on.
+ *
+ * Owns the strings inside struct jg_config (config_free releases them).
+ *
+ * File format (strict: unknown sections or keys, duplicate keys, values out
+ * of range and lines without '=' are errors reported as "FILE:LINE: what"):
+ *
+ *   # comment            ; comment
+ *   [gateway]
+ *   listen = 0.0.0.0:443          address:port, [v6]:port
+ *   domain = apps.example.org     apps are <alias>.<domain>
+ *   public_port = 443             port shown in URLs (default: listen port)
+ *   state_dir = /var/lib/jobgate
+ *   control_socket = /run/jobgate/control.sock
+ *   cert = /etc/jobgate/tls.crt   both or neither; neither = self-signed in state_dir
+ *   key = /etc/jobgate/tls.key
+ *   log = stderr | syslog
+ *   max_connections = 10000
+ *   [limits]
+ *   request_line = 8192           bytes, 256..65536
+ *   header_bytes = 32768          bytes of a whole head, 1024..1048576
+ *   headers = 100                 fields, 8..256
+ *   [timeouts]                    durations: 30, 30s, 10m, 2h, 1d
+ *   handshake = 10s   request_head = 30s   idle = 75s   connect = 10s
+ *   io = 300s (no progress while a request is in flight)
+ *   tunnel = 1h (no traffic on an upgraded connection, e.g. WebSocket)
+ *   [links]
+ *   ttl = 10m                     one-time link lifetime
+ *   session_ttl = 12h             session cookie lifetime
+ *
+ * A config file selects shared mode; without one jobgated runs in personal mode.
+ */
+#ifndef JG_CONFIG_H
+#define JG_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct jg_config {
+    int shared;             /* 0: personal mode (no config file) */
+    char *listen;           /* "127.0.0.1:8443" */
+    char *domain;           /* "localhost" */
+    unsigned public_port;   /* 0: same as the listen port */
+    char *state_dir;
+    char *control_socket;
+    char *cert_file;        /* NULL with key_file NULL: self-signed in state_dir */
+    char *key_file;
+    int use_syslog;
+    unsigned max_connections;
+
+    unsigned max_request_line;
+    unsigned max_header_bytes;
+    unsigned max_headers;
+
+    int64_t t_handshake, t_request_head, t_idle, t_connect, t_io, t_tunnel; /* seconds */
+    int64_t link_ttl, session_ttl;                                         /* seconds */
+};
+
+/* Fills personal-mode defaults, including the paths below. Returns 0 or -errno
+ * (e.g. no HOME and no XDG_STATE_HOME). */
+int config_defaults(struct jg_config *c);
+
+/* Reads an INI file over the defaults and sets shared = 1. On error returns
+ * -EINVAL (or -errno if the file cannot be read) and writes "PATH:LINE: reason"
+ * (or "PATH: reason") into err. */
+int config_load(struct jg_config *c, const char *path, char *err, size_t errlen);
+
+void config_free(struct jg_config *c);
+
+/* $XDG_STATE_HOME/jobgate, else $HOME/.local/state/jobgate. Caller frees. NULL if neither is set. */
+char *config_default_state_dir(void);
+/* $XDG_RUNTIME_DIR/jobgate/control.sock when XDG_RUNTIME_DIR is set and is a
+ * directory, else <state_dir>/control.sock. Caller frees. */
+char *config_default_control_socket(const char *state_dir);
+
+/* Splits "host:port" or "[v6]:port" into host (without brackets) and port.
+ * 0 or -EINVAL. */
+int config_split_hostport(const char *s, char *host, size_t hostlen, unsigned *port);
+
+#endif

@@ -1,0 +1,25 @@
+/*
+ * log — the one logging sink: stderr (with a timestamp) or syslog.
+ *
+ * Rule for every caller: never pass a token, cookie, credential or query
+ * string to these functions. Name the object instead (conn id, alias, uid).
+ */
+#ifndef JG_LOG_H
+#define JG_LOG_H
+
+enum log_level { LOG_LVL_ERR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
+
+/* ident: program name; use_syslog: 0 = stderr; level: most verbose level shown. */
+void log_init(const char *ident, int use_syslog, enum log_level level);
+void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int log_enabled(enum log_level lvl);
+
+#define log_err(...)   log_msg(LOG_LVL_ERR, __VA_ARGS__)
+#define log_warn(...)  log_msg(LOG_LVL_WARN, __VA_ARGS__)
+#define log_info(...)  log_msg(LOG_LVL_INFO, __VA_ARGS__)
+#define log_debug(...) do { if (log_enabled(LOG_LVL_DEBUG)) log_msg(LOG_LVL_DEBUG, __VA_ARGS__); } while (0)
+
+/* Logs at LOG_LVL_ERR and exits with status 1. */
+void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+#endif

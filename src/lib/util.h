@@ -1,0 +1,43 @@
+/*
+ * util — process-wide helpers that every module uses: allocation that never
+ * returns NULL (allocation failure is fatal, one place decides how), bounded
+ * string formatting, and the two clocks.
+ *
+ * Owns nothing; no state.
+ */
+#ifndef JG_UTIL_H
+#define JG_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define JG_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t nmemb, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* snprintf that reports truncation: returns 0 when the whole string fit,
+ * -ENAMETOOLONG when it was cut (dst is still NUL-terminated). */
+int xsnprintf(char *dst, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Seconds since the epoch (wall clock) and milliseconds of CLOCK_MONOTONIC. */
+int64_t now_real(void);
+int64_t now_mono_ms(void);
+
+/* Parses a duration: a whole number with an optional unit s, m, h or d
+ * ("90", "30s", "10m", "12h", "7d"). Returns 0 and the seconds, or -EINVAL.
+ * The result is capped at 10 years; larger values are -ERANGE. */
+int parse_duration(const char *s, int64_t *secs);
+
+/* Parses a decimal unsigned integer in [min, max]; -EINVAL or -ERANGE. */
+int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+
+/* Makes a directory (and missing parents) with the given mode; an existing
+ * directory is fine. Returns 0 or -errno. */
+int mkdir_p(const char *path, unsigned mode);
+
+#endif
