@@ -34,6 +34,7 @@ struct route {
     uint16_t port;
     int v6;             /* TCP on ::1 rather than 127.0.0.1 */
     int64_t created;    /* wall clock, seconds */
+    int starting;       /* registered, app not listening yet: requests get 503 */
 };
 
 struct route_table;

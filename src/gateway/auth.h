@@ -1,0 +1,53 @@
+/*
+ * auth — capabilities for browsers (I1, I4): one-time links and the session
+ * cookies they are redeemed into.
+ *
+ * Owns the in-memory session table (hmap keyed by the SHA-256 of the cookie
+ * value), which mirrors the sessions table of the store so that checking a
+ * request costs one hash and one lookup, no SQL. Links live only in the store
+ * (they are redeemed once). Tokens exist in clear only on their way to the
+ * user; everything kept is a hash.
+ */
+#ifndef JG_AUTH_H
+#define JG_AUTH_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "token.h"
+
+struct store;
+struct auth;
+
+struct auth *auth_new(struct store *st);
+void auth_free(struct auth *a);
+/* Loads unexpired sessions from the store. 0 or -errno. */
+int auth_load(struct auth *a, int64_t now);
+
+/* Mints a one-time link token for alias, valid ttl seconds. */
+int auth_link_new(struct auth *a, const char *alias, int64_t ttl, char token[TOKEN_STR_LEN + 1],
+                  int64_t *expires);
+
+/*
+ * Redeems a link token presented on alias's host and, when it is valid,
+ * mints a session for alias owned by uid (the route's owner), valid
+ * session_ttl seconds. Returns 0 with the cookie value in cookie, -ENOENT
+ * (unknown, used, or another app's), -ETIMEDOUT (expired), -EINVAL (not a
+ * token), or another negative errno.
+ */
+int auth_redeem(struct auth *a, const char *alias, const char *tok, size_t len, uid_t uid,
+                int64_t session_ttl, char cookie[TOKEN_STR_LEN + 1]);
+
+/* 1 if the cookie value is a live session for alias (and gives its owner's uid). */
+int auth_session_ok(struct auth *a, const char *alias, const char *val, size_t len, uid_t *uid);
+
+/* Ends the session with this cookie value (if any). */
+void auth_logout(struct auth *a, const char *val, size_t len);
+
+/* Forgets every session of alias (the store cascades on route removal). */
+void auth_drop_alias(struct auth *a, const char *alias);
+
+/* Drops expired sessions from memory and expired rows from the store. */
+void auth_expire(struct auth *a, int64_t now);
+
+#endif

@@ -1,0 +1,832 @@
+/* conn — see conn.h. */
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+#include "auth.h"
+#include "backend.h"
+#include "gateway.h"
+#include "log.h"
+#include "page.h"
+#include "reqhead.h"
+#include "reserved.h"
+#include "util.h"
+
+enum cstate {
+    CS_HANDSHAKE, /* TLS handshake in progress */
+    CS_HEAD,      /* waiting for a request head */
+    CS_EXCHANGE,  /* a request is being forwarded and/or its response streamed */
+    CS_UPGRADED,  /* after 101: bytes both ways */
+    CS_CLOSING,   /* flushing the last response */
+    CS_LINGER,    /* write side shut; discarding input until EOF or timeout */
+};
+
+enum timer_kind { TK_HANDSHAKE, TK_HEAD, TK_IDLE, TK_CONNECT, TK_IO, TK_TUNNEL, TK_CLOSE };
+
+#define LINGER_SECS 2
+#define PIPELINE_BATCH 32 /* requests handled per read event before yielding */
+
+struct conn {
+    struct gateway *gw;
+    struct conn *next, *prev;
+    uint64_t id;
+    enum cstate st;
+    struct bufferevent *cli;
+    struct bufferevent *be;
+    char be_alias[ROUTE_ALIAS_MAX + 1]; /* the route the backend connection belongs to */
+    int be_connected;
+    int be_reused;      /* this request went out on a kept-alive backend connection */
+    int be_reusable;    /* the backend may take another request after this exchange */
+    struct event *timer;
+    enum timer_kind tk;
+    int64_t last_active; /* ms, for the no-progress timers */
+    char ip[INET6_ADDRSTRLEN];
+    size_t scan;         /* head scan cursor (request, then response) */
+    int in_head_loop;
+
+    /* the exchange in flight */
+    char alias[ROUTE_ALIAS_MAX + 1];
+    uid_t uid;
+    int head_req, upgrade_req, client_close;
+    enum http1_body req_body;
+    uint64_t req_left;
+    struct http1_chunked req_ch;
+    int req_done;
+    int resp_started;
+    enum http1_body resp_body;
+    uint64_t resp_left;
+    struct http1_chunked resp_ch;
+    int resp_done;
+    int retried;
+    struct evbuffer *reqhead; /* the forwarded head, kept to retry on a fresh backend connection */
+
+    /* for the access log */
+    char method[16];
+    char path[160];
+    int status;
+    uint64_t bytes_out;
+    int64_t t_start;
+};
+
+static void cli_read(struct bufferevent *bev, void *arg);
+static void cli_write(struct bufferevent *bev, void *arg);
+static void cli_event(struct bufferevent *bev, short what, void *arg);
+static void be_read(struct bufferevent *bev, void *arg);
+static void be_write(struct bufferevent *bev, void *arg);
+static void be_event(struct bufferevent *bev, short what, void *arg);
+static void on_head(struct conn *c);
+static void pump_request(struct conn *c);
+static void pump_response(struct conn *c);
+static void exchange_done(struct conn *c);
+
+static int64_t now_ms(struct conn *c)
+{
+    struct timeval tv;
+    event_base_gettimeofday_cached(c->gw->base, &tv);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+static int64_t timer_secs(struct conn *c, enum timer_kind k)
+{
+    const struct jg_config *cf = c->gw->cfg;
+    switch (k) {
+    case TK_HANDSHAKE: return cf->t_handshake;
+    case TK_HEAD: return cf->t_request_head;
+    case TK_IDLE: return cf->t_idle;
+    case TK_CONNECT: return cf->t_connect;
+    case TK_IO: return cf->t_io;
+    case TK_TUNNEL: return cf->t_tunnel;
+    case TK_CLOSE: return LINGER_SECS;
+    }
+    return 10;
+}
+
+static void timer_set(struct conn *c, enum timer_kind k)
+{
+    struct timeval tv = {(time_t)timer_secs(c, k), 0};
+    c->tk = k;
+    c->last_active = now_ms(c);
+    event_add(c->timer, &tv);
+}
+
+static void access_log(struct conn *c)
+{
+    if (!c->method[0])
+        return;
+    log_info("req conn=%llu ip=%s alias=%s uid=%ld \"%s %s\" %d %llu %lldms",
+             (unsigned long long)c->id, c->ip, c->alias[0] ? c->alias : "-",
+             c->uid == (uid_t)-1 ? -1L : (long)c->uid, c->method, c->path, c->status,
+             (unsigned long long)c->bytes_out, (long long)(now_mono_ms() - c->t_start));
+    c->method[0] = '\0';
+}
+
+static void be_drop(struct conn *c)
+{
+    if (c->be) {
+        bufferevent_free(c->be);
+        c->be = NULL;
+    }
+    c->be_connected = 0;
+    c->be_alias[0] = '\0';
+}
+
+static void conn_free(struct conn *c)
+{
+    struct gateway *gw = c->gw;
+    if (c->st == CS_EXCHANGE && c->method[0] && !c->status)
+        c->status = 499; /* nginx's "client closed request", for the log */
+    access_log(c);
+    be_drop(c);
+    if (c->cli)
+        bufferevent_free(c->cli);
+    event_free(c->timer);
+    if (c->reqhead)
+        evbuffer_free(c->reqhead);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        gw->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    free(c);
+    gw->nconns--;
+    gateway_conn_gone(gw);
+}
+
+/* Last phase: close_notify and FIN sent, input read and dropped for a short
+ * while, so that unread request bytes do not turn our close into a reset that
+ * destroys the response in flight (nginx's lingering close). */
+static void linger(struct conn *c)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->cli);
+    c->st = CS_LINGER;
+    if (ssl)
+        SSL_shutdown(ssl);
+    shutdown(bufferevent_getfd(c->cli), SHUT_WR);
+    evbuffer_drain(bufferevent_get_input(c->cli), evbuffer_get_length(bufferevent_get_input(c->cli)));
+    bufferevent_enable(c->cli, EV_READ);
+    timer_set(c, TK_CLOSE);
+}
+
+static void start_closing(struct conn *c)
+{
+    c->st = CS_CLOSING;
+    be_drop(c);
+    bufferevent_disable(c->cli, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->cli)) == 0) {
+        linger(c);
+        return;
+    }
+    /* cli_write finishes the job once the output is flushed. */
+    timer_set(c, TK_IO);
+}
+
+/* Answers from the gateway itself (error page etc.) while in CS_HEAD or
+ * before the response started. must_close: the connection ends after it. */
+static void local_reply(struct conn *c, int status, const char *detail, int must_close,
+                        const char *extra)
+{
+    struct evbuffer *out = bufferevent_get_output(c->cli);
+    size_t before = evbuffer_get_length(out);
+    int close = must_close || c->client_close;
+    page_error(out, status, detail, close, extra, c->head_req);
+    c->status = status;
+    c->bytes_out += evbuffer_get_length(out) - before;
+    c->client_close = close;
+    c->req_done = 1;
+    c->resp_done = 1;
+    exchange_done(c);
+}
+
+static void reset_exchange(struct conn *c)
+{
+    c->alias[0] = '\0';
+    c->uid = (uid_t)-1;
+    c->head_req = c->upgrade_req = 0;
+    c->req_body = HTTP1_BODY_NONE;
+    c->req_left = 0;
+    c->req_done = 0;
+    c->resp_started = c->resp_done = 0;
+    c->resp_body = HTTP1_BODY_NONE;
+    c->resp_left = 0;
+    c->retried = 0;
+    c->be_reused = 0;
+    c->status = 0;
+    c->bytes_out = 0;
+    c->scan = 0;
+}
+
+/* The exchange is over (response complete): log, then keep-alive or close. */
+static void exchange_done(struct conn *c)
+{
+    access_log(c);
+    if (!c->req_done) {
+        /* The app answered before reading the whole request body: the browser
+         * connection can no longer be framed, nor can the backend's. */
+        c->client_close = 1;
+        c->be_reusable = 0;
+    }
+    if (!c->be_reusable)
+        be_drop(c);
+    if (c->client_close) {
+        start_closing(c);
+        return;
+    }
+    reset_exchange(c);
+    c->st = CS_HEAD;
+    bufferevent_enable(c->cli, EV_READ);
+    timer_set(c, TK_IDLE);
+    if (!c->in_head_loop && evbuffer_get_length(bufferevent_get_input(c->cli)) > 0)
+        on_head(c);
+}
+
+/* Moves up to n bytes from src to dst's output; pauses src if dst is full. */
+static void move_bytes(struct conn *c, struct bufferevent *src, struct bufferevent *dst, size_t n,
+                       int to_client)
+{
+    struct evbuffer *out = bufferevent_get_output(dst);
+    if (n)
+        evbuffer_remove_buffer(bufferevent_get_input(src), out, n);
+    if (to_client)
+        c->bytes_out += n;
+    if (evbuffer_get_length(out) >= CONN_HIGH_WATER)
+        bufferevent_disable(src, EV_READ); /* dst's write callback resumes it */
+}
+
+/*
+ * How many bytes at the front of src belong to the body described by
+ * (kind, left, ch): sets *done when the body ends within them. -1 when a
+ * chunked body is malformed.
+ */
+static ssize_t body_span(struct evbuffer *src, enum http1_body kind, uint64_t *left,
+                         struct http1_chunked *ch, int *done)
+{
+    size_t avail = evbuffer_get_length(src);
+    *done = 0;
+    switch (kind) {
+    case HTTP1_BODY_NONE:
+        *done = 1;
+        return 0;
+    case HTTP1_BODY_EOF:
+        return (ssize_t)avail;
+    case HTTP1_BODY_LENGTH: {
+        size_t n = avail < *left ? avail : (size_t)*left;
+        *left -= n;
+        *done = *left == 0;
+        return (ssize_t)n;
+    }
+    case HTTP1_BODY_CHUNKED: {
+        struct evbuffer_iovec vec[16];
+        int nv = evbuffer_peek(src, -1, NULL, vec, 16);
+        size_t total = 0;
+        for (int i = 0; i < nv && i < 16 && !*done; i++) {
+            ssize_t r = http1_chunked_feed(ch, vec[i].iov_base, vec[i].iov_len, done);
+            if (r < 0)
+                return -1;
+            total += (size_t)r;
+        }
+        return (ssize_t)total;
+    }
+    }
+    return -1;
+}
+
+static void pump_request(struct conn *c)
+{
+    if (c->req_done || !c->be)
+        return;
+    struct evbuffer *in = bufferevent_get_input(c->cli);
+    while (!c->req_done && evbuffer_get_length(in) > 0) {
+        if (evbuffer_get_length(bufferevent_get_output(c->be)) >= CONN_HIGH_WATER) {
+            bufferevent_disable(c->cli, EV_READ);
+            return;
+        }
+        int done;
+        ssize_t n = body_span(in, c->req_body, &c->req_left, &c->req_ch, &done);
+        if (n < 0) {
+            log_info("conn=%llu alias=%s malformed chunked request body", (unsigned long long)c->id,
+                     c->alias);
+            if (!c->resp_started) {
+                be_drop(c);
+                local_reply(c, 400, "The chunked request body was malformed.", 1, NULL);
+            } else {
+                conn_free(c);
+            }
+            return;
+        }
+        move_bytes(c, c->cli, c->be, (size_t)n, 0);
+        c->req_done = done;
+        if (n == 0 && !done)
+            break;
+    }
+    if (c->req_done && c->resp_done)
+        exchange_done(c);
+}
+
+static void pump_response(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->be);
+    while (!c->resp_done && evbuffer_get_length(in) > 0) {
+        if (evbuffer_get_length(bufferevent_get_output(c->cli)) >= CONN_HIGH_WATER) {
+            bufferevent_disable(c->be, EV_READ);
+            return;
+        }
+        int done;
+        ssize_t n = body_span(in, c->resp_body, &c->resp_left, &c->resp_ch, &done);
+        if (n < 0) {
+            log_info("conn=%llu alias=%s malformed chunked response from the app",
+                     (unsigned long long)c->id, c->alias);
+            conn_free(c); /* the head went out already: only a cut tells the browser */
+            return;
+        }
+        move_bytes(c, c->be, c->cli, (size_t)n, 1);
+        c->resp_done = done;
+        if (n == 0 && !done)
+            break;
+    }
+    if (c->resp_done)
+        exchange_done(c);
+}
+
+static void pump_tunnel(struct conn *c)
+{
+    struct evbuffer *ci = bufferevent_get_input(c->cli), *bi = bufferevent_get_input(c->be);
+    if (evbuffer_get_length(ci))
+        move_bytes(c, c->cli, c->be, evbuffer_get_length(ci), 0);
+    if (evbuffer_get_length(bi))
+        move_bytes(c, c->be, c->cli, evbuffer_get_length(bi), 1);
+}
+
+static void be_start(struct conn *c, const struct route *r)
+{
+    c->be = backend_connect(c->gw->base, r);
+    if (!c->be) {
+        log_info("conn=%llu alias=%s cannot reach the app: %s", (unsigned long long)c->id,
+                 c->alias, strerror(errno));
+        local_reply(c, 502, NULL, c->req_body != HTTP1_BODY_NONE, NULL);
+        return;
+    }
+    snprintf(c->be_alias, sizeof(c->be_alias), "%s", r->alias);
+    c->be_connected = 0;
+    bufferevent_setcb(c->be, be_read, be_write, be_event, c);
+    bufferevent_setwatermark(c->be, EV_READ, 0, CONN_HIGH_WATER);
+    bufferevent_setwatermark(c->be, EV_WRITE, CONN_LOW_WATER, 0);
+    bufferevent_enable(c->be, EV_READ | EV_WRITE);
+    timer_set(c, TK_CONNECT);
+}
+
+/* Sends the kept head on the backend connection (new or reused). */
+static void be_send_head(struct conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->be);
+    size_t n = evbuffer_get_length(c->reqhead);
+    evbuffer_add(out, evbuffer_pullup(c->reqhead, (ssize_t)n), n);
+}
+
+/* Forwards a request head that passed every check. */
+static void forward(struct conn *c, const struct route *r, const struct http1_head *h,
+                    size_t head_len)
+{
+    if (!c->reqhead)
+        c->reqhead = evbuffer_new();
+    evbuffer_drain(c->reqhead, evbuffer_get_length(c->reqhead));
+    reqhead_forward_request(c->reqhead, h, c->ip);
+    c->req_body = h->body;
+    c->req_left = h->content_length;
+    http1_chunked_init(&c->req_ch, c->gw->limits.max_head);
+    c->req_done = h->body == HTTP1_BODY_NONE;
+    c->upgrade_req = (h->flags & HTTP1_F_UPGRADE) != 0;
+    evbuffer_drain(bufferevent_get_input(c->cli), head_len); /* h is dangling from here on */
+    c->st = CS_EXCHANGE;
+
+    if (c->be && c->be_connected && strcmp(c->be_alias, r->alias) == 0) {
+        c->be_reused = 1;
+        timer_set(c, TK_IO);
+    } else {
+        be_drop(c);
+        be_start(c, r);
+        if (!c->be)
+            return;
+    }
+    be_send_head(c);
+    pump_request(c);
+}
+
+/* A complete, parsed request head of head_len bytes at the front of the input. */
+static void handle_request(struct conn *c, const struct http1_head *h, size_t head_len)
+{
+    struct gateway *gw = c->gw;
+    struct http1_str vals[4];
+
+    snprintf(c->method, sizeof(c->method), "%.*s", (int)(h->method.n < 15 ? h->method.n : 15),
+             h->method.p);
+    reqhead_log_path(&h->target, c->path, sizeof(c->path));
+    c->t_start = now_mono_ms();
+    c->head_req = http1_name_is(&h->method, "head");
+    c->client_close = (h->flags & HTTP1_F_CLOSE) != 0;
+    int has_body = h->body != HTTP1_BODY_NONE;
+
+    if (h->target.p[0] != '/') {
+        evbuffer_drain(bufferevent_get_input(c->cli), head_len);
+        local_reply(c, 400, "Only origin-form request targets (/path) are accepted.", 1, NULL);
+        return;
+    }
+    if (reqhead_alias(&h->host, gw->cfg->domain, c->alias, sizeof(c->alias)) < 0) {
+        c->alias[0] = '\0';
+        evbuffer_drain(bufferevent_get_input(c->cli), head_len);
+        local_reply(c, 404, "There is no app at this address.", has_body, NULL);
+        return;
+    }
+    const struct route *r = route_find(gw->routes, c->alias, strlen(c->alias));
+    if (reserved_match(&h->target)) {
+        struct evbuffer *out = bufferevent_get_output(c->cli);
+        size_t before = evbuffer_get_length(out);
+        int close = has_body || c->client_close;
+        c->status = reserved_handle(gw, c->alias, r, h, out, close);
+        c->bytes_out = evbuffer_get_length(out) - before;
+        evbuffer_drain(bufferevent_get_input(c->cli), head_len);
+        c->client_close = close;
+        c->req_done = c->resp_done = 1;
+        exchange_done(c);
+        return;
+    }
+    if (!r) {
+        evbuffer_drain(bufferevent_get_input(c->cli), head_len);
+        local_reply(c, 404, NULL, has_body, NULL);
+        return;
+    }
+    int ok = 0, n = reqhead_cookies(h, REQHEAD_COOKIE, vals, 4);
+    for (int i = 0; i < n && !ok; i++)
+        ok = auth_session_ok(gw->auth, c->alias, vals[i].p, vals[i].n, &c->uid);
+    if (!ok) {
+        evbuffer_drain(bufferevent_get_input(c->cli), head_len);
+        local_reply(c, 403, NULL, has_body, NULL);
+        return;
+    }
+    if (r->starting) {
+        evbuffer_drain(bufferevent_get_input(c->cli), head_len);
+        local_reply(c, 503, NULL, has_body, "Retry-After: 3\r\n");
+        return;
+    }
+    if (h->flags & HTTP1_F_EXPECT_OTHER) {
+        evbuffer_drain(bufferevent_get_input(c->cli), head_len);
+        local_reply(c, 417, "Only 'Expect: 100-continue' is supported.", has_body, NULL);
+        return;
+    }
+    forward(c, r, h, head_len);
+}
+
+/* Reads request heads from the browser while the connection waits for one. */
+static void on_head(struct conn *c)
+{
+    struct gateway *gw = c->gw;
+    struct evbuffer *in = bufferevent_get_input(c->cli);
+    c->in_head_loop = 1;
+    for (int batch = 0; c->st == CS_HEAD && batch < PIPELINE_BATCH; batch++) {
+        size_t len = evbuffer_get_length(in);
+        if (len == 0)
+            break;
+        if (c->tk == TK_IDLE)
+            timer_set(c, TK_HEAD); /* the head's deadline runs from its first byte */
+        size_t want = len < gw->limits.max_head + 1 ? len : gw->limits.max_head + 1;
+        const char *p = (const char *)evbuffer_pullup(in, (ssize_t)want);
+        ssize_t r = http1_scan_head(p, want, &gw->limits, &c->scan);
+        if (r == 0)
+            break;
+        c->scan = 0; /* the cursor serves the response head next */
+        if (r > 0) {
+            int pe = http1_parse_request(p, (size_t)r, &gw->limits, &gw->scratch);
+            if (pe < 0)
+                r = pe;
+        }
+        if (r < 0) {
+            int err = (int)-r;
+            snprintf(c->method, sizeof(c->method), "-");
+            snprintf(c->path, sizeof(c->path), "-");
+            c->t_start = now_mono_ms();
+            log_info("conn=%llu ip=%s bad request: %s", (unsigned long long)c->id, c->ip,
+                     http1_err_str(err));
+            local_reply(c, http1_err_status(err), http1_err_str(err), 1, NULL);
+            break;
+        }
+        handle_request(c, &gw->scratch, (size_t)r);
+    }
+    c->in_head_loop = 0;
+    if (c->st == CS_HEAD && evbuffer_get_length(in) > 0 && c->scan == 0)
+        bufferevent_trigger(c->cli, EV_READ, BEV_TRIG_DEFER_CALLBACKS); /* more pipelined heads */
+}
+
+/* The app's response head (and interim 1xx heads). */
+static void on_resp_head(struct conn *c)
+{
+    struct gateway *gw = c->gw;
+    struct evbuffer *in = bufferevent_get_input(c->be);
+    struct http1_head *h = &gw->scratch;
+    while (!c->resp_started) {
+        size_t len = evbuffer_get_length(in);
+        if (len == 0)
+            return;
+        size_t want = len < gw->limits.max_head + 1 ? len : gw->limits.max_head + 1;
+        const char *p = (const char *)evbuffer_pullup(in, (ssize_t)want);
+        ssize_t r = http1_scan_head(p, want, &gw->limits, &c->scan);
+        if (r == 0)
+            return;
+        int err = r < 0 ? (int)-r : -http1_parse_response(p, (size_t)r, &gw->limits, c->head_req, h);
+        if (err) {
+            log_warn("conn=%llu alias=%s bad response from the app: %s", (unsigned long long)c->id,
+                     c->alias, http1_err_str(err));
+            be_drop(c);
+            local_reply(c, 502, "The app sent a malformed response.", !c->req_done, NULL);
+            return;
+        }
+        c->scan = 0;
+        struct evbuffer *out = bufferevent_get_output(c->cli);
+        if (h->status == 101) {
+            if (!c->upgrade_req) {
+                be_drop(c);
+                local_reply(c, 502, "The app switched protocols without being asked to.", 1, NULL);
+                return;
+            }
+            reqhead_forward_response(out, h, 0);
+            evbuffer_drain(in, (size_t)r);
+            c->status = 101;
+            c->resp_started = 1;
+            c->st = CS_UPGRADED;
+            access_log(c);
+            timer_set(c, TK_TUNNEL);
+            bufferevent_enable(c->cli, EV_READ);
+            pump_tunnel(c);
+            return;
+        }
+        if (h->status < 200) {
+            reqhead_forward_response(out, h, 0); /* 100 Continue and friends pass through */
+            evbuffer_drain(in, (size_t)r);
+            continue;
+        }
+        c->status = h->status;
+        c->resp_body = h->body;
+        c->resp_left = h->content_length;
+        http1_chunked_init(&c->resp_ch, gw->limits.max_head);
+        if (h->body == HTTP1_BODY_EOF)
+            c->client_close = 1;
+        c->be_reusable = !(h->flags & HTTP1_F_CLOSE) && h->minor == 1 &&
+                         h->body != HTTP1_BODY_EOF;
+        size_t before = evbuffer_get_length(out);
+        reqhead_forward_response(out, h, c->client_close);
+        c->bytes_out += evbuffer_get_length(out) - before;
+        evbuffer_drain(in, (size_t)r);
+        c->resp_started = 1;
+        c->resp_done = h->body == HTTP1_BODY_NONE;
+    }
+    pump_response(c);
+}
+
+static void cli_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    c->last_active = now_ms(c);
+    switch (c->st) {
+    case CS_HEAD: on_head(c); break;
+    case CS_EXCHANGE: pump_request(c); break;
+    case CS_UPGRADED: pump_tunnel(c); break;
+    case CS_LINGER:
+        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+        break;
+    default: break;
+    }
+}
+
+/* The browser's output drained below the low-water mark. */
+static void cli_write(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    c->last_active = now_ms(c);
+    if (c->st == CS_CLOSING) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            linger(c);
+        return;
+    }
+    if (c->be && (c->st == CS_EXCHANGE || c->st == CS_UPGRADED)) {
+        bufferevent_enable(c->be, EV_READ);
+        if (c->st == CS_UPGRADED)
+            pump_tunnel(c);
+        else if (c->resp_started)
+            pump_response(c);
+        else
+            on_resp_head(c);
+    }
+}
+
+static void cli_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        const unsigned char *alpn = NULL;
+        unsigned alen = 0;
+        SSL_get0_alpn_selected(ssl, &alpn, &alen);
+        c->st = CS_HEAD;
+        timer_set(c, TK_IDLE);
+        log_debug("conn=%llu ip=%s TLS %s established", (unsigned long long)c->id, c->ip,
+                  SSL_get_version(ssl));
+        return;
+    }
+    if ((what & BEV_EVENT_ERROR) && c->st == CS_HANDSHAKE)
+        log_debug("conn=%llu ip=%s TLS handshake failed", (unsigned long long)c->id, c->ip);
+    if (c->st == CS_UPGRADED && c->be)
+        pump_tunnel(c);
+    conn_free(c);
+}
+
+static void be_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    c->last_active = now_ms(c);
+    switch (c->st) {
+    case CS_EXCHANGE:
+        if (c->resp_started)
+            pump_response(c);
+        else
+            on_resp_head(c);
+        break;
+    case CS_UPGRADED: pump_tunnel(c); break;
+    default:
+        /* Bytes from an idle backend connection: it is out of step; drop it. */
+        be_drop(c);
+        break;
+    }
+}
+
+static void be_write(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    c->last_active = now_ms(c);
+    if (c->st == CS_EXCHANGE) {
+        bufferevent_enable(c->cli, EV_READ);
+        pump_request(c);
+    } else if (c->st == CS_UPGRADED) {
+        bufferevent_enable(c->cli, EV_READ);
+        pump_tunnel(c);
+    }
+}
+
+static void be_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        c->be_connected = 1;
+        if (c->tk == TK_CONNECT)
+            timer_set(c, TK_IO);
+        return;
+    }
+    int err = EVUTIL_SOCKET_ERROR();
+    if (c->st == CS_UPGRADED) {
+        pump_tunnel(c);
+        be_drop(c);
+        start_closing(c);
+        return;
+    }
+    if (c->st != CS_EXCHANGE) {
+        be_drop(c); /* an idle kept-alive connection went away */
+        return;
+    }
+    if (!c->resp_started && c->be_reused && !c->retried && c->req_body == HTTP1_BODY_NONE &&
+        evbuffer_get_length(bufferevent_get_input(c->be)) == 0) {
+        /* The app closed a kept-alive connection as we sent on it: once, on a fresh one. */
+        const struct route *r = route_find(c->gw->routes, c->alias, strlen(c->alias));
+        c->retried = 1;
+        be_drop(c);
+        if (!r) {
+            local_reply(c, 404, NULL, 0, NULL);
+            return;
+        }
+        be_start(c, r);
+        if (c->be) {
+            c->be_reused = 0;
+            be_send_head(c);
+        }
+        return;
+    }
+    if (c->resp_started) {
+        if ((what & BEV_EVENT_EOF) && c->resp_body == HTTP1_BODY_EOF) {
+            pump_response(c);
+            c->resp_done = 1;
+            be_drop(c);
+            exchange_done(c);
+            return;
+        }
+        if (!c->resp_done) {
+            log_info("conn=%llu alias=%s the app closed in the middle of a response",
+                     (unsigned long long)c->id, c->alias);
+            conn_free(c);
+        }
+        return;
+    }
+    if (!c->be_connected)
+        log_info("conn=%llu alias=%s cannot reach the app: %s", (unsigned long long)c->id, c->alias,
+                 evutil_socket_error_to_string(err));
+    else
+        log_info("conn=%llu alias=%s the app closed without answering", (unsigned long long)c->id,
+                 c->alias);
+    be_drop(c);
+    local_reply(c, 502, NULL, !c->req_done, NULL);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    if (c->tk == TK_IO || c->tk == TK_TUNNEL) {
+        int64_t idle = now_ms(c) - c->last_active, limit = timer_secs(c, c->tk) * 1000;
+        if (idle < limit) {
+            int64_t left = limit - idle;
+            struct timeval tv = {(time_t)(left / 1000), (suseconds_t)((left % 1000) * 1000)};
+            event_add(c->timer, &tv);
+            return;
+        }
+    }
+    switch (c->tk) {
+    case TK_HEAD:
+        log_info("conn=%llu ip=%s request head not complete in time", (unsigned long long)c->id,
+                 c->ip);
+        snprintf(c->method, sizeof(c->method), "-");
+        snprintf(c->path, sizeof(c->path), "-");
+        c->t_start = now_mono_ms();
+        local_reply(c, 408, "The request did not arrive in time.", 1, NULL);
+        return;
+    case TK_CONNECT:
+    case TK_IO:
+        if (c->st == CS_EXCHANGE && !c->resp_started) {
+            log_info("conn=%llu alias=%s the app did not answer in time", (unsigned long long)c->id,
+                     c->alias);
+            be_drop(c);
+            local_reply(c, 504, NULL, 1, NULL);
+            return;
+        }
+        break;
+    default: break;
+    }
+    conn_free(c);
+}
+
+void conn_accept(struct gateway *gw, evutil_socket_t fd, const struct sockaddr *sa, int salen)
+{
+    SSL *ssl = SSL_new(gw->ssl);
+    if (!ssl) {
+        close(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct conn *c = xcalloc(1, sizeof(*c));
+    c->gw = gw;
+    c->id = ++gw->next_conn_id;
+    c->uid = (uid_t)-1;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->ip, sizeof(c->ip));
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->ip, sizeof(c->ip));
+    else
+        snprintf(c->ip, sizeof(c->ip), "local");
+    c->cli = bufferevent_openssl_socket_new(gw->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                            BEV_OPT_CLOSE_ON_FREE);
+    if (!c->cli) {
+        SSL_free(ssl);
+        close(fd);
+        free(c);
+        return;
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(c->cli, 1);
+    c->timer = evtimer_new(gw->base, on_timer, c);
+    c->next = gw->conns;
+    if (gw->conns)
+        gw->conns->prev = c;
+    gw->conns = c;
+    gw->nconns++;
+    size_t high = gw->limits.max_head + 16384;
+    bufferevent_setwatermark(c->cli, EV_READ, 0, high > CONN_HIGH_WATER ? high : CONN_HIGH_WATER);
+    bufferevent_setwatermark(c->cli, EV_WRITE, CONN_LOW_WATER, 0);
+    bufferevent_setcb(c->cli, cli_read, cli_write, cli_event, c);
+    bufferevent_enable(c->cli, EV_READ | EV_WRITE);
+    c->st = CS_HANDSHAKE;
+    timer_set(c, TK_HANDSHAKE);
+}
+
+void conn_close_all(struct gateway *gw)
+{
+    while (gw->conns)
+        conn_free(gw->conns);
+}

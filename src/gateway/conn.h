@@ -1,0 +1,38 @@
+/*
+ * conn — the request pipeline of one browser connection:
+ *
+ *   TLS handshake -> request head -> route by Host -> session check ->
+ *   backend connect (or reuse) -> head and body forwarded -> response head
+ *   and body forwarded -> keep-alive (next head) | upgrade (byte pump) | close
+ *
+ * Owns the browser bufferevent (TLS), the backend bufferevent (plain socket
+ * to the app, kept across requests to the same app) and one timer.
+ *
+ * Invariants:
+ *  - one exchange at a time; pipelined requests wait in the input buffer;
+ *  - bodies are never held whole: bytes move between buffers as chains
+ *    (evbuffer_remove_buffer, no copy) and a side stops reading while the
+ *    other side's output holds more than CONN_HIGH_WATER bytes;
+ *  - every phase has a deadline: handshake, request head, keep-alive idle,
+ *    backend connect, no progress while in flight, no traffic on a tunnel;
+ *  - a request the gateway cannot frame with certainty is answered and the
+ *    connection is closed (never resynchronised).
+ */
+#ifndef JG_CONN_H
+#define JG_CONN_H
+
+#include <event2/util.h>
+#include <sys/socket.h>
+
+struct gateway;
+
+#define CONN_HIGH_WATER (256 * 1024)
+#define CONN_LOW_WATER (64 * 1024)
+
+/* Takes ownership of an accepted socket. */
+void conn_accept(struct gateway *gw, evutil_socket_t fd, const struct sockaddr *sa, int salen);
+
+/* Closes every browser connection (shutdown). */
+void conn_close_all(struct gateway *gw);
+
+#endif

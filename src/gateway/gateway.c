@@ -1,0 +1,302 @@
+/* gateway — see gateway.h. */
+#include "gateway.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include "alias.h"
+#include "auth.h"
+#include "conn.h"
+#include "control.h"
+#include "log.h"
+#include "store.h"
+#include "tls.h"
+#include "util.h"
+
+#define TICK_SECS 2
+#define EXPIRE_EVERY_TICKS 30
+
+int gateway_url(const struct gateway *gw, const char *alias, char *buf, size_t len)
+{
+    return xsnprintf(buf, len, "https://%s%s/", alias, gw->url_suffix);
+}
+
+int gateway_route_add(struct gateway *gw, struct route *r)
+{
+    int rc = alias_new(gw->routes, r->alias, sizeof(r->alias));
+    if (rc < 0)
+        return rc;
+    rc = store_route_put(gw->store, r);
+    if (rc < 0)
+        return rc;
+    rc = route_add(gw->routes, r);
+    if (rc < 0) {
+        store_route_delete(gw->store, r->alias);
+        return rc;
+    }
+    store_audit(gw->store, r->uid, "route.add", r->alias, r->kind == ROUTE_UNIX ? r->path : "tcp");
+    log_info("route add alias=%s uid=%u name=%s backend=%s%s%s", r->alias, (unsigned)r->uid,
+             r->name, r->kind == ROUTE_UNIX ? "unix:" : "tcp:",
+             r->kind == ROUTE_UNIX ? r->path : "", r->starting ? " (starting)" : "");
+    return 0;
+}
+
+int gateway_route_update(struct gateway *gw, const struct route *r)
+{
+    int rc = store_route_put(gw->store, r);
+    if (rc < 0)
+        return rc;
+    route_remove(gw->routes, r->alias);
+    rc = route_add(gw->routes, r);
+    if (rc == 0)
+        log_info("route update alias=%s uid=%u %s", r->alias, (unsigned)r->uid,
+                 r->starting ? "starting" : "ready");
+    return rc;
+}
+
+int gateway_route_remove(struct gateway *gw, const char *alias, uid_t by, const char *why)
+{
+    char a[ROUTE_ALIAS_MAX + 1];
+    snprintf(a, sizeof(a), "%s", alias); /* alias may point into the route we free */
+    int rc = store_route_delete(gw->store, a);
+    if (rc < 0 && rc != -ENOENT)
+        return rc;
+    route_remove(gw->routes, a);
+    auth_drop_alias(gw->auth, a);
+    store_audit(gw->store, by, "route.remove", a, why);
+    log_info("route remove alias=%s by uid=%u (%s)", a, (unsigned)by, why);
+    return 0;
+}
+
+void gateway_conn_gone(struct gateway *gw)
+{
+    if (gw->listener_paused && !gw->stopping && gw->nconns < gw->cfg->max_connections) {
+        evconnlistener_enable(gw->listener);
+        gw->listener_paused = 0;
+    }
+}
+
+static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    struct gateway *gw = arg;
+    conn_accept(gw, fd, sa, salen);
+    if (gw->nconns >= gw->cfg->max_connections && !gw->listener_paused) {
+        log_warn("%u connections open: not accepting more until some close", gw->nconns);
+        evconnlistener_disable(lis);
+        gw->listener_paused = 1;
+    }
+}
+
+static void on_accept_error(struct evconnlistener *lis, void *arg)
+{
+    struct gateway *gw = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    log_warn("accept: %s", evutil_socket_error_to_string(err));
+    if (err == EMFILE || err == ENFILE) {
+        /* Out of descriptors: pause until a connection closes. */
+        evconnlistener_disable(lis);
+        gw->listener_paused = 1;
+    }
+}
+
+struct reap_ctx {
+    struct gateway *gw;
+    char dead[16][ROUTE_ALIAS_MAX + 1];
+    uid_t uid[16];
+    int n;
+};
+
+static int find_dead(const struct route *r, void *arg)
+{
+    struct reap_ctx *rc = arg;
+    if (r->pid > 0 && rc->n < 16 && kill(r->pid, 0) < 0 && errno == ESRCH) {
+        snprintf(rc->dead[rc->n], sizeof(rc->dead[0]), "%s", r->alias);
+        rc->uid[rc->n++] = r->uid;
+    }
+    return 0;
+}
+
+/* Routes die with their owner process; links and sessions with their time. */
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct gateway *gw = arg;
+    struct reap_ctx rc = {.gw = gw};
+    route_filter(gw->routes, find_dead, &rc);
+    for (int i = 0; i < rc.n; i++)
+        gateway_route_remove(gw, rc.dead[i], rc.uid[i], "owner process gone");
+    if (++gw->ticks % EXPIRE_EVERY_TICKS == 0)
+        auth_expire(gw->auth, now_real());
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct gateway *gw = arg;
+    if (sig == SIGHUP) {
+        log_info("SIGHUP: nothing to reload yet");
+        return;
+    }
+    if (gw->stopping)
+        return;
+    log_info("signal %d: stopping", (int)sig);
+    gw->stopping = 1;
+    if (gw->listener)
+        evconnlistener_disable(gw->listener);
+    control_stop(gw);
+    conn_close_all(gw);
+    event_base_loopexit(gw->base, NULL);
+}
+
+static int load_route(const struct route *r, void *arg)
+{
+    struct gateway *gw = arg;
+    if (route_add(gw->routes, r) < 0)
+        log_warn("stored route %s is invalid; ignored", r->alias);
+    return 0;
+}
+
+static int listen_on(struct gateway *gw, char *err, size_t errlen)
+{
+    char host[256];
+    unsigned port;
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    memset(&ss, 0, sizeof(ss));
+    if (config_split_hostport(gw->cfg->listen, host, sizeof(host), &port) < 0) {
+        snprintf(err, errlen, "bad listen address '%s'", gw->cfg->listen);
+        return -EINVAL;
+    }
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        sl = sizeof(*s4);
+    } else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        sl = sizeof(*s6);
+    } else {
+        snprintf(err, errlen, "listen address '%s' is not a numeric IP address", host);
+        return -EINVAL;
+    }
+    gw->listener = evconnlistener_new_bind(gw->base, on_accept, gw,
+                                           LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
+                                               LEV_OPT_CLOSE_ON_EXEC,
+                                           1024, (struct sockaddr *)&ss, (int)sl);
+    if (!gw->listener) {
+        snprintf(err, errlen, "cannot listen on %s: %s", gw->cfg->listen, strerror(errno));
+        return -EADDRINUSE;
+    }
+    evconnlistener_set_error_cb(gw->listener, on_accept_error);
+    if (gw->cfg->public_port == 0)
+        gw->cfg->public_port = port;
+    return 0;
+}
+
+int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t errlen)
+{
+    char path[4096];
+    int rc;
+    memset(gw, 0, sizeof(*gw));
+    gw->cfg = cfg;
+    gw->uid = getuid();
+    gw->limits.max_start_line = cfg->max_request_line;
+    gw->limits.max_head = cfg->max_header_bytes;
+    gw->limits.max_fields = cfg->max_headers;
+
+    rc = mkdir_p(cfg->state_dir, 0700);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot create state directory %s: %s", cfg->state_dir, strerror(-rc));
+        return rc;
+    }
+    const char *cert = cfg->cert_file, *key = cfg->key_file;
+    char crt_path[4096], key_path[4096];
+    if (!cert) {
+        rc = tls_selfsigned_ensure(cfg->state_dir, cfg->domain, err, errlen);
+        if (rc < 0)
+            return rc;
+        snprintf(crt_path, sizeof(crt_path), "%s/tls.crt", cfg->state_dir);
+        snprintf(key_path, sizeof(key_path), "%s/tls.key", cfg->state_dir);
+        cert = crt_path;
+        key = key_path;
+    }
+    gw->ssl = tls_server_ctx(cert, key, err, errlen);
+    if (!gw->ssl)
+        return -EINVAL;
+
+    snprintf(path, sizeof(path), "%s/jobgate.db", cfg->state_dir);
+    rc = store_open(&gw->store, path);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot open the state database %s (see above)", path);
+        return rc;
+    }
+    gw->routes = route_table_new();
+    gw->auth = auth_new(gw->store);
+    store_route_load(gw->store, load_route, gw);
+    auth_expire(gw->auth, now_real());
+    auth_load(gw->auth, now_real());
+
+    gw->base = event_base_new();
+    if (!gw->base) {
+        snprintf(err, errlen, "cannot create the event loop");
+        return -ENOMEM;
+    }
+    rc = listen_on(gw, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (gw->cfg->public_port == 443)
+        snprintf(gw->url_suffix, sizeof(gw->url_suffix), ".%s", cfg->domain);
+    else
+        snprintf(gw->url_suffix, sizeof(gw->url_suffix), ".%s:%u", cfg->domain, cfg->public_port);
+    rc = control_start(gw, err, errlen);
+    if (rc < 0)
+        return rc;
+
+    static const int sigs[3] = {SIGTERM, SIGINT, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        gw->ev_signal[i] = evsignal_new(gw->base, sigs[i], on_signal, gw);
+        event_add(gw->ev_signal[i], NULL);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    gw->ev_tick = event_new(gw->base, -1, EV_PERSIST, on_tick, gw);
+    struct timeval tick = {TICK_SECS, 0};
+    event_add(gw->ev_tick, &tick);
+    log_info("jobgated %s (%s mode) listening on %s: apps at https://<alias>%s/, %zu routes",
+             JG_VERSION, cfg->shared ? "shared" : "personal", cfg->listen, gw->url_suffix,
+             route_count(gw->routes));
+    return 0;
+}
+
+int gateway_run(struct gateway *gw)
+{
+    return event_base_dispatch(gw->base) < 0 ? -EIO : 0;
+}
+
+void gateway_free(struct gateway *gw)
+{
+    conn_close_all(gw);
+    control_stop(gw);
+    for (int i = 0; i < 3; i++)
+        if (gw->ev_signal[i])
+            event_free(gw->ev_signal[i]);
+    if (gw->ev_tick)
+        event_free(gw->ev_tick);
+    if (gw->listener)
+        evconnlistener_free(gw->listener);
+    if (gw->base)
+        event_base_free(gw->base);
+    if (gw->ssl)
+        SSL_CTX_free(gw->ssl);
+    auth_free(gw->auth);
+    route_table_free(gw->routes);
+    store_close(gw->store);
+    memset(gw, 0, sizeof(*gw));
+}

@@ -1,0 +1,34 @@
+/*
+ * page — the gateway's own HTTP responses: short human pages for errors
+ * (404 unknown app, 403 no session, 502 app not reachable, 503 app
+ * starting, 400 and friends for bad requests) and small redirects.
+ *
+ * Owns nothing. Every page is a complete HTTP/1.1 response with
+ * Content-Length, no-store caching and headers that keep it inert
+ * (no scripts, no framing, no sniffing).
+ */
+#ifndef JG_PAGE_H
+#define JG_PAGE_H
+
+#include <event2/buffer.h>
+
+/* Reason phrase for a status ("Not Found"); "Error" for unknown codes. */
+const char *page_reason(int status);
+
+/*
+ * Appends a complete error response. detail is plain text (escaped here),
+ * may be NULL for the default sentence of that status. close: add
+ * "Connection: close". extra: further header lines, each ending in CRLF, or
+ * NULL. head_only: HEAD request, no body bytes.
+ */
+void page_error(struct evbuffer *out, int status, const char *detail, int close, const char *extra,
+                int head_only);
+
+/* Appends a response with a given content type and body (for JSON, small pages). */
+void page_send(struct evbuffer *out, int status, const char *ctype, const char *body, size_t len,
+               int close, const char *extra, int head_only);
+
+/* Appends "303 See Other" to location (which must already be a safe path). */
+void page_redirect(struct evbuffer *out, const char *location, int close, const char *extra);
+
+#endif

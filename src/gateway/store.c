@@ -1,0 +1,814 @@
+/* store — see store.h.
+ *
+ * One connection (SQLITE_OPEN_NOMUTEX: used only from the event-loop thread).
+ * SQLite's busy handler blocks that loop, so every write is one short
+ * BEGIN IMMEDIATE transaction: it takes the write lock up front and never has
+ * to upgrade a read lock, which is where deferred transactions deadlock.
+ *
+ * Loads copy the rows out and finish the SELECT before calling back, so a
+ * callback may call any store function (the prepared statements are shared).
+ */
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "log.h"
+#include "util.h"
+
+#define STORE_SCHEMA_VERSION 1
+#define STORE_BUSY_MS 2000
+#define STORE_AUDIT_FIELD_MAX 256
+#define STORE_AUDIT_KEEP (90 * 24 * 3600)
+
+enum stmt_id {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_ROUTE_DROP_OTHER,
+    ST_ROUTE_PUT,
+    ST_ROUTE_DEL,
+    ST_ROUTE_LOAD,
+    ST_LINK_PUT,
+    ST_LINK_GET,
+    ST_LINK_DEL,
+    ST_SESS_PUT,
+    ST_SESS_DEL,
+    ST_SESS_LOAD,
+    ST_EXP_LINKS,
+    ST_EXP_SESS,
+    ST_EXP_AUDIT,
+    ST_AUDIT,
+    ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    /* An alias that passes to another owner must not keep the old owner's
+     * links and sessions (I1): drop the row so that the cascade removes them. */
+    [ST_ROUTE_DROP_OTHER] = "DELETE FROM routes WHERE alias = ?1 AND uid IS NOT ?2",
+    /* An upsert, not INSERT OR REPLACE: the row stays, so the same owner's
+     * links and sessions survive a re-registration (agent reconnect). */
+    [ST_ROUTE_PUT] = ("INSERT INTO routes(alias, name, uid, pid, kind, path, port, v6, created) "
+                      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
+                      "ON CONFLICT(alias) DO UPDATE SET name = excluded.name, uid = excluded.uid, "
+                      "pid = excluded.pid, kind = excluded.kind, path = excluded.path, "
+                      "port = excluded.port, v6 = excluded.v6, created = excluded.created"),
+    [ST_ROUTE_DEL] = "DELETE FROM routes WHERE alias = ?1",
+    [ST_ROUTE_LOAD] = ("SELECT alias, name, uid, pid, kind, path, port, v6, created FROM routes "
+                       "ORDER BY created, alias"),
+    [ST_LINK_PUT] = "INSERT INTO links(hash, alias, expires) VALUES(?1, ?2, ?3)",
+    [ST_LINK_GET] = "SELECT alias, expires FROM links WHERE hash = ?1",
+    [ST_LINK_DEL] = "DELETE FROM links WHERE hash = ?1",
+    [ST_SESS_PUT] = "INSERT INTO sessions(hash, alias, uid, expires) VALUES(?1, ?2, ?3, ?4)",
+    [ST_SESS_DEL] = "DELETE FROM sessions WHERE hash = ?1",
+    [ST_SESS_LOAD] = "SELECT hash, alias, uid, expires FROM sessions WHERE expires > ?1",
+    [ST_EXP_LINKS] = "DELETE FROM links WHERE expires <= ?1",
+    [ST_EXP_SESS] = "DELETE FROM sessions WHERE expires <= ?1",
+    [ST_EXP_AUDIT] = "DELETE FROM audit WHERE time < ?1",
+    [ST_AUDIT] = "INSERT INTO audit(time, uid, event, alias, detail) VALUES(?1, ?2, ?3, ?4, ?5)",
+};
+
+/* Version 1. Plain CREATE TABLE (no IF NOT EXISTS): a database at version 0
+ * that already has such tables is not ours, and we refuse it. */
+static const char schema_v1[] =
+    "CREATE TABLE routes(alias TEXT PRIMARY KEY NOT NULL, name TEXT, uid INTEGER, "
+    "  pid INTEGER, kind INTEGER, path TEXT, port INTEGER, v6 INTEGER, created INTEGER);"
+    "CREATE TABLE links(hash BLOB PRIMARY KEY NOT NULL, "
+    "  alias TEXT NOT NULL REFERENCES routes(alias) ON DELETE CASCADE, expires INTEGER);"
+    "CREATE TABLE sessions(hash BLOB PRIMARY KEY NOT NULL, "
+    "  alias TEXT NOT NULL REFERENCES routes ON DELETE CASCADE, uid INTEGER, expires INTEGER);"
+    "CREATE TABLE audit(id INTEGER PRIMARY KEY, time INTEGER, uid INTEGER, event TEXT, "
+    "  alias TEXT, detail TEXT);"
+    /* The cascades and store_expire search these columns. */
+    "CREATE INDEX links_alias ON links(alias);"
+    "CREATE INDEX links_expires ON links(expires);"
+    "CREATE INDEX sessions_alias ON sessions(alias);"
+    "CREATE INDEX sessions_expires ON sessions(expires);"
+    "CREATE INDEX audit_time ON audit(time);"
+    "PRAGMA user_version = 1;";
+
+struct store {
+    sqlite3 *db;
+    sqlite3_stmt *st[ST_COUNT];
+};
+
+/* --- helpers ---------------------------------------------------------------- */
+
+static int errno_of(int rc)
+{
+    switch (rc) {
+    case SQLITE_CONSTRAINT_PRIMARYKEY:
+    case SQLITE_CONSTRAINT_UNIQUE:
+        return -EEXIST;
+    case SQLITE_CONSTRAINT_FOREIGNKEY:
+        return -ENOENT;
+    case SQLITE_CONSTRAINT_NOTNULL:
+    case SQLITE_CONSTRAINT_CHECK:
+        return -EINVAL;
+    default:
+        break;
+    }
+    switch (rc & 0xff) {
+    case SQLITE_FULL:
+        return -ENOSPC;
+    case SQLITE_NOMEM:
+        return -ENOMEM;
+    default:
+        return -EIO;
+    }
+}
+
+/* Logs a failed SQLite call and returns the errno-style code for it. */
+static int fail(const struct store *s, int rc, const char *op, const char *alias)
+{
+    log_err("store: %s [%s]: %s", op, alias ? alias : "-",
+            s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+    return errno_of(rc);
+}
+
+/* Makes the statement ready for its next use. sqlite3_reset repeats the
+ * error of the last step, which the caller has already handled. */
+static void stmt_done(sqlite3_stmt *st)
+{
+    (void)sqlite3_reset(st);
+    (void)sqlite3_clear_bindings(st);
+}
+
+/* Steps a statement that returns no rows, then resets it. */
+static int exec_stmt(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    stmt_done(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int bind_text(sqlite3_stmt *st, int idx, const char *v, size_t max)
+{
+    if (!v)
+        return sqlite3_bind_null(st, idx);
+    size_t n = strnlen(v, max);
+    /* Do not cut a UTF-8 sequence in half. */
+    if (n == max && (v[n] & 0xc0) == 0x80)
+        while (n > 0 && (v[n] & 0xc0) == 0x80)
+            n--;
+    return sqlite3_bind_text(st, idx, v, (int)n, SQLITE_STATIC);
+}
+
+static int bind_hash(sqlite3_stmt *st, int idx, const uint8_t hash[STORE_HASH_LEN])
+{
+    return sqlite3_bind_blob(st, idx, hash, STORE_HASH_LEN, SQLITE_STATIC);
+}
+
+static int tx_begin(struct store *s, const char *op, const char *alias)
+{
+    int rc = exec_stmt(s->st[ST_BEGIN]);
+    return rc == SQLITE_OK ? 0 : fail(s, rc, op, alias);
+}
+
+static void tx_rollback(struct store *s, const char *op, const char *alias)
+{
+    /* Some errors (SQLITE_FULL, IOERR, NOMEM, BUSY) roll back on their own. */
+    if (sqlite3_get_autocommit(s->db))
+        return;
+    int rc = exec_stmt(s->st[ST_ROLLBACK]);
+    if (rc != SQLITE_OK)
+        (void)fail(s, rc, op, alias);
+}
+
+static int tx_commit(struct store *s, const char *op, const char *alias)
+{
+    int rc = exec_stmt(s->st[ST_COMMIT]);
+    if (rc == SQLITE_OK)
+        return 0;
+    int e = fail(s, rc, op, alias);
+    tx_rollback(s, op, alias);
+    return e;
+}
+
+/* Ends a write transaction: commits when rc is SQLITE_OK, otherwise logs,
+ * rolls back and returns the error. */
+static int tx_end(struct store *s, int rc, const char *op, const char *alias)
+{
+    if (rc == SQLITE_OK)
+        return tx_commit(s, op, alias);
+    int e = fail(s, rc, op, alias);
+    tx_rollback(s, op, alias);
+    return e;
+}
+
+static int alias_ok(const char *alias)
+{
+    return alias && route_alias_valid(alias, strnlen(alias, ROUTE_ALIAS_MAX + 1));
+}
+
+/* Copies a TEXT column into dst (size bytes with the NUL). -1 if it is NULL,
+ * does not fit, or holds a NUL byte. */
+static int col_text(sqlite3_stmt *st, int col, char *dst, size_t size)
+{
+    if (sqlite3_column_type(st, col) != SQLITE_TEXT)
+        return -1;
+    const unsigned char *t = sqlite3_column_text(st, col);
+    int n = sqlite3_column_bytes(st, col);
+    if (!t || n < 0 || (size_t)n >= size || memchr(t, 0, (size_t)n))
+        return -1;
+    memcpy(dst, t, (size_t)n);
+    dst[n] = '\0';
+    return 0;
+}
+
+static int col_range(sqlite3_stmt *st, int col, int64_t min, int64_t max, int64_t *out)
+{
+    if (sqlite3_column_type(st, col) != SQLITE_INTEGER)
+        return -1;
+    int64_t v = sqlite3_column_int64(st, col);
+    if (v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* --- open / close ------------------------------------------------------------ */
+
+/* Creates the file 0600 ourselves (SQLite would use 0644 less the umask, and
+ * gives its -wal and -shm files the mode of the database file), and narrows
+ * the mode of an existing database and its companions. */
+static int prepare_file(const char *path)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        int e = errno;
+        log_err("store: cannot open %s: %s", path, strerror(e));
+        return -e;
+    }
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) < 0) {
+        rc = -errno;
+        log_err("store: cannot stat %s: %s", path, strerror(-rc));
+    } else if (!S_ISREG(st.st_mode)) {
+        rc = -EINVAL;
+        log_err("store: %s is not a regular file", path);
+    } else if ((st.st_mode & 077) && fchmod(fd, 0600) < 0) {
+        rc = -errno;
+        log_err("store: cannot chmod 0600 %s: %s", path, strerror(-rc));
+    }
+    if (close(fd) < 0 && rc == 0) {
+        rc = -errno;
+        log_err("store: cannot close %s: %s", path, strerror(-rc));
+    }
+    if (rc < 0)
+        return rc;
+
+    static const char *const suffix[] = {"-wal", "-shm"};
+    for (size_t i = 0; i < JG_ARRAY_LEN(suffix); i++) {
+        char side[PATH_MAX];
+        if (xsnprintf(side, sizeof(side), "%s%s", path, suffix[i]) < 0) {
+            log_err("store: path too long: %s", path);
+            return -ENAMETOOLONG;
+        }
+        if (lstat(side, &st) < 0) {
+            if (errno == ENOENT)
+                continue;
+            rc = -errno;
+            log_err("store: cannot stat %s: %s", side, strerror(-rc));
+            return rc;
+        }
+        if (S_ISREG(st.st_mode) && (st.st_mode & 077) && chmod(side, 0600) < 0) {
+            rc = -errno;
+            log_err("store: cannot chmod 0600 %s: %s", side, strerror(-rc));
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Runs a one-row PRAGMA and returns its integer (ival) or compares its text. */
+static int pragma_query(struct store *s, const char *path, const char *sql, int64_t *ival,
+                        char *text, size_t text_size)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return fail(s, rc, sql, path);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        int e = fail(s, rc == SQLITE_DONE ? SQLITE_ERROR : rc, sql, path);
+        (void)sqlite3_finalize(st);
+        return e;
+    }
+    if (ival)
+        *ival = sqlite3_column_int64(st, 0);
+    if (text && col_text(st, 0, text, text_size) < 0)
+        text[0] = '\0';
+    (void)sqlite3_finalize(st);
+    return 0;
+}
+
+static int exec_sql(struct store *s, const char *sql, const char *op, const char *path)
+{
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : fail(s, rc, op, path);
+}
+
+static int configure(struct store *s, const char *path)
+{
+    int rc = sqlite3_extended_result_codes(s->db, 1);
+    if (rc != SQLITE_OK)
+        return fail(s, rc, "extended result codes", path);
+    rc = sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
+    if (rc != SQLITE_OK)
+        return fail(s, rc, "busy timeout", path);
+
+    char mode[16];
+    int e = pragma_query(s, path, "PRAGMA journal_mode = WAL", NULL, mode, sizeof(mode));
+    if (e < 0)
+        return e;
+    if (strcasecmp(mode, "wal") != 0)
+        log_warn("store: %s: WAL mode not available (journal mode %s); continuing", path, mode);
+    if ((e = exec_sql(s, "PRAGMA synchronous = NORMAL", "synchronous", path)) < 0 ||
+        (e = exec_sql(s, "PRAGMA foreign_keys = ON", "foreign keys", path)) < 0)
+        return e;
+    /* A build without foreign keys would ignore the pragma, and the cascades
+     * that remove a route's links and sessions with it would not happen. */
+    int64_t fk = 0;
+    if ((e = pragma_query(s, path, "PRAGMA foreign_keys", &fk, NULL, 0)) < 0)
+        return e;
+    if (fk != 1) {
+        log_err("store: %s: SQLite has no foreign key support", path);
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+static int migrate(struct store *s, const char *path)
+{
+    /* Inside the write lock, so that two processes cannot both create it. */
+    int e = exec_sql(s, "BEGIN IMMEDIATE", "begin schema", path);
+    if (e < 0)
+        return e;
+    int64_t version = 0;
+    e = pragma_query(s, path, "PRAGMA user_version", &version, NULL, 0);
+    if (e == 0) {
+        if (version == 0) {
+            e = exec_sql(s, schema_v1, "create schema v1", path);
+            if (e == 0)
+                log_info("store: %s: created schema version %d", path, STORE_SCHEMA_VERSION);
+        } else if (version != STORE_SCHEMA_VERSION) {
+            log_err("store: %s has schema version %lld, this jobgated knows only up to %d; "
+                    "refusing to use it (was it written by a newer release?)",
+                    path, (long long)version, STORE_SCHEMA_VERSION);
+            e = -EPROTO;
+        }
+        /* Later versions: upgrade steps from 'version' go here, in this transaction. */
+    }
+    if (e < 0) {
+        if (!sqlite3_get_autocommit(s->db))
+            (void)exec_sql(s, "ROLLBACK", "rollback schema", path);
+        return e;
+    }
+    return exec_sql(s, "COMMIT", "commit schema", path);
+}
+
+int store_open(struct store **out, const char *path)
+{
+    *out = NULL;
+    if (!path || !*path)
+        return -EINVAL;
+    int e = prepare_file(path);
+    if (e < 0)
+        return e;
+
+    struct store *s = xcalloc(1, sizeof(*s));
+    int rc = sqlite3_open_v2(path, &s->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             NULL);
+    if (rc != SQLITE_OK) {
+        int sys = s->db ? sqlite3_system_errno(s->db) : 0;
+        e = fail(s, rc, "open", path);
+        if (sys > 0)
+            e = -sys;
+        store_close(s);
+        return e;
+    }
+    if ((e = configure(s, path)) < 0 || (e = migrate(s, path)) < 0) {
+        store_close(s);
+        return e;
+    }
+    for (int i = 0; i < ST_COUNT; i++) {
+        rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
+                                NULL);
+        if (rc != SQLITE_OK) {
+            e = fail(s, rc, "prepare", path);
+            store_close(s);
+            return e;
+        }
+    }
+    *out = s;
+    return 0;
+}
+
+void store_close(struct store *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < ST_COUNT; i++)
+        (void)sqlite3_finalize(s->st[i]); /* returns the last step's error, not its own */
+    if (s->db) {
+        int rc = sqlite3_close(s->db);
+        if (rc != SQLITE_OK)
+            log_err("store: close: %s", sqlite3_errstr(rc));
+    }
+    free(s);
+}
+
+/* --- routes -------------------------------------------------------------------- */
+
+int store_route_put(struct store *s, const struct route *r)
+{
+    if (!alias_ok(r->alias))
+        return -EINVAL;
+    if (strnlen(r->name, sizeof(r->name)) == sizeof(r->name) ||
+        strnlen(r->path, sizeof(r->path)) == sizeof(r->path) ||
+        (r->kind != ROUTE_UNIX && r->kind != ROUTE_TCP)) {
+        log_err("store: route put [%s]: malformed route", r->alias);
+        return -EINVAL;
+    }
+    int e = tx_begin(s, "route put", r->alias);
+    if (e < 0)
+        return e;
+
+    sqlite3_stmt *st = s->st[ST_ROUTE_DROP_OTHER];
+    int rc = bind_text(st, 1, r->alias, sizeof(r->alias));
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 2, (sqlite3_int64)r->uid);
+    if (rc == SQLITE_OK)
+        rc = exec_stmt(st);
+    else
+        stmt_done(st);
+    if (rc == SQLITE_OK && sqlite3_changes(s->db) > 0)
+        log_info("store: route %s changed owner; its links and sessions are gone", r->alias);
+
+    if (rc == SQLITE_OK) {
+        st = s->st[ST_ROUTE_PUT];
+        rc = bind_text(st, 1, r->alias, sizeof(r->alias));
+        if (rc == SQLITE_OK)
+            rc = bind_text(st, 2, r->name, sizeof(r->name));
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(st, 3, (sqlite3_int64)r->uid);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(st, 4, (sqlite3_int64)r->pid);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int(st, 5, (int)r->kind);
+        if (rc == SQLITE_OK)
+            rc = bind_text(st, 6, r->path, sizeof(r->path));
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int(st, 7, r->port);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int(st, 8, r->v6 ? 1 : 0);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(st, 9, r->created);
+        if (rc == SQLITE_OK)
+            rc = exec_stmt(st);
+        else
+            stmt_done(st);
+    }
+    return tx_end(s, rc, "route put", r->alias);
+}
+
+int store_route_delete(struct store *s, const char *alias)
+{
+    if (!alias_ok(alias))
+        return -EINVAL;
+    int e = tx_begin(s, "route delete", alias);
+    if (e < 0)
+        return e;
+    sqlite3_stmt *st = s->st[ST_ROUTE_DEL];
+    int rc = bind_text(st, 1, alias, ROUTE_ALIAS_MAX + 1);
+    if (rc == SQLITE_OK)
+        rc = exec_stmt(st);
+    else
+        stmt_done(st);
+    int gone = rc == SQLITE_OK ? sqlite3_changes(s->db) : 0;
+    e = tx_end(s, rc, "route delete", alias);
+    if (e < 0)
+        return e;
+    return gone > 0 ? 0 : -ENOENT;
+}
+
+/* Reads one row of ST_ROUTE_LOAD. -1 for a row that is not a valid route. */
+static int route_from_row(sqlite3_stmt *st, struct route *r)
+{
+    int64_t uid, pid, kind, port, v6 = 0, created = 0;
+    memset(r, 0, sizeof(*r));
+    if (col_text(st, 0, r->alias, sizeof(r->alias)) < 0 ||
+        !route_alias_valid(r->alias, strlen(r->alias)))
+        return -1;
+    if (sqlite3_column_type(st, 1) != SQLITE_NULL &&
+        col_text(st, 1, r->name, sizeof(r->name)) < 0)
+        return -1;
+    if (sqlite3_column_type(st, 5) != SQLITE_NULL &&
+        col_text(st, 5, r->path, sizeof(r->path)) < 0)
+        return -1;
+    if (col_range(st, 2, 0, UINT32_MAX, &uid) < 0 || col_range(st, 3, 0, INT32_MAX, &pid) < 0 ||
+        col_range(st, 4, ROUTE_UNIX, ROUTE_TCP, &kind) < 0 ||
+        col_range(st, 6, 0, UINT16_MAX, &port) < 0)
+        return -1;
+    if (sqlite3_column_type(st, 7) != SQLITE_NULL && col_range(st, 7, 0, 1, &v6) < 0)
+        return -1;
+    if (sqlite3_column_type(st, 8) != SQLITE_NULL &&
+        col_range(st, 8, INT64_MIN, INT64_MAX, &created) < 0)
+        return -1;
+    r->uid = (uid_t)uid;
+    r->pid = (pid_t)pid;
+    r->kind = (enum route_kind)kind;
+    r->port = (uint16_t)port;
+    r->v6 = (int)v6;
+    r->created = created;
+    return 0;
+}
+
+int store_route_load(struct store *s, int (*cb)(const struct route *r, void *arg), void *arg)
+{
+    sqlite3_stmt *st = s->st[ST_ROUTE_LOAD];
+    struct route *rows = NULL;
+    size_t n = 0, cap = 0;
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            rows = xrealloc(rows, cap * sizeof(*rows));
+        }
+        if (route_from_row(st, &rows[n]) < 0) {
+            /* Name no bytes of a row we could not read; its rowid is enough. */
+            log_warn("store: skipping a malformed routes row");
+            continue;
+        }
+        n++;
+    }
+    stmt_done(st);
+    if (rc != SQLITE_DONE) {
+        free(rows);
+        return fail(s, rc, "route load", NULL);
+    }
+
+    int ret = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = cb(&rows[i], arg);
+        if (c != 0) {
+            ret = c < 0 ? c : 0;
+            break;
+        }
+    }
+    free(rows);
+    return ret;
+}
+
+/* --- links ---------------------------------------------------------------------- */
+
+int store_link_put(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
+                   int64_t expires)
+{
+    if (!hash || !alias_ok(alias))
+        return -EINVAL;
+    int e = tx_begin(s, "link put", alias);
+    if (e < 0)
+        return e;
+    sqlite3_stmt *st = s->st[ST_LINK_PUT];
+    int rc = bind_hash(st, 1, hash);
+    if (rc == SQLITE_OK)
+        rc = bind_text(st, 2, alias, ROUTE_ALIAS_MAX + 1);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 3, expires);
+    if (rc == SQLITE_OK)
+        rc = exec_stmt(st);
+    else
+        stmt_done(st);
+    return tx_end(s, rc, "link put", alias);
+}
+
+int store_link_take(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
+                    int64_t now)
+{
+    if (!hash || !alias_ok(alias))
+        return -EINVAL;
+    int e = tx_begin(s, "link take", alias);
+    if (e < 0)
+        return e;
+
+    sqlite3_stmt *st = s->st[ST_LINK_GET];
+    char owner[ROUTE_ALIAS_MAX + 1] = "";
+    int64_t expires = 0;
+    int found = 0;
+    int rc = bind_hash(st, 1, hash);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            /* A row we cannot read is treated as no link for this alias. */
+            found = col_text(st, 0, owner, sizeof(owner)) == 0 && strcmp(owner, alias) == 0 &&
+                    sqlite3_column_type(st, 1) == SQLITE_INTEGER;
+            expires = sqlite3_column_int64(st, 1);
+            rc = SQLITE_OK;
+        } else if (rc == SQLITE_DONE) {
+            rc = SQLITE_OK;
+        }
+    }
+    stmt_done(st);
+
+    /* A link presented on another app's host stays valid for its own app. */
+    if (rc != SQLITE_OK || !found) {
+        e = tx_end(s, rc, "link take", alias);
+        return e < 0 ? e : -ENOENT;
+    }
+
+    st = s->st[ST_LINK_DEL];
+    rc = bind_hash(st, 1, hash);
+    if (rc == SQLITE_OK)
+        rc = exec_stmt(st);
+    else
+        stmt_done(st);
+    e = tx_end(s, rc, "link take", alias);
+    if (e < 0)
+        return e;
+    return expires > now ? 0 : -ETIMEDOUT;
+}
+
+/* --- sessions ------------------------------------------------------------------- */
+
+int store_session_put(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
+                      uid_t uid, int64_t expires)
+{
+    if (!hash || !alias_ok(alias))
+        return -EINVAL;
+    int e = tx_begin(s, "session put", alias);
+    if (e < 0)
+        return e;
+    sqlite3_stmt *st = s->st[ST_SESS_PUT];
+    int rc = bind_hash(st, 1, hash);
+    if (rc == SQLITE_OK)
+        rc = bind_text(st, 2, alias, ROUTE_ALIAS_MAX + 1);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 3, (sqlite3_int64)uid);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 4, expires);
+    if (rc == SQLITE_OK)
+        rc = exec_stmt(st);
+    else
+        stmt_done(st);
+    return tx_end(s, rc, "session put", alias);
+}
+
+int store_session_delete(struct store *s, const uint8_t hash[STORE_HASH_LEN])
+{
+    if (!hash)
+        return -EINVAL;
+    int e = tx_begin(s, "session delete", NULL);
+    if (e < 0)
+        return e;
+    sqlite3_stmt *st = s->st[ST_SESS_DEL];
+    int rc = bind_hash(st, 1, hash);
+    if (rc == SQLITE_OK)
+        rc = exec_stmt(st);
+    else
+        stmt_done(st);
+    int gone = rc == SQLITE_OK ? sqlite3_changes(s->db) : 0;
+    e = tx_end(s, rc, "session delete", NULL);
+    if (e < 0)
+        return e;
+    return gone > 0 ? 0 : -ENOENT;
+}
+
+struct session_row {
+    uint8_t hash[STORE_HASH_LEN];
+    char alias[ROUTE_ALIAS_MAX + 1];
+    uid_t uid;
+    int64_t expires;
+};
+
+int store_session_load(struct store *s, int64_t now,
+                       int (*cb)(const uint8_t hash[STORE_HASH_LEN], const char *alias, uid_t uid,
+                                 int64_t expires, void *arg),
+                       void *arg)
+{
+    sqlite3_stmt *st = s->st[ST_SESS_LOAD];
+    struct session_row *rows = NULL;
+    size_t n = 0, cap = 0;
+    int rc = sqlite3_bind_int64(st, 1, now);
+    if (rc != SQLITE_OK) {
+        stmt_done(st);
+        return fail(s, rc, "session load", NULL);
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            rows = xrealloc(rows, cap * sizeof(*rows));
+        }
+        struct session_row *row = &rows[n];
+        const void *h = sqlite3_column_blob(st, 0);
+        int64_t uid, expires;
+        if (sqlite3_column_type(st, 0) != SQLITE_BLOB || !h ||
+            sqlite3_column_bytes(st, 0) != STORE_HASH_LEN ||
+            col_text(st, 1, row->alias, sizeof(row->alias)) < 0 ||
+            !route_alias_valid(row->alias, strlen(row->alias)) ||
+            col_range(st, 2, 0, UINT32_MAX, &uid) < 0 ||
+            col_range(st, 3, INT64_MIN, INT64_MAX, &expires) < 0) {
+            log_warn("store: skipping a malformed sessions row");
+            continue;
+        }
+        memcpy(row->hash, h, STORE_HASH_LEN);
+        row->uid = (uid_t)uid;
+        row->expires = expires;
+        n++;
+    }
+    stmt_done(st);
+    if (rc != SQLITE_DONE) {
+        free(rows);
+        return fail(s, rc, "session load", NULL);
+    }
+
+    int ret = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = cb(rows[i].hash, rows[i].alias, rows[i].uid, rows[i].expires, arg);
+        if (c != 0) {
+            ret = c < 0 ? c : 0;
+            break;
+        }
+    }
+    /* The copies held hashes; do not leave them in freed memory. */
+    if (rows)
+        explicit_bzero(rows, cap * sizeof(*rows));
+    free(rows);
+    return ret;
+}
+
+/* --- expiry and audit -------------------------------------------------------------- */
+
+static int delete_before(struct store *s, enum stmt_id id, int64_t t, int64_t *count)
+{
+    sqlite3_stmt *st = s->st[id];
+    int rc = sqlite3_bind_int64(st, 1, t);
+    if (rc == SQLITE_OK)
+        rc = exec_stmt(st);
+    else
+        stmt_done(st);
+    if (rc == SQLITE_OK)
+        *count += sqlite3_changes(s->db);
+    return rc;
+}
+
+int store_expire(struct store *s, int64_t now)
+{
+    int e = tx_begin(s, "expire", NULL);
+    if (e < 0)
+        return e;
+    int64_t n = 0, old_audit = 0;
+    /* The audit trail is kept for a bounded time so that the file stays bounded. */
+    int64_t audit_before = now > INT64_MIN + STORE_AUDIT_KEEP ? now - STORE_AUDIT_KEEP : INT64_MIN;
+    int rc = delete_before(s, ST_EXP_LINKS, now, &n);
+    if (rc == SQLITE_OK)
+        rc = delete_before(s, ST_EXP_SESS, now, &n);
+    if (rc == SQLITE_OK)
+        rc = delete_before(s, ST_EXP_AUDIT, audit_before, &old_audit);
+    e = tx_end(s, rc, "expire", NULL);
+    if (e < 0)
+        return e;
+    if (old_audit > 0)
+        log_debug("store: removed %lld audit records older than 90 days", (long long)old_audit);
+    return n > INT_MAX ? INT_MAX : (int)n;
+}
+
+int store_audit(struct store *s, uid_t uid, const char *event, const char *alias,
+                const char *detail)
+{
+    if (!event)
+        return -EINVAL;
+    int e = tx_begin(s, "audit", event);
+    if (e < 0)
+        return e;
+    sqlite3_stmt *st = s->st[ST_AUDIT];
+    int rc = sqlite3_bind_int64(st, 1, now_real());
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 2, (sqlite3_int64)uid);
+    if (rc == SQLITE_OK)
+        rc = bind_text(st, 3, event, STORE_AUDIT_FIELD_MAX);
+    if (rc == SQLITE_OK)
+        rc = bind_text(st, 4, alias, STORE_AUDIT_FIELD_MAX);
+    if (rc == SQLITE_OK)
+        rc = bind_text(st, 5, detail, STORE_AUDIT_FIELD_MAX);
+    if (rc == SQLITE_OK)
+        rc = exec_stmt(st);
+    else
+        stmt_done(st);
+    return tx_end(s, rc, "audit", event);
+}

@@ -1,0 +1,33 @@
+/*
+ * tls — OpenSSL 3 server context and the self-signed certificate of a
+ * personal gateway.
+ *
+ * Owns nothing beyond what it returns: the caller frees the SSL_CTX.
+ * Settings decided here once for every listener: TLS 1.2 minimum, no
+ * renegotiation, SSL_OP_IGNORE_UNEXPECTED_EOF (a peer that closes without
+ * close_notify is an EOF, not an error: browsers do it all the time), ALPN
+ * "http/1.1" (and later protocols registered by the caller), small buffers
+ * released while idle.
+ */
+#ifndef JG_TLS_H
+#define JG_TLS_H
+
+#include <openssl/ssl.h>
+#include <stddef.h>
+
+/* Builds a server context from PEM files. NULL on error, with the reason
+ * (including OpenSSL's) in err. */
+SSL_CTX *tls_server_ctx(const char *cert_file, const char *key_file, char *err, size_t errlen);
+
+/*
+ * Makes sure dir/tls.crt and dir/tls.key exist: when both are missing,
+ * creates a P-256 key (mode 0600) and a self-signed certificate for
+ * "localhost", "*.localhost" and 127.0.0.1, valid for 825 days. When they
+ * exist they are left alone. 0 or a negative errno; reason in err.
+ */
+int tls_selfsigned_ensure(const char *dir, const char *domain, char *err, size_t errlen);
+
+/* Last OpenSSL error as text (thread-local static buffer) for log lines. */
+const char *tls_errstr(void);
+
+#endif

@@ -1,0 +1,147 @@
+"""Large bodies are streamed, not buffered: the gateway's peak RSS (VmHWM) stays under 64 MiB.
+
+Each test starts the transfer and then pauses on one side for a couple of seconds, so that a
+gateway without backpressure would pile the stream up in memory.
+"""
+import hashlib
+import json
+import time
+
+import pytest
+
+from conftest import BLOCK, MiB, build_request
+
+GiB = 1 << 30
+RSS_LIMIT = 64 * MiB
+
+_sha_cache = {}
+CMP = BLOCK * 8  # 512 KiB: longer than any piece read from the socket + 256
+
+
+def pattern_sha256(n):
+    if n not in _sha_cache:
+        h = hashlib.sha256()
+        big = BLOCK * 16  # 1 MiB, the pattern is periodic in 256
+        full, rest = divmod(n, len(big))
+        for _ in range(full):
+            h.update(big)
+        h.update(big[:rest])
+        _sha_cache[n] = h.hexdigest()
+    return _sha_cache[n]
+
+
+@pytest.fixture
+def streaming(fresh_gateway):
+    gw = fresh_gateway
+    app = gw.publish_http()
+    s = gw.login(app.alias, app.link)
+    return gw, s
+
+
+def download(gw, s, n, chunked, pause=2.0):
+    c = s.conn(timeout=60)
+    try:
+        q = f"/bytes?n={n}" + ("&chunked=1" if chunked else "")
+        c.send(build_request("GET", q, s.host, cookie=s.cookie))
+        time.sleep(pause)  # the app keeps writing; the gateway must not buffer it all
+        r = c.read_head()
+        assert r.status == 200, r
+        if chunked:
+            assert "chunked" in (r.header("Transfer-Encoding") or "").lower(), r.headers
+        else:
+            assert r.header("Content-Length") == str(n), r.headers
+        off = 0
+        peak = 0
+        next_check = 0
+        for d in c.iter_body(r):
+            k = off % 256
+            if d != CMP[k: k + len(d)]:
+                # pieces are at most 256 KiB; compare the slow way to locate the damage
+                exp = (BLOCK * (len(d) // len(BLOCK) + 2))[k: k + len(d)]
+                if d != exp:
+                    bad = next(i for i in range(len(d)) if d[i] != exp[i])
+                    raise AssertionError(f"download corrupt at byte {off + bad}")
+            off += len(d)
+            if off >= next_check:
+                peak = max(peak, gw.vmhwm())
+                next_check += 64 * MiB
+        assert off == n, f"download ended after {off} of {n} bytes"
+        return max(peak, gw.vmhwm())
+    finally:
+        c.close()
+
+
+def upload(gw, s, n, chunked, delay=2):
+    c = s.conn(timeout=60)
+    try:
+        hs = [] if chunked else [("Content-Length", str(n))]
+        c.send(build_request("POST", f"/sink?delay={delay}", s.host, headers=hs,
+                             chunked=chunked, cookie=s.cookie))
+        piece = BLOCK * 16  # 1 MiB
+        left = n
+        sent = 0
+        peak = 0
+        while left:
+            d = piece[: min(left, len(piece))]
+            c.send((b"%x\r\n" % len(d) + d + b"\r\n") if chunked else d)
+            left -= len(d)
+            sent += len(d)
+            if sent % (64 * MiB) == 0:
+                peak = max(peak, gw.vmhwm())
+        if chunked:
+            c.send(b"0\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200, r
+        out = json.loads(r.body)
+        assert out["bytes"] == n, out
+        assert out["sha256"] == pattern_sha256(n), "upload corrupted on the way"
+        assert out["framing"] == ("chunked" if chunked else "length"), out
+        return max(peak, gw.vmhwm())
+    finally:
+        c.close()
+
+
+@pytest.mark.slow
+def test_download_1gib_content_length(streaming):
+    gw, s = streaming
+    peak = download(gw, s, GiB, chunked=False)
+    assert peak < RSS_LIMIT, f"gateway peak RSS {peak / MiB:.1f} MiB during a 1 GiB download"
+
+
+@pytest.mark.slow
+def test_upload_1gib_content_length(streaming):
+    gw, s = streaming
+    peak = upload(gw, s, GiB, chunked=False)
+    assert peak < RSS_LIMIT, f"gateway peak RSS {peak / MiB:.1f} MiB during a 1 GiB upload"
+
+
+@pytest.mark.slow
+def test_download_256mib_chunked(streaming):
+    gw, s = streaming
+    peak = download(gw, s, 256 * MiB, chunked=True)
+    assert peak < RSS_LIMIT, f"gateway peak RSS {peak / MiB:.1f} MiB (chunked download)"
+
+
+@pytest.mark.slow
+def test_upload_256mib_chunked(streaming):
+    gw, s = streaming
+    peak = upload(gw, s, 256 * MiB, chunked=True)
+    assert peak < RSS_LIMIT, f"gateway peak RSS {peak / MiB:.1f} MiB (chunked upload)"
+
+
+@pytest.mark.slow
+def test_slow_reader_does_not_stall_others(streaming):
+    """While one client leaves a big download unread, other requests are answered at once."""
+    gw, s = streaming
+    stalled = s.conn(timeout=30)
+    try:
+        stalled.send(build_request("GET", f"/bytes?n={GiB}", s.host, cookie=s.cookie))
+        time.sleep(1)
+        for _ in range(5):
+            t0 = time.monotonic()
+            r = s.get("/hello")
+            assert r.status == 200 and r.body == b"hello\n", r
+            assert time.monotonic() - t0 < 2
+        assert gw.vmhwm() < RSS_LIMIT
+    finally:
+        stalled.close()
