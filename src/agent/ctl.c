@@ -251,11 +251,11 @@ int ctl_request(struct ctl *c, json_t *req, json_t **reply, char *err, size_t er
 
 int ctl_call(const char *path, json_t *req, json_t **reply, char *err, size_t errlen)
 {
-    struct ctl *c;
+    struct ctl *c = NULL;
     *reply = NULL;
     int r = ctl_connect(path, &c, err, errlen);
-    if (r < 0)
-        return r;
+    if (r < 0 || !c)
+        return r < 0 ? r : -EIO;
     r = ctl_request(c, req, reply, err, errlen);
     ctl_close(c);
     return r;

@@ -55,6 +55,9 @@ static void sanitise_inplace(char *s)
 }
 
 static void vmessage(const char *fmt, va_list ap, const char *suffix)
+    __attribute__((format(printf, 1, 0)));
+
+static void vmessage(const char *fmt, va_list ap, const char *suffix)
 {
     char msg[2048];
     /* A cut message is still worth printing. */

@@ -99,7 +99,8 @@ static void usage_run(FILE *f)
           "      --tcp             listen on a loopback TCP port instead of a UNIX socket;\n"
           "                        every user of this host can reach it, so the app must\n"
           "                        keep its own authentication\n"
-          "      --json            print events as JSON objects, one per line\n"
+          "      --json            print events as JSON objects, one per line (CMD's\n"
+          "                        standard output then goes to standard error)\n"
           "      --ttl DURATION    lifetime of the first link (1s to 7d, e.g. 30m)\n"
           "      --timeout DURATION\n"
           "                        how long to wait for CMD to listen (default 120s; 0: no limit)\n"
@@ -107,7 +108,9 @@ static void usage_run(FILE *f)
           "      --via ssh:HOST    reach a remote gateway through ssh (not supported yet)\n"
           "  -h, --help            show this help\n"
           "\n"
-          "example: jobgate run -- jupyter lab --sock {socket} --ServerApp.token=''\n",
+          "example:\n"
+          "  jobgate run -- jupyter lab --no-browser --sock {socket} \\\n"
+          "      --ServerApp.allow_remote_access=True --ServerApp.token=''\n",
           f);
 }
 
@@ -529,8 +532,16 @@ static int app_start(struct run *r, char **argv, const sigset_t *oldmask)
             (void)sigaction(forwarded_signals[i], &sa, NULL);
         (void)sigaction(SIGPIPE, &sa, NULL);
         (void)sigprocmask(SIG_SETMASK, oldmask, NULL);
-        execvp(argv[0], argv);
-        int e = errno;
+        /* With --json our stdout carries only JSON lines for a program to
+         * parse; what the app prints there would break that, so it goes to
+         * stderr instead. */
+        int e;
+        if (r->json && dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
+            e = errno;
+        } else {
+            execvp(argv[0], argv);
+            e = errno;
+        }
         ssize_t w;
         do {
             w = write(pfd[1], &e, sizeof(e));

@@ -495,8 +495,9 @@ static void on_head(struct conn *c)
 {
     struct gateway *gw = c->gw;
     struct evbuffer *in = bufferevent_get_input(c->cli);
+    int batch = 0;
     c->in_head_loop = 1;
-    for (int batch = 0; c->st == CS_HEAD && batch < PIPELINE_BATCH; batch++) {
+    for (; c->st == CS_HEAD && batch < PIPELINE_BATCH; batch++) {
         size_t len = evbuffer_get_length(in);
         if (len == 0)
             break;
@@ -526,7 +527,7 @@ static void on_head(struct conn *c)
         handle_request(c, &gw->scratch, (size_t)r);
     }
     c->in_head_loop = 0;
-    if (c->st == CS_HEAD && evbuffer_get_length(in) > 0 && c->scan == 0)
+    if (batch == PIPELINE_BATCH && c->st == CS_HEAD && evbuffer_get_length(in) > 0)
         bufferevent_trigger(c->cli, EV_READ, BEV_TRIG_DEFER_CALLBACKS); /* more pipelined heads */
 }
 

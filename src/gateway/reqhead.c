@@ -168,8 +168,18 @@ int reqhead_next(const struct http1_str *target, char *out, size_t outlen)
                 } else if (ch == '+') {
                     goto bad;
                 }
-                if (ch <= 0x20 || ch >= 0x7f || strchr("\\\"<>^`{|}", ch))
+                /* Control bytes and backslashes have no business in a path;
+                 * anything else outside the safe set goes out percent-encoded. */
+                if (ch < 0x20 || ch == 0x7f || ch == '\\')
                     goto bad;
+                if (ch == 0x20 || ch > 0x7f || strchr("\"<>^`{|}", ch)) {
+                    if (o + 4 >= outlen)
+                        goto bad;
+                    out[o++] = '%';
+                    out[o++] = "0123456789ABCDEF"[ch >> 4];
+                    out[o++] = "0123456789ABCDEF"[ch & 15];
+                    continue;
+                }
                 if (o + 1 >= outlen)
                     goto bad;
                 out[o++] = (char)ch;

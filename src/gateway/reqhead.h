@@ -49,9 +49,10 @@ int reqhead_cookie_strip(const struct http1_str *value, const char *name, char *
 /*
  * From a request target "/_jobgate/redeem/TOKEN?next=..." takes the next
  * parameter, percent-decodes it and accepts it only as a path on the same
- * host: it starts with one '/', not "//" nor "/\", and contains only
- * visible ASCII other than \ " < > ^ ` { | }. Writes it to out and returns
- * 0; returns -EINVAL (out = "/") when absent or unsafe.
+ * host: it starts with one '/', not "//", and has no control byte nor
+ * backslash. Space, non-ASCII and " < > ^ ` { | } are percent-encoded again
+ * so that the result is safe in a Location field. Writes it to out and
+ * returns 0; returns -EINVAL (out = "/") when absent or unsafe.
  */
 int reqhead_next(const struct http1_str *target, char *out, size_t outlen);
 

@@ -405,8 +405,8 @@ static void test_scan_pipelined_and_bytewise(void **state)
         "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         "GET / HTTP/1.0\r\n\r\n",
         "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-        "POST /upload HTTP/1.1\r\nHost: example.org\r\nContent-Type: a/b\r\nX-Long: "
-        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+        ("POST /upload HTTP/1.1\r\nHost: example.org\r\nContent-Type: a/b\r\nX-Long: "
+         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n"),
     };
     for (size_t k = 0; k < sizeof(heads) / sizeof(heads[0]); k++) {
         size_t n = strlen(heads[k]);

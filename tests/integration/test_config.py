@@ -1,0 +1,247 @@
+"""Shared mode from a config file: --check, errors with FILE:LINE:, limits and timeouts."""
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import JOBGATED, RawConn, build_request, free_port, tail
+
+
+def check(path, timeout=10):
+    return subprocess.run([JOBGATED, "--check", "-c", str(path)], capture_output=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+VALID = """\
+# a complete shared-mode configuration
+[gateway]
+listen = 127.0.0.1:{port}
+domain = apps.example.org
+public_port = 443
+state_dir = {dir}/state
+control_socket = {dir}/control.sock
+log = stderr
+max_connections = 500
+
+; limits
+[limits]
+request_line = 8192
+header_bytes = 32768
+headers = 100
+
+[timeouts]
+handshake = 10s
+request_head = 30
+idle = 75s
+connect = 10s
+io = 5m
+tunnel = 1h
+
+[links]
+ttl = 10m
+session_ttl = 12h
+"""
+
+
+def test_check_valid_file(binaries, tmp_path):
+    f = tmp_path / "ok.conf"
+    f.write_text(VALID.format(port=free_port(), dir=tmp_path))
+    t0 = time.monotonic()
+    out = check(f)
+    assert out.returncode == 0, out
+    assert time.monotonic() - t0 < 5
+    assert not (tmp_path / "control.sock").exists(), "--check started a gateway"
+
+
+def test_check_minimal_file(binaries, tmp_path):
+    f = tmp_path / "min.conf"
+    f.write_text(f"[gateway]\nlisten = 127.0.0.1:{free_port()}\ndomain = localhost\n"
+                 f"state_dir = {tmp_path}/s\ncontrol_socket = {tmp_path}/c.sock\n")
+    out = check(f)
+    assert out.returncode == 0, out
+
+
+JUNK = [
+    # (id, text, line of the error)
+    ("no_equals", "[gateway]\ndomain = localhost\nthis line is junk\n", 3),
+    ("unknown_section", "[gateway]\ndomain = localhost\n\n[nonsense]\nx = 1\n", 4),
+    ("unknown_key", "[gateway]\ndomain = localhost\ncolour = blue\n", 3),
+    ("duplicate_key", "[gateway]\ndomain = localhost\n# c\ndomain = other\n", 4),
+    ("headers_out_of_range", "[gateway]\ndomain = localhost\n[limits]\nheaders = 100000\n", 4),
+    ("request_line_too_small", "[limits]\nrequest_line = 10\n", 2),
+    ("bad_duration", "[timeouts]\nidle = 75s\nrequest_head = soon\n", 3),
+    ("negative_duration", "[timeouts]\nconnect = -5s\n", 2),
+    ("bad_listen", "[gateway]\nlisten = nowhere\n", 2),
+    ("bad_port", "[gateway]\nlisten = 127.0.0.1:99999\n", 2),
+    ("unclosed_section", "[gateway\ndomain = localhost\n", 1),
+    ("cert_without_key", "[gateway]\ndomain = localhost\ncert = /etc/x.crt\n", 3),
+    ("binary_junk", "[gateway]\n\x01\x02\x03\xff\n", 2),
+]
+
+
+@pytest.mark.parametrize("name,text,line", JUNK, ids=[j[0] for j in JUNK])
+def test_check_junk_reports_file_and_line(binaries, tmp_path, name, text, line):
+    f = tmp_path / f"{name}.conf"
+    f.write_bytes(text.encode("latin-1"))
+    out = check(f)
+    assert out.returncode != 0, f"junk accepted: {text!r}"
+    err = out.stderr.decode("utf-8", "replace")
+    if name == "cert_without_key":
+        # "both or neither": the error may point at the cert line or at the end of the file
+        assert f"{f}:" in err, err
+    else:
+        assert f"{f}:{line}:" in err, f"expected '{f}:{line}:' in stderr, got {err!r}"
+
+
+def test_check_missing_file(binaries, tmp_path):
+    out = check(tmp_path / "nope.conf")
+    assert out.returncode != 0
+    assert str(tmp_path / "nope.conf") in out.stderr.decode(), out.stderr
+
+
+def test_daemon_refuses_junk_config(binaries, tmp_path):
+    f = tmp_path / "bad.conf"
+    f.write_text("[gateway]\nlisten = 127.0.0.1:1\nbogus\n")
+    p = subprocess.run([JOBGATED, "-f", "-c", str(f)], capture_output=True, timeout=10,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode != 0
+    assert f"{f}:3:" in p.stderr.decode(), p.stderr
+
+
+# --------------------------------------------------------------------------- a shared gateway
+
+LIMITS = {
+    "limits": {"request_line": "512", "header_bytes": "4096", "headers": "20"},
+    "timeouts": {"handshake": "2s", "request_head": "2s", "idle": "2s"},
+}
+
+
+@pytest.fixture(scope="module")
+def shared(binaries):
+    from conftest import _finish, _gateway
+    gw = _gateway(LIMITS, name="shared")
+    yield gw
+    _finish(gw)
+
+
+@pytest.fixture(scope="module")
+def shared_app(shared):
+    a = shared.start_direct_app()
+    shared.register(a, name="sharedapp")
+    a.session = shared.login(a.alias, a.link)
+    yield a
+    a.stop()
+
+
+def test_shared_mode_hello(shared):
+    info = shared.control({"op": "hello"})
+    assert info.get("ok") and info.get("mode") == "shared", info
+    assert info.get("domain") == "localhost", info
+    assert info.get("url_suffix") == f".localhost:{shared.port}", info
+
+
+def test_shared_app_served(shared_app):
+    r = shared_app.session.get("/hello")
+    assert r.status == 200 and r.body == b"hello\n", r
+
+
+def closed_after(conn, limit):
+    """Seconds until the peer closes the connection (fails after `limit`)."""
+    t0 = time.monotonic()
+    conn.expect_close(limit)
+    return time.monotonic() - t0
+
+
+def test_request_head_timeout(shared, shared_app):
+    s = shared_app.session
+    with s.conn() as c:
+        c.send(f"GET /hello HTTP/1.1\r\nHost: {s.host}\r\nX-Half: ".encode())
+        t = closed_after(c, 6.5)
+    assert t >= 1.5, f"closed after {t:.1f} s, before request_head = 2s"
+
+
+def test_request_head_timeout_not_reset_by_trickle(shared, shared_app):
+    """A slow-loris client trickling bytes is still cut off by the head timeout."""
+    s = shared_app.session
+    with s.conn() as c:
+        c.send(f"GET /hello HTTP/1.1\r\nHost: {s.host}\r\n".encode())
+        t0 = time.monotonic()
+        closed = False
+        while time.monotonic() - t0 < 8:
+            try:
+                c.send(b"X-T: 1\r\n")
+            except OSError:
+                closed = True
+                break
+            if not c.quiet_for(0.5) or c.eof:
+                closed = True
+                break
+        assert closed and time.monotonic() - t0 < 7, "a trickling head kept the connection open"
+
+
+def test_handshake_timeout(shared):
+    s = socket.create_connection(("127.0.0.1", shared.port), timeout=10)
+    try:
+        t0 = time.monotonic()
+        s.settimeout(7)
+        try:
+            d = s.recv(100)
+        except ConnectionResetError:
+            d = b""
+        except socket.timeout:
+            raise AssertionError("a client that never starts TLS was not closed within 7 s")
+        t = time.monotonic() - t0
+        assert d == b"", d
+        assert 1.5 <= t <= 6.5, f"closed after {t:.1f} s with handshake = 2s"
+    finally:
+        s.close()
+
+
+def test_idle_timeout(shared, shared_app):
+    s = shared_app.session
+    with s.conn() as c:
+        r = s.get("/hello", conn=c)
+        assert r.status == 200
+        t = closed_after(c, 6.5)
+    assert t >= 1.5, f"idle keep-alive connection closed after {t:.1f} s, before idle = 2s"
+
+
+def test_config_request_line_limit(shared, shared_app):
+    s = shared_app.session
+    with s.conn() as c:
+        c.send(build_request("GET", "/" + "a" * 600, s.host, cookie=s.cookie))
+        r = c.read_head()
+        assert r.status == 414, r
+        c.expect_close(2)
+    r = s.get("/hello?" + "a" * 300)
+    assert r.status == 200, r
+
+
+def test_config_field_count_limit(shared, shared_app):
+    s = shared_app.session
+    with s.conn() as c:
+        c.send(build_request("GET", "/hello", s.host, cookie=s.cookie,
+                             headers=[(f"X-{i}", "1") for i in range(30)]))
+        r = c.read_head()
+        assert r.status == 431, r
+        c.expect_close(2)
+    r = s.get("/hello", headers=[(f"X-{i}", "1") for i in range(10)])
+    assert r.status == 200, r
+
+
+def test_config_head_size_limit(shared, shared_app):
+    s = shared_app.session
+    with s.conn() as c:
+        c.send(build_request("GET", "/hello", s.host, cookie=s.cookie,
+                             headers=[("X-Big", "b" * 5000)]))
+        r = c.read_head()
+        assert r.status == 431, r
+        c.expect_close(2)
+    r = s.get("/hello", headers=[("X-Big", "b" * 2000)])
+    assert r.status == 200, r
+
+
+def test_shared_gateway_survived(shared, shared_app):
+    shared.assert_alive()
+    assert shared_app.session.get("/hello").status == 200

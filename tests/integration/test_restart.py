@@ -1,0 +1,125 @@
+"""Routes, links and sessions live in the store: they survive a gateway restart."""
+import json
+import time
+
+from conftest import build_request
+
+
+def restart(gw):
+    t0 = time.monotonic()
+    rc = gw.stop(timeout=5)
+    assert rc == 0, f"jobgated did not exit 0 within 5 s of SIGTERM (status {rc})"
+    assert time.monotonic() - t0 < 5
+    gw.start()
+
+
+def test_session_survives_restart(fresh_gateway):
+    gw = fresh_gateway
+    a = gw.start_direct_app()
+    gw.register(a)
+    s = gw.login(a.alias, a.link)
+    assert s.get("/hello").status == 200
+    restart(gw)
+    r = s.get("/hello")
+    assert r.status == 200 and r.body == b"hello\n", f"same cookie after restart: {r!r}"
+    ls = gw.control({"op": "list"})
+    assert ls.get("ok") and a.alias in [x["alias"] for x in ls["routes"]], ls
+
+
+def test_tcp_route_survives_restart(fresh_gateway):
+    gw = fresh_gateway
+    a = gw.start_direct_app(tcp=True)
+    gw.register(a)
+    s = gw.login(a.alias, a.link)
+    restart(gw)
+    assert s.get("/hello").status == 200
+
+
+def test_unused_link_survives_restart(fresh_gateway):
+    gw = fresh_gateway
+    a = gw.start_direct_app()
+    gw.register(a)
+    link = gw.new_link(a.alias)
+    restart(gw)
+    s = gw.login(a.alias, link)
+    assert s.get("/hello").status == 200
+
+
+def test_used_link_stays_used_after_restart(fresh_gateway):
+    gw = fresh_gateway
+    a = gw.start_direct_app()
+    gw.register(a)
+    gw.login(a.alias, a.link)
+    restart(gw)
+    with gw.connect(a.alias) as c:
+        from conftest import link_target
+        c.send(build_request("GET", link_target(a.link), gw.host(a.alias)))
+        r = c.read_response()
+    assert r.status == 403, f"a used link worked again after restart: {r!r}"
+
+
+def test_logout_survives_restart(fresh_gateway):
+    gw = fresh_gateway
+    a = gw.start_direct_app()
+    gw.register(a)
+    s = gw.login(a.alias, a.link)
+    assert s.get("/_jobgate/logout").status == 200
+    restart(gw)
+    assert s.get("/hello").status == 403
+
+
+def test_removed_route_stays_removed(fresh_gateway):
+    gw = fresh_gateway
+    a = gw.start_direct_app()
+    gw.register(a)
+    s = gw.login(a.alias, a.link)
+    assert gw.control({"op": "remove", "alias": a.alias}).get("ok")
+    restart(gw)
+    assert s.get("/hello").status == 404
+
+
+def test_published_app_survives_restart(fresh_gateway):
+    """An app under `jobgate run` keeps its route (and the user's session) across a restart."""
+    gw = fresh_gateway
+    app = gw.publish_http()
+    s = gw.login(app.alias, app.link)
+    assert s.get("/hello").status == 200
+    restart(gw)
+    time.sleep(1)
+    assert app.proc.poll() is None, (f"`jobgate run` exited ({app.proc.returncode}) when the "
+                                     f"gateway restarted")
+    r = s.get("/hello")
+    assert r.status == 200, r
+    out = gw.cli("ls", "--json")
+    assert out.returncode == 0 and app.alias.encode() in out.stdout, out
+
+
+def test_route_of_dead_owner_reaped_after_restart(fresh_gateway):
+    """A route whose owner pid died while the gateway was down is not resurrected."""
+    gw = fresh_gateway
+    a = gw.start_direct_app()
+    gw.register(a)  # pid = the app's
+    s = gw.login(a.alias, a.link)
+    gw.stop()
+    a.kill()
+    gw.start()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        routes = [x["alias"] for x in gw.control({"op": "list"})["routes"]]
+        if a.alias not in routes:
+            break
+        time.sleep(0.5)
+    assert a.alias not in routes, "route of a dead owner pid still listed 15 s after restart"
+    assert s.get("/hello").status == 404
+
+
+def test_sigterm_exit_status_and_cleanup(fresh_gateway):
+    gw = fresh_gateway
+    rc = gw.stop(timeout=5)
+    assert rc == 0, rc
+    # the port is free again at once (SO_REUSEADDR): a new gateway can start on it
+    gw.start()
+    assert gw.control({"op": "hello"}).get("ok")
+    info = gw.control({"op": "hello"})
+    assert info.get("mode") == "personal" and info.get("domain") == "localhost", info
+    assert info.get("url_suffix") == f".localhost:{gw.port}", json.dumps(info)
