@@ -3,6 +3,7 @@
  * options, and dispatch to the subcommands (cmd.h).
  */
 #include <ctype.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -196,8 +197,10 @@ int main(int argc, char **argv)
         char **sub_argv = argv + optind;
         optind = 0; /* glibc: 0 re-initialises getopt for the subcommand's words */
         int rc = commands[i].fn(sub_argc, sub_argv);
-        if (fflush(stdout) != 0 && rc == 0)
+        if (fflush(stdout) != 0 && rc == 0) {
+            cli_error("cannot write to standard output: %s", strerror(errno));
             rc = 1;
+        }
         free(default_socket);
         return rc;
     }

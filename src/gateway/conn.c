@@ -127,7 +127,7 @@ static void access_log(struct conn *c)
 {
     if (!c->method[0])
         return;
-    log_info("req conn=%llu ip=%s alias=%s uid=%ld \"%s %s\" %d %llu %lldms",
+    log_access("req conn=%llu ip=%s alias=%s uid=%ld \"%s %s\" %d %llu %lldms",
              (unsigned long long)c->id, c->ip, c->alias[0] ? c->alias : "-",
              c->uid == (uid_t)-1 ? -1L : (long)c->uid, c->method, c->path, c->status,
              (unsigned long long)c->bytes_out, (long long)(now_mono_ms() - c->t_start));
@@ -261,8 +261,15 @@ static void move_bytes(struct conn *c, struct bufferevent *src, struct buffereve
     struct evbuffer *out = bufferevent_get_output(dst);
     if (n)
         evbuffer_remove_buffer(bufferevent_get_input(src), out, n);
-    if (to_client)
+    if (to_client) {
         c->bytes_out += n;
+        /* The TLS bufferevent writes one record (and makes one syscall) per
+         * chain: a small response made of a head chain and a body chain is
+         * cheaper copied into one. */
+        size_t len = evbuffer_get_length(out);
+        if (len <= 16384 && evbuffer_peek(out, -1, NULL, NULL, 0) > 1)
+            evbuffer_pullup(out, -1);
+    }
     if (evbuffer_get_length(out) >= CONN_HIGH_WATER)
         bufferevent_disable(src, EV_READ); /* dst's write callback resumes it */
 }
@@ -389,12 +396,22 @@ static void be_start(struct conn *c, const struct route *r)
     timer_set(c, TK_CONNECT);
 }
 
-/* Sends the kept head on the backend connection (new or reused). */
+/* Sends the kept head on the backend connection (new or reused). On an idle
+ * connected socket it is written at once: the bufferevent would first wait
+ * for writability, an epoll round trip and two epoll_ctl calls per request. */
 static void be_send_head(struct conn *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->be);
     size_t n = evbuffer_get_length(c->reqhead);
-    evbuffer_add(out, evbuffer_pullup(c->reqhead, (ssize_t)n), n);
+    const char *p = (const char *)evbuffer_pullup(c->reqhead, (ssize_t)n);
+    size_t done = 0;
+    if (c->be_connected && evbuffer_get_length(out) == 0) {
+        ssize_t w = send(bufferevent_getfd(c->be), p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0)
+            done = (size_t)w;
+    }
+    if (done < n)
+        evbuffer_add(out, p + done, n - done);
 }
 
 /* Forwards a request head that passed every check. */

@@ -20,8 +20,8 @@
 #include "tls.h"
 #include "util.h"
 
-#define TICK_SECS 2
-#define EXPIRE_EVERY_TICKS 30
+#define TICK_SECS 1
+#define EXPIRE_EVERY_TICKS 60
 
 int gateway_url(const struct gateway *gw, const char *alias, char *buf, size_t len)
 {
@@ -132,6 +132,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     route_filter(gw->routes, find_dead, &rc);
     for (int i = 0; i < rc.n; i++)
         gateway_route_remove(gw, rc.dead[i], rc.uid[i], "owner process gone");
+    log_flush();
     if (++gw->ticks % EXPIRE_EVERY_TICKS == 0)
         auth_expire(gw->auth, now_real());
 }
@@ -244,7 +245,14 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
     auth_expire(gw->auth, now_real());
     auth_load(gw->auth, now_real());
 
-    gw->base = event_base_new();
+    /* The changelist folds the add/del pairs that bufferevents make within
+     * one loop turn into one epoll_ctl, or none. */
+    struct event_config *ecfg = event_config_new();
+    if (ecfg) {
+        event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+        gw->base = event_base_new_with_config(ecfg);
+        event_config_free(ecfg);
+    }
     if (!gw->base) {
         snprintf(err, errlen, "cannot create the event loop");
         return -ENOMEM;
@@ -282,6 +290,7 @@ int gateway_run(struct gateway *gw)
 
 void gateway_free(struct gateway *gw)
 {
+    log_flush();
     conn_close_all(gw);
     control_stop(gw);
     for (int i = 0; i < 3; i++)

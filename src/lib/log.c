@@ -1,9 +1,11 @@
 /* log — see log.h. */
 #include "log.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -11,12 +13,16 @@
 static const char *log_ident = "jobgate";
 static int log_syslog;
 static enum log_level log_max = LOG_LVL_INFO;
+static long log_pid;
+static char acc_buf[32768];
+static size_t acc_len;
 
 void log_init(const char *ident, int use_syslog, enum log_level level)
 {
     log_ident = ident;
     log_syslog = use_syslog;
     log_max = level;
+    log_pid = (long)getpid();
     if (use_syslog)
         openlog(ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
 }
@@ -26,7 +32,47 @@ int log_enabled(enum log_level lvl)
     return lvl <= log_max;
 }
 
-static void log_v(enum log_level lvl, const char *fmt, va_list ap)
+static void write_all(const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(STDERR_FILENO, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return; /* nowhere left to complain to */
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+void log_flush(void)
+{
+    if (acc_len)
+        write_all(acc_buf, acc_len);
+    acc_len = 0;
+}
+
+static int log_line(char *line, size_t size, const char *lvl, const char *msg)
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    if (!log_pid)
+        log_pid = (long)getpid();
+    int n = snprintf(line, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%ld] %s: %s\n",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, ts.tv_nsec / 1000000, log_ident, log_pid, lvl, msg);
+    if (n < 0)
+        return 0;
+    if ((size_t)n >= size) {
+        n = (int)size - 1;
+        line[n - 1] = '\n';
+    }
+    return n;
+}
+
+static void log_v(enum log_level lvl, int access_line, const char *fmt, va_list ap)
 {
     static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
     static const char *name[] = {"error", "warn", "info", "debug"};
@@ -36,23 +82,33 @@ static void log_v(enum log_level lvl, const char *fmt, va_list ap)
         vsyslog(prio[lvl], fmt, ap);
         return;
     }
-    char msg[2048];
+    char msg[2048], line[2200];
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    /* One write per line so that lines of concurrent processes do not interleave. */
-    fprintf(stderr, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%ld] %s: %s\n", tm.tm_year + 1900,
-            tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
-            log_ident, (long)getpid(), name[lvl], msg);
+    int n = log_line(line, sizeof(line), name[lvl], msg);
+    if (lvl == LOG_LVL_INFO && access_line) {
+        if (acc_len + (size_t)n > sizeof(acc_buf))
+            log_flush();
+        memcpy(acc_buf + acc_len, line, (size_t)n);
+        acc_len += (size_t)n;
+        return;
+    }
+    log_flush();
+    write_all(line, (size_t)n);
 }
 
 void log_msg(enum log_level lvl, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    log_v(lvl, fmt, ap);
+    log_v(lvl, 0, fmt, ap);
+    va_end(ap);
+}
+
+void log_access(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_v(LOG_LVL_INFO, 1, fmt, ap);
     va_end(ap);
 }
 
@@ -60,7 +116,8 @@ void fatal(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    log_v(LOG_LVL_ERR, fmt, ap);
+    log_v(LOG_LVL_ERR, 0, fmt, ap);
     va_end(ap);
+    log_flush();
     exit(1);
 }

@@ -556,7 +556,7 @@ class PublishedApp:
             try:
                 ev = json.loads(line)
             except ValueError:
-                raise AssertionError(f"`jobgate run --json` printed a non-JSON line: {line!r}")
+                continue  # test_cli checks that every line is JSON; here we only need "ready"
             if isinstance(ev, dict) and ev.get("event") == "ready":
                 self.ready = ev
                 self.alias, self.url = ev.get("alias"), ev.get("url")

@@ -185,7 +185,7 @@ def test_next_same_host_path(gateway, app, raw, expect):
 
 
 def test_next_path_with_query(gateway, app):
-    nxt = urllib.parse.quote("/notebooks/a b.ipynb?kernel=1", safe="")
+    nxt = urllib.parse.quote("/notebooks/x.ipynb?kernel=1", safe="")
     r = redeem(gateway, app.alias, gateway.new_link(app.alias), f"?next={nxt}")
     assert r.status == 303, r
     loc = r.header("Location")

@@ -340,11 +340,13 @@ async def main():
     else:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        port_was_zero = args.port == 0
         sock.bind(("127.0.0.1", args.port))
         server = await asyncio.start_server(cb, sock=sock, limit=MAX_HEAD)
         args.port = sock.getsockname()[1]
         args.listen_desc = f"tcp:127.0.0.1:{args.port}"
-        print(f"PORT {args.port}", flush=True)
+        if port_was_zero:
+            print(f"PORT {args.port}", flush=True)
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")

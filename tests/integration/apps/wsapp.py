@@ -8,6 +8,7 @@
   plain GET /hello  "hello\n" (no upgrade), to check the app is reachable
 """
 import argparse
+import http
 import asyncio
 import json
 import os
@@ -28,7 +29,7 @@ async def handler(ws, path=None):
 
 async def process_request(path, headers):
     if path == "/hello":
-        return (200, [("Content-Type", "text/plain")], b"hello\n")
+        return (http.HTTPStatus.OK, [("Content-Type", "text/plain")], b"hello\n")
     return None
 
 
