@@ -33,10 +33,12 @@ struct control {
     struct evconnlistener *lis;
     char *path;
     unsigned nclients;
+    struct ctl_client *clients;
 };
 
 struct ctl_client {
     struct control *ctl;
+    struct ctl_client *next, *prev;
     struct bufferevent *bev;
     uid_t uid;
     pid_t pid;
@@ -62,6 +64,12 @@ static void fail(struct reply *rp, const char *code, const char *fmt, ...)
 
 static void client_free(struct ctl_client *c)
 {
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->ctl->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
     c->ctl->nclients--;
     bufferevent_free(c->bev);
     free(c);
@@ -405,6 +413,8 @@ static void client_read(struct bufferevent *bev, void *arg)
         handle(c, line, len);
         free(line);
     }
+    if (evbuffer_get_length(in) > 0) /* more lines than one batch: continue next turn */
+        bufferevent_trigger(bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS);
 }
 
 static void client_event(struct bufferevent *bev, short what, void *arg)
@@ -446,6 +456,10 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     if (!c->bev)
         fatal("out of memory (control client)");
     ctl->nclients++;
+    c->next = ctl->clients;
+    if (ctl->clients)
+        ctl->clients->prev = c;
+    ctl->clients = c;
     struct timeval idle = {CTL_IDLE_SECS, 0};
     bufferevent_set_timeouts(c->bev, &idle, &idle);
     bufferevent_setwatermark(c->bev, EV_READ, 0, CTL_LINE_MAX + 2);
@@ -511,6 +525,8 @@ void control_stop(struct gateway *gw)
     struct control *ctl = gw->control;
     if (!ctl)
         return;
+    while (ctl->clients)
+        client_free(ctl->clients);
     evconnlistener_free(ctl->lis);
     unlink(ctl->path);
     free(ctl->path);
