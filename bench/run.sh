@@ -87,7 +87,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 mkdir -p "$out" || die "cannot create $out"
-rm -f "$out"/*.wrk "$out"/*.log "$out/summary.txt"
+rm -f "$out"/*.wrk "$out"/*.res "$out"/*.log "$out/summary.txt"
 
 free_port() {
     "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -228,29 +228,29 @@ log "scenario: 1 KiB responses, keep-alive, wrk -t$threads -c$conns, ${secs}s x 
 [ -n "$jobgate_url" ] && log "jobgate: $jobgate_url (jobgated pid $jg_pid)"
 [ -n "$nginx_url" ] && log "nginx:   $nginx_url"
 
-for peer in $peers; do
-    if [ "$warmup" -gt 0 ]; then
-        log "warm-up $peer (${warmup}s)"
-        run_wrk "$peer" "$warmup" "$out/warmup-$peer.wrk"
-        check_run "$peer" "$out/warmup-$peer.wrk" || die "$peer failed its warm-up"
-    fi
-done
+# A peer's process tree: jobgated, or nginx's master and its workers.
+tree() {
+    local q
+    for q in "$@"; do echo "$q"; cat "/proc/$q/task/$q/children" 2>/dev/null; done
+}
+peer_pid() { if [ "$1" = jobgate ]; then echo "$jg_pid"; else echo "$nginx_pid"; fi; }
 
-for r in $(seq "$rounds"); do
-    for peer in $peers; do
-        f=$out/$peer-$r.wrk
-        run_wrk "$peer" "$secs" "$f"
-        check_run "$peer" "$f" || die "$peer failed in round $r"
-        read -r rps p99 _ < <(awk -f "$here/wrk-parse.awk" "$f")
-        log "round $r $peer: $rps req/s, p99 $(awk -v u="$p99" 'BEGIN { printf "%.2f ms", u / 1000 }')"
+# CPU time (user + system, all threads) used so far by a process tree, in clock ticks.
+cpu_ticks() {
+    local total=0 p t
+    for p in $(tree "$@"); do
+        # Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+        t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)
+        total=$(( total + ${t:-0} ))
     done
-done
+    echo "$total"
+}
+hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
-# ---------------------------------------------------------------- report
-# Peak resident memory of a process tree (master and workers), in KiB.
+# Peak resident memory (VmHWM) of a process tree, in KiB.
 hwm_kb() {
     local total=0 p kb
-    for p in "$@" $(for q in "$@"; do cat "/proc/$q/task/$q/children" 2>/dev/null; done); do
+    for p in $(tree "$@"); do
         kb=$(awk '/^VmHWM:/ { print $2 }' "/proc/$p/status" 2>/dev/null || true)
         total=$(( total + ${kb:-0} ))
     done
@@ -259,29 +259,62 @@ hwm_kb() {
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-declare -A med_rps med_p99 rss
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+load_before=$(loadavg)
+
 for peer in $peers; do
-    med_rps[$peer]=$(for r in $(seq "$rounds"); do awk -f "$here/wrk-parse.awk" "$out/$peer-$r.wrk" | cut -d' ' -f1; done | median)
-    med_p99[$peer]=$(for r in $(seq "$rounds"); do awk -f "$here/wrk-parse.awk" "$out/$peer-$r.wrk" | cut -d' ' -f2; done | median)
+    if [ "$warmup" -gt 0 ]; then
+        log "warm-up $peer (${warmup}s)"
+        run_wrk "$peer" "$warmup" "$out/warmup-$peer.wrk"
+        check_run "$peer" "$out/warmup-$peer.wrk" || die "$peer failed its warm-up"
+    fi
 done
-[ -n "$jobgate_url" ] && rss[jobgate]=$(hwm_kb "$jg_pid")
-[ -n "$nginx_url" ] && rss[nginx]=$(hwm_kb "$nginx_pid")
+
+# Per run: "REQ_PER_SEC P99_US CPU_US_PER_REQUEST" in PEER-N.res
+for r in $(seq "$rounds"); do
+    for peer in $peers; do
+        f=$out/$peer-$r.wrk
+        pid=$(peer_pid "$peer")
+        t0=$(cpu_ticks "$pid")
+        run_wrk "$peer" "$secs" "$f"
+        t1=$(cpu_ticks "$pid")
+        check_run "$peer" "$f" || die "$peer failed in round $r"
+        read -r rps p99 reqs _ < <(awk -f "$here/wrk-parse.awk" "$f")
+        cpu=$(awk -v d=$(( t1 - t0 )) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')
+        echo "$rps $p99 $cpu" > "$out/$peer-$r.res"
+        log "round $r $peer: $rps req/s, p99 $(awk -v u="$p99" 'BEGIN { printf "%.2f ms", u / 1000 }'), $cpu us CPU per request"
+    done
+done
+load_after=$(loadavg)
+
+# ---------------------------------------------------------------- report
+declare -A med_rps med_p99 med_cpu rss
+col() { for r in $(seq "$rounds"); do cut -d' ' -f"$2" "$out/$1-$r.res"; done; }
+for peer in $peers; do
+    med_rps[$peer]=$(col "$peer" 1 | median)
+    med_p99[$peer]=$(col "$peer" 2 | median)
+    med_cpu[$peer]=$(col "$peer" 3 | median)
+    rss[$peer]=$(hwm_kb "$(peer_pid "$peer")")
+done
 
 {
     echo "jobgate benchmark: 1 KiB responses over keep-alive, wrk -t$threads -c$conns --latency,"
     echo "$rounds alternating runs of ${secs}s per peer, medians; $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "machine: $(nproc) CPUs, $(sed -n 's/^model name[^:]*: *//p' /proc/cpuinfo | head -n 1), $(uname -sr); $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
+    echo "load average before: $load_before, after: $load_after"
     echo
-    printf '%-10s %14s %12s %16s   %s\n' peer "req/s" "p99 (ms)" "peak RSS (KiB)" "runs (req/s)"
+    printf '%-8s %9s %9s %12s %15s   %s\n' peer "req/s" "p99 ms" "CPU us/req" "peak RSS KiB" "runs (req/s)"
     for peer in $peers; do
-        runs=$(for r in $(seq "$rounds"); do awk -f "$here/wrk-parse.awk" "$out/$peer-$r.wrk" | cut -d' ' -f1; done | tr '\n' ' ')
-        printf '%-10s %14.0f %12.2f %16s   %s\n' "$peer" "${med_rps[$peer]}" \
-            "$(awk -v u="${med_p99[$peer]}" 'BEGIN { print u / 1000 }')" "${rss[$peer]}" "$runs"
+        printf '%-8s %9.0f %9.2f %12.1f %15s   %s\n' "$peer" "${med_rps[$peer]}" \
+            "$(awk -v u="${med_p99[$peer]}" 'BEGIN { print u / 1000 }')" "${med_cpu[$peer]}" \
+            "${rss[$peer]}" "$(col "$peer" 1 | tr '\n' ' ')"
     done
     if [ -z "$only" ]; then
         echo
         awk -v a="${med_rps[jobgate]}" -v b="${med_rps[nginx]}" -v c="${med_p99[jobgate]}" -v d="${med_p99[nginx]}" \
-            'BEGIN { printf "jobgate/nginx: req/s %.2f, p99 %.2f (req/s: higher is better; p99: lower is better)\n", a / b, c / d }'
+            -v e="${med_cpu[jobgate]}" -v f="${med_cpu[nginx]}" \
+            'BEGIN { printf "jobgate/nginx: req/s %.2f, p99 %.2f, CPU per request %.2f\n", a / b, c / d, (f > 0 ? e / f : 0) }'
+        echo "(req/s: higher is better; p99 and CPU per request: lower is better)"
         echo "jobgated peak RSS (VmHWM): ${rss[jobgate]} KiB; nginx (master + workers): ${rss[nginx]} KiB"
     fi
 } | tee "$out/summary.txt"

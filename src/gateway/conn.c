@@ -654,13 +654,13 @@ static void cli_event(struct bufferevent *bev, short what, void *arg)
     struct conn *c = arg;
     if (what & BEV_EVENT_CONNECTED) {
         SSL *ssl = bufferevent_openssl_get_ssl(bev);
-        const unsigned char *alpn = NULL;
-        unsigned alen = 0;
-        SSL_get0_alpn_selected(ssl, &alpn, &alen);
         c->st = CS_HEAD;
         timer_set(c, TK_IDLE);
         log_debug("conn=%llu ip=%s TLS %s established", (unsigned long long)c->id, c->ip,
                   SSL_get_version(ssl));
+        /* A request that came with the handshake's last flight raised no read event of its own. */
+        if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+            on_head(c);
         return;
     }
     if ((what & BEV_EVENT_ERROR) && c->st == CS_HANDSHAKE)
