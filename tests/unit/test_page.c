@@ -283,7 +283,6 @@ static void test_pipelined(void **state)
     (void)state;
     struct evbuffer *b = evbuffer_new();
     assert_non_null(b);
-    page_error(404, NULL, 0, NULL, 0);
     page_error(b, 404, NULL, 0, NULL, 0);
     page_redirect(b, "/x", 0, NULL);
     size_t total = evbuffer_get_length(b);
