@@ -37,8 +37,9 @@ py=/usr/bin/python3
 die() { echo "bench: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
 
-for v in secs rounds warmup conns threads; do
-    case ${!v} in ''|*[!0-9]*) die "$v must be a whole number (got '${!v}')" ;; esac
+for v in BENCH_SECONDS:secs BENCH_ROUNDS:rounds BENCH_WARMUP:warmup BENCH_CONNECTIONS:conns BENCH_THREADS:threads; do
+    var=${v#*:}
+    case ${!var} in ''|*[!0-9]*) die "${v%%:*} must be a whole number (got '${!var}')" ;; esac
 done
 if [ "$secs" -lt 1 ] || [ "$rounds" -lt 1 ]; then die "BENCH_SECONDS and BENCH_ROUNDS must be at least 1"; fi
 case $only in

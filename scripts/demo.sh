@@ -75,6 +75,7 @@ if answer=$(hello); then
 else
     (umask 077 && mkdir -p "$state") || die "cannot create $state"
     printf '\n--- make demo, %s ---\n' "$(date '+%Y-%m-%d %H:%M:%S')" >> "$gw_log" || die "cannot write $gw_log"
+    log_from=$(( $(wc -l < "$gw_log") + 1 ))
     # In its own session, so that Ctrl-C reaches the app first and the gateway is
     # stopped by this script afterwards, in order.
     setsid "$build/jobgated" -f >> "$gw_log" 2>&1 < /dev/null &
@@ -87,8 +88,8 @@ else
         sleep 0.1
     done
     if [ -z "$answer" ]; then
-        echo "demo: the gateway did not come up; the end of $gw_log:" >&2
-        tail -n 20 "$gw_log" | sed 's/^/    /' >&2
+        echo "demo: the gateway did not come up; from $gw_log:" >&2
+        tail -n +"$log_from" "$gw_log" | tail -n 20 | sed 's/^/    /' >&2
         exit 1
     fi
 fi
@@ -107,7 +108,7 @@ demo: Press Ctrl-C here to stop.
 EOF
 
 # Ctrl-C is the normal way to end the demo: jobgate run passes it to the app and
-# returns; then the EXIT trap stops the gateway and make sees success.
+# returns; then the EXIT trap stops the gateway and the script ends with status 0.
 interrupted=
 trap 'interrupted=1' INT
 "$build/jobgate" run -n demo -- "$py" "$root/contrib/demo/app.py" --sock '{socket}'

@@ -34,7 +34,8 @@ REPO = HERE.parent.parent
 BUILD = pathlib.Path(os.environ.get("JOBGATE_BUILD") or (REPO / "build")).resolve()
 JOBGATED = str(BUILD / "jobgated")
 JOBGATE = str(BUILD / "jobgate")
-PY = sys.executable or "/usr/bin/python3"
+# Debian's interpreter (with python3-websockets) runs the test apps, whatever runs pytest.
+PY = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 COOKIE = "__Host-jobgate"
 TAG = uuid.uuid4().hex
@@ -503,6 +504,8 @@ class DirectApp:
 
     def stop(self):
         kill_group(self.proc, timeout=3)
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class PublishedApp:
@@ -607,7 +610,7 @@ class Session:
 
 
 class Gateway:
-    def __init__(self, config=None, name="personal"):
+    def __init__(self, config=None, name="personal", verbose=False):
         """config: None for personal mode, else a dict {section: {key: value}} merged over the
         shared-mode basics (listen, domain, state_dir, control_socket)."""
         self.root = mkdtemp("jg-")
@@ -642,6 +645,7 @@ class Gateway:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "JOBGATE_"))}
         self.env.update(HOME=str(self.home), XDG_STATE_HOME=str(self.state_home),
                         XDG_RUNTIME_DIR=str(self.runtime), JOBGATE_TEST_TAG=TAG)
+        self.verbose = verbose
         self.proc = None
         self.stopped_on_purpose = False
         self.crashed = None
@@ -650,9 +654,10 @@ class Gateway:
 
     # -- lifecycle
     def args(self):
+        v = ["-v"] if self.verbose else []
         if self.shared:
-            return [JOBGATED, "-f", "-c", self.config_path]
-        return [JOBGATED, "-f", "-l", f"127.0.0.1:{self.port}"]
+            return [JOBGATED, "-f", *v, "-c", self.config_path]
+        return [JOBGATED, "-f", *v, "-l", f"127.0.0.1:{self.port}"]
 
     def start(self, timeout=10):
         self.stopped_on_purpose = False
@@ -846,17 +851,30 @@ def link_target(link):
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
-def binaries():
+def _missing_message():
     missing = [p for p in (JOBGATED, JOBGATE) if not os.access(p, os.X_OK)]
     if missing:
-        pytest.fail(f"jobgate is not built: {', '.join(missing)} missing or not executable "
-                    f"(run `make`, or point JOBGATE_BUILD at the build directory)", pytrace=False)
+        return (f"jobgate is not built: {', '.join(missing)} missing or not executable "
+                f"(run `make`, or point JOBGATE_BUILD at the build directory)")
+    return None
+
+
+def pytest_sessionstart(session):
+    msg = _missing_message()
+    if msg and not session.config.option.collectonly:
+        pytest.exit(msg, returncode=1)  # a failure, not a skip
+
+
+@pytest.fixture(scope="session")
+def binaries():
+    msg = _missing_message()
+    if msg:
+        pytest.fail(msg, pytrace=False)
     return BUILD
 
 
-def _gateway(config=None, name="personal"):
-    gw = Gateway(config=config, name=name)
+def _gateway(config=None, name="personal", verbose=False):
+    gw = Gateway(config=config, name=name, verbose=verbose)
     gw.start()
     return gw
 
@@ -889,8 +907,8 @@ def make_gateway(binaries):
     """Factory: make_gateway(config_dict_or_None) -> started Gateway, cleaned up afterwards."""
     made = []
 
-    def make(config=None, name="custom"):
-        gw = _gateway(config, name)
+    def make(config=None, name="custom", verbose=False):
+        gw = _gateway(config, name, verbose)
         made.append(gw)
         return gw
 

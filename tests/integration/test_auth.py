@@ -128,6 +128,16 @@ def test_403_does_not_run_the_body_as_a_request(gateway, app):
         assert c.quiet_for(1.0), f"the body was answered as a request: {bytes(c.buf[:200])!r}"
 
 
+def test_expect_100_without_session_gets_403_not_100(gateway, app):
+    host = gateway.host(app.alias)
+    with gateway.connect(app.alias) as c:
+        c.send(f"POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n"
+               f"Expect: 100-continue\r\n\r\n".encode())
+        c.settimeout(3)
+        r = c.read_head()
+        assert r.status == 403, f"expected an immediate 403 (no 100 Continue), got {r!r}"
+
+
 def test_session_cookie_never_reaches_app(gateway, app):
     s = gateway.login(app.alias, gateway.new_link(app.alias))
     for cookie_line in (f"a=1; {COOKIE}={s.cookie}; b=2",
@@ -173,7 +183,8 @@ def test_session_of_app_a_refused_on_app_b(gateway, app, app_b):
 NEXT_OK = [("/some/path", "/some/path"), ("%2Fsome%2Fpath", "/some/path")]
 NEXT_BAD = ["//evil.com", "%2F%2Fevil.com", "https://evil.com", "https%3A%2F%2Fevil.com",
             "%2F%5Cevil", "%2F%5C%2Fevil.com", "%5C%5Cevil.com", "http%3A%2F%2Fevil.com",
-            "javascript%3Aalert(1)", "%2F%09%2Fevil.com", ""]
+            "javascript%3Aalert(1)", "%2F%09%2Fevil.com", "%2F%0D%0AX-Injected%3A%201",
+            "%2F%0AX-Injected%3A%201", "%2F%00evil", ""]
 
 
 @pytest.mark.parametrize("raw,expect", NEXT_OK, ids=["plain", "encoded"])
@@ -198,6 +209,7 @@ def test_next_offsite_refused(gateway, app, raw):
     r = redeem(gateway, app.alias, gateway.new_link(app.alias), f"?next={raw}")
     assert r.status == 303, r
     assert r.header("Location") == "/", f"next={raw} redirected to {r.header('Location')!r}"
+    assert r.header("X-Injected") is None, f"header injected through next=: {r.headers}"
     assert session_cookie(r)[0], "the link itself was good; the cookie should still be set"
 
 
@@ -241,3 +253,51 @@ def test_curl_follows_link_with_cookie_jar(gateway, app, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"index\n\n200", out.stdout
     assert COOKIE in jar.read_text()
+
+
+def test_absolute_form_target_cannot_switch_app(gateway, app, app_b):
+    """Routing and authentication follow one authority: a request with Host and cookie of
+    app A but an absolute-form target naming app B never reaches app B."""
+    s = gateway.login(app.alias, gateway.new_link(app.alias))
+    a_listen = s.get("/env").json()["listen"]
+    sb = gateway.login(app_b.alias, gateway.new_link(app_b.alias))
+    b_listen = sb.get("/env").json()["listen"]
+    assert a_listen != b_listen
+    with s.conn() as c:
+        c.send(build_request("GET", f"https://{gateway.host(app_b.alias)}/env", s.host,
+                             cookie=s.cookie))
+        r = c.read_response()
+    if r.status == 200:
+        assert json.loads(r.body)["listen"] == a_listen, "absolute-form target reached app B"
+    else:
+        assert r.status in (400, 403, 421), r
+
+
+def test_secrets_never_logged(make_gateway):
+    """I4: link tokens and session values do not appear in the log, even with -v."""
+    gw = make_gateway(verbose=True)
+    a = gw.start_direct_app()
+    gw.register(a)
+    token = link_target(a.link).rsplit("/", 1)[1]
+    s = gw.login(a.alias, a.link)
+    assert s.get("/hello").status == 200
+    link2 = gw.new_link(a.alias)
+    token2 = link_target(link2).rsplit("/", 1)[1]
+    redeem(gw, a.alias, link2)          # a good redeem
+    redeem(gw, a.alias, link2)          # a reused token
+    s.get("/_jobgate/logout")
+    s.get("/hello")                     # a stale session
+    time.sleep(0.3)
+    log = gw.log_path.read_text(errors="replace")
+    for secret in (token, token2, s.cookie):
+        assert secret not in log, f"a secret appears in the gateway log: ...{secret[:6]}..."
+    # stored only as hashes: no file of the state directory holds them in clear
+    link3 = gw.new_link(a.alias)
+    token3 = link_target(link3).rsplit("/", 1)[1]
+    s3 = gw.login(a.alias, gw.new_link(a.alias))
+    time.sleep(0.3)
+    for f in gw.state_dir.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            for secret in (token3, s3.cookie):
+                assert secret.encode() not in data, f"a secret is stored in clear in {f}"

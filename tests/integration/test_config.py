@@ -1,4 +1,5 @@
 """Shared mode from a config file: --check, errors with FILE:LINE:, limits and timeouts."""
+import json
 import socket
 import subprocess
 import time
@@ -113,7 +114,8 @@ def test_daemon_refuses_junk_config(binaries, tmp_path):
 
 LIMITS = {
     "limits": {"request_line": "512", "header_bytes": "4096", "headers": "20"},
-    "timeouts": {"handshake": "2s", "request_head": "2s", "idle": "2s"},
+    "timeouts": {"handshake": "2s", "request_head": "2s", "idle": "2s", "io": "3s",
+                 "tunnel": "3s"},
 }
 
 
@@ -242,6 +244,130 @@ def test_config_head_size_limit(shared, shared_app):
     assert r.status == 200, r
 
 
+def test_io_timeout_stalled_upload(shared, shared_app):
+    """A request body that stops arriving is cut off after `io` (3 s)."""
+    s = shared_app.session
+    with s.conn() as c:
+        c.send(build_request("POST", "/sink", s.host, cookie=s.cookie,
+                             headers=[("Content-Length", "1000")]) + b"x" * 10)
+        t = closed_after(c, 9)
+    assert t >= 2, f"closed after {t:.1f} s, before io = 3s"
+
+
+def test_io_timeout_app_never_answers(shared, shared_app):
+    """An app that never answers gets the client a 504/502 after `io` (3 s), not a hang."""
+    s = shared_app.session
+    with s.conn() as c:
+        c.send(build_request("GET", "/stall", s.host, cookie=s.cookie))
+        c.settimeout(9)
+        t0 = time.monotonic()
+        try:
+            r = c.read_head()
+        except Exception as e:  # noqa: BLE001
+            raise AssertionError(f"no answer within 9 s for a stalled app ({e!r})")
+        t = time.monotonic() - t0
+    assert r.status in (502, 504), r
+    assert 2 <= t <= 8, f"answered after {t:.1f} s with io = 3s"
+
+
+def test_tunnel_timeout_idle_websocket(shared):
+    """An upgraded connection with no traffic is closed after `tunnel` (3 s)."""
+    from conftest import WSAPP
+    a = shared.start_direct_app(script=WSAPP)
+    shared.register(a, name="wsidle")
+    sess = shared.login(a.alias, a.link)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    with sess.conn() as c:
+        c.send(build_request("GET", "/", sess.host, cookie=sess.cookie, headers=[
+            ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key),
+            ("Sec-WebSocket-Version", "13")]))
+        r = c.read_head()
+        assert r.status == 101, r
+        t = closed_after(c, 10)
+    a.stop()
+    assert t >= 2, f"idle WebSocket closed after {t:.1f} s, before tunnel = 3s"
+
+
+def test_link_and_session_ttl_from_config(make_gateway):
+    from conftest import link_target, parse_set_cookie
+    gw = make_gateway({"links": {"ttl": "2s", "session_ttl": "1m"}}, name="ttl")
+    a = gw.start_direct_app()
+    ans = gw.register(a)
+    assert ans["expires"] - time.time() <= 3, f"link ttl from config ignored: {ans}"
+    stale = gw.new_link(a.alias)
+    with gw.connect(a.alias) as c:
+        c.send(build_request("GET", link_target(a.link), gw.host(a.alias)))
+        r = c.read_response()
+    assert r.status == 303, r
+    for v in r.header_all("Set-Cookie"):
+        _, _, attrs = parse_set_cookie(v)
+        if "max-age" in attrs:
+            assert 0 < int(attrs["max-age"]) <= 60, f"session_ttl = 1m but {v}"
+    time.sleep(2.5)
+    with gw.connect(a.alias) as c:
+        c.send(build_request("GET", link_target(stale), gw.host(a.alias)))
+        assert c.read_response().status == 403, "link outlived ttl = 2s"
+
+
 def test_shared_gateway_survived(shared, shared_app):
     shared.assert_alive()
     assert shared_app.session.get("/hello").status == 200
+
+
+# --------------------------------------------------------------------------- other users
+
+NOBODY = 65534
+
+AS_USER = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print(json.dumps({"connect_error": e.strerror})); sys.exit(0)
+f = s.makefile("rwb")
+out = []
+for q in json.loads(sys.argv[2]):
+    f.write(json.dumps(q).encode() + b"\\n"); f.flush()
+    line = f.readline()
+    out.append(json.loads(line) if line else None)
+print(json.dumps(out))
+"""
+
+
+def control_as(uid, path, reqs):
+    from conftest import PY
+    p = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                        PY, "-c", AS_USER, str(path), json.dumps(reqs)],
+                       capture_output=True, timeout=15, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p
+    return json.loads(p.stdout)
+
+
+def test_shared_control_other_user_sees_only_own(shared, shared_app):
+    """I2: any local user may connect in shared mode, but sees and changes only its own routes."""
+    import os
+    os.chmod(shared.root, 0o711)
+    tcp_app = shared.start_direct_app(tcp=True)
+    try:
+        out = control_as(NOBODY, shared.control_path, [
+            {"op": "hello"},
+            {"op": "list"},
+            {"op": "link", "alias": shared_app.alias},
+            {"op": "remove", "alias": shared_app.alias},
+            {"op": "register", "socket": shared_app.sock},
+            {"op": "register", "port": tcp_app.port},
+            {"op": "list", "uid": 0},
+        ])
+        assert isinstance(out, list), f"nobody could not use the shared control socket: {out}"
+        hello, lst, link, rm, reg_sock, reg_port, lst_root = out
+        assert hello.get("ok") and hello.get("uid") == NOBODY, hello
+        assert lst.get("ok") and shared_app.alias not in [r["alias"] for r in lst["routes"]], lst
+        assert link.get("ok") is False, f"nobody made a link to root's app: {link}"
+        assert rm.get("ok") is False, f"nobody removed root's app: {rm}"
+        assert reg_sock.get("ok") is False and reg_sock.get("code") == "forbidden", reg_sock
+        assert reg_port.get("ok") is False and reg_port.get("code") == "forbidden", reg_port
+        assert lst_root.get("ok") is False and lst_root.get("code") == "forbidden", lst_root
+        assert shared_app.session.get("/hello").status == 200
+    finally:
+        tcp_app.stop()

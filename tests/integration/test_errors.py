@@ -1,5 +1,6 @@
 """Error pages: every failure is a quick, clear HTTP status, never a hang or a crash."""
 import os
+import shutil
 import signal
 import time
 
@@ -179,6 +180,7 @@ def test_503_while_starting_then_ready(gateway, tmp_path):
             p.wait()
     finally:
         gateway.control({"op": "remove", "alias": alias})
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_ready_refused_when_socket_missing(gateway):
@@ -192,6 +194,7 @@ def test_ready_refused_when_socket_missing(gateway):
         assert ans2.get("ok") is False, f"ready accepted with no socket: {ans2}"
     finally:
         gateway.control({"op": "remove", "alias": ans["alias"]})
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_removed_route_404(gateway, direct):
@@ -249,3 +252,32 @@ def test_control_garbage_line(gateway):
 def test_gateway_still_alive(gateway, client):
     gateway.assert_alive()
     assert client.get("/hello").status == 200
+
+
+def test_control_personal_refuses_other_user(gateway):
+    """Personal mode accepts only the gateway's own user on the control socket."""
+    import json as _json
+    import subprocess
+    from conftest import PY
+    dirs = (gateway.root, gateway.runtime, gateway.control_path.parent)
+    modes = [os.stat(d).st_mode & 0o7777 for d in dirs]
+    for d in dirs:
+        os.chmod(d, 0o711)
+    script = ("import json,socket,sys\n"
+              "s=socket.socket(socket.AF_UNIX)\n"
+              "try:\n s.connect(sys.argv[1])\n"
+              "except OSError as e:\n print(json.dumps({'connect_error': e.strerror})); sys.exit()\n"
+              "f=s.makefile('rwb'); f.write(b'{\"op\":\"list\"}\\n'); f.flush()\n"
+              "l=f.readline(); print(l.decode() if l else json.dumps({'closed': True}))\n")
+    try:
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY,
+                            "-c", script, str(gateway.control_path)],
+                           capture_output=True, timeout=15)
+        assert p.returncode == 0, p
+        ans = _json.loads(p.stdout)
+        assert ans.get("ok") is not True, f"another user listed the routes: {ans}"
+        if "ok" in ans:
+            assert ans.get("code") == "forbidden", ans
+    finally:
+        for d, m in zip(dirs, modes):
+            os.chmod(d, m)

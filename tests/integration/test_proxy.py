@@ -75,6 +75,27 @@ def test_pipelined_requests_answered_in_order(client):
         assert r.status == 200 and r.body == b"hello\n", r
 
 
+def test_pipelined_100_requests_in_one_write(client):
+    with client.conn() as c:
+        c.send(b"".join(build_request("GET", f"/headers?n={i}", client.host, cookie=client.cookie)
+                        for i in range(100)))
+        for i in range(100):
+            r = c.read_response()
+            assert r.status == 200 and r.header("X-Request-Target") == f"/headers?n={i}", \
+                f"pipelined response {i}: {r!r}"
+
+
+def test_pipelined_post_bodies(client):
+    bodies = [os.urandom(1000 * (i + 1)) for i in range(5)]
+    with client.conn() as c:
+        c.send(b"".join(build_request("POST", "/echo", client.host, body=b, cookie=client.cookie,
+                                      chunked=(i % 2 == 1), chunk_size=333)
+                        for i, b in enumerate(bodies)))
+        for i, b in enumerate(bodies):
+            r = c.read_response()
+            assert r.status == 200 and r.body == b, f"pipelined POST {i}: {r!r}"
+
+
 def test_request_target_forwarded_verbatim(client):
     target = "/headers?a=1&b=%2F%20x&c=%E2%9C%93&a=2"
     r = client.get(target)
@@ -186,6 +207,53 @@ def test_content_length_download(client):
     assert r.body == pattern(n)
 
 
+def test_close_delimited_response_relayed(client):
+    """An app that ends its body by closing: the client still gets all of it, well framed."""
+    n = 300_000
+    with client.conn() as c:
+        c.send(build_request("GET", f"/eofbody?n={n}", client.host, cookie=client.cookie))
+        r = c.read_response()
+        assert r.status == 200, r
+        assert r.body == pattern(n), f"got {len(r.body)} of {n} bytes"
+        framed = r.chunked or r.header("Content-Length") is not None
+        if framed:
+            assert client.get("/hello", conn=c).body == b"hello\n"
+        else:
+            assert c.eof, "close-delimited body but the connection stayed open"
+
+
+def test_chunked_response_with_trailer(client):
+    with client.conn() as c:
+        r = client.get("/trailers", conn=c)
+        assert r.status == 200, r
+        assert r.body == b"hello trailers\n"
+        assert client.get("/hello", conn=c).body == b"hello\n"
+
+
+def test_early_hints_then_final(client):
+    with client.conn() as c:
+        r = client.get("/early", conn=c)
+        assert r.status == 200, r
+        assert r.body == b"after hints\n"
+        assert client.get("/hello", conn=c).body == b"hello\n"
+
+
+def test_large_response_head_relayed(client):
+    r = client.get("/bighead?n=16000")
+    assert r.status == 200, r
+    assert r.header("X-Big") == "h" * 16000
+    assert r.body == b"big head\n"
+
+
+def test_connection_close_honoured(client):
+    with client.conn() as c:
+        c.send(build_request("GET", "/hello", client.host, cookie=client.cookie,
+                             headers=[("Connection", "close")]))
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"hello\n", r
+        c.expect_close(3)
+
+
 # --------------------------------------------------------------------------- Expect: 100-continue
 
 
@@ -203,8 +271,25 @@ def test_expect_100_continue(client):
         c.send(body)
         r = c.read_response()
         assert r.status == 200, r
+        assert r.interim == [], f"more than one 100 Continue: {r.interim}"
         assert r.body == body
         assert client.get("/hello", conn=c).body == b"hello\n"
+
+
+def test_expect_forwarded_to_app(client):
+    """The app itself sees the Expect field (the gateway relays the app's 100, not its own)."""
+    head = (f"POST /headers HTTP/1.1\r\nHost: {client.host}\r\nCookie: {COOKIE}={client.cookie}\r\n"
+            f"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n").encode()
+    with client.conn() as c:
+        c.send(head)
+        c.settimeout(5)
+        r = c.read_head()
+        assert r.status == 100, r
+        c.send(b"hello")
+        r = c.read_response()
+        hs = app_headers(r)
+        assert values(hs, "Expect") == ["100-continue"], hs
+        assert values(hs, "Content-Length") == ["5"], hs
 
 
 def test_expect_100_continue_chunked(client):
@@ -363,3 +448,45 @@ def test_curl_chunked_upload(gateway, client, tmp_path):
     assert res["framing"] == "chunked"
     assert res["bytes"] == len(data)
     assert res["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_many_concurrent_clients(client):
+    import threading
+    errors = []
+
+    def worker(i):
+        try:
+            with client.conn() as c:
+                for j in range(5):
+                    r = client.get(f"/headers?c={i}&r={j}", conn=c)
+                    assert r.status == 200, r
+                    assert r.header("X-Request-Target") == f"/headers?c={i}&r={j}"
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"client {i}: {e!r}")
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(100)]
+    t0 = time.monotonic()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    assert not errors, errors[:5]
+    assert time.monotonic() - t0 < 20
+
+
+def test_client_aborts_mid_upload_and_mid_download(gateway, client):
+    """Clients that vanish half way do not hurt the gateway or the next clients."""
+    for _ in range(5):
+        c = client.conn()
+        c.send(build_request("POST", "/sink", client.host, cookie=client.cookie,
+                             headers=[("Content-Length", str(10 << 20))]))
+        c.send(os.urandom(100_000))
+        c.sock.close()
+        c = client.conn()
+        c.send(build_request("GET", f"/bytes?n={100 << 20}", client.host, cookie=client.cookie))
+        c.read_head()
+        c.sock.close()
+    time.sleep(0.5)
+    gateway.assert_alive()
+    r = client.get("/hello")
+    assert r.status == 200 and r.body == b"hello\n", r

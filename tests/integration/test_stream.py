@@ -105,6 +105,7 @@ def upload(gw, s, n, chunked, delay=2):
 def test_download_1gib_content_length(streaming):
     gw, s = streaming
     peak = download(gw, s, GiB, chunked=False)
+    print(f"gateway VmHWM after 1 GiB download: {peak / MiB:.1f} MiB")
     assert peak < RSS_LIMIT, f"gateway peak RSS {peak / MiB:.1f} MiB during a 1 GiB download"
 
 
@@ -112,6 +113,7 @@ def test_download_1gib_content_length(streaming):
 def test_upload_1gib_content_length(streaming):
     gw, s = streaming
     peak = upload(gw, s, GiB, chunked=False)
+    print(f"gateway VmHWM after 1 GiB upload: {peak / MiB:.1f} MiB")
     assert peak < RSS_LIMIT, f"gateway peak RSS {peak / MiB:.1f} MiB during a 1 GiB upload"
 
 
@@ -119,6 +121,7 @@ def test_upload_1gib_content_length(streaming):
 def test_download_256mib_chunked(streaming):
     gw, s = streaming
     peak = download(gw, s, 256 * MiB, chunked=True)
+    print(f"gateway VmHWM after 256 MiB chunked download: {peak / MiB:.1f} MiB")
     assert peak < RSS_LIMIT, f"gateway peak RSS {peak / MiB:.1f} MiB (chunked download)"
 
 
@@ -126,6 +129,7 @@ def test_download_256mib_chunked(streaming):
 def test_upload_256mib_chunked(streaming):
     gw, s = streaming
     peak = upload(gw, s, 256 * MiB, chunked=True)
+    print(f"gateway VmHWM after 256 MiB chunked upload: {peak / MiB:.1f} MiB")
     assert peak < RSS_LIMIT, f"gateway peak RSS {peak / MiB:.1f} MiB (chunked upload)"
 
 

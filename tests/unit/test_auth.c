@@ -340,6 +340,11 @@ static void test_session_expired_crafted(void **state)
     assert_int_equal(ok(f, APP, cookie), 0);
     /* the expired row left the store, the live one stayed */
     assert_int_equal(stored_sessions(f), 1);
+
+    /* expiring "two hours from now" ends the one-hour session, in memory and store */
+    auth_expire(f->a, now_real() + 7200);
+    assert_int_equal(ok(f, APP, live), 0);
+    assert_int_equal(stored_sessions(f), 0);
 }
 
 static void test_logout(void **state)

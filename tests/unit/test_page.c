@@ -49,9 +49,12 @@ static void error_page(int status, const char *detail, int close, const char *ex
 
 static const struct http1_str *field(const char *lname)
 {
+    static const struct http1_str none = {"", 0};
     int i = http1_find(&H, lname);
-    if (i < 0)
+    if (i < 0) {
         fail_msg("no %s field in:\n%s", lname, raw);
+        return &none;
+    }
     return &H.fields[i].value;
 }
 

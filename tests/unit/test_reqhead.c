@@ -103,8 +103,10 @@ static void assert_one_field(const struct http1_head *h, const char *lname, cons
             idx = (int)i;
         }
     }
-    if (idx < 0)
+    if (idx < 0) {
         fail_msg("field %s missing in:\n%s", lname, fwd);
+        return;
+    }
     const struct http1_str *v = &h->fields[idx].value;
     if (v->n != strlen(val) || memcmp(v->p, val, v->n) != 0)
         fail_msg("field %s is '%.*s', expected '%s'", lname, (int)v->n, v->p, val);
@@ -236,6 +238,22 @@ static void test_cookies_find(void **state)
     assert_int_equal(reqhead_cookies(&H, REQHEAD_COOKIE, one, 1), 1);
     assert_true(str_is(&one[0], "TOKONE"));
 
+    /* several of ours in one field: still no more than max written */
+    parse_req("GET / HTTP/1.1\r\nHost: a.localhost\r\n"
+              "Cookie: __Host-jobgate=A; __Host-jobgate=B; __Host-jobgate=C\r\n\r\n",
+              &H);
+    struct http1_str guard = {"guard", 5};
+    v[1] = guard;
+    v[2] = guard;
+    assert_int_equal(reqhead_cookies(&H, REQHEAD_COOKIE, v, 1), 1);
+    assert_true(str_is(&v[0], "A"));
+    assert_true(str_is(&v[1], "guard"));
+    assert_int_equal(reqhead_cookies(&H, REQHEAD_COOKIE, v, 2), 2);
+    assert_true(str_is(&v[1], "B"));
+    assert_true(str_is(&v[2], "guard"));
+    assert_int_equal(reqhead_cookies(&H, REQHEAD_COOKIE, v, 4), 3);
+
+    parse_req("GET / HTTP/1.1\r\nHost: a.localhost\r\nCookie: a=1; b=2\r\n\r\n", &H);
     assert_int_equal(reqhead_cookies(&H, "b", v, 4), 1);
     assert_true(str_is(&v[0], "2"));
 
@@ -749,6 +767,10 @@ static void test_fwd_resp_framing(void **state)
     assert_no_field(&F, "transfer-encoding");
     assert_one_field(&F, "x-a", "1");
 
+    /* an app that wrongly sends Content-Length with 204 does not pass it on */
+    forward_resp("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", 0, 0);
+    assert_no_field(&F, "content-length");
+
     forward_resp("HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 99\r\n\r\n", 0, 0);
     assert_int_equal(F.status, 304);
     assert_no_field(&F, "content-length");
@@ -776,6 +798,11 @@ static void test_fwd_resp_upgrade(void **state)
     assert_one_field(&F, "sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     assert_no_field(&F, "content-length");
     assert_no_field(&F, "transfer-encoding");
+
+    /* A 101 always announces the upgrade, even if the app forgot Connection. */
+    forward_resp("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", 0, 0);
+    assert_one_field(&F, "connection", "upgrade");
+    assert_one_field(&F, "upgrade", "websocket");
 
     /* A 200 with Upgrade but no "Connection: upgrade" loses Upgrade. */
     forward_resp("HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nContent-Length: 2\r\n\r\n", 0, 0);

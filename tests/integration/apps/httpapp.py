@@ -15,6 +15,11 @@ Expect: 100-continue, HEAD.
                          X-Request-Method / X-Request-Target / X-Request-Version echo the line
   GET  /status/204, /status/304 (with ETag and a Content-Length of 1234), /status/N
   GET  /hop              a response carrying hop-by-hop fields
+  GET  /eofbody?n=N      N pattern bytes framed by closing the connection
+  GET  /early            103 Early Hints, then 200
+  GET  /trailers         a chunked response with a trailer field
+  GET  /bighead?n=N      a response with an N-byte header field
+  GET  /stall            never answers
   GET  /env              {"argv","env" (JOBGATE_*),"listen","pid"}
   GET  /exit?code=N      answers, then exits with status N
   GET  /garbage          answers with a malformed status line and closes
@@ -233,6 +238,33 @@ async def handle(req, body, r, w, args):
         if m != "HEAD":
             w.write(b"hop\n")
         await w.drain()
+    elif p == "/eofbody":
+        # close-delimited: no Content-Length, no chunked; the body ends when the app closes
+        n = int(req.query.get("n", "100000"))
+        w.write(head(200, "OK", [("Content-Type", "application/octet-stream")]))
+        left = n
+        while left > 0:
+            d = BLOCK[: min(left, len(BLOCK))]
+            left -= len(d)
+            w.write(d)
+            await w.drain()
+        return False
+    elif p == "/early":
+        w.write(head(103, "Early Hints", [("Link", "</style.css>; rel=preload")]))
+        await w.drain()
+        await asyncio.sleep(0.05)
+        await respond(w, req, 200, "OK", text, b"after hints\n")
+    elif p == "/trailers":
+        w.write(head(200, "OK", [("Content-Type", "text/plain"), ("Trailer", "X-Checksum"),
+                                 ("Transfer-Encoding", "chunked")]))
+        w.write(chunk(b"hello ") + chunk(b"trailers\n") + b"0\r\nX-Checksum: 42\r\n\r\n")
+        await w.drain()
+    elif p == "/bighead":
+        n = int(req.query.get("n", "16000"))
+        await respond(w, req, 200, "OK", text + [("X-Big", "h" * n)], b"big head\n")
+    elif p == "/stall":
+        await asyncio.sleep(3600)
+        return False
     elif p == "/env":
         out = {"argv": sys.argv, "listen": args.listen_desc, "pid": os.getpid(),
                "env": {k: v for k, v in os.environ.items() if k.startswith("JOBGATE_")
