@@ -147,9 +147,11 @@ int reqhead_next(const struct http1_str *target, char *out, size_t outlen)
 {
     const char *q = memchr(target->p, '?', target->n);
     size_t o = 0;
+    if (outlen < 2)
+        return -EINVAL;
     out[0] = '/';
     out[1] = '\0';
-    if (!q || outlen < 2)
+    if (!q)
         return -EINVAL;
     const char *end = target->p + target->n;
     /* Find "next=" at the start of a parameter. */
@@ -291,9 +293,10 @@ static void add_framing(struct evbuffer *out, const struct http1_head *h)
 static void add_cookie(struct evbuffer *out, const struct http1_field *f)
 {
     char stack[4096];
-    /* The result is never longer than the input. */
-    char *buf = f->value.n <= sizeof(stack) ? stack : xmalloc(f->value.n);
-    int n = reqhead_cookie_strip(&f->value, REQHEAD_COOKIE, buf, f->value.n);
+    /* Separators are rewritten as "; ", so "a=1;b=2" grows: at most twice the input. */
+    size_t cap = 2 * f->value.n + 2;
+    char *buf = cap <= sizeof(stack) ? stack : xmalloc(cap);
+    int n = reqhead_cookie_strip(&f->value, REQHEAD_COOKIE, buf, cap);
     if (n > 0) {
         evbuffer_add(out, "Cookie: ", 8);
         evbuffer_add(out, buf, (size_t)n);
