@@ -42,6 +42,7 @@ enum timer_kind { TK_HANDSHAKE, TK_HEAD, TK_IDLE, TK_CONNECT, TK_IO, TK_TUNNEL, 
 
 struct conn {
     struct gateway *gw;
+    struct worker *w;
     struct conn *next, *prev;
     uint64_t id;
     enum cstate st;
@@ -96,7 +97,7 @@ static void exchange_done(struct conn *c);
 static int64_t now_ms(struct conn *c)
 {
     struct timeval tv;
-    event_base_gettimeofday_cached(c->gw->base, &tv);
+    event_base_gettimeofday_cached(c->w->base, &tv);
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
@@ -146,7 +147,7 @@ static void be_drop(struct conn *c)
 
 static void conn_free(struct conn *c)
 {
-    struct gateway *gw = c->gw;
+    struct worker *w = c->w;
     if (c->st == CS_EXCHANGE && c->method[0] && !c->status)
         c->status = 499; /* nginx's "client closed request", for the log */
     access_log(c);
@@ -159,12 +160,12 @@ static void conn_free(struct conn *c)
     if (c->prev)
         c->prev->next = c->next;
     else
-        gw->conns = c->next;
+        w->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
     free(c);
-    gw->nconns--;
-    gateway_conn_gone(gw);
+    w->nconns--;
+    gateway_conn_gone(w);
 }
 
 /* Last phase: close_notify and FIN sent, input read and dropped for a short
@@ -380,7 +381,7 @@ static void pump_tunnel(struct conn *c)
 
 static void be_start(struct conn *c, const struct route *r)
 {
-    c->be = backend_connect(c->gw->base, r);
+    c->be = backend_connect(c->w->base, r);
     if (!c->be) {
         log_info("conn=%llu alias=%s cannot reach the app: %s", (unsigned long long)c->id,
                  c->alias, strerror(errno));
@@ -468,12 +469,18 @@ static void handle_request(struct conn *c, const struct http1_head *h, size_t he
         local_reply(c, 404, "There is no app at this address.", has_body, NULL);
         return;
     }
-    const struct route *r = route_find(gw->routes, c->alias, strlen(c->alias));
+    /* Decide under the state lock on a copy of the route; nothing shared is
+     * kept past it. Redeeming and logging out change state: writer. */
+    struct route rc;
+    const struct route *r;
     if (reserved_match(&h->target)) {
         struct evbuffer *out = bufferevent_get_output(c->cli);
         size_t before = evbuffer_get_length(out);
         int close = has_body || c->client_close;
+        gateway_wrlock(gw);
+        r = route_find(gw->routes, c->alias, strlen(c->alias));
         c->status = reserved_handle(gw, c->alias, r, h, out, close);
+        gateway_unlock(gw);
         c->bytes_out = evbuffer_get_length(out) - before;
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         c->client_close = close;
@@ -481,20 +488,26 @@ static void handle_request(struct conn *c, const struct http1_head *h, size_t he
         exchange_done(c);
         return;
     }
+    int ok = 0, n = reqhead_cookies(h, REQHEAD_COOKIE, vals, 4);
+    gateway_rdlock(gw);
+    r = route_find(gw->routes, c->alias, strlen(c->alias));
+    if (r) {
+        rc = *r;
+        for (int i = 0; i < n && !ok; i++)
+            ok = auth_session_ok(gw->auth, c->alias, vals[i].p, vals[i].n, &c->uid);
+    }
+    gateway_unlock(gw);
     if (!r) {
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         local_reply(c, 404, NULL, has_body, NULL);
         return;
     }
-    int ok = 0, n = reqhead_cookies(h, REQHEAD_COOKIE, vals, 4);
-    for (int i = 0; i < n && !ok; i++)
-        ok = auth_session_ok(gw->auth, c->alias, vals[i].p, vals[i].n, &c->uid);
     if (!ok) {
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         local_reply(c, 403, NULL, has_body, NULL);
         return;
     }
-    if (r->starting) {
+    if (rc.starting) {
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         local_reply(c, 503, NULL, has_body, "Retry-After: 3\r\n");
         return;
@@ -504,7 +517,7 @@ static void handle_request(struct conn *c, const struct http1_head *h, size_t he
         local_reply(c, 417, "Only 'Expect: 100-continue' is supported.", has_body, NULL);
         return;
     }
-    forward(c, r, h, head_len);
+    forward(c, &rc, h, head_len);
 }
 
 /* Reads request heads from the browser while the connection waits for one. */
@@ -527,7 +540,7 @@ static void on_head(struct conn *c)
             break;
         c->scan = 0; /* the cursor serves the response head next */
         if (r > 0) {
-            int pe = http1_parse_request(p, (size_t)r, &gw->limits, &gw->scratch);
+            int pe = http1_parse_request(p, (size_t)r, &gw->limits, &c->w->scratch);
             if (pe < 0)
                 r = pe;
         }
@@ -541,7 +554,7 @@ static void on_head(struct conn *c)
             local_reply(c, http1_err_status(err), http1_err_str(err), 1, NULL);
             break;
         }
-        handle_request(c, &gw->scratch, (size_t)r);
+        handle_request(c, &c->w->scratch, (size_t)r);
     }
     c->in_head_loop = 0;
     if (batch == PIPELINE_BATCH && c->st == CS_HEAD && evbuffer_get_length(in) > 0)
@@ -553,7 +566,7 @@ static void on_resp_head(struct conn *c)
 {
     struct gateway *gw = c->gw;
     struct evbuffer *in = bufferevent_get_input(c->be);
-    struct http1_head *h = &gw->scratch;
+    struct http1_head *h = &c->w->scratch;
     while (!c->resp_started) {
         size_t len = evbuffer_get_length(in);
         if (len == 0)
@@ -725,14 +738,19 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
     if (!c->resp_started && c->be_reused && !c->retried && c->req_body == HTTP1_BODY_NONE &&
         evbuffer_get_length(bufferevent_get_input(c->be)) == 0) {
         /* The app closed a kept-alive connection as we sent on it: once, on a fresh one. */
+        struct route rc;
+        gateway_rdlock(c->gw);
         const struct route *r = route_find(c->gw->routes, c->alias, strlen(c->alias));
+        if (r)
+            rc = *r;
+        gateway_unlock(c->gw);
         c->retried = 1;
         be_drop(c);
         if (!r) {
             local_reply(c, 404, NULL, 0, NULL);
             return;
         }
-        be_start(c, r);
+        be_start(c, &rc);
         if (c->be) {
             c->be_reused = 0;
             be_send_head(c);
@@ -800,8 +818,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     conn_free(c);
 }
 
-void conn_accept(struct gateway *gw, evutil_socket_t fd, const struct sockaddr *sa, int salen)
+void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
 {
+    struct gateway *gw = w->gw;
     SSL *ssl = SSL_new(gw->ssl);
     if (!ssl) {
         close(fd);
@@ -811,7 +830,9 @@ void conn_accept(struct gateway *gw, evutil_socket_t fd, const struct sockaddr *
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct conn *c = xcalloc(1, sizeof(*c));
     c->gw = gw;
-    c->id = ++gw->next_conn_id;
+    c->w = w;
+    /* Unique across workers: the worker's index in the low byte. */
+    c->id = (++w->next_conn_id << 8) | w->idx;
     c->uid = (uid_t)-1;
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->ip, sizeof(c->ip));
@@ -819,7 +840,7 @@ void conn_accept(struct gateway *gw, evutil_socket_t fd, const struct sockaddr *
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->ip, sizeof(c->ip));
     else
         snprintf(c->ip, sizeof(c->ip), "local");
-    c->cli = bufferevent_openssl_socket_new(gw->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+    c->cli = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                             BEV_OPT_CLOSE_ON_FREE);
     if (!c->cli) {
         SSL_free(ssl);
@@ -828,12 +849,12 @@ void conn_accept(struct gateway *gw, evutil_socket_t fd, const struct sockaddr *
         return;
     }
     bufferevent_openssl_set_allow_dirty_shutdown(c->cli, 1);
-    c->timer = evtimer_new(gw->base, on_timer, c);
-    c->next = gw->conns;
-    if (gw->conns)
-        gw->conns->prev = c;
-    gw->conns = c;
-    gw->nconns++;
+    c->timer = evtimer_new(w->base, on_timer, c);
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
     size_t high = gw->limits.max_head + 16384;
     bufferevent_setwatermark(c->cli, EV_READ, 0, high > CONN_HIGH_WATER ? high : CONN_HIGH_WATER);
     bufferevent_setwatermark(c->cli, EV_WRITE, CONN_LOW_WATER, 0);
@@ -843,8 +864,8 @@ void conn_accept(struct gateway *gw, evutil_socket_t fd, const struct sockaddr *
     timer_set(c, TK_HANDSHAKE);
 }
 
-void conn_close_all(struct gateway *gw)
+void conn_close_all(struct worker *w)
 {
-    while (gw->conns)
-        conn_free(gw->conns);
+    while (w->conns)
+        conn_free(w->conns);
 }

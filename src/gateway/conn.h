@@ -24,15 +24,15 @@
 #include <event2/util.h>
 #include <sys/socket.h>
 
-struct gateway;
+struct worker;
 
 #define CONN_HIGH_WATER (256 * 1024)
 #define CONN_LOW_WATER (64 * 1024)
 
-/* Takes ownership of an accepted socket. */
-void conn_accept(struct gateway *gw, evutil_socket_t fd, const struct sockaddr *sa, int salen);
+/* Takes ownership of a socket accepted by worker w; the connection lives on w's loop. */
+void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen);
 
-/* Closes every browser connection (shutdown). */
-void conn_close_all(struct gateway *gw);
+/* Closes every browser connection of worker w (shutdown, on w's thread). */
+void conn_close_all(struct worker *w);
 
 #endif

@@ -364,7 +364,10 @@ static void handle(struct ctl_client *c, const char *line, size_t len)
     }
     for (size_t i = 0; op && i < sizeof(ops) / sizeof(ops[0]); i++) {
         if (strcmp(op, ops[i].op) == 0) {
+            /* Control requests are rare and short: all of them as writer. */
+            gateway_wrlock(c->ctl->gw);
             ops[i].fn(c, uid, req, &rp);
+            gateway_unlock(c->ctl->gw);
             goto answer;
         }
     }
@@ -452,7 +455,7 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     c->ctl = ctl;
     c->uid = cred.uid;
     c->pid = cred.pid;
-    c->bev = bufferevent_socket_new(ctl->gw->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->bev = bufferevent_socket_new(ctl->gw->workers[0].base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (!c->bev)
         fatal("out of memory (control client)");
     ctl->nclients++;
@@ -505,7 +508,7 @@ int control_start(struct gateway *gw, char *err, size_t errlen)
     ctl->gw = gw;
     ctl->path = xstrdup(path);
     mode_t old = umask(gw->cfg->shared ? 0111 : 0177);
-    ctl->lis = evconnlistener_new_bind(gw->base, on_accept, ctl,
+    ctl->lis = evconnlistener_new_bind(gw->workers[0].base, on_accept, ctl,
                                        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 64,
                                        (struct sockaddr *)&sun, sizeof(sun));
     umask(old);

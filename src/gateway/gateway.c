@@ -2,6 +2,7 @@
 #include "gateway.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+
+#include <event2/thread.h>
 #include <netinet/in.h>
 
 #include "alias.h"
@@ -75,35 +78,53 @@ int gateway_route_remove(struct gateway *gw, const char *alias, uid_t by, const 
     return 0;
 }
 
-void gateway_conn_gone(struct gateway *gw)
+void gateway_rdlock(struct gateway *gw)
 {
-    if (gw->listener_paused && !gw->stopping && gw->nconns < gw->cfg->max_connections) {
-        evconnlistener_enable(gw->listener);
-        gw->listener_paused = 0;
+    if (pthread_rwlock_rdlock(&gw->lock) != 0)
+        fatal("state lock: cannot lock for reading");
+}
+
+void gateway_wrlock(struct gateway *gw)
+{
+    if (pthread_rwlock_wrlock(&gw->lock) != 0)
+        fatal("state lock: cannot lock for writing");
+}
+
+void gateway_unlock(struct gateway *gw)
+{
+    pthread_rwlock_unlock(&gw->lock);
+}
+
+void gateway_conn_gone(struct worker *w)
+{
+    if (w->listener_paused && !w->gw->stopping && w->nconns < w->gw->cfg->max_connections) {
+        evconnlistener_enable(w->listener);
+        w->listener_paused = 0;
     }
 }
 
 static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
-    struct gateway *gw = arg;
-    conn_accept(gw, fd, sa, salen);
-    if (gw->nconns >= gw->cfg->max_connections && !gw->listener_paused) {
-        log_warn("%u connections open: not accepting more until some close", gw->nconns);
+    struct worker *w = arg;
+    conn_accept(w, fd, sa, salen);
+    if (w->nconns >= w->gw->cfg->max_connections && !w->listener_paused) {
+        log_warn("worker %u: %u connections open: not accepting more until some close", w->idx,
+                 w->nconns);
         evconnlistener_disable(lis);
-        gw->listener_paused = 1;
+        w->listener_paused = 1;
     }
 }
 
 static void on_accept_error(struct evconnlistener *lis, void *arg)
 {
-    struct gateway *gw = arg;
+    struct worker *w = arg;
     int err = EVUTIL_SOCKET_ERROR();
     log_warn("accept: %s", evutil_socket_error_to_string(err));
     if (err == EMFILE || err == ENFILE) {
-        /* Out of descriptors: pause until a connection closes. */
+        /* Out of descriptors: pause until a connection of this worker closes. */
         evconnlistener_disable(lis);
-        gw->listener_paused = 1;
+        w->listener_paused = 1;
     }
 }
 
@@ -129,12 +150,18 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct gateway *gw = arg;
     struct reap_ctx rc = {.gw = gw};
+    gateway_wrlock(gw);
     route_filter(gw->routes, find_dead, &rc);
     for (int i = 0; i < rc.n; i++)
         gateway_route_remove(gw, rc.dead[i], rc.uid[i], "owner process gone");
-    log_flush();
     if (++gw->ticks % EXPIRE_EVERY_TICKS == 0)
         auth_expire(gw->auth, now_real());
+    gateway_unlock(gw);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    log_flush();
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -148,11 +175,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         return;
     log_info("signal %d: stopping", (int)sig);
     gw->stopping = 1;
-    if (gw->listener)
-        evconnlistener_disable(gw->listener);
     control_stop(gw);
-    conn_close_all(gw);
-    event_base_loopexit(gw->base, NULL);
+    /* Each worker closes its own connections when its loop ends (worker_main). */
+    for (unsigned i = 0; i < gw->nworkers; i++)
+        event_base_loopexit(gw->workers[i].base, NULL);
 }
 
 static int load_route(const struct route *r, void *arg)
@@ -163,7 +189,7 @@ static int load_route(const struct route *r, void *arg)
     return 0;
 }
 
-static int listen_on(struct gateway *gw, char *err, size_t errlen)
+static int listen_on(struct gateway *gw, struct worker *w, char *err, size_t errlen)
 {
     char host[256];
     unsigned port;
@@ -188,15 +214,17 @@ static int listen_on(struct gateway *gw, char *err, size_t errlen)
         snprintf(err, errlen, "listen address '%s' is not a numeric IP address", host);
         return -EINVAL;
     }
-    gw->listener = evconnlistener_new_bind(gw->base, on_accept, gw,
-                                           LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
-                                               LEV_OPT_CLOSE_ON_EXEC,
-                                           1024, (struct sockaddr *)&ss, (int)sl);
-    if (!gw->listener) {
+    /* Every worker binds the same address; the kernel spreads connections. */
+    unsigned flags = LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
+    if (gw->nworkers > 1)
+        flags |= LEV_OPT_REUSEABLE_PORT;
+    w->listener = evconnlistener_new_bind(w->base, on_accept, w, flags, 1024,
+                                          (struct sockaddr *)&ss, (int)sl);
+    if (!w->listener) {
         snprintf(err, errlen, "cannot listen on %s: %s", gw->cfg->listen, strerror(errno));
         return -EADDRINUSE;
     }
-    evconnlistener_set_error_cb(gw->listener, on_accept_error);
+    evconnlistener_set_error_cb(w->listener, on_accept_error);
     if (gw->cfg->public_port == 0)
         gw->cfg->public_port = port;
     return 0;
@@ -205,6 +233,7 @@ static int listen_on(struct gateway *gw, char *err, size_t errlen)
 int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t errlen)
 {
     char path[4096];
+    pthread_rwlockattr_t la;
     int rc;
     memset(gw, 0, sizeof(*gw));
     gw->cfg = cfg;
@@ -245,21 +274,50 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
     auth_expire(gw->auth, now_real());
     auth_load(gw->auth, now_real());
 
-    /* The changelist folds the add/del pairs that bufferevents make within
-     * one loop turn into one epoll_ctl, or none. */
-    struct event_config *ecfg = event_config_new();
-    if (ecfg) {
-        event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-        gw->base = event_base_new_with_config(ecfg);
-        event_config_free(ecfg);
+    rc = pthread_rwlockattr_init(&la);
+    if (rc == 0)
+        rc = pthread_rwlockattr_setkind_np(&la, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    if (rc == 0)
+        rc = pthread_rwlock_init(&gw->lock, &la);
+    pthread_rwlockattr_destroy(&la);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot create the state lock: %s", strerror(rc));
+        return -rc;
     }
-    if (!gw->base) {
-        snprintf(err, errlen, "cannot create the event loop");
-        return -ENOMEM;
+    gw->lock_ready = 1;
+    if (evthread_use_pthreads() < 0) {
+        snprintf(err, errlen, "libevent has no thread support");
+        return -ENOSYS;
     }
-    rc = listen_on(gw, err, errlen);
-    if (rc < 0)
-        return rc;
+    gw->nworkers = cfg->workers;
+    if (gw->nworkers == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        gw->nworkers = n < 1 ? 1 : n > 8 ? 8 : (unsigned)n;
+    }
+    gw->workers = xcalloc(gw->nworkers, sizeof(*gw->workers));
+    for (unsigned i = 0; i < gw->nworkers; i++) {
+        struct worker *w = &gw->workers[i];
+        w->gw = gw;
+        w->idx = i;
+        /* The changelist folds the add/del pairs that bufferevents make within
+         * one loop turn into one epoll_ctl, or none. */
+        struct event_config *ecfg = event_config_new();
+        if (ecfg) {
+            event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+            w->base = event_base_new_with_config(ecfg);
+            event_config_free(ecfg);
+        }
+        if (!w->base) {
+            snprintf(err, errlen, "cannot create an event loop");
+            return -ENOMEM;
+        }
+        rc = listen_on(gw, w, err, errlen);
+        if (rc < 0)
+            return rc;
+        w->ev_flush = event_new(w->base, -1, EV_PERSIST, on_flush, w);
+        struct timeval sec = {1, 0};
+        event_add(w->ev_flush, &sec);
+    }
     if (gw->cfg->public_port == 443)
         snprintf(gw->url_suffix, sizeof(gw->url_suffix), ".%s", cfg->domain);
     else
@@ -268,44 +326,94 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
     if (rc < 0)
         return rc;
 
+    struct event_base *main_base = gw->workers[0].base;
     static const int sigs[3] = {SIGTERM, SIGINT, SIGHUP};
     for (int i = 0; i < 3; i++) {
-        gw->ev_signal[i] = evsignal_new(gw->base, sigs[i], on_signal, gw);
+        gw->ev_signal[i] = evsignal_new(main_base, sigs[i], on_signal, gw);
         event_add(gw->ev_signal[i], NULL);
     }
     signal(SIGPIPE, SIG_IGN);
-    gw->ev_tick = event_new(gw->base, -1, EV_PERSIST, on_tick, gw);
+    gw->ev_tick = event_new(main_base, -1, EV_PERSIST, on_tick, gw);
     struct timeval tick = {TICK_SECS, 0};
     event_add(gw->ev_tick, &tick);
-    log_info("jobgated %s (%s mode) listening on %s: apps at https://<alias>%s/, %zu routes",
-             JG_VERSION, cfg->shared ? "shared" : "personal", cfg->listen, gw->url_suffix,
-             route_count(gw->routes));
+    log_info("jobgated %s (%s mode) listening on %s with %u worker%s: apps at "
+             "https://<alias>%s/, %zu routes",
+             JG_VERSION, cfg->shared ? "shared" : "personal", cfg->listen, gw->nworkers,
+             gw->nworkers == 1 ? "" : "s", gw->url_suffix, route_count(gw->routes));
     return 0;
+}
+
+/* An event loop until the gateway stops; then this worker's connections close. */
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals belong to worker 0 */
+    event_base_dispatch(w->base);
+    conn_close_all(w);
+    log_flush();
+    return NULL;
 }
 
 int gateway_run(struct gateway *gw)
 {
-    return event_base_dispatch(gw->base) < 0 ? -EIO : 0;
+    for (unsigned i = 1; i < gw->nworkers; i++) {
+        struct worker *w = &gw->workers[i];
+        int rc = pthread_create(&w->thread, NULL, worker_main, w);
+        if (rc != 0) {
+            log_err("cannot start worker %u: %s", i, strerror(rc));
+            on_signal(SIGTERM, 0, gw);
+            break;
+        }
+        w->started = 1;
+    }
+    int rc = event_base_dispatch(gw->workers[0].base) < 0 ? -EIO : 0;
+    if (!gw->stopping)
+        on_signal(SIGTERM, 0, gw);
+    conn_close_all(&gw->workers[0]);
+    for (unsigned i = 1; i < gw->nworkers; i++)
+        if (gw->workers[i].started)
+            pthread_join(gw->workers[i].thread, NULL);
+    return rc;
+}
+
+/* After a fork (daemonising): every event loop must be reinitialised. */
+int gateway_reinit(struct gateway *gw)
+{
+    for (unsigned i = 0; i < gw->nworkers; i++)
+        if (event_reinit(gw->workers[i].base) < 0)
+            return -EIO;
+    return 0;
 }
 
 void gateway_free(struct gateway *gw)
 {
     log_flush();
-    conn_close_all(gw);
     control_stop(gw);
     for (int i = 0; i < 3; i++)
         if (gw->ev_signal[i])
             event_free(gw->ev_signal[i]);
     if (gw->ev_tick)
         event_free(gw->ev_tick);
-    if (gw->listener)
-        evconnlistener_free(gw->listener);
-    if (gw->base)
-        event_base_free(gw->base);
+    for (unsigned i = 0; gw->workers && i < gw->nworkers; i++) {
+        struct worker *w = &gw->workers[i];
+        if (w->base)
+            conn_close_all(w);
+        if (w->ev_flush)
+            event_free(w->ev_flush);
+        if (w->listener)
+            evconnlistener_free(w->listener);
+        if (w->base)
+            event_base_free(w->base);
+    }
+    free(gw->workers);
     if (gw->ssl)
         SSL_CTX_free(gw->ssl);
     auth_free(gw->auth);
     route_table_free(gw->routes);
     store_close(gw->store);
+    if (gw->lock_ready)
+        pthread_rwlock_destroy(&gw->lock);
     memset(gw, 0, sizeof(*gw));
 }

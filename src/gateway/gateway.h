@@ -5,8 +5,8 @@
  * tunnel) share, so that every route change goes through one place that
  * keeps memory, SQLite and the audit trail in step.
  *
- * Owns everything it points to. Single-threaded: every function here runs
- * on the event-loop thread.
+ * Owns everything it points to. Runs one event loop per worker thread;
+ * shared state is guarded by the state lock (see struct gateway).
  */
 #ifndef JG_GATEWAY_H
 #define JG_GATEWAY_H
@@ -14,6 +14,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <openssl/ssl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -25,12 +26,44 @@ struct store;
 struct auth;
 struct control;
 struct conn;
+struct gateway;
+
+#define GATEWAY_MAX_WORKERS 64
+
+/*
+ * One event-loop thread. Each has its own listening socket on the same
+ * address (SO_REUSEPORT: the kernel spreads connections), its own browser
+ * connections and its own parsing scratch. Worker 0 runs on the main thread
+ * and also hosts the control socket, the signals and the reaper.
+ */
+struct worker {
+    struct gateway *gw;
+    unsigned idx;
+    struct event_base *base;
+    struct evconnlistener *listener;
+    int listener_paused;
+    struct conn *conns;       /* this worker's open browser connections */
+    unsigned nconns;
+    uint64_t next_conn_id;
+    struct event *ev_flush;   /* flushes this thread's access-log buffer */
+    pthread_t thread;
+    int started;
+    /* A head is parsed and used within one callback, never kept: one per
+     * worker instead of 8 KiB per connection. */
+    struct http1_head scratch;
+};
 
 struct gateway {
     struct jg_config *cfg;
-    struct event_base *base;
     SSL_CTX *ssl;
-    struct evconnlistener *listener;
+    /*
+     * The state lock guards routes, auth (sessions) and store, which all
+     * workers share. Request handling takes it for reading; route changes,
+     * link and session minting, redeeming and reaping take it for writing.
+     * It prefers writers, and nobody holds it across an event-loop turn.
+     */
+    pthread_rwlock_t lock;
+    int lock_ready;
     struct route_table *routes;
     struct store *store;
     struct auth *auth;
@@ -38,25 +71,25 @@ struct gateway {
     struct http1_limits limits;
     uid_t uid;                /* the gateway's own uid */
     char url_suffix[300];     /* ".localhost:8443": what follows the alias in URLs */
-    uint64_t next_conn_id;
-    unsigned nconns;
-    int listener_paused;
-    struct conn *conns;       /* every open browser connection (for shutdown) */
+    struct worker *workers;
+    unsigned nworkers;
     struct event *ev_signal[3];
-    struct event *ev_tick;    /* reaping and expiry, every few seconds */
-    int stopping;
+    struct event *ev_tick;    /* reaping and expiry (worker 0) */
+    volatile int stopping;
     unsigned ticks;
-    /* Parsing scratch: a head is parsed and used within one callback, never
-     * kept, so one per gateway (single-threaded) instead of 8 KiB per connection. */
-    struct http1_head scratch;
 };
 
 int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t errlen);
+/* Runs worker 0 on this thread and the others on their own until a signal. */
 int gateway_run(struct gateway *gw);
+/* After fork(): reinitialises every event loop. */
+int gateway_reinit(struct gateway *gw);
 void gateway_free(struct gateway *gw);
 
 /* Writes "https://<alias><url_suffix>/" into buf. */
 int gateway_url(const struct gateway *gw, const char *alias, char *buf, size_t len);
+
+/* The route operations below expect the state lock held for writing. */
 
 /* Adds a route: picks a fresh alias into r->alias, stores it, audits. 0 or -errno. */
 int gateway_route_add(struct gateway *gw, struct route *r);
@@ -66,6 +99,11 @@ int gateway_route_update(struct gateway *gw, const struct route *r);
 int gateway_route_remove(struct gateway *gw, const char *alias, uid_t by, const char *why);
 
 /* Called by conn when a browser connection ends (to resume a paused listener). */
-void gateway_conn_gone(struct gateway *gw);
+void gateway_conn_gone(struct worker *w);
+
+/* Takes and releases the state lock. */
+void gateway_rdlock(struct gateway *gw);
+void gateway_wrlock(struct gateway *gw);
+void gateway_unlock(struct gateway *gw);
 
 #endif

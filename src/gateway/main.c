@@ -47,7 +47,7 @@ static int daemonize(struct gateway *gw)
         _exit(0);
     if (setsid() < 0)
         return -errno;
-    if (event_reinit(gw->base) < 0)
+    if (gateway_reinit(gw) < 0)
         return -EIO;
     int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (nul >= 0) {

@@ -90,6 +90,7 @@ int config_defaults(struct jg_config *c)
     c->key_file = NULL;
     c->use_syslog = 0;
     c->max_connections = 10000;
+    c->workers = 0;
     c->max_request_line = 8192;
     c->max_header_bytes = 32768;
     c->max_headers = 100;
@@ -263,6 +264,7 @@ static const struct keydef keys[] = {
     {"gateway", "key", K_PATH, OFF(key_file), 0, 0, NULL},
     {"gateway", "log", K_LOG, OFF(use_syslog), 0, 0, NULL},
     {"gateway", "max_connections", K_UINT, OFF(max_connections), 1, 1000000, "1..1000000"},
+    {"gateway", "workers", K_UINT, OFF(workers), 0, 64, "0..64 (0: one per CPU, at most 8)"},
     {"limits", "request_line", K_UINT, OFF(max_request_line), 256, 65536, "256..65536"},
     {"limits", "header_bytes", K_UINT, OFF(max_header_bytes), 1024, 1048576, "1024..1048576"},
     {"limits", "headers", K_UINT, OFF(max_headers), 8, 256, "8..256"},

@@ -18,7 +18,8 @@
  *   cert = /etc/jobgate/tls.crt   both or neither; neither = self-signed in state_dir
  *   key = /etc/jobgate/tls.key
  *   log = stderr | syslog
- *   max_connections = 10000
+ *   max_connections = 10000       (per worker)
+ *   workers = 0                   event-loop threads; 0: one per CPU, at most 8
  *   [limits]
  *   request_line = 8192           bytes, 256..65536
  *   header_bytes = 32768          bytes of a whole head, 1024..1048576
@@ -50,6 +51,7 @@ struct jg_config {
     char *key_file;
     int use_syslog;
     unsigned max_connections;
+    unsigned workers;       /* 0: one per CPU, at most 8 */
 
     unsigned max_request_line;
     unsigned max_header_bytes;

@@ -14,8 +14,9 @@ static const char *log_ident = "jobgate";
 static int log_syslog;
 static enum log_level log_max = LOG_LVL_INFO;
 static long log_pid;
-static char acc_buf[32768];
-static size_t acc_len;
+/* Per thread, so that event-loop threads never share a buffer. */
+static __thread char acc_buf[32768];
+static __thread size_t acc_len;
 
 void log_init(const char *ident, int use_syslog, enum log_level level)
 {

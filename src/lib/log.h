@@ -20,9 +20,10 @@ int log_enabled(enum log_level lvl);
 #define log_debug(...) do { if (log_enabled(LOG_LVL_DEBUG)) log_msg(LOG_LVL_DEBUG, __VA_ARGS__); } while (0)
 
 /*
- * Access-log lines (one per request) go through a buffer written out when it
- * fills, when log_flush() is called (the daemon does so every second and at
- * exit) or before any other log line, so that lines stay in order. Costs one
+ * Access-log lines (one per request) go through a per-thread buffer written
+ * out when it fills, when log_flush() is called from that thread (each
+ * event-loop thread does so every second and at exit) or before any other
+ * log line of that thread, so that its lines stay in order. Costs one
  * write per 32 KiB instead of one per request. On syslog it is log_info.
  */
 void log_access(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
