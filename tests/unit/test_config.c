@@ -75,6 +75,7 @@ static void assert_defaults_untouched(const struct jg_config *c)
     assert_null(c->key_file);
     assert_int_equal(c->use_syslog, 0);
     assert_int_equal(c->max_connections, 10000);
+    assert_int_equal(c->workers, 0);
     assert_int_equal(c->max_request_line, 8192);
     assert_int_equal(c->max_header_bytes, 32768);
     assert_int_equal(c->max_headers, 100);
@@ -694,6 +695,12 @@ static void test_uint_ranges(void **state)
     load_kv("gateway", "public_port", "00443", &c);
     assert_int_equal(c.public_port, 443);
     config_free(&c);
+    load_kv("gateway", "workers", "0", &c);
+    assert_int_equal(c.workers, 0);
+    config_free(&c);
+    load_kv("gateway", "workers", "64", &c);
+    assert_int_equal(c.workers, 64);
+    config_free(&c);
 
     bad_kv("limits", "request_line", "255", "value of 'request_line' out of range (256..65536)");
     bad_kv("limits", "request_line", "65537", "out of range (256..65536)");
@@ -704,6 +711,7 @@ static void test_uint_ranges(void **state)
     bad_kv("gateway", "max_connections", "0", "out of range (1..1000000)");
     bad_kv("gateway", "max_connections", "1000001", "out of range (1..1000000)");
     bad_kv("gateway", "max_connections", "99999999999999999999999", "out of range");
+    bad_kv("gateway", "workers", "65", "out of range (0..64");
     bad_kv("gateway", "public_port", "0", "value of 'public_port' out of range (1..65535)");
     bad_kv("gateway", "public_port", "65536", "out of range (1..65535)");
 
