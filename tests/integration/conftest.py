@@ -645,6 +645,9 @@ class Gateway:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "JOBGATE_"))}
         self.env.update(HOME=str(self.home), XDG_STATE_HOME=str(self.state_home),
                         XDG_RUNTIME_DIR=str(self.runtime), JOBGATE_TEST_TAG=TAG)
+        if self.shared:
+            # The CLI finds a shared gateway's control socket only when told.
+            self.env["JOBGATE_CONTROL"] = str(self.control_path)
         self.verbose = verbose
         self.proc = None
         self.stopped_on_purpose = False
