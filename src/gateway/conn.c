@@ -313,58 +313,66 @@ static ssize_t body_span(struct evbuffer *src, enum http1_body kind, uint64_t *l
     return -1;
 }
 
+/*
+ * Moves the body bytes waiting in src's input to dst's output, following the
+ * framing (kind, left, ch). Returns 1 when the body ended, 0 when more is to
+ * come or dst is full (src is paused then; dst's write callback resumes it),
+ * -1 when a chunked body is malformed.
+ */
+static int pump_body(struct conn *c, struct bufferevent *src, struct bufferevent *dst,
+                     enum http1_body kind, uint64_t *left, struct http1_chunked *ch, int to_client)
+{
+    struct evbuffer *in = bufferevent_get_input(src);
+    while (evbuffer_get_length(in) > 0) {
+        if (evbuffer_get_length(bufferevent_get_output(dst)) >= CONN_HIGH_WATER) {
+            bufferevent_disable(src, EV_READ);
+            return 0;
+        }
+        int done;
+        ssize_t n = body_span(in, kind, left, ch, &done);
+        if (n < 0)
+            return -1;
+        move_bytes(c, src, dst, (size_t)n, to_client);
+        if (done)
+            return 1;
+        if (n == 0)
+            break;
+    }
+    return 0;
+}
+
 static void pump_request(struct conn *c)
 {
     if (c->req_done || !c->be)
         return;
-    struct evbuffer *in = bufferevent_get_input(c->cli);
-    while (!c->req_done && evbuffer_get_length(in) > 0) {
-        if (evbuffer_get_length(bufferevent_get_output(c->be)) >= CONN_HIGH_WATER) {
-            bufferevent_disable(c->cli, EV_READ);
-            return;
+    int r = pump_body(c, c->cli, c->be, c->req_body, &c->req_left, &c->req_ch, 0);
+    if (r < 0) {
+        log_info("conn=%llu alias=%s malformed chunked request body", (unsigned long long)c->id,
+                 c->alias);
+        if (!c->resp_started) {
+            be_drop(c);
+            local_reply(c, 400, "The chunked request body was malformed.", 1, NULL);
+        } else {
+            conn_free(c);
         }
-        int done;
-        ssize_t n = body_span(in, c->req_body, &c->req_left, &c->req_ch, &done);
-        if (n < 0) {
-            log_info("conn=%llu alias=%s malformed chunked request body", (unsigned long long)c->id,
-                     c->alias);
-            if (!c->resp_started) {
-                be_drop(c);
-                local_reply(c, 400, "The chunked request body was malformed.", 1, NULL);
-            } else {
-                conn_free(c);
-            }
-            return;
-        }
-        move_bytes(c, c->cli, c->be, (size_t)n, 0);
-        c->req_done = done;
-        if (n == 0 && !done)
-            break;
+        return;
     }
+    c->req_done = r;
     if (c->req_done && c->resp_done)
         exchange_done(c);
 }
 
 static void pump_response(struct conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->be);
-    while (!c->resp_done && evbuffer_get_length(in) > 0) {
-        if (evbuffer_get_length(bufferevent_get_output(c->cli)) >= CONN_HIGH_WATER) {
-            bufferevent_disable(c->be, EV_READ);
-            return;
-        }
-        int done;
-        ssize_t n = body_span(in, c->resp_body, &c->resp_left, &c->resp_ch, &done);
-        if (n < 0) {
+    if (!c->resp_done) {
+        int r = pump_body(c, c->be, c->cli, c->resp_body, &c->resp_left, &c->resp_ch, 1);
+        if (r < 0) {
             log_info("conn=%llu alias=%s malformed chunked response from the app",
                      (unsigned long long)c->id, c->alias);
             conn_free(c); /* the head went out already: only a cut tells the browser */
             return;
         }
-        move_bytes(c, c->be, c->cli, (size_t)n, 1);
-        c->resp_done = done;
-        if (n == 0 && !done)
-            break;
+        c->resp_done = r;
     }
     if (c->resp_done)
         exchange_done(c);
