@@ -31,6 +31,7 @@
 #include <jansson.h>
 
 #include "cmd.h"
+#include "procnet.h"
 #include "ctl.h"
 #include "util.h"
 
@@ -590,8 +591,21 @@ static int wait_listening(struct run *r)
                           r->where);
             return st;
         }
-        if (app_listening(r))
-            return -1;
+        if (app_listening(r)) {
+            if (!r->tcp)
+                return -1; /* our private directory: nobody else can listen there */
+            /* Any user can listen on a TCP port: it must be the app's own (I2). */
+            char why[256];
+            int own = procnet_port_in_tree("/proc", (uint16_t)r->port, r->pid, why, sizeof(why));
+            if (own == 1)
+                return -1;
+            if (own == 0) {
+                cli_error("refusing to publish %s: %s", r->where, why);
+                (void)app_stop(r);
+                return 1;
+            }
+            /* -ENOENT: the listener went away between our connect and the scan; wait on. */
+        }
         int64_t now = now_mono_ms();
         if (r->timeout > 0 && now - start >= r->timeout * 1000) {
             cli_error("%s did not listen on %s within %" PRId64 " s; stopping it", r->name,

@@ -154,6 +154,24 @@ def test_run_tcp_env_only(gateway):
         app.stop()
 
 
+def test_run_tcp_refuses_listener_outside_app_tree(gateway):
+    # The app starts a listener and lets it escape its process tree (the subshell exits,
+    # so the server is re-parented): whoever holds the port is not the app (I2).
+    script = f"({PY} {HTTPAPP} --port {{port}} >/dev/null 2>&1 &); exec sleep 60"
+    r = gateway.cli("run", "--json", "--tcp", "--", "/bin/sh", "-c", script, timeout=60)
+    try:
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert b"outside the app's process tree" in r.stderr, r.stderr
+        assert b'"event":"ready"' not in r.stdout.replace(b" ", b""), r.stdout
+        out = gateway.cli("ls", "--json")
+        assert not any(r.get("name") == "sh" for r in parse_routes(out.stdout)), out.stdout
+    finally:
+        # The escaped server carries the test tag; stop it now rather than at session end.
+        m = re.search(rb"127\.0\.0\.1:(\d+)", r.stderr)
+        if m:
+            subprocess.run(["pkill", "-f", f"--port {m.group(1).decode()}"], check=False)
+
+
 def test_run_name_option(gateway):
     app = gateway.publish_http(name="my-notebook")
     try:
