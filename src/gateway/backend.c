@@ -9,6 +9,7 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -116,6 +117,78 @@ int backend_check_tcp(const char *proc_dir, uint16_t port, uid_t uid, int *v6, c
         return -ENOENT;
     }
     *v6 = mine[0] ? 0 : 1;
+    return 0;
+}
+
+/* The uid of the socket in a /proc/net table whose local end is lhex:lport
+ * and remote end rhex:rport, or -1. */
+static long peer_uid_in(const char *file, const char *lhex, unsigned lport, const char *rhex,
+                        unsigned rport)
+{
+    FILE *f = fopen(file, "re");
+    char line[512];
+    long uid = -1;
+    if (!f)
+        return -1;
+    if (!fgets(line, sizeof(line), f)) {
+        fclose(f);
+        return -1;
+    }
+    while (uid < 0 && fgets(line, sizeof(line), f)) {
+        char local[64], remote[64];
+        unsigned lp, rp, st;
+        unsigned long owner;
+        if (sscanf(line, " %*u: %63[0-9A-Fa-f]:%x %63[0-9A-Fa-f]:%x %x %*x:%*x %*x:%*x %*x %lu",
+                   local, &lp, remote, &rp, &st, &owner) != 6)
+            continue;
+        if (lp == lport && rp == rport && strcasecmp(local, lhex) == 0 &&
+            strcasecmp(remote, rhex) == 0)
+            uid = (long)owner;
+    }
+    fclose(f);
+    return uid;
+}
+
+int backend_verify_peer(evutil_socket_t fd, const struct route *r, const char *proc_dir, char *why,
+                        size_t len)
+{
+    if (r->kind == ROUTE_UNIX) {
+        struct ucred cred;
+        socklen_t cl = sizeof(cred);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+            snprintf(why, len, "SO_PEERCRED: %s", strerror(errno));
+            return -EPERM;
+        }
+        if (cred.uid != r->uid) {
+            snprintf(why, len, "the socket's peer runs as uid %u, not as the route's owner %u",
+                     (unsigned)cred.uid, (unsigned)r->uid);
+            return -EPERM;
+        }
+        return 0;
+    }
+    /* TCP: our end is the remote end of the app's accepted socket. */
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char path[256];
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
+        snprintf(why, len, "getsockname: %s", strerror(errno));
+        return -EPERM;
+    }
+    unsigned ours = ntohs(r->v6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                : ((struct sockaddr_in *)&ss)->sin_port);
+    const char *lo = r->v6 ? "00000000000000000000000001000000" : "0100007F";
+    if (xsnprintf(path, sizeof(path), "%s/net/%s", proc_dir, r->v6 ? "tcp6" : "tcp") < 0)
+        return -ENAMETOOLONG;
+    long uid = peer_uid_in(path, lo, r->port, lo, ours);
+    if (uid < 0) {
+        snprintf(why, len, "no socket of the app's side of port %u found in %s", r->port, path);
+        return -ENOENT;
+    }
+    if ((uid_t)uid != r->uid) {
+        snprintf(why, len, "port %u is answered by uid %ld, not by the route's owner %u", r->port,
+                 uid, (unsigned)r->uid);
+        return -EPERM;
+    }
     return 0;
 }
 

@@ -49,6 +49,7 @@ struct conn {
     struct bufferevent *cli;
     struct bufferevent *be;
     char be_alias[ROUTE_ALIAS_MAX + 1]; /* the route the backend connection belongs to */
+    struct route be_route; /* its copy, to prove the peer on connect */
     int be_connected;
     int be_reused;      /* this request went out on a kept-alive backend connection */
     int be_reusable;    /* the backend may take another request after this exchange */
@@ -343,7 +344,7 @@ static int pump_body(struct conn *c, struct bufferevent *src, struct bufferevent
 
 static void pump_request(struct conn *c)
 {
-    if (c->req_done || !c->be)
+    if (c->req_done || !c->be || !c->be_connected) /* the head goes first */
         return;
     int r = pump_body(c, c->cli, c->be, c->req_body, &c->req_left, &c->req_ch, 0);
     if (r < 0) {
@@ -397,6 +398,7 @@ static void be_start(struct conn *c, const struct route *r)
         return;
     }
     snprintf(c->be_alias, sizeof(c->be_alias), "%s", r->alias);
+    c->be_route = *r;
     c->be_connected = 0;
     bufferevent_setcb(c->be, be_read, be_write, be_event, c);
     bufferevent_setwatermark(c->be, EV_READ, 0, CONN_HIGH_WATER);
@@ -442,14 +444,13 @@ static void forward(struct conn *c, const struct route *r, const struct http1_he
     if (c->be && c->be_connected && strcmp(c->be_alias, r->alias) == 0) {
         c->be_reused = 1;
         timer_set(c, TK_IO);
+        be_send_head(c);
+        pump_request(c);
     } else {
+        /* The head goes out once the peer is proven to be the owner's (be_event). */
         be_drop(c);
         be_start(c, r);
-        if (!c->be)
-            return;
     }
-    be_send_head(c);
-    pump_request(c);
 }
 
 /* A complete, parsed request head of head_len bytes at the front of the input. */
@@ -478,17 +479,14 @@ static void handle_request(struct conn *c, const struct http1_head *h, size_t he
         return;
     }
     /* Decide under the state lock on a copy of the route; nothing shared is
-     * kept past it. Redeeming and logging out change state: writer. */
+     * kept past it. */
     struct route rc;
     const struct route *r;
     if (reserved_match(&h->target)) {
         struct evbuffer *out = bufferevent_get_output(c->cli);
         size_t before = evbuffer_get_length(out);
         int close = has_body || c->client_close;
-        gateway_wrlock(gw);
-        r = route_find(gw->routes, c->alias, strlen(c->alias));
-        c->status = reserved_handle(gw, c->alias, r, h, out, close);
-        gateway_unlock(gw);
+        c->status = reserved_handle(gw, c->alias, h, out, close); /* locks as it needs */
         c->bytes_out = evbuffer_get_length(out) - before;
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         c->client_close = close;
@@ -539,6 +537,12 @@ static void on_head(struct conn *c)
         size_t len = evbuffer_get_length(in);
         if (len == 0)
             break;
+        if (evbuffer_get_length(bufferevent_get_output(c->cli)) >= CONN_HIGH_WATER) {
+            /* Answers the gateway made itself pile up unread: wait for the
+             * browser to read (cli_write resumes). */
+            bufferevent_disable(c->cli, EV_READ);
+            break;
+        }
         if (c->tk == TK_IDLE)
             timer_set(c, TK_HEAD); /* the head's deadline runs from its first byte */
         size_t want = len < gw->limits.max_head + 1 ? len : gw->limits.max_head + 1;
@@ -614,6 +618,10 @@ static void on_resp_head(struct conn *c)
         if (h->status < 200) {
             reqhead_forward_response(out, h, 0); /* 100 Continue and friends pass through */
             evbuffer_drain(in, (size_t)r);
+            if (evbuffer_get_length(out) >= CONN_HIGH_WATER) {
+                bufferevent_disable(c->be, EV_READ); /* cli_write resumes */
+                return;
+            }
             continue;
         }
         c->status = h->status;
@@ -657,6 +665,12 @@ static void cli_write(struct bufferevent *bev, void *arg)
     if (c->st == CS_CLOSING) {
         if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
             linger(c);
+        return;
+    }
+    if (c->st == CS_HEAD) {
+        bufferevent_enable(bev, EV_READ);
+        if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+            on_head(c);
         return;
     }
     if (c->be && (c->st == CS_EXCHANGE || c->st == CS_UPGRADED)) {
@@ -723,13 +737,31 @@ static void be_write(struct bufferevent *bev, void *arg)
     }
 }
 
+/* Methods that change nothing (RFC 9110 9.2.1): the only ones sent twice. */
+static int safe_method(const char *m)
+{
+    return strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 || strcmp(m, "OPTIONS") == 0;
+}
+
 static void be_event(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
     if (what & BEV_EVENT_CONNECTED) {
+        char why[256];
+        if (backend_verify_peer(bufferevent_getfd(bev), &c->be_route, "/proc", why,
+                                sizeof(why)) < 0) {
+            log_warn("conn=%llu alias=%s refusing the app's connection: %s",
+                     (unsigned long long)c->id, c->alias, why);
+            be_drop(c);
+            local_reply(c, 502, "The app's address is not held by the app's owner.", !c->req_done,
+                        NULL);
+            return;
+        }
         c->be_connected = 1;
         if (c->tk == TK_CONNECT)
             timer_set(c, TK_IO);
+        be_send_head(c);
+        pump_request(c);
         return;
     }
     int err = EVUTIL_SOCKET_ERROR();
@@ -744,7 +776,7 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (!c->resp_started && c->be_reused && !c->retried && c->req_body == HTTP1_BODY_NONE &&
-        evbuffer_get_length(bufferevent_get_input(c->be)) == 0) {
+        safe_method(c->method) && evbuffer_get_length(bufferevent_get_input(c->be)) == 0) {
         /* The app closed a kept-alive connection as we sent on it: once, on a fresh one. */
         struct route rc;
         gateway_rdlock(c->gw);
@@ -758,11 +790,8 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
             local_reply(c, 404, NULL, 0, NULL);
             return;
         }
-        be_start(c, &rc);
-        if (c->be) {
-            c->be_reused = 0;
-            be_send_head(c);
-        }
+        c->be_reused = 0;
+        be_start(c, &rc); /* the head is sent again once connected */
         return;
     }
     if (c->resp_started) {

@@ -27,6 +27,7 @@
 #define CTL_LINE_MAX 65536
 #define CTL_IDLE_SECS 60
 #define CTL_MAX_CLIENTS 512
+#define CTL_OUT_MAX 65536 /* answers waiting unread: stop reading requests beyond this */
 
 struct control {
     struct gateway *gw;
@@ -327,12 +328,14 @@ static void op_hello(struct ctl_client *c, uid_t uid, json_t *req, struct reply 
 
 static void handle(struct ctl_client *c, const char *line, size_t len)
 {
+    enum { NONE, READ, WRITE };
     static const struct {
         const char *op;
         void (*fn)(struct ctl_client *, uid_t, json_t *, struct reply *);
+        int lock;
     } ops[] = {
-        {"hello", op_hello}, {"register", op_register}, {"ready", op_ready},
-        {"list", op_list},   {"link", op_link},         {"remove", op_remove},
+        {"hello", op_hello, NONE}, {"register", op_register, WRITE}, {"ready", op_ready, WRITE},
+        {"list", op_list, READ},   {"link", op_link, WRITE},         {"remove", op_remove, WRITE},
     };
     struct reply rp = {0};
     json_error_t jerr;
@@ -364,10 +367,13 @@ static void handle(struct ctl_client *c, const char *line, size_t len)
     }
     for (size_t i = 0; op && i < sizeof(ops) / sizeof(ops[0]); i++) {
         if (strcmp(op, ops[i].op) == 0) {
-            /* Control requests are rare and short: all of them as writer. */
-            gateway_wrlock(c->ctl->gw);
+            if (ops[i].lock == WRITE)
+                gateway_wrlock(c->ctl->gw);
+            else if (ops[i].lock == READ)
+                gateway_rdlock(c->ctl->gw);
             ops[i].fn(c, uid, req, &rp);
-            gateway_unlock(c->ctl->gw);
+            if (ops[i].lock != NONE)
+                gateway_unlock(c->ctl->gw);
             goto answer;
         }
     }
@@ -398,6 +404,11 @@ static void client_read(struct bufferevent *bev, void *arg)
     struct ctl_client *c = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     for (int i = 0; i < 64; i++) { /* a bounded batch per event */
+        if (evbuffer_get_length(bufferevent_get_output(bev)) > CTL_OUT_MAX) {
+            /* The client does not read its answers: no more requests until it does. */
+            bufferevent_disable(bev, EV_READ);
+            return;
+        }
         size_t len;
         char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF);
         if (!line) {
@@ -418,6 +429,15 @@ static void client_read(struct bufferevent *bev, void *arg)
     }
     if (evbuffer_get_length(in) > 0) /* more lines than one batch: continue next turn */
         bufferevent_trigger(bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS);
+}
+
+/* Answers drained below the low-water mark: take requests again. */
+static void client_write(struct bufferevent *bev, void *arg)
+{
+    if (bufferevent_get_enabled(bev) & EV_READ)
+        return;
+    bufferevent_enable(bev, EV_READ);
+    client_read(bev, arg);
 }
 
 static void client_event(struct bufferevent *bev, short what, void *arg)
@@ -466,8 +486,27 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     struct timeval idle = {CTL_IDLE_SECS, 0};
     bufferevent_set_timeouts(c->bev, &idle, &idle);
     bufferevent_setwatermark(c->bev, EV_READ, 0, CTL_LINE_MAX + 2);
-    bufferevent_setcb(c->bev, client_read, NULL, client_event, c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, CTL_OUT_MAX / 2, 0);
+    bufferevent_setcb(c->bev, client_read, client_write, client_event, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+static void resume_listener(evutil_socket_t fd, short what, void *arg)
+{
+    struct gateway *gw = arg; /* not the control: it may be gone by now */
+    if (gw->control)
+        evconnlistener_enable(gw->control->lis);
+}
+
+/* Out of descriptors (or another accept error): pause a second rather than spin. */
+static void on_accept_error(struct evconnlistener *lis, void *arg)
+{
+    struct control *ctl = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    struct timeval sec = {1, 0};
+    log_warn("control: accept: %s; pausing for a second", evutil_socket_error_to_string(err));
+    evconnlistener_disable(lis);
+    event_base_once(ctl->gw->workers[0].base, -1, EV_TIMEOUT, resume_listener, ctl->gw, &sec);
 }
 
 int control_start(struct gateway *gw, char *err, size_t errlen)
@@ -518,6 +557,7 @@ int control_start(struct gateway *gw, char *err, size_t errlen)
         free(ctl);
         return -EIO;
     }
+    evconnlistener_set_error_cb(ctl->lis, on_accept_error);
     gw->control = ctl;
     log_info("control socket at %s", path);
     return 0;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -116,15 +117,38 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     }
 }
 
+static void resume_accepting(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    if (!w->gw->stopping && w->nconns < w->gw->cfg->max_connections) {
+        evconnlistener_enable(w->listener);
+        w->listener_paused = 0;
+    }
+}
+
 static void on_accept_error(struct evconnlistener *lis, void *arg)
 {
     struct worker *w = arg;
     int err = EVUTIL_SOCKET_ERROR();
-    log_warn("accept: %s", evutil_socket_error_to_string(err));
-    if (err == EMFILE || err == ENFILE) {
-        /* Out of descriptors: pause until a connection of this worker closes. */
-        evconnlistener_disable(lis);
-        w->listener_paused = 1;
+    struct timeval sec = {1, 0};
+    /* Out of descriptors (or another accept error): a level-triggered listener
+     * would spin; pause a second (this worker may have no connection whose
+     * closing could resume it). */
+    log_warn("worker %u: accept: %s; pausing for a second", w->idx,
+             evutil_socket_error_to_string(err));
+    evconnlistener_disable(lis);
+    w->listener_paused = 1;
+    event_base_once(w->base, -1, EV_TIMEOUT, resume_accepting, w, &sec);
+}
+
+/* Each proxied connection holds two descriptors: take all the kernel allows. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            log_warn("cannot raise the open-file limit: %s", strerror(errno));
     }
 }
 
@@ -242,6 +266,7 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
     gw->limits.max_head = cfg->max_header_bytes;
     gw->limits.max_fields = cfg->max_headers;
 
+    raise_nofile();
     rc = mkdir_p(cfg->state_dir, 0700);
     if (rc < 0) {
         snprintf(err, errlen, "cannot create state directory %s: %s", cfg->state_dir, strerror(-rc));

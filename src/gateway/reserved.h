@@ -20,9 +20,11 @@ struct gateway;
 /* 1 if the request target is under /_jobgate/. */
 int reserved_match(const struct http1_str *target);
 
-/* Answers a reserved request for alias (r may be NULL when no such route).
+/* Answers a reserved request for alias. Takes the state lock itself: for
+ * reading, and for writing only to redeem a link or end a live session, so
+ * that requests with made-up tokens cannot serialise the workers on SQLite.
  * Returns the status sent. */
-int reserved_handle(struct gateway *gw, const char *alias, const struct route *r,
-                    const struct http1_head *h, struct evbuffer *out, int close);
+int reserved_handle(struct gateway *gw, const char *alias, const struct http1_head *h,
+                    struct evbuffer *out, int close);
 
 #endif
