@@ -103,18 +103,29 @@ int auth_redeem(struct auth *a, const char *alias, const char *tok, size_t len, 
     return r;
 }
 
-int auth_session_ok(struct auth *a, const char *alias, const char *val, size_t len, uid_t *uid)
+int auth_session_alive(struct auth *a, const char *alias, const uint8_t hash[TOKEN_HASH_LEN])
 {
-    uint8_t hash[TOKEN_HASH_LEN];
+    const struct session *s = hmap_get(a->sessions, hash, TOKEN_HASH_LEN);
+    return s && strcmp(s->alias, alias) == 0 && s->expires > now_real();
+}
+
+int auth_session_check(struct auth *a, const char *alias, const char *val, size_t len, uid_t *uid,
+                       uint8_t hash[TOKEN_HASH_LEN])
+{
     if (!token_syntax_ok(val, len))
         return 0;
     token_hash(val, len, hash);
-    const struct session *s = hmap_get(a->sessions, hash, TOKEN_HASH_LEN);
-    if (!s || strcmp(s->alias, alias) != 0 || s->expires <= now_real())
+    if (!auth_session_alive(a, alias, hash))
         return 0;
     if (uid)
-        *uid = s->uid;
+        *uid = ((const struct session *)hmap_get(a->sessions, hash, TOKEN_HASH_LEN))->uid;
     return 1;
+}
+
+int auth_session_ok(struct auth *a, const char *alias, const char *val, size_t len, uid_t *uid)
+{
+    uint8_t hash[TOKEN_HASH_LEN];
+    return auth_session_check(a, alias, val, len, uid, hash);
 }
 
 void auth_logout(struct auth *a, const char *val, size_t len)

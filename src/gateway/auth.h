@@ -40,6 +40,11 @@ int auth_redeem(struct auth *a, const char *alias, const char *tok, size_t len, 
 
 /* 1 if the cookie value is a live session for alias (and gives its owner's uid). */
 int auth_session_ok(struct auth *a, const char *alias, const char *val, size_t len, uid_t *uid);
+/* The same, also giving the session's hash, to re-check it later without the cookie. */
+int auth_session_check(struct auth *a, const char *alias, const char *val, size_t len, uid_t *uid,
+                       uint8_t hash[TOKEN_HASH_LEN]);
+/* 1 if the session with this hash is still live for alias. */
+int auth_session_alive(struct auth *a, const char *alias, const uint8_t hash[TOKEN_HASH_LEN]);
 
 /* Ends the session with this cookie value (if any). */
 void auth_logout(struct auth *a, const char *val, size_t len);

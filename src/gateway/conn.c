@@ -59,6 +59,12 @@ struct conn {
     char ip[INET6_ADDRSTRLEN];
     size_t scan;         /* head scan cursor (request, then response) */
     int in_head_loop;
+    int revoked;         /* marked by the sweep, acted on after the lock */
+
+    /* the session that let the current exchange (or tunnel) through */
+    int has_session;
+    char sess_alias[ROUTE_ALIAS_MAX + 1];
+    uint8_t sess_hash[TOKEN_HASH_LEN];
 
     /* the exchange in flight */
     char alias[ROUTE_ALIAS_MAX + 1];
@@ -500,7 +506,8 @@ static void handle_request(struct conn *c, const struct http1_head *h, size_t he
     if (r) {
         rc = *r;
         for (int i = 0; i < n && !ok; i++)
-            ok = auth_session_ok(gw->auth, c->alias, vals[i].p, vals[i].n, &c->uid);
+            ok = auth_session_check(gw->auth, c->alias, vals[i].p, vals[i].n, &c->uid,
+                                    c->sess_hash);
     }
     gateway_unlock(gw);
     if (!r) {
@@ -513,6 +520,8 @@ static void handle_request(struct conn *c, const struct http1_head *h, size_t he
         local_reply(c, 403, NULL, has_body, NULL);
         return;
     }
+    c->has_session = 1;
+    memcpy(c->sess_alias, c->alias, sizeof(c->sess_alias));
     if (rc.starting) {
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         local_reply(c, 503, NULL, has_body, "Retry-After: 3\r\n");
@@ -899,6 +908,34 @@ void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa
     bufferevent_enable(c->cli, EV_READ | EV_WRITE);
     c->st = CS_HANDSHAKE;
     timer_set(c, TK_HANDSHAKE);
+}
+
+void conn_revoke_sweep(struct worker *w)
+{
+    struct gateway *gw = w->gw;
+    struct conn *c, *next;
+    gateway_rdlock(gw);
+    for (c = w->conns; c; c = c->next) {
+        if (!c->has_session)
+            continue;
+        c->revoked = !route_find(gw->routes, c->sess_alias, strlen(c->sess_alias)) ||
+                     !auth_session_alive(gw->auth, c->sess_alias, c->sess_hash);
+    }
+    gateway_unlock(gw);
+    for (c = w->conns; c; c = next) {
+        next = c->next;
+        if (!c->revoked)
+            continue;
+        c->revoked = 0;
+        c->has_session = 0;
+        if (c->st == CS_EXCHANGE || c->st == CS_UPGRADED) {
+            log_info("conn=%llu alias=%s closed: its route or session ended",
+                     (unsigned long long)c->id, c->sess_alias);
+            conn_free(c);
+        } else {
+            be_drop(c); /* idle: the next request is checked anyway */
+        }
+    }
 }
 
 void conn_close_all(struct worker *w)

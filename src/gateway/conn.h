@@ -32,6 +32,10 @@ struct worker;
 /* Takes ownership of a socket accepted by worker w; the connection lives on w's loop. */
 void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen);
 
+/* Closes w's connections whose route or session has ended since they were
+ * checked (on w's thread, after gateway_revoked). */
+void conn_revoke_sweep(struct worker *w);
+
 /* Closes every browser connection of worker w (shutdown, on w's thread). */
 void conn_close_all(struct worker *w);
 

@@ -74,6 +74,7 @@ int gateway_route_remove(struct gateway *gw, const char *alias, uid_t by, const 
         return rc;
     route_remove(gw->routes, a);
     auth_drop_alias(gw->auth, a);
+    gateway_revoked(gw);
     store_audit(gw->store, by, "route.remove", a, why);
     log_info("route remove alias=%s by uid=%u (%s)", a, (unsigned)by, why);
     return 0;
@@ -183,8 +184,19 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     gateway_unlock(gw);
 }
 
+void gateway_revoked(struct gateway *gw)
+{
+    atomic_fetch_add(&gw->revocations, 1);
+}
+
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
+    struct worker *w = arg;
+    unsigned r = atomic_load(&w->gw->revocations);
+    if (r != w->seen_revocation) {
+        w->seen_revocation = r;
+        conn_revoke_sweep(w);
+    }
     log_flush();
 }
 

@@ -15,6 +15,7 @@
 #include <event2/listener.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -45,7 +46,8 @@ struct worker {
     struct conn *conns;       /* this worker's open browser connections */
     unsigned nconns;
     uint64_t next_conn_id;
-    struct event *ev_flush;   /* flushes this thread's access-log buffer */
+    struct event *ev_flush;   /* every second: access-log buffer, revocation sweep */
+    unsigned seen_revocation; /* the gateway's revocation count at the last sweep */
     pthread_t thread;
     int started;
     /* A head is parsed and used within one callback, never kept: one per
@@ -76,6 +78,7 @@ struct gateway {
     struct event *ev_signal[3];
     struct event *ev_tick;    /* reaping and expiry (worker 0) */
     volatile int stopping;
+    atomic_uint revocations;  /* bumped when a route or session ends: workers sweep */
     unsigned ticks;
 };
 
@@ -100,6 +103,10 @@ int gateway_route_remove(struct gateway *gw, const char *alias, uid_t by, const 
 
 /* Called by conn when a browser connection ends (to resume a paused listener). */
 void gateway_conn_gone(struct worker *w);
+
+/* A route or a session ended: every worker closes the connections that used
+ * it within a second (open WebSockets and streams are not checked per request). */
+void gateway_revoked(struct gateway *gw);
 
 /* Takes and releases the state lock. */
 void gateway_rdlock(struct gateway *gw);

@@ -100,6 +100,7 @@ static int logout(struct gateway *gw, const char *alias, const struct http1_head
             continue; /* only a live session of this app costs a write */
         gateway_wrlock(gw);
         auth_logout(gw->auth, vals[i].p, vals[i].n);
+        gateway_revoked(gw);
         gateway_unlock(gw);
     }
     static const char body[] =

@@ -135,3 +135,35 @@ def test_ws_without_cookie_refused(gateway, ws_session):
 def test_http_still_works_after_ws(ws_session):
     r = ws_session.get("/hello")
     assert r.status == 200, r
+
+
+@pytest.mark.parametrize("how", ["rm", "logout"])
+def test_open_websocket_closed_when_revoked(fresh_gateway, how):
+    # An open WebSocket is not re-checked per message: when its route is removed or its
+    # session ends, the gateway closes it within a couple of seconds (revocation sweep).
+    gw = fresh_gateway
+    app = gw.publish([PY, WSAPP, "--unix", "{socket}"], name="wsrevoke")
+    s = gw.login(app.alias, app.link)
+
+    async def go():
+        async with connect(gw, app.alias, s.cookie) as ws:
+            await ws.send("before")
+            assert await ws.recv() == "before"
+            if how == "rm":
+                out = gw.cli("rm", app.alias)
+                assert out.returncode == 0, out
+            else:
+                r = s.get("/_jobgate/logout")
+                assert r.status == 200, r
+            t0 = asyncio.get_event_loop().time()
+            with pytest.raises(websockets.ConnectionClosed):
+                while asyncio.get_event_loop().time() - t0 < 5:
+                    await ws.send("still there?")
+                    await asyncio.wait_for(ws.recv(), 1)
+            return asyncio.get_event_loop().time() - t0
+
+    try:
+        took = run(go())
+        assert took < 4, f"the WebSocket stayed open {took:.1f} s after {how}"
+    finally:
+        app.stop()
