@@ -7,7 +7,7 @@ PYTHON     := /usr/bin/python3
 CLANG      ?= clang
 FUZZ_SECONDS ?= 30
 
-.PHONY: all deps check unit unit-asan integration fuzz demo bench clean
+.PHONY: all deps check unit unit-asan integration integration-asan fuzz demo bench clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -22,7 +22,7 @@ $(ASAN_BUILD)/build.ninja:
 check:
 	scripts/install-deps test
 	$(MAKE) all
-	$(MAKE) unit unit-asan fuzz integration
+	$(MAKE) unit unit-asan fuzz integration integration-asan
 
 unit: all
 	meson test -C $(BUILD) --suite unit --print-errorlogs
@@ -48,6 +48,18 @@ fuzz:
 
 integration: all
 	JOBGATE_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q tests/integration
+
+# The same suites against the ASan/UBSan binaries (without the 1 GiB transfers and the
+# other tests that measure RSS): any sanitizer report, leaks at exit included, fails the run.
+integration-asan: $(ASAN_BUILD)/build.ninja
+	ninja -C $(ASAN_BUILD)
+	rm -rf $(ASAN_BUILD)/sanitizer-logs && mkdir -p $(ASAN_BUILD)/sanitizer-logs
+	ASAN_OPTIONS=detect_leaks=1:log_path=$(abspath $(ASAN_BUILD))/sanitizer-logs/asan \
+	UBSAN_OPTIONS=print_stacktrace=1:log_path=$(abspath $(ASAN_BUILD))/sanitizer-logs/ubsan \
+	JOBGATE_BUILD=$(abspath $(ASAN_BUILD)) $(PYTHON) -m pytest -q -m "not slow and not rss" tests/integration
+	@if [ -n "$$(ls -A $(ASAN_BUILD)/sanitizer-logs)" ]; then \
+	  echo "integration-asan: sanitizer reports:"; cat $(ASAN_BUILD)/sanitizer-logs/*; exit 1; \
+	else echo "integration-asan: no sanitizer reports"; fi
 
 demo:
 	scripts/install-deps demo

@@ -57,6 +57,7 @@ def test_socket_swapped_for_another_users_is_refused(fresh_gateway):
         kill_group(victim, sig=9)
 
 
+@pytest.mark.rss
 def test_unread_gateway_answers_do_not_pile_up(fresh_gateway):
     # Pipelined requests for an unknown app, never reading the 404s: the gateway must stop
     # reading rather than buffer its answers without bound.
@@ -91,6 +92,7 @@ FLOOD_1XX = ("import socket,sys,os\n"
              "except OSError: pass\n")
 
 
+@pytest.mark.rss
 def test_interim_response_flood_is_bounded(fresh_gateway):
     gw = fresh_gateway
     d = mkdtemp("jgf-")
