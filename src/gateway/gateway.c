@@ -154,7 +154,6 @@ static void raise_nofile(void)
 }
 
 struct reap_ctx {
-    struct gateway *gw;
     char dead[16][ROUTE_ALIAS_MAX + 1];
     uid_t uid[16];
     int n;
@@ -174,7 +173,7 @@ static int find_dead(const struct route *r, void *arg)
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct gateway *gw = arg;
-    struct reap_ctx rc = {.gw = gw};
+    struct reap_ctx rc = {.n = 0};
     gateway_wrlock(gw);
     route_filter(gw->routes, find_dead, &rc);
     for (int i = 0; i < rc.n; i++)
