@@ -460,24 +460,25 @@ static void forward(struct conn *c, const struct route *r, const struct http1_he
 }
 
 /* A complete, parsed request head of head_len bytes at the front of the input. */
-static void handle_request(struct conn *c, const struct http1_head *h, size_t head_len)
+static void handle_request(struct conn *c, struct http1_head *h, size_t head_len)
 {
     struct gateway *gw = c->gw;
     struct http1_str vals[4];
 
     snprintf(c->method, sizeof(c->method), "%.*s", (int)(h->method.n < 15 ? h->method.n : 15),
              h->method.p);
-    reqhead_log_path(&h->target, c->path, sizeof(c->path));
     c->t_start = now_mono_ms();
     c->head_req = http1_name_is(&h->method, "head");
     c->client_close = (h->flags & HTTP1_F_CLOSE) != 0;
     int has_body = h->body != HTTP1_BODY_NONE;
 
-    if (h->target.p[0] != '/') {
+    if (reqhead_absolute_form(h) < 0) {
+        snprintf(c->path, sizeof(c->path), "[invalid target]"); /* it could hold a token */
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
-        local_reply(c, 400, "Only origin-form request targets (/path) are accepted.", 1, NULL);
+        local_reply(c, 400, "The request target must be a path or an http(s) URL.", 1, NULL);
         return;
     }
+    reqhead_log_path(&h->target, c->path, sizeof(c->path)); /* after the rewrite: redaction sees the path */
     if (reqhead_alias(&h->host, gw->cfg->domain, c->alias, sizeof(c->alias)) < 0) {
         c->alias[0] = '\0';
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);

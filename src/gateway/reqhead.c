@@ -51,6 +51,51 @@ int reqhead_alias(const struct http1_str *host, const char *domain, char *out, s
     return route_alias_valid(out, alen) ? 0 : -ENOENT;
 }
 
+int reqhead_absolute_form(struct http1_head *h)
+{
+    static const struct http1_str root = {"/", 1}, host_name = {"Host", 4};
+    const char *p = h->target.p;
+    size_t n = h->target.n, skip;
+    if (n > 0 && p[0] == '/')
+        return 0;
+    if (n >= 7 && strncasecmp(p, "http://", 7) == 0)
+        skip = 7;
+    else if (n >= 8 && strncasecmp(p, "https://", 8) == 0)
+        skip = 8;
+    else
+        return -1;
+    size_t a = skip;
+    while (a < n && p[a] != '/' && p[a] != '?' && p[a] != '#')
+        a++;
+    struct http1_str auth = {p + skip, a - skip};
+    if (auth.n == 0 || memchr(auth.p, '@', auth.n))
+        return -1;
+    if (a == n) {
+        h->target = root;
+    } else if (p[a] == '?') {
+        return -1; /* "http://host?q": no path to keep the query on without copying */
+    } else {
+        h->target.p = p + a;
+        h->target.n = n - a;
+    }
+    h->host = auth;
+    int found = 0;
+    for (size_t i = 0; i < h->nfields; i++) {
+        if (http1_name_is(&h->fields[i].name, "host")) {
+            h->fields[i].value = auth;
+            found = 1;
+        }
+    }
+    if (!found) {
+        if (h->nfields >= HTTP1_MAX_FIELDS_CAP)
+            return -1;
+        h->fields[h->nfields].name = host_name;
+        h->fields[h->nfields].value = auth;
+        h->nfields++;
+    }
+    return 1;
+}
+
 /* Iterates "a=1; b=2" pairs. Returns 1 with name/value set, 0 at the end. */
 static int cookie_next(const char *p, size_t n, size_t *pos, struct http1_str *name,
                        struct http1_str *val, size_t *start, size_t *end)

@@ -35,6 +35,15 @@
 int reqhead_alias(const struct http1_str *host, const char *domain, char *out, size_t outlen);
 
 /*
+ * Absolute-form request targets (RFC 9112 3.2.2: a server MUST accept them):
+ * "http[s]://authority/path?q" becomes target "/path?q" (or "/") and the
+ * authority replaces the Host value, so that routing and the session check
+ * follow one authority. Returns 1 when h was rewritten, 0 for origin-form,
+ * -1 for any other form (authority-form, "*", userinfo, empty authority).
+ */
+int reqhead_absolute_form(struct http1_head *h);
+
+/*
  * Finds up to max values of the cookie called name in the Cookie fields of
  * h. Returns how many were found.
  */

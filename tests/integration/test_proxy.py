@@ -490,3 +490,16 @@ def test_client_aborts_mid_upload_and_mid_download(gateway, client):
     gateway.assert_alive()
     r = client.get("/hello")
     assert r.status == 200 and r.body == b"hello\n", r
+
+
+def test_absolute_form_target_accepted(client):
+    # RFC 9112 3.2.2: a server MUST accept absolute-form; the authority replaces Host, and the
+    # app gets origin-form with that Host.
+    with client.conn() as c:
+        c.send(build_request("GET", f"https://{client.host}/headers?abs=1", "ignored.example",
+                             cookie=client.cookie))
+        r = c.read_response()
+    assert r.status == 200, r
+    assert r.header("X-Request-Target") == "/headers?abs=1"
+    hosts = [v for k, v in json.loads(r.body) if k.lower() == "host"]
+    assert hosts == [client.host], hosts

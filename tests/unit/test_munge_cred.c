@@ -684,7 +684,7 @@ static void test_bad_arguments(void **state)
 struct worker {
     int index;
     int failures;
-    char first_err[256];
+    char first_err[320]; /* rc, a space and err */
 };
 
 static void *worker_main(void *arg)

@@ -810,6 +810,51 @@ static void test_fwd_resp_upgrade(void **state)
     assert_no_field(&F, "connection");
 }
 
+static void test_absolute_form(void **state)
+{
+    (void)state;
+    static struct http1_head h; /* 8 KiB: keep it off the stack */
+    parse_req("GET https://Brisk-Otter-Canal.localhost:8443/x/y?z=1 HTTP/1.1\r\n"
+              "Host: other.localhost\r\nAccept: */*\r\n\r\n", &h);
+    assert_int_equal(reqhead_absolute_form(&h), 1);
+    assert_int_equal(h.target.n, 8);
+    assert_memory_equal(h.target.p, "/x/y?z=1", 8);
+    char alias[64];
+    assert_int_equal(reqhead_alias(&h.host, "localhost", alias, sizeof(alias)), 0);
+    assert_string_equal(alias, "brisk-otter-canal");
+    int i = http1_find(&h, "host");
+    assert_true(i >= 0);
+    assert_int_equal(h.fields[i].value.n, strlen("Brisk-Otter-Canal.localhost:8443"));
+
+    parse_req("GET http://a.localhost HTTP/1.1\r\nHost: a.localhost\r\n\r\n", &h);
+    assert_int_equal(reqhead_absolute_form(&h), 1);
+    assert_int_equal(h.target.n, 1);
+    assert_int_equal(h.target.p[0], '/');
+
+    /* HTTP/1.0 without Host: the authority becomes the Host field. */
+    parse_req("GET http://b.localhost/p HTTP/1.0\r\n\r\n", &h);
+    assert_int_equal(reqhead_absolute_form(&h), 1);
+    i = http1_find(&h, "host");
+    assert_true(i >= 0);
+    assert_int_equal(h.fields[i].value.n, 11);
+
+    parse_req("GET /plain HTTP/1.1\r\nHost: a.localhost\r\n\r\n", &h);
+    assert_int_equal(reqhead_absolute_form(&h), 0);
+    assert_int_equal(h.target.n, 6);
+
+    static const char *const bad[] = {
+        "GET * HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+        "GET a.localhost:443 HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+        "GET https://user:pw@a.localhost/ HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+        "GET https:///x HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+        "GET ftp://a.localhost/x HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+    };
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        parse_req(bad[k], &h);
+        assert_int_equal(reqhead_absolute_form(&h), -1);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -828,6 +873,7 @@ int main(void)
         cmocka_unit_test(test_fwd_req_forwarded_fields),
         cmocka_unit_test(test_fwd_req_cookie),
         cmocka_unit_test(test_fwd_req_cookie_no_space),
+        cmocka_unit_test(test_absolute_form),
         cmocka_unit_test(test_fwd_req_cookie_large),
         cmocka_unit_test(test_fwd_req_framing),
         cmocka_unit_test(test_fwd_req_upgrade),
