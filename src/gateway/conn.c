@@ -540,6 +540,10 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
 static void on_head(struct conn *c)
 {
     struct gateway *gw = c->gw;
+    if (gw->stopping) {
+        conn_free(c);
+        return;
+    }
     struct evbuffer *in = bufferevent_get_input(c->cli);
     int batch = 0;
     c->in_head_loop = 1;
@@ -935,6 +939,25 @@ void conn_revoke_sweep(struct worker *w)
             conn_free(c);
         } else {
             be_drop(c); /* idle: the next request is checked anyway */
+        }
+    }
+}
+
+void conn_drain(struct worker *w)
+{
+    struct conn *c, *next;
+    for (c = w->conns; c; c = next) {
+        next = c->next;
+        switch (c->st) {
+        case CS_EXCHANGE:
+            c->client_close = 1; /* answered, then closed (Connection: close if not sent yet) */
+            break;
+        case CS_CLOSING:
+        case CS_LINGER:
+            break;
+        default: /* handshake, idle keep-alive, WebSocket: nothing worth waiting for */
+            conn_free(c);
+            break;
         }
     }
 }

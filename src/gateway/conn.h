@@ -36,6 +36,10 @@ void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa
  * checked (on w's thread, after gateway_revoked). */
 void conn_revoke_sweep(struct worker *w);
 
+/* Gateway stopping: closes w's idle and upgraded connections at once and
+ * makes the others close after the exchange in flight (on w's thread). */
+void conn_drain(struct worker *w);
+
 /* Closes every browser connection of worker w (shutdown, on w's thread). */
 void conn_close_all(struct worker *w);
 

@@ -25,6 +25,7 @@
 #include "util.h"
 
 #define TICK_SECS 1
+#define DRAIN_SECS 10 /* how long a stopping gateway lets requests in flight finish */
 #define EXPIRE_EVERY_TICKS 60
 
 int gateway_url(const struct gateway *gw, const char *alias, char *buf, size_t len)
@@ -99,6 +100,10 @@ void gateway_unlock(struct gateway *gw)
 
 void gateway_conn_gone(struct worker *w)
 {
+    if (w->gw->stopping && w->draining && w->nconns == 0) {
+        event_base_loopexit(w->base, NULL); /* drained */
+        return;
+    }
     if (w->listener_paused && !w->gw->stopping && w->nconns < w->gw->cfg->max_connections) {
         evconnlistener_enable(w->listener);
         w->listener_paused = 0;
@@ -199,6 +204,25 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     log_flush();
 }
 
+/* On the worker's thread: stop accepting, close idle connections, let
+ * exchanges in flight finish, and end the loop when none is left (or after
+ * DRAIN_SECS). */
+static void worker_drain(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct timeval limit = {DRAIN_SECS, 0};
+    if (w->listener) { /* closed, not paused: new connections are refused at once */
+        evconnlistener_free(w->listener);
+        w->listener = NULL;
+    }
+    w->draining = 1;
+    conn_drain(w);
+    if (w->nconns == 0)
+        event_base_loopexit(w->base, NULL);
+    else
+        event_base_loopexit(w->base, &limit);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct gateway *gw = arg;
@@ -208,12 +232,15 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     }
     if (gw->stopping)
         return;
-    log_info("signal %d: stopping", (int)sig);
+    log_info("signal %d: stopping; requests in flight get up to %d s to finish", (int)sig,
+             DRAIN_SECS);
     gw->stopping = 1;
     control_stop(gw);
-    /* Each worker closes its own connections when its loop ends (worker_main). */
+    /* Each worker drains its own connections on its own thread (worker_drain),
+     * and closes what is left when its loop ends (worker_main). */
+    struct timeval now = {0, 0};
     for (unsigned i = 0; i < gw->nworkers; i++)
-        event_base_loopexit(gw->workers[i].base, NULL);
+        event_base_once(gw->workers[i].base, -1, EV_TIMEOUT, worker_drain, &gw->workers[i], &now);
 }
 
 static int load_route(const struct route *r, void *arg)

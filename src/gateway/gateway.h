@@ -50,6 +50,7 @@ struct worker {
     unsigned seen_revocation; /* the gateway's revocation count at the last sweep */
     pthread_t thread;
     int started;
+    int draining;             /* stopping: the loop ends when the last connection does */
     /* A head is parsed and used within one callback, never kept: one per
      * worker instead of 8 KiB per connection. */
     struct http1_head scratch;

@@ -123,3 +123,48 @@ def test_sigterm_exit_status_and_cleanup(fresh_gateway):
     info = gw.control({"op": "hello"})
     assert info.get("mode") == "personal" and info.get("domain") == "localhost", info
     assert info.get("url_suffix") == f".localhost:{gw.port}", json.dumps(info)
+
+
+def test_sigterm_drains_requests_in_flight(fresh_gateway):
+    """A stopping gateway refuses new connections and closes idle ones at once, but lets a
+    download in flight finish (so a restart does not cut a browser's transfer)."""
+    import signal
+    import socket
+
+    gw = fresh_gateway
+    app = gw.publish_http()
+    s = gw.login(app.alias, app.link)
+    idle = s.conn()
+    idle.send(build_request("GET", "/hello", s.host, cookie=s.cookie))
+    assert idle.read_response().status == 200  # now an idle keep-alive connection
+    busy = s.conn()
+    size = 48 << 20
+    busy.send(build_request("GET", f"/bytes?n={size}", s.host, cookie=s.cookie))
+    resp = busy.read_head()
+    assert resp.status == 200, resp
+    got = 0
+    body = busy.iter_body(resp)
+    for piece in body:
+        got += len(piece)
+        if got >= 1 << 20:
+            break
+    gw.proc.send_signal(signal.SIGTERM)
+    gw.stopped_on_purpose = True
+    t0 = time.monotonic()
+    # New connections are refused at once.
+    refused = False
+    while time.monotonic() - t0 < 3 and not refused:
+        try:
+            socket.create_connection(("127.0.0.1", gw.port), timeout=1).close()
+            time.sleep(0.05)
+        except OSError:
+            refused = True
+    assert refused, "the stopping gateway still accepts connections"
+    # The idle keep-alive connection is closed.
+    idle.expect_close(timeout=3)
+    # The download in flight completes.
+    for piece in body:
+        got += len(piece)
+    assert got == size, f"download cut at {got} of {size} bytes"
+    assert gw.proc.wait(10) == 0
+    app.stop()
