@@ -22,21 +22,6 @@ struct ctl {
     size_t len;
 };
 
-static int errmsg(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-/* Fills err for the user and passes rc through, to keep error paths short.
- * A cut message is still better than none, so truncation is ignored. */
-static int errmsg(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    va_list ap;
-    if (err && errlen > 0) {
-        va_start(ap, fmt);
-        (void)vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 int ctl_connect(const char *path, struct ctl **out, char *err, size_t errlen)
 {

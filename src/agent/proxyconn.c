@@ -27,21 +27,6 @@
 /* Room for "[" host "]:" port; hosts are at most 255 bytes. */
 #define HOSTPORT_MAX 272
 
-static int errmsg(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-/* Fills err for the user and passes rc through, to keep error paths short.
- * A cut message is still better than none, so truncation is ignored. */
-static int errmsg(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    va_list ap;
-    if (err && errlen > 0) {
-        va_start(ap, fmt);
-        (void)vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 /* "host:port", with brackets around an IPv6 literal so the port stays apart. */
 static void fmt_hostport(char *dst, size_t size, const char *host, unsigned port)

@@ -61,6 +61,17 @@ int xsnprintf(char *dst, size_t size, const char *fmt, ...)
     return 0;
 }
 
+int errmsg(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    if (err && errlen > 0) {
+        va_start(ap, fmt);
+        (void)vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
 int64_t now_real(void)
 {
     struct timespec ts;

@@ -24,6 +24,12 @@ char *xstrndup(const char *s, size_t n);
 int xsnprintf(char *dst, size_t size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Writes a message into err (when err is non-NULL and errlen > 0; a cut
+ * message is better than none) and returns rc, to keep error paths short:
+ * `return errmsg(err, errlen, -EINVAL, "bad %s", what);` */
+int errmsg(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* Seconds since the epoch (wall clock) and milliseconds of CLOCK_MONOTONIC. */
 int64_t now_real(void);
 int64_t now_mono_ms(void);
