@@ -103,10 +103,17 @@ int auth_redeem(struct auth *a, const char *alias, const char *tok, size_t len, 
     return r;
 }
 
-int auth_session_alive(struct auth *a, const char *alias, const uint8_t hash[TOKEN_HASH_LEN])
+/* The live session of alias with this hash, or NULL. */
+static const struct session *live(struct auth *a, const char *alias,
+                                  const uint8_t hash[TOKEN_HASH_LEN])
 {
     const struct session *s = hmap_get(a->sessions, hash, TOKEN_HASH_LEN);
-    return s && strcmp(s->alias, alias) == 0 && s->expires > now_real();
+    return s && strcmp(s->alias, alias) == 0 && s->expires > now_real() ? s : NULL;
+}
+
+int auth_session_alive(struct auth *a, const char *alias, const uint8_t hash[TOKEN_HASH_LEN])
+{
+    return live(a, alias, hash) != NULL;
 }
 
 int auth_session_check(struct auth *a, const char *alias, const char *val, size_t len, uid_t *uid,
@@ -115,10 +122,11 @@ int auth_session_check(struct auth *a, const char *alias, const char *val, size_
     if (!token_syntax_ok(val, len))
         return 0;
     token_hash(val, len, hash);
-    if (!auth_session_alive(a, alias, hash))
+    const struct session *s = live(a, alias, hash); /* one lookup per request */
+    if (!s)
         return 0;
     if (uid)
-        *uid = ((const struct session *)hmap_get(a->sessions, hash, TOKEN_HASH_LEN))->uid;
+        *uid = s->uid;
     return 1;
 }
 
