@@ -20,7 +20,7 @@ $(ASAN_BUILD)/build.ninja:
 	meson setup $(ASAN_BUILD) --buildtype=debug -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
 
 check:
-	scripts/install-deps test
+	scripts/install-deps test browser
 	$(MAKE) all
 	$(MAKE) unit unit-asan fuzz integration integration-asan
 
