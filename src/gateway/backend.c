@@ -15,6 +15,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "tunnel.h"
 #include "util.h"
 
 int backend_check_unix(const char *path, uid_t uid, int may_be_missing, char *why, size_t len)
@@ -152,6 +153,8 @@ static long peer_uid_in(const char *file, const char *lhex, unsigned lport, cons
 int backend_verify_peer(evutil_socket_t fd, const struct route *r, const char *proc_dir, char *why,
                         size_t len)
 {
+    if (r->kind == ROUTE_TUNNEL)
+        return 0; /* the tunnel proved its owner, and opens streams only for its own routes */
     if (r->kind == ROUTE_UNIX) {
         struct ucred cred;
         socklen_t cl = sizeof(cred);
@@ -192,8 +195,11 @@ int backend_verify_peer(evutil_socket_t fd, const struct route *r, const char *p
     return 0;
 }
 
-struct bufferevent *backend_connect(struct event_base *base, const struct route *r)
+struct bufferevent *backend_connect(struct gateway *gw, struct event_base *base,
+                                    const struct route *r)
 {
+    if (r->kind == ROUTE_TUNNEL)
+        return tunnel_stream_open(gw, base, r);
     struct sockaddr_storage ss;
     socklen_t sl;
     memset(&ss, 0, sizeof(ss));

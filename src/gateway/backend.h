@@ -39,13 +39,16 @@ int backend_check_tcp(const char *proc_dir, uint16_t port, uid_t uid, int *v6, c
  * owner (I2, I3), so that a socket swapped for a link to someone else's, or
  * a port re-bound by another user, is never sent a request: for a UNIX
  * socket the peer's SO_PEERCRED uid; for TCP the uid of the accepting
- * socket in <proc_dir>/net/tcp{,6}. 0, or -EPERM / -ENOENT with why.
+ * socket in <proc_dir>/net/tcp{,6}; a tunnel route was proven by its tunnel. 0, or -EPERM / -ENOENT with why.
  */
 int backend_verify_peer(evutil_socket_t fd, const struct route *r, const char *proc_dir, char *why,
                         size_t len);
 
-/* Starts a non-blocking connect to the route's destination. NULL with errno set
+/* Starts a non-blocking connect to the route's destination (for a tunnel
+ * route: a stream through the agent's tunnel, see tunnel.h). NULL with errno set
  * when it fails at once; otherwise BEV_EVENT_CONNECTED or _ERROR follows. */
-struct bufferevent *backend_connect(struct event_base *base, const struct route *r);
+struct gateway;
+struct bufferevent *backend_connect(struct gateway *gw, struct event_base *base,
+                                    const struct route *r);
 
 #endif

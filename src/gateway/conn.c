@@ -24,21 +24,24 @@
 #include "page.h"
 #include "reqhead.h"
 #include "reserved.h"
+#include "tunnel.h"
 #include "util.h"
 
 enum cstate {
     CS_HANDSHAKE, /* TLS handshake in progress */
     CS_HEAD,      /* waiting for a request head */
+    CS_WAIT,      /* a head for a tunnel route whose agent reconnects: checked again shortly */
     CS_EXCHANGE,  /* a request is being forwarded and/or its response streamed */
     CS_UPGRADED,  /* after 101: bytes both ways */
     CS_CLOSING,   /* flushing the last response */
     CS_LINGER,    /* write side shut; discarding input until EOF or timeout */
 };
 
-enum timer_kind { TK_HANDSHAKE, TK_HEAD, TK_IDLE, TK_CONNECT, TK_IO, TK_TUNNEL, TK_CLOSE };
+enum timer_kind { TK_HANDSHAKE, TK_HEAD, TK_IDLE, TK_CONNECT, TK_IO, TK_TUNNEL, TK_CLOSE, TK_WAIT };
 
 #define LINGER_SECS 2
 #define PIPELINE_BATCH 32 /* requests handled per read event before yielding */
+#define WAIT_POLL_MS 100  /* how often a request waiting for its agent looks again */
 
 struct conn {
     struct gateway *gw;
@@ -60,6 +63,7 @@ struct conn {
     size_t scan;         /* head scan cursor (request, then response) */
     int in_head_loop;
     int revoked;         /* marked by the sweep, acted on after the lock */
+    int64_t wait_until;  /* CS_WAIT: when the agent's reconnect wait ends (ms), 0 if not waiting */
 
     /* the session that let the current exchange (or tunnel) through */
     int has_session;
@@ -119,13 +123,14 @@ static int64_t timer_secs(struct conn *c, enum timer_kind k)
     case TK_IO: return cf->t_io;
     case TK_TUNNEL: return cf->t_tunnel;
     case TK_CLOSE: return LINGER_SECS;
+    case TK_WAIT: return 0;
     }
     return 10;
 }
 
 static void timer_set(struct conn *c, enum timer_kind k)
 {
-    struct timeval tv = {(time_t)timer_secs(c, k), 0};
+    struct timeval tv = {(time_t)timer_secs(c, k), k == TK_WAIT ? WAIT_POLL_MS * 1000 : 0};
     c->tk = k;
     c->last_active = now_ms(c);
     event_add(c->timer, &tv);
@@ -396,7 +401,7 @@ static void pump_tunnel(struct conn *c)
 
 static void be_start(struct conn *c, const struct route *r)
 {
-    c->be = backend_connect(c->w->base, r);
+    c->be = backend_connect(c->gw, c->w->base, r);
     if (!c->be) {
         log_info("conn=%llu alias=%s cannot reach the app: %s", (unsigned long long)c->id,
                  c->alias, strerror(errno));
@@ -411,6 +416,8 @@ static void be_start(struct conn *c, const struct route *r)
     bufferevent_setwatermark(c->be, EV_WRITE, CONN_LOW_WATER, 0);
     bufferevent_enable(c->be, EV_READ | EV_WRITE);
     timer_set(c, TK_CONNECT);
+    if (r->kind == ROUTE_TUNNEL) /* a socketpair to the tunnel: connected already */
+        bufferevent_trigger_event(c->be, BEV_EVENT_CONNECTED, BEV_TRIG_DEFER_CALLBACKS);
 }
 
 /* Sends the kept head on the backend connection (new or reused). On an idle
@@ -523,6 +530,26 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
     }
     c->has_session = 1;
     memcpy(c->sess_alias, c->alias, sizeof(c->sess_alias));
+    if (rc.kind == ROUTE_TUNNEL && rc.tunnel == 0) {
+        /* The agent is reconnecting: hold the request (its head stays in the
+         * input) for up to reconnect_wait, then 503. */
+        int64_t now = now_mono_ms();
+        if (c->wait_until == 0)
+            c->wait_until = now + gw->cfg->reconnect_wait * 1000;
+        if (now < c->wait_until) {
+            c->st = CS_WAIT;
+            c->method[0] = '\0'; /* logged when it is answered */
+            bufferevent_disable(c->cli, EV_READ);
+            timer_set(c, TK_WAIT);
+            return;
+        }
+        c->wait_until = 0;
+        evbuffer_drain(bufferevent_get_input(c->cli), head_len);
+        local_reply(c, 503, "The app's agent is reconnecting; try again in a moment.", has_body,
+                    "Retry-After: 5\r\n");
+        return;
+    }
+    c->wait_until = 0;
     if (rc.starting) {
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         local_reply(c, 503, NULL, has_body, "Retry-After: 3\r\n");
@@ -703,6 +730,16 @@ static void cli_event(struct bufferevent *bev, short what, void *arg)
     struct conn *c = arg;
     if (what & BEV_EVENT_CONNECTED) {
         SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        const unsigned char *proto;
+        unsigned plen;
+        SSL_get0_alpn_selected(ssl, &proto, &plen);
+        if (plen == sizeof(TUNNEL_ALPN) - 1 && memcmp(proto, TUNNEL_ALPN, plen) == 0) {
+            /* An agent: the connection belongs to the tunnel from here on. */
+            c->cli = NULL;
+            tunnel_adopt_tls(c->w, bev, c->ip);
+            conn_free(c);
+            return;
+        }
         c->st = CS_HEAD;
         timer_set(c, TK_IDLE);
         log_debug("conn=%llu ip=%s TLS %s established", (unsigned long long)c->id, c->ip,
@@ -836,6 +873,14 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
+    if (c->tk == TK_WAIT) { /* look at the route again */
+        c->st = CS_HEAD;
+        c->tk = TK_HEAD;
+        timer_set(c, TK_HEAD);
+        bufferevent_enable(c->cli, EV_READ);
+        on_head(c);
+        return;
+    }
     if (c->tk == TK_IO || c->tk == TK_TUNNEL) {
         int64_t idle = now_ms(c) - c->last_active, limit = timer_secs(c, c->tk) * 1000;
         if (idle < limit) {

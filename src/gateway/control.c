@@ -22,6 +22,7 @@
 #include "gateway.h"
 #include "log.h"
 #include "store.h"
+#include "tunnel.h"
 #include "util.h"
 
 #define CTL_LINE_MAX 65536
@@ -41,6 +42,9 @@ struct ctl_client {
     struct control *ctl;
     struct ctl_client *next, *prev;
     struct bufferevent *bev;
+    struct event *ev_first; /* the first read, with recvmsg: it may carry descriptors */
+    struct evbuffer *in;    /* requests not yet handled (the bufferevent's input moves here) */
+    int fds[2];             /* stdin and stdout of `jobgate tunnel --stdio`, or -1 */
     uid_t uid;
     pid_t pid;
 };
@@ -72,22 +76,14 @@ static void client_free(struct ctl_client *c)
     if (c->next)
         c->next->prev = c->prev;
     c->ctl->nclients--;
+    if (c->ev_first)
+        event_free(c->ev_first);
+    evbuffer_free(c->in);
+    for (int i = 0; i < 2; i++)
+        if (c->fds[i] >= 0)
+            close(c->fds[i]);
     bufferevent_free(c->bev);
     free(c);
-}
-
-static int name_ok(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > ROUTE_NAME_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == '-'))
-            return 0;
-    }
-    return 1;
 }
 
 /* Route fields as JSON, for answers. */
@@ -97,31 +93,25 @@ static json_t *route_json(struct gateway *gw, const struct route *r)
     gateway_url(gw, r->alias, url, sizeof(url));
     if (r->kind == ROUTE_UNIX)
         snprintf(backend, sizeof(backend), "unix:%s", r->path);
+    else if (r->kind == ROUTE_TUNNEL)
+        tunnel_route_backend(r, backend, sizeof(backend));
     else
         snprintf(backend, sizeof(backend), r->v6 ? "tcp:[::1]:%u" : "tcp:127.0.0.1:%u", r->port);
     return json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:I, s:s}", "alias", r->alias, "name", r->name,
                      "url", url, "uid", (json_int_t)r->uid, "pid", (json_int_t)r->pid, "backend",
                      backend, "created", (json_int_t)r->created, "state",
-                     r->starting ? "starting" : "ready");
+                     r->starting ? "starting"
+                     : r->kind == ROUTE_TUNNEL && !r->tunnel ? "reconnecting" : "ready");
 }
 
 /* Adds a fresh link for alias to obj (url, link, expires). */
 static int add_link(struct gateway *gw, json_t *obj, const char *alias, int64_t ttl,
                     struct reply *rp)
 {
-    char token[TOKEN_STR_LEN + 1], url[512], link[640];
-    int64_t expires;
-    if (auth_link_new(gw->auth, alias, ttl, token, &expires) < 0) {
+    if (gateway_link_json(gw, obj, alias, ttl) < 0) {
         fail(rp, "internal", "could not store a link (see the gateway's log)");
         return -1;
     }
-    gateway_url(gw, alias, url, sizeof(url));
-    snprintf(link, sizeof(link), "%s_jobgate/redeem/%s", url, token);
-    json_object_set_new(obj, "url", json_string(url));
-    json_object_set_new(obj, "link", json_string(link));
-    json_object_set_new(obj, "expires", json_integer(expires));
-    memset(token, 0, sizeof(token));
-    memset(link, 0, sizeof(link));
     return 0;
 }
 
@@ -211,7 +201,7 @@ static void op_register(struct ctl_client *c, uid_t uid, json_t *req, struct rep
     json_t *starting = json_object_get(req, "starting");
     int64_t ttl;
 
-    if (name && !name_ok(name))
+    if (name && !route_name_valid(name, ROUTE_NAME_MAX))
         return fail(rp, "invalid", "'name' must be 1-64 of A-Z a-z 0-9 . _ -");
     snprintf(r.name, sizeof(r.name), "%s", name ? name : "app");
     if (!!sock == !!port)
@@ -321,6 +311,24 @@ static void op_hello(struct ctl_client *c, uid_t uid, json_t *req, struct reply 
                         "url_suffix", gw->url_suffix, "uid", (json_int_t)uid);
 }
 
+/* Hands the byte stream of `jobgate tunnel --stdio` (its stdin and stdout,
+ * sent with this request) to a tunnel owned by the sender's uid. */
+static void op_tunnel(struct ctl_client *c, uid_t uid, json_t *req, struct reply *rp)
+{
+    json_t *v = json_object_get(req, "version");
+    if (!json_is_integer(v) || json_integer_value(v) != 1)
+        return fail(rp, "version", "this gateway speaks tunnel protocol version 1");
+    if (uid != c->uid)
+        return fail(rp, "forbidden", "a tunnel belongs to the user who hands it over");
+    if (c->fds[0] < 0 || c->fds[1] < 0)
+        return fail(rp, "invalid", "send stdin and stdout with the request (SCM_RIGHTS)");
+    int rc = tunnel_adopt_stdio(&c->ctl->gw->workers[0], c->fds[0], c->fds[1], c->uid);
+    c->fds[0] = c->fds[1] = -1; /* the tunnel's now, or closed */
+    if (rc < 0)
+        return fail(rp, "unavailable", "cannot take the tunnel: %s", strerror(-rc));
+    rp->obj = json_pack("{s:b}", "ok", 1);
+}
+
 static void handle(struct ctl_client *c, const char *line, size_t len)
 {
     enum { NONE, READ, WRITE };
@@ -331,6 +339,7 @@ static void handle(struct ctl_client *c, const char *line, size_t len)
     } ops[] = {
         {"hello", op_hello, NONE}, {"register", op_register, WRITE}, {"ready", op_ready, WRITE},
         {"list", op_list, READ},   {"link", op_link, WRITE},         {"remove", op_remove, WRITE},
+        {"tunnel", op_tunnel, NONE},
     };
     struct reply rp = {0};
     json_error_t jerr;
@@ -392,12 +401,21 @@ answer:
     free(out);
     json_decref(rp.obj);
     json_decref(req);
+    /* Descriptors are good for the request they came with only. */
+    for (int i = 0; i < 2; i++)
+        if (c->fds[i] >= 0) {
+            close(c->fds[i]);
+            c->fds[i] = -1;
+        }
 }
 
 static void client_read(struct bufferevent *bev, void *arg)
 {
     struct ctl_client *c = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer *in = c->in;
+    /* The bufferevent's input stops at its watermark; ours holds at most a line more. */
+    if (evbuffer_get_length(in) <= CTL_LINE_MAX)
+        evbuffer_add_buffer(in, bufferevent_get_input(bev));
     for (int i = 0; i < 64; i++) { /* a bounded batch per event */
         if (evbuffer_get_length(bufferevent_get_output(bev)) > CTL_OUT_MAX) {
             /* The client does not read its answers: no more requests until it does. */
@@ -429,8 +447,9 @@ static void client_read(struct bufferevent *bev, void *arg)
 /* Answers drained below the low-water mark: take requests again. */
 static void client_write(struct bufferevent *bev, void *arg)
 {
-    if (bufferevent_get_enabled(bev) & EV_READ)
-        return;
+    struct ctl_client *c = arg;
+    if (c->ev_first || (bufferevent_get_enabled(bev) & EV_READ))
+        return; /* first_read has not run yet, or reading is on already */
     bufferevent_enable(bev, EV_READ);
     client_read(bev, arg);
 }
@@ -438,6 +457,61 @@ static void client_write(struct bufferevent *bev, void *arg)
 static void client_event(struct bufferevent *bev, short what, void *arg)
 {
     client_free(arg);
+}
+
+/* The first bytes of a client: read with recvmsg so that descriptors sent
+ * along (the `tunnel` op) are received; then the bufferevent takes over. */
+static void first_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct ctl_client *c = arg;
+    char buf[4096];
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(2 * sizeof(int))];
+    } cm;
+    struct iovec iov = {buf, sizeof(buf)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = &cm,
+                        .msg_controllen = sizeof(cm)};
+    if (what & EV_TIMEOUT) {
+        client_free(c);
+        return;
+    }
+    ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return; /* still armed */
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); n >= 0 && h; h = CMSG_NXTHDR(&mh, h)) {
+        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int fds[2];
+        for (size_t i = 0; i < k; i++) {
+            int got;
+            memcpy(&got, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+            if (i < 2 && k == 2)
+                fds[i] = got;
+            else
+                close(got); /* not the two we take */
+        }
+        if (k == 2 && c->fds[0] < 0) {
+            c->fds[0] = fds[0];
+            c->fds[1] = fds[1];
+        } else if (k == 2) {
+            close(fds[0]);
+            close(fds[1]);
+        }
+    }
+    if (n <= 0 || (mh.msg_flags & MSG_CTRUNC)) {
+        if (mh.msg_flags & MSG_CTRUNC)
+            log_warn("control: uid=%u sent more descriptors than a request takes; closing",
+                     (unsigned)c->uid);
+        client_free(c);
+        return;
+    }
+    event_free(c->ev_first);
+    c->ev_first = NULL;
+    evbuffer_add(c->in, buf, (size_t)n);
+    bufferevent_enable(c->bev, EV_READ);
+    client_read(c->bev, c);
 }
 
 static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa,
@@ -470,6 +544,8 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     c->ctl = ctl;
     c->uid = cred.uid;
     c->pid = cred.pid;
+    c->fds[0] = c->fds[1] = -1;
+    c->in = evbuffer_new();
     c->bev = bufferevent_socket_new(ctl->gw->workers[0].base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (!c->bev)
         fatal("out of memory (control client)");
@@ -483,7 +559,11 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     bufferevent_setwatermark(c->bev, EV_READ, 0, CTL_LINE_MAX + 2);
     bufferevent_setwatermark(c->bev, EV_WRITE, CTL_OUT_MAX / 2, 0);
     bufferevent_setcb(c->bev, client_read, client_write, client_event, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(c->bev, EV_WRITE);
+    c->ev_first = event_new(ctl->gw->workers[0].base, fd, EV_READ, first_read, c);
+    if (!c->ev_first)
+        fatal("out of memory (control client)");
+    event_add(c->ev_first, &idle);
 }
 
 static void resume_listener(evutil_socket_t fd, short what, void *arg)

@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 
 #include <event2/thread.h>
+#include <jansson.h>
 #include <netinet/in.h>
 
 #include "alias.h"
@@ -22,6 +23,7 @@
 #include "log.h"
 #include "store.h"
 #include "tls.h"
+#include "tunnel.h"
 #include "util.h"
 
 #define TICK_SECS 1
@@ -31,6 +33,22 @@
 int gateway_url(const struct gateway *gw, const char *alias, char *buf, size_t len)
 {
     return xsnprintf(buf, len, "https://%s%s/", alias, gw->url_suffix);
+}
+
+int gateway_link_json(struct gateway *gw, json_t *obj, const char *alias, int64_t ttl)
+{
+    char token[TOKEN_STR_LEN + 1], url[512], link[640];
+    int64_t expires;
+    gateway_url(gw, alias, url, sizeof(url));
+    json_object_set_new(obj, "url", json_string(url));
+    if (auth_link_new(gw->auth, alias, ttl, token, &expires) < 0)
+        return -1;
+    snprintf(link, sizeof(link), "%s_jobgate/redeem/%s", url, token);
+    json_object_set_new(obj, "link", json_string(link));
+    json_object_set_new(obj, "expires", json_integer(expires));
+    memset(token, 0, sizeof(token));
+    memset(link, 0, sizeof(link));
+    return 0;
 }
 
 int gateway_route_add(struct gateway *gw, struct route *r)
@@ -46,10 +64,10 @@ int gateway_route_add(struct gateway *gw, struct route *r)
         store_route_delete(gw->store, r->alias);
         return rc;
     }
-    store_audit(gw->store, r->uid, "route.add", r->alias, r->kind == ROUTE_UNIX ? r->path : "tcp");
+    const char *how = r->kind == ROUTE_UNIX ? "unix:" : r->kind == ROUTE_TCP ? "tcp:" : "tunnel:";
+    store_audit(gw->store, r->uid, "route.add", r->alias, r->kind == ROUTE_TCP ? "tcp" : r->path);
     log_info("route add alias=%s uid=%u name=%s backend=%s%s%s", r->alias, (unsigned)r->uid,
-             r->name, r->kind == ROUTE_UNIX ? "unix:" : "tcp:",
-             r->kind == ROUTE_UNIX ? r->path : "", r->starting ? " (starting)" : "");
+             r->name, how, r->kind == ROUTE_TCP ? "" : r->path, r->starting ? " (starting)" : "");
     return 0;
 }
 
@@ -183,6 +201,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     route_filter(gw->routes, find_dead, &rc);
     for (int i = 0; i < rc.n; i++)
         gateway_route_remove(gw, rc.dead[i], rc.uid[i], "owner process gone");
+    tunnel_reap(gw);
     if (++gw->ticks % EXPIRE_EVERY_TICKS == 0)
         auth_expire(gw->auth, now_real());
     gateway_unlock(gw);
@@ -216,6 +235,7 @@ static void worker_drain(evutil_socket_t fd, short what, void *arg)
         w->listener = NULL;
     }
     w->draining = 1;
+    tunnel_close_all(w);
     conn_drain(w);
     if (w->nconns == 0)
         event_base_loopexit(w->base, NULL);
@@ -246,7 +266,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static int load_route(const struct route *r, void *arg)
 {
     struct gateway *gw = arg;
-    if (route_add(gw->routes, r) < 0)
+    struct route c = *r;
+    if (c.kind == ROUTE_TUNNEL)
+        c.detached = now_mono_ms(); /* its agent reconnects, or the grace time ends it */
+    if (route_add(gw->routes, &c) < 0)
         log_warn("stored route %s is invalid; ignored", r->alias);
     return 0;
 }
@@ -333,6 +356,9 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
     }
     gw->routes = route_table_new();
     gw->auth = auth_new(gw->store);
+    rc = tunnel_hub_init(gw, err, errlen);
+    if (rc < 0)
+        return rc;
     store_route_load(gw->store, load_route, gw);
     auth_expire(gw->auth, now_real());
     auth_load(gw->auth, now_real());
@@ -414,6 +440,7 @@ static void *worker_main(void *arg)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals belong to worker 0 */
     event_base_dispatch(w->base);
+    tunnel_close_all(w);
     conn_close_all(w);
     log_flush();
     return NULL;
@@ -434,6 +461,7 @@ int gateway_run(struct gateway *gw)
     int rc = event_base_dispatch(gw->workers[0].base) < 0 ? -EIO : 0;
     if (!gw->stopping)
         on_signal(SIGTERM, 0, gw);
+    tunnel_close_all(&gw->workers[0]);
     conn_close_all(&gw->workers[0]);
     for (unsigned i = 1; i < gw->nworkers; i++)
         if (gw->workers[i].started)
@@ -461,8 +489,10 @@ void gateway_free(struct gateway *gw)
         event_free(gw->ev_tick);
     for (unsigned i = 0; gw->workers && i < gw->nworkers; i++) {
         struct worker *w = &gw->workers[i];
-        if (w->base)
+        if (w->base) {
+            tunnel_close_all(w);
             conn_close_all(w);
+        }
         if (w->ev_flush)
             event_free(w->ev_flush);
         if (w->listener)
@@ -474,6 +504,7 @@ void gateway_free(struct gateway *gw)
     if (gw->ssl)
         SSL_CTX_free(gw->ssl);
     auth_free(gw->auth);
+    tunnel_hub_free(gw);
     route_table_free(gw->routes);
     store_close(gw->store);
     if (gw->lock_ready)

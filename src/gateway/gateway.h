@@ -28,6 +28,8 @@ struct auth;
 struct control;
 struct conn;
 struct gateway;
+struct tunnel;
+struct tunnel_hub;
 
 #define GATEWAY_MAX_WORKERS 64
 
@@ -44,6 +46,7 @@ struct worker {
     struct evconnlistener *listener;
     int listener_paused;
     struct conn *conns;       /* this worker's open browser connections */
+    struct tunnel *tunnels;   /* agents' tunnels accepted by this worker */
     unsigned nconns;
     uint64_t next_conn_id;
     struct event *ev_flush;   /* every second: access-log buffer, revocation sweep */
@@ -71,6 +74,7 @@ struct gateway {
     struct store *store;
     struct auth *auth;
     struct control *control;
+    struct tunnel_hub *tunnels; /* finds any worker's tunnel by id (tunnel.c) */
     struct http1_limits limits;
     uid_t uid;                /* the gateway's own uid */
     char url_suffix[300];     /* ".localhost:8443": what follows the alias in URLs */
@@ -92,6 +96,11 @@ void gateway_free(struct gateway *gw);
 
 /* Writes "https://<alias><url_suffix>/" into buf. */
 int gateway_url(const struct gateway *gw, const char *alias, char *buf, size_t len);
+
+/* Mints a one-time link for alias (state lock held for writing) and adds
+ * "url", "link" and "expires" to obj. 0, or -1 when the store failed. */
+struct json_t;
+int gateway_link_json(struct gateway *gw, struct json_t *obj, const char *alias, int64_t ttl);
 
 /* The route operations below expect the state lock held for writing. */
 

@@ -27,6 +27,20 @@ int route_alias_valid(const char *s, size_t len)
     return 1;
 }
 
+int route_name_valid(const char *s, size_t max)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
 struct route_table *route_table_new(void)
 {
     struct route_table *t = xmalloc(sizeof(*t));
@@ -82,6 +96,19 @@ int route_remove(struct route_table *t, const char *alias)
     if (!r)
         return -ENOENT;
     free(r);
+    return 0;
+}
+
+int route_replace(struct route_table *t, const struct route *r)
+{
+    size_t len = strnlen(r->alias, sizeof(r->alias));
+    struct route *old = len && len <= ROUTE_ALIAS_MAX ? hmap_get(t->map, r->alias, len) : NULL;
+    if (!old)
+        return -ENOENT;
+    if (strnlen(r->name, sizeof(r->name)) == sizeof(r->name) ||
+        strnlen(r->path, sizeof(r->path)) == sizeof(r->path))
+        return -EINVAL;
+    *old = *r; /* same alias: the key the map holds (old->alias) keeps its bytes */
     return 0;
 }
 

@@ -22,6 +22,7 @@
 enum route_kind {
     ROUTE_UNIX = 1, /* path */
     ROUTE_TCP = 2,  /* 127.0.0.1:port (or [::1]:port when v6) */
+    ROUTE_TUNNEL = 3, /* through the owner's agent tunnel; path holds the agent's local name */
 };
 
 struct route {
@@ -35,6 +36,10 @@ struct route {
     int v6;             /* TCP on ::1 rather than 127.0.0.1 */
     int64_t created;    /* wall clock, seconds */
     int starting;       /* registered, app not listening yet: requests get 503 */
+    /* ROUTE_TUNNEL only, not stored: the tunnel it goes through (0 while its
+     * agent reconnects) and since when it has had none (monotonic ms). */
+    uint64_t tunnel;
+    int64_t detached;
 };
 
 struct route_table;
@@ -46,6 +51,8 @@ void route_table_free(struct route_table *t);
 int route_add(struct route_table *t, const struct route *r);
 /* Finds by alias (len bytes, need not be NUL-terminated). NULL if absent. */
 const struct route *route_find(const struct route_table *t, const char *alias, size_t len);
+/* Replaces the route with r's alias by a copy of *r. 0 or -ENOENT. */
+int route_replace(struct route_table *t, const struct route *r);
 /* Removes by alias. 0 or -ENOENT. */
 int route_remove(struct route_table *t, const char *alias);
 size_t route_count(const struct route_table *t);
@@ -53,5 +60,7 @@ size_t route_count(const struct route_table *t);
 void route_filter(struct route_table *t, int (*cb)(const struct route *r, void *arg), void *arg);
 /* 1 if s is a valid alias (see route_add). */
 int route_alias_valid(const char *s, size_t len);
+/* 1 if s is 1..max of A-Z a-z 0-9 . _ - (app names, an agent's local names). */
+int route_name_valid(const char *s, size_t max);
 
 #endif

@@ -102,6 +102,11 @@ int config_defaults(struct jg_config *c)
     c->t_tunnel = HOUR;
     c->link_ttl = 10 * MINUTE;
     c->session_ttl = 12 * HOUR;
+    c->ping_interval = 15;
+    c->ping_timeout = 30;
+    c->reconnect_wait = 5;
+    c->grace = 10 * MINUTE;
+    c->munge_socket = NULL;
     if (!c->state_dir || !c->control_socket)
         return -ENOENT;
     if (strlen(c->control_socket) >= SUN_PATH_MAX)
@@ -125,6 +130,7 @@ void config_free(struct jg_config *c)
     free_str(&c->control_socket);
     free_str(&c->cert_file);
     free_str(&c->key_file);
+    free_str(&c->munge_socket);
 }
 
 static char *dup_or_null(const char *s)
@@ -141,6 +147,7 @@ static void config_copy(struct jg_config *dst, const struct jg_config *src)
     dst->control_socket = dup_or_null(src->control_socket);
     dst->cert_file = dup_or_null(src->cert_file);
     dst->key_file = dup_or_null(src->key_file);
+    dst->munge_socket = dup_or_null(src->munge_socket);
 }
 
 /* ---- value syntax ------------------------------------------------------- */
@@ -276,11 +283,16 @@ static const struct keydef keys[] = {
     {"timeouts", "tunnel", K_DURATION, OFF(t_tunnel), 1, 7 * DAY, "1s..7d"},
     {"links", "ttl", K_DURATION, OFF(link_ttl), 1, 7 * DAY, "1s..7d"},
     {"links", "session_ttl", K_DURATION, OFF(session_ttl), MINUTE, 30 * DAY, "1m..30d"},
+    {"tunnel", "ping_interval", K_DURATION, OFF(ping_interval), 1, HOUR, "1s..1h"},
+    {"tunnel", "ping_timeout", K_DURATION, OFF(ping_timeout), 1, HOUR, "1s..1h"},
+    {"tunnel", "reconnect_wait", K_DURATION, OFF(reconnect_wait), 0, MINUTE, "0s..1m"},
+    {"tunnel", "grace", K_DURATION, OFF(grace), 1, 7 * DAY, "1s..7d"},
+    {"tunnel", "munge_socket", K_SOCKPATH, OFF(munge_socket), 0, 0, NULL},
 };
 
 #define NKEYS JG_ARRAY_LEN(keys)
 
-static const char *const sections[] = {"gateway", "limits", "timeouts", "links"};
+static const char *const sections[] = {"gateway", "limits", "timeouts", "links", "tunnel"};
 
 /* ---- errors ------------------------------------------------------------- */
 

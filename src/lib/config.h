@@ -31,6 +31,11 @@
  *   [links]
  *   ttl = 10m                     one-time link lifetime
  *   session_ttl = 12h             session cookie lifetime
+ *   [tunnel]                      agents on other hosts (docs/tunnel-protocol.md)
+ *   ping_interval = 15s   ping_timeout = 30s
+ *   reconnect_wait = 5s           a request waits this long for a reconnecting agent, then 503
+ *   grace = 10m                   routes of an agent that is gone are removed after this
+ *   munge_socket = /run/munge/munge.socket.2   (default: MUNGE's own)
  *
  * A config file selects shared mode; without one jobgated runs in personal mode.
  */
@@ -59,6 +64,12 @@ struct jg_config {
 
     int64_t t_handshake, t_request_head, t_idle, t_connect, t_io, t_tunnel; /* seconds */
     int64_t link_ttl, session_ttl;                                         /* seconds */
+
+    /* agents' tunnels (docs/tunnel-protocol.md) */
+    int64_t ping_interval, ping_timeout;  /* seconds */
+    int64_t reconnect_wait;               /* a request for a reconnecting route waits this long */
+    int64_t grace;                        /* a route without its agent lives this long */
+    char *munge_socket;                   /* NULL: MUNGE's default socket */
 };
 
 /* Fills personal-mode defaults, including the paths below. Returns 0 or -errno

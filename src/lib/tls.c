@@ -31,7 +31,8 @@ const char *tls_errstr(void)
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned inlen, void *arg)
 {
-    static const unsigned char ours[] = "\x08http/1.1";
+    /* jobgate/1: an agent's tunnel (browsers never offer it); http/1.1: everyone else. */
+    static const unsigned char ours[] = "\x09jobgate/1\x08http/1.1";
     unsigned char *sel = NULL;
     if (SSL_select_next_proto(&sel, outlen, ours, sizeof(ours) - 1, in, inlen) !=
         OPENSSL_NPN_NEGOTIATED)

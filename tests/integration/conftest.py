@@ -938,3 +938,45 @@ def app(gateway):
 def client(gateway, app):
     """A logged-in client of `app` (its link redeemed, the session cookie kept)."""
     return gateway.login(app.alias, app.link)
+
+
+class Munged:
+    """A private munged (own key, socket and files in a temp dir): MUNGE identities for
+    tunnel tests without touching a system munged."""
+    MUNGED, MUNGEKEY, MUNGE = "/usr/sbin/munged", "/usr/sbin/mungekey", "/usr/bin/munge"
+
+    def __init__(self):
+        self.dir = mkdtemp("jgm-")
+        os.chmod(self.dir, 0o711)  # munged insists that everyone may reach its socket
+        self.socket = str(self.dir / "munge.sock")
+        key = self.dir / "munge.key"
+        subprocess.run([self.MUNGEKEY, "--create", f"--keyfile={key}"], check=True,
+                       capture_output=True)
+        self.proc = spawn([self.MUNGED, "--foreground", f"--key-file={key}",
+                           f"--socket={self.socket}", f"--pid-file={self.dir / 'munged.pid'}",
+                           f"--log-file={self.dir / 'munged.log'}",
+                           f"--seed-file={self.dir / 'munged.seed'}"],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+        wait_for(lambda: unix_connectable(self.socket) or self.proc.poll() is not None, 10,
+                 what="munged to listen")
+        assert self.proc.poll() is None, "munged exited at start"
+
+    def encode(self, payload, ttl=None):
+        args = [self.MUNGE, f"--socket={self.socket}", "-s", payload]
+        if ttl:
+            args += ["-t", str(ttl)]
+        return subprocess.run(args, check=True, capture_output=True).stdout.decode().strip()
+
+    def stop(self):
+        kill_group(self.proc, timeout=3)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def munged():
+    if not all(os.access(p, os.X_OK) for p in (Munged.MUNGED, Munged.MUNGEKEY, Munged.MUNGE)):
+        pytest.skip("MUNGE is not installed (scripts/install-deps test installs munge)")
+    m = Munged()
+    yield m
+    m.stop()

@@ -1,0 +1,79 @@
+/*
+ * tunnel — the gateway's side of agents' tunnels (docs/tunnel-protocol.md).
+ *
+ * An agent on a compute node dials the HTTPS port with ALPN "jobgate/1" (or
+ * reaches us through `ssh HOST jobgate tunnel --stdio`, which hands its stdin
+ * and stdout over the control socket). On that byte stream the gateway is the
+ * HTTP/2 *client* (nghttp2): its first stream is the control stream
+ * (challenge -> hello with a credential -> welcome -> register ...), and every
+ * backend connection of a tunnel route becomes one CONNECT stream.
+ *
+ * Owns: the tunnels (each on the worker whose loop accepted it), their
+ * nghttp2 sessions and streams, and the hub through which other workers find
+ * a tunnel by id, plus the personal agent token's hash.
+ *
+ * How a browser request reaches an app behind a tunnel without conn.c
+ * knowing: backend_connect() for a ROUTE_TUNNEL route calls
+ * tunnel_stream_open(), which makes a socketpair, posts one end to the
+ * tunnel's worker and returns a bufferevent on the other. The tunnel's
+ * worker opens a CONNECT stream for it and pumps socketpair <-> stream.
+ *
+ * Invariants:
+ *  - I2: routes are owned by the uid that the hello proved (MUNGE, the
+ *    personal token, or SO_PEERCRED of the SSH hand-over); a stream is
+ *    opened only on the tunnel the route is attached to, only when that
+ *    tunnel's uid owns the route and registered the local name itself;
+ *  - nothing is registered before a welcome;
+ *  - backpressure end to end: received DATA is acknowledged at the
+ *    connection level at once and at the stream level only as the
+ *    socketpair drains, so a stream holds at most its window and a stalled
+ *    browser stalls only its own stream;
+ *  - a malformed or oversize control message, a refused hello, a PING left
+ *    unanswered: that tunnel ends (GOAWAY, logged reason), never the gateway;
+ *  - secrets (tokens, MUNGE credentials) are never logged.
+ */
+#ifndef JG_TUNNEL_H
+#define JG_TUNNEL_H
+
+#include <event2/bufferevent.h>
+#include <sys/types.h>
+
+#include "route.h"
+
+struct gateway;
+struct worker;
+
+/* ALPN protocol id of the tunnel. */
+#define TUNNEL_ALPN "jobgate/1"
+
+/* Sets up the hub. In personal mode also makes sure <state_dir>/agent.token
+ * exists (0600, 256 bits) and keeps its hash. 0 or -errno with err. */
+int tunnel_hub_init(struct gateway *gw, char *err, size_t errlen);
+void tunnel_hub_free(struct gateway *gw);
+
+/* Takes a TLS connection whose handshake chose ALPN jobgate/1 (from conn). */
+void tunnel_adopt_tls(struct worker *w, struct bufferevent *bev, const char *ip);
+
+/* Takes the stdin/stdout of `jobgate tunnel --stdio` (SSH transport), whose
+ * owner SO_PEERCRED proved to be uid. The fds are ours from here on. 0 or
+ * -errno (the fds are closed then too). */
+int tunnel_adopt_stdio(struct worker *w, int in_fd, int out_fd, uid_t uid);
+
+/* backend_connect() for ROUTE_TUNNEL: a bufferevent on one end of a
+ * socketpair whose other end becomes a CONNECT stream on the route's tunnel.
+ * It is connected already (backend_connect's caller raises CONNECTED once
+ * its callbacks are set). NULL with errno when the route has no live tunnel. */
+struct bufferevent *tunnel_stream_open(struct gateway *gw, struct event_base *base,
+                                       const struct route *r);
+
+/* Worker w is stopping: GOAWAY to its tunnels and free them (on w's thread). */
+void tunnel_close_all(struct worker *w);
+
+/* With the state lock held for writing: removes tunnel routes whose agent
+ * has been gone for longer than the grace time. */
+void tunnel_reap(struct gateway *gw);
+
+/* "tunnel:<local>" for listings. */
+int tunnel_route_backend(const struct route *r, char *buf, size_t len);
+
+#endif
