@@ -625,6 +625,24 @@ static int get_ttl(struct tunnel *t, json_t *m, int64_t *ttl)
     return 0;
 }
 
+struct orphan_ctx {
+    uid_t uid;
+    const char *name;
+    char alias[ROUTE_ALIAS_MAX + 1];
+    int count;
+};
+
+static int find_orphan_named(const struct route *r, void *arg)
+{
+    struct orphan_ctx *oc = arg;
+    if (r->kind == ROUTE_TUNNEL && r->tunnel == 0 && r->uid == oc->uid &&
+        strcmp(r->name, oc->name) == 0) {
+        snprintf(oc->alias, sizeof(oc->alias), "%s", r->alias);
+        oc->count++;
+    }
+    return 0;
+}
+
 /* register: a new route, or the agent's own route back after a reconnect. Under the lock. */
 static void op_register(struct tunnel *t, const char *id, json_t *m)
 {
@@ -645,11 +663,19 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
     struct route r;
     memset(&r, 0, sizeof(r));
     const struct route *old = alias ? route_find(gw->routes, alias, strlen(alias)) : NULL;
-    int slot = alias ? reg_find(t, alias) : -1;
+    if (!alias) {
+        /* A new agent for an app whose agent died (the job restarted it): the
+         * same user's only orphaned route of that name keeps its URL and cookies. */
+        struct orphan_ctx oc = {.uid = t->uid, .name = name};
+        route_filter(gw->routes, find_orphan_named, &oc);
+        if (oc.count == 1)
+            old = route_find(gw->routes, oc.alias, strlen(oc.alias));
+    }
+    int slot = old ? reg_find(t, old->alias) : -1;
     if (slot < 0 && t->nreg >= TUN_MAX_REG)
         return ctl_error(t, id, "limit", "at most %d apps per tunnel", TUN_MAX_REG);
     if (old && (old->uid != t->uid || old->kind != ROUTE_TUNNEL))
-        return ctl_error(t, id, "forbidden", "%s is not one of your tunnel's apps", alias);
+        return ctl_error(t, id, "forbidden", "%s is not one of your tunnel's apps", old->alias);
     if (old) {
         /* Back after a reconnect (or taken over from a tunnel that has not
          * noticed yet that it is dead): same owner, so same route, links and

@@ -347,3 +347,25 @@ def test_hand_over_needs_descriptors(gateway):
     os.close(w)
     assert os.read(r, 1) == b""  # no writer left anywhere: the gateway closed its copy
     os.close(r)
+
+
+def test_new_agent_takes_over_an_orphaned_route_by_name(fresh_gateway):
+    gw = fresh_gateway
+    app = gw.start_direct_app()
+    a = agent(gw, targets={"web": app.sock})
+    a.wait_type("welcome")
+    reg = a.register("nb", "web")
+    s = gw.login(reg["alias"], reg["link"])
+    a.close()  # the agent dies; its route waits
+    wait_for(lambda: "reconnecting" in gw.cli("ls", "--json").stdout.decode(), 5,
+             what="the route to be reconnecting")
+    b = agent(gw, targets={"web": app.sock})
+    try:
+        b.wait_type("welcome")
+        again = b.register("nb", "web")  # no alias: a fresh agent knows only the name
+        assert again["alias"] == reg["alias"]
+        assert s.get("/hello").status == 200  # the old cookie works
+        other = b.register("other", "web", rid="r2")
+        assert other["alias"] != reg["alias"]
+    finally:
+        b.close()
