@@ -2,6 +2,7 @@
 #include "control.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -45,6 +46,7 @@ struct ctl_client {
     struct event *ev_first; /* the first read, with recvmsg: it may carry descriptors */
     struct evbuffer *in;    /* requests not yet handled (the bufferevent's input moves here) */
     int fds[2];             /* stdin and stdout of `jobgate tunnel --stdio`, or -1 */
+    int handed_over;        /* the connection now belongs to a tunnel: answer, then let go */
     uid_t uid;
     pid_t pid;
 };
@@ -322,8 +324,10 @@ static void op_tunnel(struct ctl_client *c, uid_t uid, json_t *req, struct reply
         return fail(rp, "forbidden", "a tunnel belongs to the user who hands it over");
     if (c->fds[0] < 0 || c->fds[1] < 0)
         return fail(rp, "invalid", "send stdin and stdout with the request (SCM_RIGHTS)");
-    int rc = tunnel_adopt_stdio(&c->ctl->gw->workers[0], c->fds[0], c->fds[1], c->uid);
+    int hold = fcntl(bufferevent_getfd(c->bev), F_DUPFD_CLOEXEC, 3);
+    int rc = tunnel_adopt_stdio(&c->ctl->gw->workers[0], c->fds[0], c->fds[1], hold, c->uid);
     c->fds[0] = c->fds[1] = -1; /* the tunnel's now, or closed */
+    c->handed_over = rc == 0;
     if (rc < 0)
         return fail(rp, "unavailable", "cannot take the tunnel: %s", strerror(-rc));
     rp->obj = json_pack("{s:b}", "ok", 1);
@@ -439,6 +443,14 @@ static void client_read(struct bufferevent *bev, void *arg)
         }
         handle(c, line, len);
         free(line);
+        if (c->handed_over) {
+            /* The tunnel holds a copy of this connection; ours goes once the answer is out. */
+            bufferevent_disable(bev, EV_READ);
+            bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+            if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+                client_free(c);
+            return;
+        }
     }
     if (evbuffer_get_length(in) > 0) /* more lines than one batch: continue next turn */
         bufferevent_trigger(bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS);
@@ -448,6 +460,10 @@ static void client_read(struct bufferevent *bev, void *arg)
 static void client_write(struct bufferevent *bev, void *arg)
 {
     struct ctl_client *c = arg;
+    if (c->handed_over) {
+        client_free(c);
+        return;
+    }
     if (c->ev_first || (bufferevent_get_enabled(bev) & EV_READ))
         return; /* first_read has not run yet, or reading is on already */
     bufferevent_enable(bev, EV_READ);

@@ -87,6 +87,7 @@ struct tunnel {
     nghttp2_session *h2;
     enum tstate st;
     int stdio;                  /* handed over by `jobgate tunnel --stdio` */
+    int hold_fd;                /* stdio: its control connection, closed when we end */
     uid_t peer_uid;             /* stdio: SO_PEERCRED of the hand-over */
     uid_t uid;                  /* the owner, once welcomed */
     char method[12];
@@ -1081,6 +1082,8 @@ static void t_free(struct tunnel *t)
         event_free(t->ev_post);
     if (t->ev_tick)
         event_free(t->ev_tick);
+    if (t->hold_fd >= 0)
+        close(t->hold_fd); /* `jobgate tunnel --stdio` sees EOF and exits */
     evbuffer_free(t->ctl_in);
     evbuffer_free(t->ctl_out);
     if (t->prev)
@@ -1135,6 +1138,7 @@ static struct tunnel *t_new(struct worker *w, const char *peer)
     t->w = w;
     snprintf(t->peer, sizeof(t->peer), "%s", peer);
     t->uid = (uid_t)-1;
+    t->hold_fd = -1;
     t->ctl_in = evbuffer_new();
     t->ctl_out = evbuffer_new();
     t->ev_post = event_new(w->base, -1, 0, on_post, t);
@@ -1228,15 +1232,18 @@ void tunnel_adopt_tls(struct worker *w, struct bufferevent *bev, const char *ip)
     t_leave(t);
 }
 
-int tunnel_adopt_stdio(struct worker *w, int in_fd, int out_fd, uid_t uid)
+int tunnel_adopt_stdio(struct worker *w, int in_fd, int out_fd, int hold_fd, uid_t uid)
 {
     struct tunnel *t = t_new(w, "ssh");
     if (!t) {
         close(in_fd);
         close(out_fd);
+        if (hold_fd >= 0)
+            close(hold_fd);
         return -EMFILE;
     }
     t->stdio = 1;
+    t->hold_fd = hold_fd;
     t->peer_uid = uid;
     evutil_make_socket_nonblocking(in_fd);
     evutil_make_socket_nonblocking(out_fd);

@@ -55,9 +55,11 @@ void tunnel_hub_free(struct gateway *gw);
 void tunnel_adopt_tls(struct worker *w, struct bufferevent *bev, const char *ip);
 
 /* Takes the stdin/stdout of `jobgate tunnel --stdio` (SSH transport), whose
- * owner SO_PEERCRED proved to be uid. The fds are ours from here on. 0 or
- * -errno (the fds are closed then too). */
-int tunnel_adopt_stdio(struct worker *w, int in_fd, int out_fd, uid_t uid);
+ * owner SO_PEERCRED proved to be uid. hold_fd is a copy of that process's
+ * control connection, closed when the tunnel ends: `jobgate tunnel` waits
+ * for that, since sshd ends the channel when its command exits. The fds are
+ * ours from here on. 0 or -errno (the fds are closed then too). */
+int tunnel_adopt_stdio(struct worker *w, int in_fd, int out_fd, int hold_fd, uid_t uid);
 
 /* backend_connect() for ROUTE_TUNNEL: a bufferevent on one end of a
  * socketpair whose other end becomes a CONNECT stream on the route's tunnel.

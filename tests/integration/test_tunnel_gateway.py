@@ -308,28 +308,43 @@ def test_munge_refusals(shared_munge_gateway, munged, case):
     gw.assert_alive()
 
 
-def hand_over(gw, fds, line=b'{"op":"tunnel","version":1}\n'):
+def hand_over(gw, fds, line=b'{"op":"tunnel","version":1}\n', keep=False):
     """What `jobgate tunnel --stdio` does: the request with two descriptors attached."""
     c = socket.socket(socket.AF_UNIX)
     c.connect(str(gw.control_path))
     socket.send_fds(c, [line], fds)
     c.settimeout(10)
-    ans = json.loads(c.makefile().readline())
+    f = c.makefile("rb")
+    ans = json.loads(f.readline())
+    if keep:
+        return ans, c, f
+    f.close()
     c.close()
     return ans
 
 
 def test_ssh_hand_over_peercred(gateway):
     ours, theirs = socket.socketpair()
-    ans = hand_over(gateway, [theirs.fileno(), theirs.fileno()])
+    ans, ctl, f = hand_over(gateway, [theirs.fileno(), theirs.fileno()], keep=True)
     theirs.close()
     assert ans == {"ok": True}
     a = FakeAgent(sock=ours, auth={"method": "peercred"})
     try:
         assert a.wait_type("welcome")["uid"] == os.getuid()
         assert a.register("s", "s")["type"] == "registered"
+        # `jobgate tunnel --stdio` is held open while the tunnel lives (sshd would end the
+        # channel if it exited) ...
+        ctl.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            ctl.recv(1)
+        ctl.setblocking(True)
     finally:
         a.close()
+    # ... and let go when it ends.
+    ctl.settimeout(10)
+    assert f.read() == b""
+    f.close()
+    ctl.close()
 
 
 def test_hand_over_needs_descriptors(gateway):
