@@ -19,6 +19,7 @@ int cmd_run(int argc, char **argv);
 int cmd_ls(int argc, char **argv);
 int cmd_link(int argc, char **argv);
 int cmd_rm(int argc, char **argv);
+int cmd_tunnel(int argc, char **argv);
 
 /* Prints "jobgate: <message>" on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

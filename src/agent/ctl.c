@@ -23,12 +23,11 @@ struct ctl {
 };
 
 
-int ctl_connect(const char *path, struct ctl **out, char *err, size_t errlen)
+int ctl_dial(const char *path, char *err, size_t errlen)
 {
     struct sockaddr_un sun;
     size_t plen = strlen(path);
 
-    *out = NULL;
     memset(&sun, 0, sizeof(sun));
     sun.sun_family = AF_UNIX;
     if (plen == 0 || plen >= sizeof(sun.sun_path))
@@ -74,7 +73,15 @@ int ctl_connect(const char *path, struct ctl **out, char *err, size_t errlen)
                           strerror(e));
         }
     }
+    return fd;
+}
 
+int ctl_connect(const char *path, struct ctl **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    int fd = ctl_dial(path, err, errlen);
+    if (fd < 0)
+        return fd;
     struct ctl *c = xcalloc(1, sizeof(*c));
     c->fd = fd;
     c->path = xstrdup(path);

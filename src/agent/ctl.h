@@ -19,6 +19,10 @@
 
 struct ctl;
 
+/* Connects to the control socket at path (a send timeout of CTL_TIMEOUT_MS
+ * set) and returns the descriptor, or -errno with a sentence in err. */
+int ctl_dial(const char *path, char *err, size_t errlen);
+
 /*
  * Connects to the control socket at path. Returns 0 or -errno and writes a
  * sentence for the user into err (e.g. "no gateway at PATH (...)").

@@ -28,13 +28,15 @@ static void usage(FILE *f)
           "Opens the web apps of your jobs in a browser through the jobgated gateway.\n"
           "\n"
           "Commands:\n"
-          "  run [-n NAME] [--tcp] [--json] [--ttl DURATION] [--timeout DURATION] -- CMD ARG...\n"
+          "  run [-n NAME] [--tcp] [--json] [--ttl DURATION] [--timeout DURATION]\n"
+          "      [-g GATEWAY | --via ssh:HOST] -- CMD ARG...\n"
           "                      start CMD, publish it through the gateway, print its link,\n"
           "                      and end the route when CMD exits\n"
           "  ls [--json]         list your apps\n"
           "  link ALIAS [--ttl DURATION] [--json]\n"
           "                      make a new one-time link to an app\n"
           "  rm ALIAS...         remove apps from the gateway\n"
+          "  tunnel --stdio      the gateway host's end of 'run --via ssh:HOST' (run by ssh)\n"
           "\n"
           "Options:\n"
           "  -s, --socket SOCKET the gateway's control socket (default: $JOBGATE_CONTROL,\n"
@@ -151,6 +153,7 @@ static const struct command commands[] = {
     {"ls", cmd_ls},
     {"link", cmd_link},
     {"rm", cmd_rm},
+    {"tunnel", cmd_tunnel},
 };
 
 int main(int argc, char **argv)

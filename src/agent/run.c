@@ -8,6 +8,11 @@
  * ^C, a batch system's SIGTERM) are passed on to that group, and jobgate
  * leaves only after the app did, so the route never outlives the app by
  * more than the remove request.
+ *
+ * With -g GATEWAY or --via ssh:HOST the gateway is remote: the app is
+ * published through the tunnel (tunnel.h), which runs on a thread of its
+ * own; this file then never touches the control socket. Standard output is
+ * written by both threads (ready and reconnect events), under out_mu.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +22,7 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +39,7 @@
 #include "cmd.h"
 #include "procnet.h"
 #include "ctl.h"
+#include "tunnel.h"
 #include "util.h"
 
 #define APP_NAME_MAX 64             /* control-protocol.md: 1-64 of [A-Za-z0-9._-] */
@@ -44,14 +51,17 @@
 #define PH_SOCKET "{socket}"
 #define PH_PORT "{port}"
 
-enum { OPT_TCP = 256, OPT_JSON, OPT_TTL, OPT_TIMEOUT, OPT_VIA };
+enum { OPT_TCP = 256, OPT_JSON, OPT_TTL, OPT_TIMEOUT, OPT_VIA, OPT_CA, OPT_PING_INTERVAL,
+       OPT_PING_TIMEOUT };
 
 struct run {
     char name[APP_NAME_MAX + 1];
     int tcp, json;
     int64_t ttl;                    /* 0: the gateway's default */
     int64_t timeout;                /* seconds; 0: wait for ever */
-    const char *control;            /* control socket path */
+    const char *control;            /* control socket path (local mode) */
+    const char *gateway, *via, *ca; /* remote mode: -g, --via, --ca */
+    int64_t ping_interval, ping_timeout; /* seconds; 0: the tunnel's defaults */
 
     char dir[PATH_MAX];             /* private directory, "" when none */
     char sock[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -67,6 +77,9 @@ struct run {
  * never hit), and the last terminating signal received. */
 static volatile sig_atomic_t app_pgid;
 static volatile sig_atomic_t got_signal;
+
+/* Standard output: this thread and the tunnel's both print events. */
+static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static const int forwarded_signals[] = {SIGINT, SIGTERM, SIGHUP};
 
@@ -86,7 +99,8 @@ static void on_signal(int sig)
 static void usage_run(FILE *f)
 {
     fputs("usage: jobgate run [-n NAME] [--tcp] [--json] [--ttl DURATION] [--timeout DURATION]\n"
-          "                   [-g GATEWAY] [--via ssh:HOST] -- CMD ARG...\n"
+          "                   [-g https://HOST[:PORT] [--ca FILE] | --via ssh:HOST]\n"
+          "                   [--ping-interval DURATION] [--ping-timeout DURATION] -- CMD ARG...\n"
           "\n"
           "Starts CMD, waits until it listens, publishes it through the gateway and prints a\n"
           "one-time link that opens it in a browser. The route ends when CMD exits; jobgate\n"
@@ -105,8 +119,20 @@ static void usage_run(FILE *f)
           "      --ttl DURATION    lifetime of the first link (1s to 7d, e.g. 30m)\n"
           "      --timeout DURATION\n"
           "                        how long to wait for CMD to listen (default 120s; 0: no limit)\n"
-          "  -g, --gateway GATEWAY remote gateway (not supported yet)\n"
-          "      --via ssh:HOST    reach a remote gateway through ssh (not supported yet)\n"
+          "  -g, --gateway https://HOST[:PORT]\n"
+          "                        publish through the gateway at HOST (port 443 by default)\n"
+          "                        over a tunnel that this process keeps open (https_proxy is\n"
+          "                        honoured); without -g and --via, the local gateway\n"
+          "      --ca FILE         trust the gateway's certificate through the CA certificates\n"
+          "                        in FILE (default: $JOBGATE_CA, else the system's)\n"
+          "      --via ssh:HOST    publish through the gateway on HOST, reached with\n"
+          "                        'ssh HOST jobgate tunnel --stdio' ($JOBGATE_SSH,\n"
+          "                        $JOBGATE_REMOTE_JOBGATE)\n"
+          "      --ping-interval DURATION\n"
+          "                        how often to check the tunnel (default 15s)\n"
+          "      --ping-timeout DURATION\n"
+          "                        reconnect when a check is not answered within this\n"
+          "                        (default 30s)\n"
           "  -h, --help            show this help\n"
           "\n"
           "example:\n"
@@ -128,8 +154,10 @@ static void emit_json(json_t *ev)
     json_decref(ev);
     if (!s)
         return;
+    pthread_mutex_lock(&out_mu);
     (void)printf("%s\n", s);
     (void)fflush(stdout);
+    pthread_mutex_unlock(&out_mu);
     free(s);
 }
 
@@ -731,11 +759,68 @@ static void print_ready(const struct run *r, const json_t *reply)
         fmt_span((int64_t)json_integer_value(expires) - now_real(), span, sizeof(span));
         (void)xsnprintf(note, sizeof(note), "(one-time, expires in %s)", span);
     }
+    pthread_mutex_lock(&out_mu);
     (void)printf("jobgate: %s is ready\n  url:  %s\n  link: %s   %s\n", pname, purl, plink, note);
     (void)fflush(stdout);
+    pthread_mutex_unlock(&out_mu);
     free(pname);
     free(purl);
     free(plink);
+}
+
+/* ---- through a tunnel (-g, --via) -------------------------------------------- */
+
+/* From the tunnel's thread: reconnects on stderr (or as JSON events), an
+ * app registered anew like the first ready. */
+static void on_tunnel_event(void *arg, const struct agent_tunnel_event *ev)
+{
+    const struct run *r = arg;
+
+    if (strcmp(ev->event, "ready") == 0 && ev->reply) {
+        print_ready(r, ev->reply);
+    } else if (r->json && strcmp(ev->event, "reconnecting") == 0) {
+        json_t *j = json_pack("{s:s,s:s,s:f,s:i}", "event", "reconnecting", "reason",
+                              ev->reason ? ev->reason : "", "retry_in", ev->retry_in, "attempt",
+                              (int)ev->attempt);
+        emit_json(j);
+    } else if (r->json && strcmp(ev->event, "reconnected") == 0) {
+        emit_json(json_pack("{s:s}", "event", "reconnected"));
+    } else if (ev->message) {
+        cli_error("%s", ev->message);
+    }
+}
+
+static struct agent_tunnel *tunnel_open(struct run *r)
+{
+    struct agent_tunnel_opts o;
+    struct agent_tunnel *t = NULL;
+    char err[1024];
+
+    memset(&o, 0, sizeof(o));
+    o.gateway = r->gateway;
+    o.via = r->via;
+    o.ca_file = r->ca;
+    o.ping_interval_ms = r->ping_interval * 1000;
+    o.ping_timeout_ms = r->ping_timeout * 1000;
+    o.on_event = on_tunnel_event;
+    o.event_arg = r;
+    if (agent_tunnel_open(&o, &t, err, sizeof(err)) < 0) {
+        cli_error("%s", err);
+        return NULL;
+    }
+    return t;
+}
+
+static json_t *tunnel_register(const struct run *r, struct agent_tunnel *t)
+{
+    char err[1024];
+    json_t *reply = NULL;
+    if (agent_tunnel_register(t, r->name, r->tcp ? NULL : r->sock, r->port, r->ttl, &reply, err,
+                              sizeof(err)) < 0) {
+        cli_error("%s", err);
+        return NULL;
+    }
+    return reply;
 }
 
 /* ---- the command ------------------------------------------------------------ */
@@ -779,10 +864,15 @@ static int parse_options(struct run *r, int argc, char **argv)
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"gateway", required_argument, NULL, 'g'},
         {"via", required_argument, NULL, OPT_VIA},
+        {"ca", required_argument, NULL, OPT_CA},
+        {"ping-interval", required_argument, NULL, OPT_PING_INTERVAL},
+        {"ping-timeout", required_argument, NULL, OPT_PING_TIMEOUT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    int remote = 0, c;
+    int c;
+    char host[256], err[512];
+    unsigned port;
 
     opterr = 0;
     /* '+': the first non-option word is CMD; its own options are not ours. */
@@ -806,9 +896,30 @@ static int parse_options(struct run *r, int argc, char **argv)
                                        optarg);
             break;
         case 'g':
-        case OPT_VIA:
-            remote = 1;
+            if (agent_tunnel_parse_gateway(optarg, host, sizeof(host), &port, err,
+                                           sizeof(err)) < 0)
+                return cli_usage_error("run", "%s", err);
+            r->gateway = optarg;
             break;
+        case OPT_VIA:
+            if (agent_tunnel_parse_via(optarg, host, sizeof(host), err, sizeof(err)) < 0)
+                return cli_usage_error("run", "%s", err);
+            r->via = optarg;
+            break;
+        case OPT_CA:
+            if (optarg[0] == '\0')
+                return cli_usage_error("run", "option '--ca' needs a file name");
+            r->ca = optarg;
+            break;
+        case OPT_PING_INTERVAL:
+        case OPT_PING_TIMEOUT: {
+            int64_t *v = c == OPT_PING_INTERVAL ? &r->ping_interval : &r->ping_timeout;
+            if (parse_duration(optarg, v) < 0 || *v < 1 || *v > 86400)
+                return cli_usage_error("run", "bad --%s '%s': 1s to 1d, e.g. 15s",
+                                       c == OPT_PING_INTERVAL ? "ping-interval" : "ping-timeout",
+                                       optarg);
+            break;
+        }
         case 'h':
             usage_run(stdout);
             return fflush(stdout) == 0 ? 0 : 1;
@@ -816,10 +927,12 @@ static int parse_options(struct run *r, int argc, char **argv)
             return cli_getopt_error("run", c, argc, argv);
         }
     }
-    if (remote) {
-        cli_error("remote gateways (-g, --via) are not supported yet; run on the gateway host");
-        return EXIT_USAGE;
-    }
+    if (r->gateway && r->via)
+        return cli_usage_error("run", "give either -g or --via, not both");
+    if (r->ca && !r->gateway)
+        return cli_usage_error("run", "--ca goes with -g");
+    if ((r->ping_interval || r->ping_timeout) && !r->gateway && !r->via)
+        return cli_usage_error("run", "--ping-interval and --ping-timeout go with -g or --via");
     if (optind >= argc)
         return cli_usage_error("run", "missing the command to run (jobgate run -- CMD ARG...)");
     if (argv[optind][0] == '\0')
@@ -841,6 +954,7 @@ int cmd_run(int argc, char **argv)
     int app_argc = 0;
     int status = 1;
     json_t *reg = NULL;
+    struct agent_tunnel *tunnel = NULL;
 
     memset(&r, 0, sizeof(r));
     r.timeout = DEFAULT_TIMEOUT_S;
@@ -852,17 +966,24 @@ int cmd_run(int argc, char **argv)
     if (r.name[0] == '\0')
         default_name(cmd[0], r.name);
 
-    r.control = cli_control_socket();
-    if (!r.control)
-        return 1;
     /* Before anything is started: no point in an app nobody can reach. */
-    if (gateway_hello(&r) < 0)
-        return 1;
+    if (r.gateway || r.via) {
+        tunnel = tunnel_open(&r);
+        if (!tunnel)
+            return 1;
+    } else {
+        r.control = cli_control_socket();
+        if (!r.control)
+            return 1;
+        if (gateway_hello(&r) < 0)
+            return 1;
+    }
     /* From here on a signal must not end jobgate before it has cleaned up;
      * until now the default action (exit) was right, also while the hello
      * waited for a slow gateway. */
     if (install_signals() < 0) {
         cli_error("sigaction: %s", strerror(errno));
+        agent_tunnel_close(tunnel);
         return 1;
     }
 
@@ -911,7 +1032,7 @@ int cmd_run(int argc, char **argv)
         goto exit_event;
     }
 
-    reg = gateway_register(&r);
+    reg = tunnel ? tunnel_register(&r, tunnel) : gateway_register(&r);
     if (!reg) {
         cli_error("stopping %s", r.name);
         (void)app_stop(&r);
@@ -922,7 +1043,12 @@ int cmd_run(int argc, char **argv)
 
     app_wait_exit(&r);
     status = app_reap(&r);
-    gateway_remove(&r, json_string_value(json_object_get(reg, "alias")));
+    if (tunnel) {
+        agent_tunnel_close(tunnel); /* unregisters */
+        tunnel = NULL;
+    } else {
+        gateway_remove(&r, json_string_value(json_object_get(reg, "alias")));
+    }
 
 exit_event:
     if (r.json)
@@ -930,6 +1056,7 @@ exit_event:
 out:
     if (r.pid > 0) /* only on paths that have not stopped it yet */
         status = app_stop(&r);
+    agent_tunnel_close(tunnel);
     cleanup_files(&r);
     json_decref(reg);
     for (int i = 0; i < app_argc; i++)
