@@ -7,7 +7,7 @@ PYTHON     := /usr/bin/python3
 CLANG      ?= clang
 FUZZ_SECONDS ?= 30
 
-.PHONY: all deps check unit unit-asan integration integration-asan fuzz demo bench clean
+.PHONY: all deps check unit unit-asan integration integration-asan fuzz demo bench clean browser-deps
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -21,8 +21,18 @@ $(ASAN_BUILD)/build.ninja:
 
 check:
 	scripts/install-deps test browser
-	$(MAKE) all
+	$(MAKE) all browser-deps
 	$(MAKE) unit unit-asan fuzz integration integration-asan
+
+# playwright-core (pinned in tests/browser/package-lock.json) for the browser tests; npm ci
+# runs again only when node_modules is missing or older than package.json or the lock.
+BROWSER_DIR := tests/browser
+browser-deps: $(BROWSER_DIR)/node_modules/.package-lock.json
+
+$(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package.json $(wildcard $(BROWSER_DIR)/package-lock.json)
+	cd $(BROWSER_DIR) && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; \
+	  else npm install --no-audit --no-fund; fi
+	touch $@
 
 unit: all
 	meson test -C $(BUILD) --suite unit --print-errorlogs
