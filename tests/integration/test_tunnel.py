@@ -1,0 +1,205 @@
+"""The reverse tunnel end to end: the real agent (`jobgate run -g URL`, src/agent/tunnel.c)
+against the real gateway (src/gateway/tunnel.c), on loopback. Multi-host runs (network
+namespaces, MUNGE, SSH) are in test_tunnel_hosts.py; each side alone is in
+test_agent_tunnel.py and test_tunnel_gateway.py."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import Closed, build_request, wait_for
+
+
+def gw_url(gw):
+    return f"https://localhost:{gw.port}"
+
+
+def publish_remote(gw, extra=(), name="httpapp", **kw):
+    """`jobgate run -g https://localhost:PORT -- httpapp`: a personal gateway's own user on
+    "another node" (same home directory), so the agent pins tls.crt and sends agent.token."""
+    return gw.publish(httpapp_cmd(), name=name, extra=["-g", gw_url(gw), *extra], **kw)
+
+
+def httpapp_cmd(tcp=False):
+    from conftest import HTTPAPP, PY
+    return [PY, HTTPAPP, *(["--port", "{port}"] if tcp else ["--unix", "{socket}"])]
+
+
+def route_of(gw, alias):
+    ans = gw.control({"op": "list"})
+    assert ans["ok"], ans
+    return next((r for r in ans["routes"] if r["alias"] == alias), None)
+
+
+def vmhwm(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_run_through_the_tunnel(gateway):
+    app = publish_remote(gateway)
+    assert app.ready["url"].startswith("https://") and "/_jobgate/redeem/" in app.link
+    r = route_of(gateway, app.alias)
+    assert r["backend"].startswith("tunnel:") and r["state"] == "ready"
+    s = gateway.login(app.alias, app.link)
+    assert s.get("/hello").body == b"hello\n"
+    r = s.request("POST", "/echo", body=b"y" * 300000)
+    assert r.status == 200 and r.body == b"y" * 300000
+    # The app exits: the route goes and `jobgate run` exits with the app's status.
+    app.proc.send_signal(signal.SIGTERM)
+    rc = app.wait_exit(15)
+    assert rc in (0, 128 + signal.SIGTERM, 143), rc
+    wait_for(lambda: route_of(gateway, app.alias) is None, 5, what="the route to go")
+
+
+def test_tcp_app_through_the_tunnel(gateway):
+    app = gateway.publish(httpapp_cmd(tcp=True), tcp=True, name="tcpapp",
+                          extra=["-g", gw_url(gateway)])
+    s = gateway.login(app.alias, app.link)
+    assert s.get("/hello").body == b"hello\n"
+    app.stop()
+
+
+def test_websocket_through_the_tunnel(gateway):
+    from conftest import PY
+    wsapp = os.path.join(os.path.dirname(__file__), "apps", "wsapp.py")
+    app = gateway.publish([PY, wsapp, "--unix", "{socket}"], name="ws",
+                          extra=["-g", gw_url(gateway)])
+    s = gateway.login(app.alias, app.link)
+    import base64
+    c = s.conn()
+    key = base64.b64encode(os.urandom(16)).decode()
+    c.send(build_request("GET", "/", s.host, headers=[
+        ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key),
+        ("Sec-WebSocket-Version", "13")], cookie=s.cookie))
+    r = c.read_head()
+    assert r.status == 101, r
+    # One masked text frame "ping" and its echo.
+    payload = b"ping through the tunnel"
+    mask = os.urandom(4)
+    frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(
+        b ^ mask[i % 4] for i, b in enumerate(payload))
+    c.send(frame)
+    head = c.read_exact(2)
+    n = head[1] & 0x7f
+    assert c.read_exact(n) == payload
+    c.close()
+    app.stop()
+
+
+def test_refused_hello_stops_before_the_app_starts(fresh_gateway):
+    gw = fresh_gateway
+    (gw.state_dir / "agent.token").write_text("not-the-token\n")  # the gateway keeps the old hash
+    marker = gw.root / "app-started"
+    from conftest import PY
+    app = gw.publish([PY, "-c", f"open('{marker}', 'w').close()"], name="never",
+                     extra=["-g", gw_url(gw)], wait=False)
+    rc = app.wait_exit(20)
+    assert rc == 1
+    err = app.log_path.read_text()
+    assert "bad agent token" in err, err
+    assert not marker.exists()
+
+
+def test_untrusted_gateway_certificate_is_refused(gateway, tmp_path):
+    # Another user's view: no pinned certificate in its state directory, no --ca.
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    r = gateway.cli("run", "-g", gw_url(gateway), "--", "true", env_extra=env, timeout=30)
+    assert r.returncode == 1
+    assert b"certificate" in r.stderr.lower(), r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.rss
+@pytest.mark.timeout(900)
+def test_one_gib_through_the_tunnel_bounded_memory(gateway):
+    app = publish_remote(gateway, name="big")
+    s = gateway.login(app.alias, app.link)
+    n = 1 << 30
+    c = s.conn(timeout=60)
+    c.send(build_request("GET", f"/bytes?n={n}", s.host, cookie=s.cookie))
+    r = c.read_head()
+    assert r.status == 200
+    got = len(c.buf)
+    c.buf.clear()
+    while got < n:
+        d = c.sock.recv(1 << 20)
+        assert d, f"closed after {got} bytes"
+        got += len(d)
+    c.close()
+    assert got == n
+    # Nothing holds a whole body: both sides stay far below the transfer size.
+    assert gateway.vmhwm() < 64 << 20, gateway.vmhwm()
+    assert vmhwm(app.proc.pid) < 64 << 20, vmhwm(app.proc.pid)
+    app.stop()
+
+
+@pytest.mark.timeout(180)
+def test_stopped_reader_does_not_slow_the_other_99(gateway):
+    app = publish_remote(gateway, name="many")
+    s = gateway.login(app.alias, app.link)
+    stalled = s.conn()
+    stalled.send(build_request("GET", f"/bytes?n={1 << 30}", s.host, cookie=s.cookie))
+    stalled.read_head()  # and then never read again
+    size = 1 << 20
+    results, errors = [], []
+
+    def fetch():
+        try:
+            r = s.get(f"/bytes?n={size}", timeout=60)
+            results.append(len(r.body))
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=fetch) for _ in range(99)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    stalled.close()
+    assert not errors, errors[:3]
+    assert results == [size] * 99
+    app.stop()
+
+
+def test_agent_killed_mid_download_then_a_new_agent_takes_the_route(fresh_gateway):
+    gw = fresh_gateway
+    app = publish_remote(gw, name="nb")
+    s = gw.login(app.alias, app.link)
+    c = s.conn()
+    c.send(build_request("GET", f"/bytes?n={1 << 30}", s.host, cookie=s.cookie))
+    assert c.read_head().status == 200
+    c.read_exact(1 << 20)
+    os.kill(app.proc.pid, signal.SIGKILL)  # the agent only; its app goes on
+    # The browser gets a clean end (the connection closes), not a hang.
+    c.settimeout(10)
+    with pytest.raises(Closed):
+        while True:
+            c.read_exact(1 << 20)
+    c.close()
+    wait_for(lambda: (route_of(gw, app.alias) or {}).get("state") == "reconnecting", 10,
+             what="the route to wait for its agent")
+    again = publish_remote(gw, name="nb")
+    assert again.alias == app.alias
+    assert s.get("/hello").status == 200  # the old cookie works through the new agent
+
+
+def test_gateway_restart_agent_reconnects_and_cookie_survives(fresh_gateway):
+    gw = fresh_gateway
+    app = publish_remote(gw, name="restart")
+    s = gw.login(app.alias, app.link)
+    assert s.get("/hello").status == 200
+    gw.stop()
+    gw.start()
+    t0 = time.monotonic()
+    wait_for(lambda: (route_of(gw, app.alias) or {}).get("state") == "ready", 5,
+             interval=0.02, what="the agent to reconnect")
+    assert time.monotonic() - t0 < 2.0
+    assert s.get("/hello").status == 200
+    assert app.proc.poll() is None
+    app.stop()
