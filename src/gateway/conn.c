@@ -227,6 +227,7 @@ static void local_reply(struct conn *c, int status, const char *detail, int must
 
 static void reset_exchange(struct conn *c)
 {
+    c->wait_until = 0; /* the next request waits for a reconnecting agent afresh */
     c->alias[0] = '\0';
     c->uid = (uid_t)-1;
     c->head_req = c->upgrade_req = 0;

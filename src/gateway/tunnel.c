@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <stdarg.h>
@@ -44,6 +45,8 @@
 #define TUN_LOCAL_MAX 64                     /* the agent's name for a target */
 #define TUN_ID_MAX 64                        /* a control request's id */
 #define TUN_TICK_MS 1000
+#define TUN_CTL_OUT_MAX (1024 * 1024)        /* answers the agent has not taken yet */
+#define TUN_GONE_TICKS 5                     /* ticks a stream whose conn left may stall */
 
 enum tstate {
     T_HELLO,   /* challenge sent, waiting for the hello */
@@ -62,6 +65,8 @@ struct tstream {
     int eof_in;              /* conn shut its side: END_STREAM after what is buffered */
     int remote_eof;          /* the agent ended its side: shut ours once flushed */
     int status;
+    int gone_ticks;          /* ticks since conn closed its end without progress */
+    size_t gone_in;          /* input length at the last such tick */
 };
 
 struct post {
@@ -448,6 +453,12 @@ static void ctl_send(struct tunnel *t, json_t *msg)
     evbuffer_add(t->ctl_out, line, strlen(line));
     evbuffer_add(t->ctl_out, "\n", 1);
     free(line);
+    if (evbuffer_get_length(t->ctl_out) > TUN_CTL_OUT_MAX) {
+        /* Its window stays shut while it keeps asking: the answers would pile up without end. */
+        t_kill(t, "the agent does not read its control answers (%zu bytes waiting)",
+               evbuffer_get_length(t->ctl_out));
+        return;
+    }
     if (t->ctl_deferred && t->ctl_id > 0) {
         t->ctl_deferred = 0;
         nghttp2_session_resume_data(t->h2, t->ctl_id);
@@ -742,7 +753,9 @@ static void op_link(struct tunnel *t, const char *id, json_t *m)
 {
     const char *alias = json_string_value(json_object_get(m, "alias"));
     int64_t ttl;
-    if (!alias || reg_find(t, alias) < 0 || !route_find(t->gw->routes, alias, strlen(alias)))
+    const struct route *r = alias && reg_find(t, alias) >= 0
+                                ? route_find(t->gw->routes, alias, strlen(alias)) : NULL;
+    if (!r || r->uid != t->uid || r->kind != ROUTE_TUNNEL)
         return ctl_error(t, id, "not_found", "this tunnel has no app '%s'", alias ? alias : "");
     if (get_ttl(t, m, &ttl) < 0)
         return ctl_error(t, id, "invalid", "'ttl' must be a number of seconds from 1 to 604800");
@@ -887,6 +900,8 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t id, const uint8_t
                    size_t len, void *ud)
 {
     struct tunnel *t = ud;
+    if (t->dead)
+        return 0; /* killed earlier in this read: act on nothing more it sent */
     if (id == t->ctl_id) {
         nghttp2_session_consume(h2, id, len);
         evbuffer_add(t->ctl_in, data, len);
@@ -1010,6 +1025,32 @@ static void t_event(struct bufferevent *bev, short what, void *arg)
     t_leave(t);
 }
 
+/* Streams whose conn closed its end (conn never half-closes: its close is
+ * final) while their input sits above the read watermark or waits for the
+ * agent's window: no read event will ever report it. Unanswered ones go at
+ * once, as in s_event; others once they have stalled for a few ticks. */
+static void sweep_gone(struct tunnel *t)
+{
+    struct tstream *s, *next;
+    for (s = t->streams; s; s = next) {
+        next = s->next;
+        struct pollfd p = {.fd = bufferevent_getfd(s->bev), .events = POLLRDHUP};
+        if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+            continue;
+        size_t in = evbuffer_get_length(bufferevent_get_input(s->bev));
+        if (s->open_ok && s->id > 0 && (s->gone_ticks == 0 || in != s->gone_in)) {
+            s->gone_ticks = 1;
+            s->gone_in = in;
+            continue;
+        }
+        if (s->open_ok && s->id > 0 && ++s->gone_ticks <= TUN_GONE_TICKS)
+            continue;
+        log_debug("tunnel=%" PRIx64 " stream=%d its browser connection left; dropped", t->id,
+                  s->id);
+        s_abort(s);
+    }
+}
+
 static void t_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct tunnel *t = arg;
@@ -1024,6 +1065,8 @@ static void t_tick(evutil_socket_t fd, short what, void *arg)
         nghttp2_submit_ping(t->h2, NGHTTP2_FLAG_NONE, NULL);
         t->ping_sent = now;
     }
+    if (!t->dead)
+        sweep_gone(t);
     t_flush(t);
     t_leave(t);
 }

@@ -37,6 +37,9 @@ class FakeAgent:
         self.stall_reads = set()  # locals whose app sockets we stop reading from
         self.stop_ack = set()     # stream ids whose received data we never acknowledge
         self.received = {}        # stream id -> bytes count received from the gateway
+        self.hold_connect = set() # locals whose CONNECTs we never answer (nor refuse)
+        self.ctl_ack = True       # False: never acknowledge the gateway's control data
+        self.ctl_pending = bytearray()  # send_ctl_queued: bytes waiting for window
         if sock is None:
             raw = socket.create_connection((host, port), timeout=10)
             ctx = ssl.create_default_context()
@@ -71,6 +74,18 @@ class FakeAgent:
         data = obj_or_bytes if isinstance(obj_or_bytes, bytes) else \
             (json.dumps(obj_or_bytes) + "\n").encode()
         self.call(lambda: self._send_stream(self.ctl_id, data))
+
+    def send_ctl_queued(self, data):
+        """Like send_ctl, but bytes beyond the window wait for a WINDOW_UPDATE (never dropped)."""
+        self.call(lambda: self._ctl_queue(data))
+
+    def send_ctl_frames(self, chunks):
+        """Each chunk as its own DATA frame, all in one write."""
+        def go():
+            for c in chunks:
+                self.h2.send_data(self.ctl_id, c)
+            self._flush()
+        self.call(go)
 
     def send_raw(self, data):
         self.call(lambda: self._raw(data))
@@ -170,6 +185,10 @@ class FakeAgent:
         self._flush()
         return buf
 
+    def _ctl_queue(self, data):
+        self.ctl_pending += data
+        self.ctl_pending = self._send_window(self.ctl_id, self.ctl_pending, False)
+
     def _drain_out(self, sid):
         st = self.streams.get(sid)
         if not st or st["closed"]:
@@ -211,6 +230,8 @@ class FakeAgent:
         st = {"sock": None, "out": bytearray(), "app_eof": False, "sent_end": False,
               "closed": False, "local": local}
         self.streams[sid] = st
+        if local in self.hold_connect:
+            return
         if target is None:
             self.h2.send_headers(sid, [(":status", "404")], end_stream=True)
             self._flush()
@@ -237,7 +258,8 @@ class FakeAgent:
             elif isinstance(ev, h2.events.DataReceived):
                 sid = ev.stream_id
                 if sid == self.ctl_id:
-                    self.h2.acknowledge_received_data(ev.flow_controlled_length, sid)
+                    if self.ctl_ack:
+                        self.h2.acknowledge_received_data(ev.flow_controlled_length, sid)
                     self.ctl_buf += ev.data
                     while b"\n" in self.ctl_buf:
                         line, self.ctl_buf = self.ctl_buf.split(b"\n", 1)
@@ -271,8 +293,8 @@ class FakeAgent:
             elif isinstance(ev, h2.events.WindowUpdated):
                 for sid in list(self.streams):
                     self._drain_out(sid)
-                if self.ctl_id:
-                    pass
+                if self.ctl_id and self.ctl_pending:
+                    self.ctl_pending = self._send_window(self.ctl_id, self.ctl_pending, False)
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self._closed(f"GOAWAY {ev.error_code}")
         self._flush()
