@@ -29,7 +29,8 @@
  *    streams, 256 KiB buffered per stream and direction) and every phase has
  *    a timeout (dial and welcome 10 s, register 15 s, close 2 s, PING).
  *  - After a successful open the thread reconnects by itself (backoff from
- *    0.5 s doubling to 30 s, full jitter, reset by a welcome) and registers
+ *    0.5 s doubling to 30 s, full jitter, reset when a welcomed connection
+ *    ends after lasting 10 s or more) and registers
  *    every app again under the alias it had, until agent_tunnel_close().
  */
 #ifndef JG_TUNNEL_H
