@@ -50,6 +50,7 @@
 
 #include "config.h"
 #include "proxyconn.h"
+#include "sockpeer.h"
 #include "util.h"
 #ifdef JG_HAVE_MUNGE
 #include "munge_cred.h"
@@ -1090,6 +1091,17 @@ static void app_event_cb(struct bufferevent *b, short what, void *arg)
     struct tconn *c = ds->c;
     (void)b;
 
+    if (what & BEV_EVENT_CONNECTED && ds->port) {
+        /* Any user may bind the loopback address the app does not hold (say
+         * 127.0.0.1 when it listens on ::1): only the owner's socket gets the
+         * stream (I2). */
+        long uid = sockpeer_tcp_uid(bufferevent_getfd(ds->abev), "/proc");
+        if (uid != (long)getuid()) {
+            notice(c->t, "refusing port %u on %s: it is answered by uid %ld, not by you",
+                   ds->port, ds->tried_v6 ? "::1" : "127.0.0.1", uid);
+            what = BEV_EVENT_ERROR; /* then the other address, or 502 */
+        }
+    }
     if (what & BEV_EVENT_CONNECTED) {
         ds->connected = 1;
         bufferevent_set_timeouts(ds->abev, NULL, NULL);

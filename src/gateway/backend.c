@@ -15,6 +15,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "sockpeer.h"
 #include "tunnel.h"
 #include "util.h"
 
@@ -121,35 +122,6 @@ int backend_check_tcp(const char *proc_dir, uint16_t port, uid_t uid, int *v6, c
     return 0;
 }
 
-/* The uid of the socket in a /proc/net table whose local end is lhex:lport
- * and remote end rhex:rport, or -1. */
-static long peer_uid_in(const char *file, const char *lhex, unsigned lport, const char *rhex,
-                        unsigned rport)
-{
-    FILE *f = fopen(file, "re");
-    char line[512];
-    long uid = -1;
-    if (!f)
-        return -1;
-    if (!fgets(line, sizeof(line), f)) {
-        fclose(f);
-        return -1;
-    }
-    while (uid < 0 && fgets(line, sizeof(line), f)) {
-        char local[64], remote[64];
-        unsigned lp, rp, st;
-        unsigned long owner;
-        if (sscanf(line, " %*u: %63[0-9A-Fa-f]:%x %63[0-9A-Fa-f]:%x %x %*x:%*x %*x:%*x %*x %lu",
-                   local, &lp, remote, &rp, &st, &owner) != 6)
-            continue;
-        if (lp == lport && rp == rport && strcasecmp(local, lhex) == 0 &&
-            strcasecmp(remote, rhex) == 0)
-            uid = (long)owner;
-    }
-    fclose(f);
-    return uid;
-}
-
 int backend_verify_peer(evutil_socket_t fd, const struct route *r, const char *proc_dir, char *why,
                         size_t len)
 {
@@ -182,7 +154,7 @@ int backend_verify_peer(evutil_socket_t fd, const struct route *r, const char *p
     const char *lo = r->v6 ? "00000000000000000000000001000000" : "0100007F";
     if (xsnprintf(path, sizeof(path), "%s/net/%s", proc_dir, r->v6 ? "tcp6" : "tcp") < 0)
         return -ENAMETOOLONG;
-    long uid = peer_uid_in(path, lo, r->port, lo, ours);
+    long uid = sockpeer_uid_in(path, lo, r->port, lo, ours);
     if (uid < 0) {
         snprintf(why, len, "no socket of the app's side of port %u found in %s", r->port, path);
         return -ENOENT;

@@ -203,3 +203,47 @@ def test_gateway_restart_agent_reconnects_and_cookie_survives(fresh_gateway):
     assert s.get("/hello").status == 200
     assert app.proc.poll() is None
     app.stop()
+
+
+TWO_LISTENERS = r"""
+import http.server, os, socket, subprocess, sys
+port = int(sys.argv[1])
+class Mine(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"mine\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class V6(http.server.HTTPServer):
+    address_family = socket.AF_INET6
+# Another user takes 127.0.0.1 on the app's port: anyone may bind what the app does not hold.
+subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                  "-c", "import http.server as h, sys\n"
+                        "class I(h.BaseHTTPRequestHandler):\n"
+                        "    def do_GET(self):\n"
+                        "        self.send_response(200); self.send_header('Content-Length', '9')\n"
+                        "        self.end_headers(); self.wfile.write(b'impostor\\n')\n"
+                        "h.HTTPServer(('127.0.0.1', int(sys.argv[1])), I).serve_forever()",
+                  str(port)])
+V6(("::1", port), Mine).serve_forever()
+"""
+
+
+def test_tcp_port_answered_by_another_user_is_refused(gateway):
+    """An app on [::1]:PORT only; another user binds 127.0.0.1:PORT. The agent must send the
+    browser's streams to the owner's socket only (I2), whatever address answers first."""
+    import shutil
+    from conftest import PY
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run a second user's listener")
+    app = gateway.publish([PY, "-c", TWO_LISTENERS, "{port}"], tcp=True, name="v6only",
+                          extra=["-g", gw_url(gateway)])
+    s = gateway.login(app.alias, app.link)
+    for _ in range(3):
+        r = s.get("/")
+        assert r.status == 200 and r.body == b"mine\n", (r, r.body)
+    assert "answered by uid 65534" in app.log_path.read_text()
+    app.stop()
