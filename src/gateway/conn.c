@@ -876,7 +876,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     struct conn *c = arg;
     if (c->tk == TK_WAIT) { /* look at the route again */
         c->st = CS_HEAD;
-        c->tk = TK_HEAD;
         timer_set(c, TK_HEAD);
         bufferevent_enable(c->cli, EV_READ);
         on_head(c);

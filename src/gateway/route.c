@@ -108,7 +108,7 @@ int route_replace(struct route_table *t, const struct route *r)
     if (strnlen(r->name, sizeof(r->name)) == sizeof(r->name) ||
         strnlen(r->path, sizeof(r->path)) == sizeof(r->path))
         return -EINVAL;
-    *old = *r; /* same alias: the key the map holds (old->alias) keeps its bytes */
+    *old = *r; /* same alias, so the map's key (its own copy) still matches */
     return 0;
 }
 

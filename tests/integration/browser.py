@@ -22,7 +22,7 @@ import signal
 import subprocess
 import uuid
 
-from conftest import REPO, kill_group, mkdtemp, spawn, tail, wait_for
+from conftest import REPO, kill_group, pids_marked, mkdtemp, spawn, tail, wait_for
 
 BROWSER_DIR = REPO / "tests" / "browser"
 JUPYTER_SCRIPT = BROWSER_DIR / "jupyter.mjs"
@@ -41,25 +41,9 @@ def browser_missing():
     return None
 
 
-def processes_marked(marker):
-    """Pids of live processes whose environment holds the line `marker`."""
-    m = marker.encode()
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{d}/environ", "rb") as f:
-                if m in f.read().split(b"\0"):
-                    out.append(int(d))
-        except OSError:
-            pass
-    return out
-
-
 def kill_marked(marker):
     """SIGKILL to every process marked so; returns how many there were."""
-    pids = processes_marked(marker)
+    pids = pids_marked(marker)
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)

@@ -86,20 +86,25 @@ def kill_group(p, timeout=5.0, sig=signal.SIGTERM):
         p.wait(5)
 
 
-def tagged_pids():
-    """Pids of live processes started (directly or not) by this test session."""
-    marker = f"JOBGATE_TEST_TAG={TAG}".encode()
+def pids_marked(marker):
+    """Pids of live processes whose environment holds the line `marker` ("NAME=value")."""
+    m = marker.encode()
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit() or int(d) == os.getpid():
             continue
         try:
             with open(f"/proc/{d}/environ", "rb") as f:
-                if marker in f.read().split(b"\0"):
+                if m in f.read().split(b"\0"):
                     out.append(int(d))
         except OSError:
             pass
     return out
+
+
+def tagged_pids():
+    """Pids of live processes started (directly or not) by this test session."""
+    return pids_marked(f"JOBGATE_TEST_TAG={TAG}")
 
 
 def sweep_tagged():
@@ -251,9 +256,11 @@ def parse_head(raw):
 class RawConn:
     """One TLS connection to the gateway, with byte-level control of what is sent."""
 
-    def __init__(self, port, sni, timeout=10.0, alpn=True):
+    def __init__(self, port, sni, timeout=10.0, alpn=True, raw=None):
+        """raw: an already connected TCP socket (default: one to 127.0.0.1:port)."""
         self.port, self.sni = port, sni
-        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if raw is None:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         ctx = client_ctx()
         if not alpn:
             ctx.set_alpn_protocols([])

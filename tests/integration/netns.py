@@ -62,7 +62,7 @@ import time
 import pytest
 
 from conftest import (HTTPAPP, JOBGATE, PY, TAG, Gateway, PublishedApp, RawConn, _finish, _logs,
-                      client_ctx, kill_group, mkdtemp, spawn, tail, unix_connectable)
+                      kill_group, mkdtemp, spawn, tail, unix_connectable)
 
 HOSTS = ("outside", "login", "node")
 DOMAIN = "login.test"
@@ -458,19 +458,8 @@ class NsRawConn(RawConn):
     """conftest's RawConn, from a socket in one of the topology's hosts to addr:port."""
 
     def __init__(self, topo, host, addr, port, sni, timeout=10.0, alpn=True):
-        self.port, self.sni = port, sni
-        raw = topo.create_connection(host, addr, port, timeout)
-        ctx = client_ctx()
-        if not alpn:
-            ctx.set_alpn_protocols([])
-        try:
-            self.sock = ctx.wrap_socket(raw, server_hostname=sni)
-        except Exception:
-            raw.close()
-            raise
-        self.sock.settimeout(timeout)
-        self.buf = bytearray()
-        self.eof = False
+        super().__init__(port, sni, timeout, alpn,
+                         raw=topo.create_connection(host, addr, port, timeout))
 
 
 def make_cert(dirpath, names, addrs, days=2):

@@ -41,8 +41,8 @@ import uuid
 
 import pytest
 
-from conftest import (JOBGATE, JOBGATED, TAG, _logs, free_port, kill_group, mkdtemp, spawn,
-                      tail)
+from conftest import (JOBGATE, JOBGATED, TAG, _logs, free_port, kill_group, mkdtemp,
+                      pids_marked, spawn, tail)
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
@@ -69,21 +69,6 @@ def _env_quote(v):
     if "\n" in v:
         raise ValueError(f"newline in an environment value: {v!r}")
     return v.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def _pids_with(marker):
-    m = marker.encode()
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{d}/environ", "rb") as f:
-                if m in f.read().split(b"\0"):
-                    out.append(int(d))
-        except OSError:
-            pass
-    return out
 
 
 def _proc_start(pid):
@@ -359,14 +344,14 @@ Host *
 
     def session_pids(self):
         """Live processes of this sshd's connections and sessions (not the listener)."""
-        return [p for p in _pids_with(f"JOBGATE_TEST_SSHD={self.id}")
+        return [p for p in pids_marked(f"JOBGATE_TEST_SSHD={self.id}")
                 if self.proc is None or p != self.proc.pid]
 
     def stop(self):
         if self.proc is not None:
             kill_group(self.proc, timeout=3)
         for _ in range(50):
-            pids = _pids_with(f"JOBGATE_TEST_SSHD={self.id}")
+            pids = pids_marked(f"JOBGATE_TEST_SSHD={self.id}")
             if not pids:
                 break
             for pid in pids:

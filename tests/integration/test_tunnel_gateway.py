@@ -18,6 +18,11 @@ def token_of(gw):
     return (gw.state_dir / "agent.token").read_text().strip()
 
 
+def wait_reconnecting(gw):
+    wait_for(lambda: "reconnecting" in gw.cli("ls", "--json").stdout.decode(), 5,
+             what="the route to be reconnecting")
+
+
 def agent(gw, **kw):
     kw.setdefault("auth", {"method": "token", "token": token_of(gw)})
     return FakeAgent(port=gw.port, **kw)
@@ -181,8 +186,7 @@ def test_reconnect_keeps_alias_and_cookie_and_waits(fresh_gateway):
     assert s.get("/hello").status == 200
     a.close()
     # The route waits for its agent: listed as reconnecting.
-    wait_for(lambda: "reconnecting" in gw.cli("ls", "--json").stdout.decode(), 5,
-             what="the route to be reconnecting")
+    wait_reconnecting(gw)
     # A request now waits (reconnect_wait, 5 s by default); the agent comes back meanwhile.
     b = agent(gw, targets={"web": app.sock})
     conn = s.conn()
@@ -212,8 +216,7 @@ def test_agent_gone_gives_503_after_wait(fresh_gateway):
     reg = a.register("web", "web")
     s = gw.login(reg["alias"], reg["link"])
     a.close()
-    wait_for(lambda: "reconnecting" in gw.cli("ls", "--json").stdout.decode(), 5,
-             what="the route to be reconnecting")
+    wait_reconnecting(gw)
     t0 = time.monotonic()
     r = s.get("/hello", timeout=20)
     waited = time.monotonic() - t0
@@ -372,8 +375,7 @@ def test_new_agent_takes_over_an_orphaned_route_by_name(fresh_gateway):
     reg = a.register("nb", "web")
     s = gw.login(reg["alias"], reg["link"])
     a.close()  # the agent dies; its route waits
-    wait_for(lambda: "reconnecting" in gw.cli("ls", "--json").stdout.decode(), 5,
-             what="the route to be reconnecting")
+    wait_reconnecting(gw)
     b = agent(gw, targets={"web": app.sock})
     try:
         b.wait_type("welcome")
