@@ -50,7 +50,7 @@
 
 #include "config.h"
 #include "proxyconn.h"
-#include "sockpeer.h"
+#include "procnet.h"
 #include "util.h"
 #ifdef JG_HAVE_MUNGE
 #include "munge_cred.h"
@@ -1095,7 +1095,7 @@ static void app_event_cb(struct bufferevent *b, short what, void *arg)
         /* Any user may bind the loopback address the app does not hold (say
          * 127.0.0.1 when it listens on ::1): only the owner's socket gets the
          * stream (I2). */
-        long uid = sockpeer_tcp_uid(bufferevent_getfd(ds->abev), "/proc");
+        long uid = procnet_peer_uid(bufferevent_getfd(ds->abev), "/proc");
         if (uid != (long)getuid()) {
             notice(c->t, "refusing port %u on %s: it is answered by uid %ld, not by you",
                    ds->port, ds->tried_v6 ? "::1" : "127.0.0.1", uid);

@@ -1,9 +1,20 @@
 /*
- * backend — how the gateway reaches an app, and the checks that make a
- * destination the caller's own before a route may name it (I2, I3).
+ * backend — how the gateway reaches an app: one table of operations per
+ * kind of route (struct backend_ops), one file per kind:
  *
- * Owns nothing. The checks run when a route is registered; the connect runs
- * per backend connection and dials only what a route names.
+ *   backend_unix.c    a UNIX socket the owner owns (local apps)
+ *   backend_tcp.c     a loopback TCP port the owner listens on (--tcp)
+ *   backend_tunnel.c  a CONNECT stream through the owner's agent tunnel
+ *
+ * A new kind (the direct mTLS dial to a job's endpoint, say) is one new file
+ * and one row in backend.c's table; conn, control and the registry do not
+ * change. Every slot is filled in every kind; callers use only the wrappers
+ * below, never the table.
+ *
+ * Owns nothing. Threads: any worker; no lock (a route is passed by copy).
+ * Invariants: a destination is checked when a route is registered, and the
+ * peer is proven the owner's on every connection before any byte is sent
+ * (I2, I3).
  */
 #ifndef JG_BACKEND_H
 #define JG_BACKEND_H
@@ -16,39 +27,60 @@
 
 #include "route.h"
 
+struct tunnel_hub;
+
+/* What the kinds need from the daemon; set up once, read-only after. */
+struct backend_env {
+    const char *proc;          /* "/proc" (tests point it elsewhere) */
+    struct tunnel_hub *hub;    /* for tunnel routes */
+};
+
+struct backend_ops {
+    /* At registration: may r (owner r->uid) name this destination? starting:
+     * the app does not listen yet. May fill in what it learns (r->v6).
+     * 0, or -EPERM / -ENOENT / -EINVAL with a reason in why. */
+    int (*check)(const struct backend_env *env, struct route *r, int starting, char *why,
+                 size_t len);
+    /* Starts a non-blocking connection. NULL with errno when it fails at
+     * once. *ready: connected already (no BEV_EVENT_CONNECTED will follow). */
+    struct bufferevent *(*connect)(const struct backend_env *env, struct event_base *base,
+                                   const struct route *r, int *ready);
+    /* After the connection is up: proves the peer is the route owner's.
+     * 0, or -EPERM / -ENOENT with why. */
+    int (*verify)(const struct backend_env *env, evutil_socket_t fd, const struct route *r,
+                  char *why, size_t len);
+};
+
+int backend_check(const struct backend_env *env, struct route *r, int starting, char *why,
+                  size_t len);
+struct bufferevent *backend_connect(const struct backend_env *env, struct event_base *base,
+                                    const struct route *r, int *ready);
+int backend_verify_peer(const struct backend_env *env, evutil_socket_t fd, const struct route *r,
+                        char *why, size_t len);
+
+/* The kinds' tables (backend.c indexes them by enum route_kind). */
+extern const struct backend_ops backend_unix_ops, backend_tcp_ops, backend_tunnel_ops;
+
 /*
+ * The ownership checks of the socket kinds, exposed for their unit tests.
+ *
  * A UNIX socket path is acceptable for uid when it is absolute, fits
  * sun_path, is a socket owned by uid (or, with may_be_missing, does not
  * exist yet), and its directory is owned by uid or root and not writable by
- * group or others. 0 or -EPERM / -ENOENT / -EINVAL with a reason in why.
+ * group or others.
  */
 int backend_check_unix(const char *path, uid_t uid, int may_be_missing, char *why, size_t len);
 
 /*
- * A loopback TCP port is acceptable for uid when /proc/net/tcp{,6} shows a
+ * A loopback TCP port is acceptable for uid when <proc>/net/tcp{,6} shows a
  * LISTEN socket reachable on loopback on that port owned by uid, and none
  * owned by anyone else. *v6 tells whether to dial ::1 rather than 127.0.0.1.
- * 0 or -EPERM / -ENOENT with a reason in why. proc_dir is normally "/proc"
- * (tests point it elsewhere).
  */
-int backend_check_tcp(const char *proc_dir, uint16_t port, uid_t uid, int *v6, char *why,
+int backend_check_tcp(const char *proc, uint16_t port, uid_t uid, int *v6, char *why,
                       size_t len);
 
-/*
- * After the connect completed, proves that the peer belongs to the route's
- * owner (I2, I3), so that a socket swapped for a link to someone else's, or
- * a port re-bound by another user, is never sent a request: for a UNIX
- * socket the peer's SO_PEERCRED uid; for TCP the uid of the accepting
- * socket in <proc_dir>/net/tcp{,6}; a tunnel route was proven by its tunnel. 0, or -EPERM / -ENOENT with why.
- */
-int backend_verify_peer(evutil_socket_t fd, const struct route *r, const char *proc_dir, char *why,
-                        size_t len);
-
-/* Starts a non-blocking connect to the route's destination (for a tunnel
- * route: a stream through the agent's tunnel, see tunnel.h). NULL with errno set
- * when it fails at once; otherwise BEV_EVENT_CONNECTED or _ERROR follows. */
-struct gateway;
-struct bufferevent *backend_connect(struct gateway *gw, struct event_base *base,
-                                    const struct route *r);
+/* A connected non-blocking socket to ss as a bufferevent. NULL with errno. */
+struct bufferevent *backend_socket_connect(struct event_base *base,
+                                           const struct sockaddr_storage *ss, int sl, int nodelay);
 
 #endif
