@@ -17,15 +17,17 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
-#include "auth.h"
 #include "backend.h"
-#include "gateway.h"
+#include "body.h"
+#include "config.h"
 #include "log.h"
 #include "page.h"
+#include "registry.h"
 #include "reqhead.h"
 #include "reserved.h"
 #include "tunnel.h"
 #include "util.h"
+#include "worker-t.h"
 
 enum cstate {
     CS_HANDSHAKE, /* TLS handshake in progress */
@@ -44,7 +46,6 @@ enum timer_kind { TK_HANDSHAKE, TK_HEAD, TK_IDLE, TK_CONNECT, TK_IO, TK_TUNNEL, 
 #define WAIT_POLL_MS 100  /* how often a request waiting for its agent looks again */
 
 struct conn {
-    struct gateway *gw;
     struct worker *w;
     struct conn *next, *prev;
     uint64_t id;
@@ -114,7 +115,7 @@ static int64_t now_ms(struct conn *c)
 
 static int64_t timer_secs(struct conn *c, enum timer_kind k)
 {
-    const struct jg_config *cf = c->gw->cfg;
+    const struct jg_config *cf = c->w->cfg;
     switch (k) {
     case TK_HANDSHAKE: return cf->t_handshake;
     case TK_HEAD: return cf->t_request_head;
@@ -177,7 +178,7 @@ static void conn_free(struct conn *c)
         c->next->prev = c->prev;
     free(c);
     w->nconns--;
-    gateway_conn_gone(w);
+    w->conn_gone(w);
 }
 
 /* Last phase: close_notify and FIN sent, input read and dropped for a short
@@ -289,44 +290,6 @@ static void move_bytes(struct conn *c, struct bufferevent *src, struct buffereve
 }
 
 /*
- * How many bytes at the front of src belong to the body described by
- * (kind, left, ch): sets *done when the body ends within them. -1 when a
- * chunked body is malformed.
- */
-static ssize_t body_span(struct evbuffer *src, enum http1_body kind, uint64_t *left,
-                         struct http1_chunked *ch, int *done)
-{
-    size_t avail = evbuffer_get_length(src);
-    *done = 0;
-    switch (kind) {
-    case HTTP1_BODY_NONE:
-        *done = 1;
-        return 0;
-    case HTTP1_BODY_EOF:
-        return (ssize_t)avail;
-    case HTTP1_BODY_LENGTH: {
-        size_t n = avail < *left ? avail : (size_t)*left;
-        *left -= n;
-        *done = *left == 0;
-        return (ssize_t)n;
-    }
-    case HTTP1_BODY_CHUNKED: {
-        struct evbuffer_iovec vec[16];
-        int nv = evbuffer_peek(src, -1, NULL, vec, 16);
-        size_t total = 0;
-        for (int i = 0; i < nv && i < 16 && !*done; i++) {
-            ssize_t r = http1_chunked_feed(ch, vec[i].iov_base, vec[i].iov_len, done);
-            if (r < 0)
-                return -1;
-            total += (size_t)r;
-        }
-        return (ssize_t)total;
-    }
-    }
-    return -1;
-}
-
-/*
  * Moves the body bytes waiting in src's input to dst's output, following the
  * framing (kind, left, ch). Returns 1 when the body ended, 0 when more is to
  * come or dst is full (src is paused then; dst's write callback resumes it),
@@ -402,7 +365,8 @@ static void pump_tunnel(struct conn *c)
 
 static void be_start(struct conn *c, const struct route *r)
 {
-    c->be = backend_connect(c->gw, c->w->base, r);
+    int ready;
+    c->be = backend_connect(c->w->env, c->w->base, r, &ready);
     if (!c->be) {
         log_info("conn=%llu alias=%s cannot reach the app: %s", (unsigned long long)c->id,
                  c->alias, strerror(errno));
@@ -417,7 +381,7 @@ static void be_start(struct conn *c, const struct route *r)
     bufferevent_setwatermark(c->be, EV_WRITE, CONN_LOW_WATER, 0);
     bufferevent_enable(c->be, EV_READ | EV_WRITE);
     timer_set(c, TK_CONNECT);
-    if (r->kind == ROUTE_TUNNEL) /* a socketpair to the tunnel: connected already */
+    if (ready) /* a socketpair to a tunnel, say: the peer is checked all the same */
         bufferevent_trigger_event(c->be, BEV_EVENT_CONNECTED, BEV_TRIG_DEFER_CALLBACKS);
 }
 
@@ -449,7 +413,7 @@ static void forward(struct conn *c, const struct route *r, const struct http1_he
     reqhead_forward_request(c->reqhead, h, c->ip);
     c->req_body = h->body;
     c->req_left = h->content_length;
-    http1_chunked_init(&c->req_ch, c->gw->limits.max_head);
+    http1_chunked_init(&c->req_ch, c->w->limits->max_head);
     c->req_done = h->body == HTTP1_BODY_NONE;
     c->upgrade_req = (h->flags & HTTP1_F_UPGRADE) != 0;
     evbuffer_drain(bufferevent_get_input(c->cli), head_len); /* h is dangling from here on */
@@ -470,7 +434,7 @@ static void forward(struct conn *c, const struct route *r, const struct http1_he
 /* A complete, parsed request head of head_len bytes at the front of the input. */
 static void handle_request(struct conn *c, struct http1_head *h, size_t head_len)
 {
-    struct gateway *gw = c->gw;
+    struct worker *w = c->w;
     struct http1_str vals[4];
 
     snprintf(c->method, sizeof(c->method), "%.*s", (int)(h->method.n < 15 ? h->method.n : 15),
@@ -487,21 +451,17 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
         return;
     }
     reqhead_log_path(&h->target, c->path, sizeof(c->path)); /* after the rewrite: redaction sees the path */
-    if (reqhead_alias(&h->host, gw->cfg->domain, c->alias, sizeof(c->alias)) < 0) {
+    if (reqhead_alias(&h->host, w->cfg->domain, c->alias, sizeof(c->alias)) < 0) {
         c->alias[0] = '\0';
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         local_reply(c, 404, "There is no app at this address.", has_body, NULL);
         return;
     }
-    /* Decide under the state lock on a copy of the route; nothing shared is
-     * kept past it. */
-    struct route rc;
-    const struct route *r;
     if (reserved_match(&h->target)) {
         struct evbuffer *out = bufferevent_get_output(c->cli);
         size_t before = evbuffer_get_length(out);
         int close = has_body || c->client_close;
-        c->status = reserved_handle(gw, c->alias, h, out, close); /* locks as it needs */
+        c->status = reserved_handle(w->reg, c->alias, h, out, close);
         c->bytes_out = evbuffer_get_length(out) - before;
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         c->client_close = close;
@@ -509,34 +469,29 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
         exchange_done(c);
         return;
     }
-    int ok = 0, n = reqhead_cookies(h, REQHEAD_COOKIE, vals, 4);
-    gateway_rdlock(gw);
-    r = route_find(gw->routes, c->alias, strlen(c->alias));
-    if (r) {
-        rc = *r;
-        for (int i = 0; i < n && !ok; i++)
-            ok = auth_session_check(gw->auth, c->alias, vals[i].p, vals[i].n, &c->uid,
-                                    c->sess_hash);
-    }
-    gateway_unlock(gw);
-    if (!r) {
+    struct admission a;
+    int n = reqhead_cookies(h, REQHEAD_COOKIE, vals, 4);
+    enum admit verdict = registry_admit(w->reg, c->alias, vals, n, &a);
+    if (verdict == ADMIT_UNKNOWN) {
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         local_reply(c, 404, NULL, has_body, NULL);
         return;
     }
-    if (!ok) {
+    if (verdict == ADMIT_FORBIDDEN) {
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         local_reply(c, 403, NULL, has_body, NULL);
         return;
     }
+    c->uid = a.uid;
+    memcpy(c->sess_hash, a.sess_hash, sizeof(c->sess_hash));
     c->has_session = 1;
     memcpy(c->sess_alias, c->alias, sizeof(c->sess_alias));
-    if (rc.kind == ROUTE_TUNNEL && rc.tunnel == 0) {
+    if (verdict == ADMIT_RECONNECTING) {
         /* The agent is reconnecting: hold the request (its head stays in the
          * input) for up to reconnect_wait, then 503. */
         int64_t now = now_mono_ms();
         if (c->wait_until == 0)
-            c->wait_until = now + gw->cfg->reconnect_wait * 1000;
+            c->wait_until = now + w->cfg->reconnect_wait * 1000;
         if (now < c->wait_until) {
             c->st = CS_WAIT;
             c->method[0] = '\0'; /* logged when it is answered */
@@ -551,7 +506,7 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
         return;
     }
     c->wait_until = 0;
-    if (rc.starting) {
+    if (verdict == ADMIT_STARTING) {
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         local_reply(c, 503, NULL, has_body, "Retry-After: 3\r\n");
         return;
@@ -561,14 +516,14 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
         local_reply(c, 417, "Only 'Expect: 100-continue' is supported.", has_body, NULL);
         return;
     }
-    forward(c, &rc, h, head_len);
+    forward(c, &a.route, h, head_len);
 }
 
 /* Reads request heads from the browser while the connection waits for one. */
 static void on_head(struct conn *c)
 {
-    struct gateway *gw = c->gw;
-    if (gw->stopping) {
+    const struct http1_limits *lim = c->w->limits;
+    if (*c->w->stopping) {
         conn_free(c);
         return;
     }
@@ -587,14 +542,14 @@ static void on_head(struct conn *c)
         }
         if (c->tk == TK_IDLE)
             timer_set(c, TK_HEAD); /* the head's deadline runs from its first byte */
-        size_t want = len < gw->limits.max_head + 1 ? len : gw->limits.max_head + 1;
+        size_t want = len < lim->max_head + 1 ? len : lim->max_head + 1;
         const char *p = (const char *)evbuffer_pullup(in, (ssize_t)want);
-        ssize_t r = http1_scan_head(p, want, &gw->limits, &c->scan);
+        ssize_t r = http1_scan_head(p, want, lim, &c->scan);
         if (r == 0)
             break;
         c->scan = 0; /* the cursor serves the response head next */
         if (r > 0) {
-            int pe = http1_parse_request(p, (size_t)r, &gw->limits, &c->w->scratch);
+            int pe = http1_parse_request(p, (size_t)r, lim, &c->w->scratch);
             if (pe < 0)
                 r = pe;
         }
@@ -618,19 +573,19 @@ static void on_head(struct conn *c)
 /* The app's response head (and interim 1xx heads). */
 static void on_resp_head(struct conn *c)
 {
-    struct gateway *gw = c->gw;
+    const struct http1_limits *lim = c->w->limits;
     struct evbuffer *in = bufferevent_get_input(c->be);
     struct http1_head *h = &c->w->scratch;
     while (!c->resp_started) {
         size_t len = evbuffer_get_length(in);
         if (len == 0)
             return;
-        size_t want = len < gw->limits.max_head + 1 ? len : gw->limits.max_head + 1;
+        size_t want = len < lim->max_head + 1 ? len : lim->max_head + 1;
         const char *p = (const char *)evbuffer_pullup(in, (ssize_t)want);
-        ssize_t r = http1_scan_head(p, want, &gw->limits, &c->scan);
+        ssize_t r = http1_scan_head(p, want, lim, &c->scan);
         if (r == 0)
             return;
-        int err = r < 0 ? (int)-r : -http1_parse_response(p, (size_t)r, &gw->limits, c->head_req, h);
+        int err = r < 0 ? (int)-r : -http1_parse_response(p, (size_t)r, lim, c->head_req, h);
         if (err) {
             log_warn("conn=%llu alias=%s bad response from the app: %s", (unsigned long long)c->id,
                      c->alias, http1_err_str(err));
@@ -669,7 +624,7 @@ static void on_resp_head(struct conn *c)
         c->status = h->status;
         c->resp_body = h->body;
         c->resp_left = h->content_length;
-        http1_chunked_init(&c->resp_ch, gw->limits.max_head);
+        http1_chunked_init(&c->resp_ch, lim->max_head);
         if (h->body == HTTP1_BODY_EOF)
             c->client_close = 1;
         c->be_reusable = !(h->flags & HTTP1_F_CLOSE) && h->minor == 1 &&
@@ -800,7 +755,7 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
     struct conn *c = arg;
     if (what & BEV_EVENT_CONNECTED) {
         char why[256];
-        if (backend_verify_peer(bufferevent_getfd(bev), &c->be_route, "/proc", why,
+        if (backend_verify_peer(c->w->env, bufferevent_getfd(bev), &c->be_route, why,
                                 sizeof(why)) < 0) {
             log_warn("conn=%llu alias=%s refusing the app's connection: %s",
                      (unsigned long long)c->id, c->alias, why);
@@ -831,14 +786,10 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
         safe_method(c->method) && evbuffer_get_length(bufferevent_get_input(c->be)) == 0) {
         /* The app closed a kept-alive connection as we sent on it: once, on a fresh one. */
         struct route rc;
-        gateway_rdlock(c->gw);
-        const struct route *r = route_find(c->gw->routes, c->alias, strlen(c->alias));
-        if (r)
-            rc = *r;
-        gateway_unlock(c->gw);
+        int found = registry_route_get(c->w->reg, c->alias, &rc) == 0;
         c->retried = 1;
         be_drop(c);
-        if (!r) {
+        if (!found) {
             local_reply(c, 404, NULL, 0, NULL);
             return;
         }
@@ -916,8 +867,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 
 void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
 {
-    struct gateway *gw = w->gw;
-    SSL *ssl = SSL_new(gw->ssl);
+    SSL *ssl = SSL_new(w->ssl);
     if (!ssl) {
         close(fd);
         return;
@@ -925,7 +875,6 @@ void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct conn *c = xcalloc(1, sizeof(*c));
-    c->gw = gw;
     c->w = w;
     /* Unique across workers: the worker's index in the low byte. */
     c->id = (++w->next_conn_id << 8) | w->idx;
@@ -951,7 +900,7 @@ void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa
         w->conns->prev = c;
     w->conns = c;
     w->nconns++;
-    size_t high = gw->limits.max_head + 16384;
+    size_t high = w->limits->max_head + 16384;
     bufferevent_setwatermark(c->cli, EV_READ, 0, high > CONN_HIGH_WATER ? high : CONN_HIGH_WATER);
     bufferevent_setwatermark(c->cli, EV_WRITE, CONN_LOW_WATER, 0);
     bufferevent_setcb(c->cli, cli_read, cli_write, cli_event, c);
@@ -962,16 +911,9 @@ void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa
 
 void conn_revoke_sweep(struct worker *w)
 {
-    struct gateway *gw = w->gw;
     struct conn *c, *next;
-    gateway_rdlock(gw);
-    for (c = w->conns; c; c = c->next) {
-        if (!c->has_session)
-            continue;
-        c->revoked = !route_find(gw->routes, c->sess_alias, strlen(c->sess_alias)) ||
-                     !auth_session_alive(gw->auth, c->sess_alias, c->sess_hash);
-    }
-    gateway_unlock(gw);
+    for (c = w->conns; c; c = c->next)
+        c->revoked = c->has_session && !registry_session_live(w->reg, c->sess_alias, c->sess_hash);
     for (c = w->conns; c; c = next) {
         next = c->next;
         if (!c->revoked)

@@ -5,9 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "auth.h"
-#include "gateway.h"
 #include "page.h"
+#include "registry.h"
 #include "reqhead.h"
 #include "token.h"
 #include "util.h"
@@ -27,17 +26,7 @@ static int path_is(const struct http1_str *t, const char *lit)
     return t->n >= n && memcmp(t->p, lit, n) == 0 && (t->n == n || t->p[n] == '?');
 }
 
-static int session_ok(struct gateway *gw, const char *alias, const struct http1_head *h)
-{
-    struct http1_str vals[4];
-    int n = reqhead_cookies(h, REQHEAD_COOKIE, vals, 4);
-    for (int i = 0; i < n; i++)
-        if (auth_session_ok(gw->auth, alias, vals[i].p, vals[i].n, NULL))
-            return 1;
-    return 0;
-}
-
-static int redeem(struct gateway *gw, const char *alias, const struct http1_head *h,
+static int redeem(struct registry *reg, const char *alias, const struct http1_head *h,
                   struct evbuffer *out, int close)
 {
     static const char pre[] = RESERVED_PREFIX "redeem/";
@@ -58,12 +47,8 @@ static int redeem(struct gateway *gw, const char *alias, const struct http1_head
                    close, NULL, 0);
         return 403;
     }
-    gateway_wrlock(gw);
-    const struct route *r = route_find(gw->routes, alias, strlen(alias));
-    int rc = r ? auth_redeem(gw->auth, alias, tok, len, r->uid, gw->cfg->session_ttl, cookie)
-               : -ENOENT;
-    gateway_unlock(gw);
-    if (!r) {
+    int rc = registry_redeem(reg, alias, tok, len, cookie);
+    if (rc == -ENXIO) {
         page_error(out, 404, NULL, close, NULL, 0);
         return 404;
     }
@@ -87,22 +72,12 @@ static int redeem(struct gateway *gw, const char *alias, const struct http1_head
     return 303;
 }
 
-static int logout(struct gateway *gw, const char *alias, const struct http1_head *h,
+static int logout(struct registry *reg, const char *alias, const struct http1_head *h,
                   struct evbuffer *out, int close, int head_only)
 {
     struct http1_str vals[4];
     int n = reqhead_cookies(h, REQHEAD_COOKIE, vals, 4);
-    for (int i = 0; i < n; i++) {
-        gateway_rdlock(gw);
-        int live = auth_session_ok(gw->auth, alias, vals[i].p, vals[i].n, NULL);
-        gateway_unlock(gw);
-        if (!live)
-            continue; /* only a live session of this app costs a write */
-        gateway_wrlock(gw);
-        auth_logout(gw->auth, vals[i].p, vals[i].n);
-        gateway_revoked(gw);
-        gateway_unlock(gw);
-    }
+    registry_logout(reg, alias, vals, n);
     static const char body[] =
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Logged out</title></head>"
         "<body><h1>Logged out</h1><p>Your session for this app has ended.</p></body></html>\n";
@@ -111,39 +86,38 @@ static int logout(struct gateway *gw, const char *alias, const struct http1_head
     return 200;
 }
 
-static int status(struct gateway *gw, const char *alias, const struct http1_head *h,
+static int status(struct registry *reg, const char *alias, const struct http1_head *h,
                   struct evbuffer *out, int close, int head_only)
 {
-    gateway_rdlock(gw);
-    const struct route *r = route_find(gw->routes, alias, strlen(alias));
-    int found = r != NULL, starting = r && r->starting, ok = r && session_ok(gw, alias, h);
-    gateway_unlock(gw);
-    if (!found) {
+    struct http1_str vals[4];
+    int starting, n = reqhead_cookies(h, REQHEAD_COOKIE, vals, 4);
+    int rc = registry_status(reg, alias, vals, n, &starting);
+    if (rc == -ENXIO) {
         page_error(out, 404, NULL, close, NULL, head_only);
         return 404;
     }
-    if (!ok) {
+    if (rc < 0) {
         page_error(out, 403, NULL, close, NULL, head_only);
         return 403;
     }
     char body[256];
-    int n = snprintf(body, sizeof(body), "{\"alias\":\"%s\",\"state\":\"%s\"}\n", alias,
-                     starting ? "starting" : "ready");
-    page_send(out, 200, "application/json", body, (size_t)n, close, NULL, head_only);
+    int blen = snprintf(body, sizeof(body), "{\"alias\":\"%s\",\"state\":\"%s\"}\n", alias,
+                        starting ? "starting" : "ready");
+    page_send(out, 200, "application/json", body, (size_t)blen, close, NULL, head_only);
     return 200;
 }
 
-int reserved_handle(struct gateway *gw, const char *alias, const struct http1_head *h,
+int reserved_handle(struct registry *reg, const char *alias, const struct http1_head *h,
                     struct evbuffer *out, int close)
 {
     int head_only = http1_name_is(&h->method, "head");
     if (h->target.n > sizeof(RESERVED_PREFIX "redeem/") - 1 &&
         memcmp(h->target.p, RESERVED_PREFIX "redeem/", sizeof(RESERVED_PREFIX "redeem/") - 1) == 0)
-        return redeem(gw, alias, h, out, close);
+        return redeem(reg, alias, h, out, close);
     if (path_is(&h->target, RESERVED_PREFIX "logout"))
-        return logout(gw, alias, h, out, close, head_only);
+        return logout(reg, alias, h, out, close, head_only);
     if (path_is(&h->target, RESERVED_PREFIX "status"))
-        return status(gw, alias, h, out, close, head_only);
+        return status(reg, alias, h, out, close, head_only);
     page_error(out, 404, "There is no such page in the gateway's reserved space /_jobgate/.",
                close, NULL, head_only);
     return 404;

@@ -140,3 +140,20 @@ void route_filter(struct route_table *t, int (*cb)(const struct route *r, void *
     struct filter_ctx ctx = {cb, arg};
     hmap_filter(t->map, filter_one, &ctx);
 }
+
+int route_describe(const struct route *r, char *buf, size_t len)
+{
+    switch (r->kind) {
+    case ROUTE_UNIX: return xsnprintf(buf, len, "unix:%s", r->path);
+    case ROUTE_TCP: return xsnprintf(buf, len, r->v6 ? "tcp:[::1]:%u" : "tcp:127.0.0.1:%u", r->port);
+    case ROUTE_TUNNEL: return xsnprintf(buf, len, "tunnel:%s", r->path);
+    }
+    return xsnprintf(buf, len, "?");
+}
+
+const char *route_state(const struct route *r)
+{
+    if (r->starting)
+        return "starting";
+    return r->kind == ROUTE_TUNNEL && !r->tunnel ? "reconnecting" : "ready";
+}

@@ -58,6 +58,13 @@ int route_remove(struct route_table *t, const char *alias);
 size_t route_count(const struct route_table *t);
 /* Calls cb for every route; cb returns nonzero to remove that route (after cb). */
 void route_filter(struct route_table *t, int (*cb)(const struct route *r, void *arg), void *arg);
+/* Where the route leads, for listings and logs: "unix:/path",
+ * "tcp:127.0.0.1:8000" (or "tcp:[::1]:8000"), "tunnel:<local>". 0, or
+ * -ENAMETOOLONG (cut). */
+int route_describe(const struct route *r, char *buf, size_t len);
+/* "starting", "reconnecting" (a tunnel route whose agent is away) or "ready". */
+const char *route_state(const struct route *r);
+
 /* 1 if s is a valid alias (see route_add). */
 int route_alias_valid(const char *s, size_t len);
 /* 1 if s is 1..max of A-Z a-z 0-9 . _ - (app names, an agent's local names). */

@@ -8,9 +8,12 @@
  * (challenge -> hello with a credential -> welcome -> register ...), and every
  * backend connection of a tunnel route becomes one CONNECT stream.
  *
- * Owns: the tunnels (each on the worker whose loop accepted it), their
- * nghttp2 sessions and streams, and the hub through which other workers find
- * a tunnel by id, plus the personal agent token's hash.
+ * Owns: the tunnels (each on the worker whose loop accepted it; touched only
+ * on that worker's thread), their nghttp2 sessions and streams, and the hub
+ * through which other workers find a tunnel by id (its mutex guards the id
+ * map and each tunnel's list of posted streams), plus the personal agent
+ * token's hash. Routes change only through the registry (which locks
+ * inside); the tunnel keeps its own list of the aliases it registered.
  *
  * How a browser request reaches an app behind a tunnel without conn.c
  * knowing: backend_connect() for a ROUTE_TUNNEL route calls
@@ -40,16 +43,20 @@
 
 #include "route.h"
 
-struct gateway;
+struct jg_config;
+struct registry;
+struct tunnel_hub;
 struct worker;
 
 /* ALPN protocol id of the tunnel. */
 #define TUNNEL_ALPN "jobgate/1"
 
-/* Sets up the hub. In personal mode also makes sure <state_dir>/agent.token
- * exists (0600, 256 bits) and keeps its hash. 0 or -errno with err. */
-int tunnel_hub_init(struct gateway *gw, char *err, size_t errlen);
-void tunnel_hub_free(struct gateway *gw);
+/* Sets up the hub: routes change through reg; uid is the gateway's own. In
+ * personal mode also makes sure <state_dir>/agent.token exists (0600, 256
+ * bits) and keeps its hash. NULL with err. */
+struct tunnel_hub *tunnel_hub_new(const struct jg_config *cfg, struct registry *reg, uid_t uid,
+                                  char *err, size_t errlen);
+void tunnel_hub_free(struct tunnel_hub *hub);
 
 /* Takes a TLS connection whose handshake chose ALPN jobgate/1 (from conn). */
 void tunnel_adopt_tls(struct worker *w, struct bufferevent *bev, const char *ip);
@@ -65,17 +72,10 @@ int tunnel_adopt_stdio(struct worker *w, int in_fd, int out_fd, int hold_fd, uid
  * socketpair whose other end becomes a CONNECT stream on the route's tunnel.
  * It is connected already (backend_connect's caller raises CONNECTED once
  * its callbacks are set). NULL with errno when the route has no live tunnel. */
-struct bufferevent *tunnel_stream_open(struct gateway *gw, struct event_base *base,
+struct bufferevent *tunnel_stream_open(struct tunnel_hub *hub, struct event_base *base,
                                        const struct route *r);
 
 /* Worker w is stopping: GOAWAY to its tunnels and free them (on w's thread). */
 void tunnel_close_all(struct worker *w);
-
-/* With the state lock held for writing: removes tunnel routes whose agent
- * has been gone for longer than the grace time. */
-void tunnel_reap(struct gateway *gw);
-
-/* "tunnel:<local>" for listings. */
-int tunnel_route_backend(const struct route *r, char *buf, size_t len);
 
 #endif

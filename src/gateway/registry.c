@@ -1,0 +1,546 @@
+/* registry — see registry.h. */
+#include "registry.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alias.h"
+#include "auth.h"
+#include "config.h"
+#include "log.h"
+#include "store.h"
+#include "util.h"
+
+#define EXPIRE_EVERY_TICKS 60 /* registry_reap calls between sweeps of expired links and sessions */
+#define REAP_BATCH 32         /* routes ended per reap; the rest wait for the next second */
+
+struct registry {
+    const struct jg_config *cfg;
+    /*
+     * The state lock guards routes, auth and store. It prefers writers; it is
+     * taken only by the functions of this file and never held across an
+     * event-loop turn.
+     */
+    pthread_rwlock_t lock;
+    int lock_ready;
+    struct route_table *routes;
+    struct auth *auth;
+    struct store *store;
+    atomic_uint revocations;
+    unsigned ticks;           /* under the lock (written by registry_reap only) */
+    char url_suffix[300];     /* constant after open: read without the lock */
+};
+
+/* Which lock this thread holds, so that every helper that needs it can say
+ * so (one registry per process). */
+enum { HELD_NONE, HELD_READ, HELD_WRITE };
+static __thread int held;
+
+#define ASSERT_READ() assert(held != HELD_NONE)
+#define ASSERT_WRITE() assert(held == HELD_WRITE)
+
+static void rdlock(struct registry *reg)
+{
+    assert(held == HELD_NONE);
+    if (pthread_rwlock_rdlock(&reg->lock) != 0)
+        fatal("state lock: cannot lock for reading");
+    held = HELD_READ;
+}
+
+static void wrlock(struct registry *reg)
+{
+    assert(held == HELD_NONE);
+    if (pthread_rwlock_wrlock(&reg->lock) != 0)
+        fatal("state lock: cannot lock for writing");
+    held = HELD_WRITE;
+}
+
+static void unlock(struct registry *reg)
+{
+    held = HELD_NONE;
+    pthread_rwlock_unlock(&reg->lock);
+}
+
+static void revoked(struct registry *reg)
+{
+    atomic_fetch_add(&reg->revocations, 1);
+}
+
+unsigned registry_revocations(const struct registry *reg)
+{
+    return atomic_load(&reg->revocations);
+}
+
+const char *registry_url_suffix(const struct registry *reg)
+{
+    return reg->url_suffix;
+}
+
+int registry_url(const struct registry *reg, const char *alias, char *buf, size_t len)
+{
+    return xsnprintf(buf, len, "https://%s%s/", alias, reg->url_suffix);
+}
+
+static const struct route *find(struct registry *reg, const char *alias)
+{
+    ASSERT_READ();
+    return route_find(reg->routes, alias, strlen(alias));
+}
+
+/* ---- open and close ------------------------------------------------------------ */
+
+static int load_route(const struct route *r, void *arg)
+{
+    struct registry *reg = arg;
+    struct route c = *r;
+    if (c.kind == ROUTE_TUNNEL)
+        c.detached = now_mono_ms(); /* its agent reconnects, or the grace time ends it */
+    if (route_add(reg->routes, &c) < 0)
+        log_warn("stored route %s is invalid; ignored", r->alias);
+    return 0;
+}
+
+struct registry *registry_open(const struct jg_config *cfg, char *err, size_t errlen)
+{
+    char path[4096];
+    pthread_rwlockattr_t la;
+    struct registry *reg = xcalloc(1, sizeof(*reg));
+    reg->cfg = cfg;
+    if (cfg->public_port == 443)
+        snprintf(reg->url_suffix, sizeof(reg->url_suffix), ".%s", cfg->domain);
+    else
+        snprintf(reg->url_suffix, sizeof(reg->url_suffix), ".%s:%u", cfg->domain,
+                 cfg->public_port);
+    int rc = pthread_rwlockattr_init(&la);
+    if (rc == 0)
+        rc = pthread_rwlockattr_setkind_np(&la, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    if (rc == 0)
+        rc = pthread_rwlock_init(&reg->lock, &la);
+    pthread_rwlockattr_destroy(&la);
+    if (rc != 0) {
+        errmsg(err, errlen, -rc, "cannot create the state lock: %s", strerror(rc));
+        registry_close(reg);
+        return NULL;
+    }
+    reg->lock_ready = 1;
+    snprintf(path, sizeof(path), "%s/jobgate.db", cfg->state_dir);
+    if (store_open(&reg->store, path) < 0) {
+        errmsg(err, errlen, -EIO, "cannot open the state database %s (see above)", path);
+        registry_close(reg);
+        return NULL;
+    }
+    reg->routes = route_table_new();
+    reg->auth = auth_new(reg->store);
+    store_route_load(reg->store, load_route, reg);
+    auth_expire(reg->auth, now_real());
+    auth_load(reg->auth, now_real());
+    return reg;
+}
+
+void registry_close(struct registry *reg)
+{
+    if (!reg)
+        return;
+    auth_free(reg->auth);
+    route_table_free(reg->routes);
+    store_close(reg->store);
+    if (reg->lock_ready)
+        pthread_rwlock_destroy(&reg->lock);
+    free(reg);
+}
+
+size_t registry_route_count(struct registry *reg)
+{
+    rdlock(reg);
+    size_t n = route_count(reg->routes);
+    unlock(reg);
+    return n;
+}
+
+/* ---- route changes (write lock held) -------------------------------------------- */
+
+static int add_locked(struct registry *reg, struct route *r)
+{
+    ASSERT_WRITE();
+    int rc = alias_new(reg->routes, r->alias, sizeof(r->alias));
+    if (rc < 0)
+        return rc;
+    rc = store_route_put(reg->store, r);
+    if (rc < 0)
+        return rc;
+    rc = route_add(reg->routes, r);
+    if (rc < 0) {
+        store_route_delete(reg->store, r->alias);
+        return rc;
+    }
+    char where[160];
+    route_describe(r, where, sizeof(where));
+    store_audit(reg->store, r->uid, "route.add", r->alias, where);
+    log_info("route add alias=%s uid=%u name=%s backend=%s%s", r->alias, (unsigned)r->uid, r->name,
+             where, r->starting ? " (starting)" : "");
+    return 0;
+}
+
+static int remove_locked(struct registry *reg, const char *alias, uid_t by, const char *why)
+{
+    ASSERT_WRITE();
+    char a[ROUTE_ALIAS_MAX + 1];
+    snprintf(a, sizeof(a), "%s", alias); /* alias may point into the route we free */
+    int rc = store_route_delete(reg->store, a);
+    if (rc < 0 && rc != -ENOENT)
+        return rc;
+    route_remove(reg->routes, a);
+    auth_drop_alias(reg->auth, a);
+    revoked(reg);
+    store_audit(reg->store, by, "route.remove", a, why);
+    log_info("route remove alias=%s by uid=%u (%s)", a, (unsigned)by, why);
+    return 0;
+}
+
+int registry_route_add(struct registry *reg, struct route *r)
+{
+    wrlock(reg);
+    int rc = add_locked(reg, r);
+    unlock(reg);
+    return rc;
+}
+
+int registry_route_get(struct registry *reg, const char *alias, struct route *out)
+{
+    rdlock(reg);
+    const struct route *r = find(reg, alias);
+    if (r)
+        *out = *r;
+    unlock(reg);
+    return r ? 0 : -ENOENT;
+}
+
+struct name_ctx {
+    const char *name;
+    uid_t uid;
+    const struct route *found;
+    int count;
+};
+
+static int match_name(const struct route *r, void *arg)
+{
+    struct name_ctx *nc = arg;
+    if (r->uid == nc->uid && strcmp(r->name, nc->name) == 0) {
+        nc->found = r;
+        nc->count++;
+    }
+    return 0;
+}
+
+int registry_route_resolve(struct registry *reg, uid_t uid, const char *key, struct route *out)
+{
+    rdlock(reg);
+    const struct route *r = find(reg, key);
+    int rc = 0;
+    if (!r || r->uid != uid) {
+        struct name_ctx nc = {.name = key, .uid = uid};
+        route_filter(reg->routes, match_name, &nc);
+        r = nc.count == 1 ? nc.found : NULL;
+        rc = nc.count > 1 ? -ENOTUNIQ : nc.count == 0 ? -ENOENT : 0;
+    }
+    if (r)
+        *out = *r;
+    unlock(reg);
+    return rc;
+}
+
+int registry_route_ready(struct registry *reg, const char *alias, uid_t uid)
+{
+    wrlock(reg);
+    const struct route *found = find(reg, alias);
+    int rc = 0;
+    if (!found || found->uid != uid) {
+        rc = -ENOENT;
+    } else if (found->starting) {
+        struct route r = *found;
+        r.starting = 0;
+        rc = store_route_put(reg->store, &r);
+        if (rc == 0)
+            rc = route_replace(reg->routes, &r);
+        if (rc == 0)
+            log_info("route update alias=%s uid=%u ready", r.alias, (unsigned)r.uid);
+    }
+    unlock(reg);
+    return rc;
+}
+
+int registry_route_remove(struct registry *reg, const char *alias, uid_t owner,
+                          enum route_kind kind, uid_t by, const char *why)
+{
+    wrlock(reg);
+    const struct route *r = find(reg, alias);
+    int rc = !r || r->uid != owner || (kind && r->kind != kind)
+                 ? -ENOENT : remove_locked(reg, alias, by, why);
+    unlock(reg);
+    return rc;
+}
+
+struct list_ctx {
+    uid_t uid;
+    int all;
+    struct route *v;
+    int n;
+};
+
+static int copy_route(const struct route *r, void *arg)
+{
+    struct list_ctx *lc = arg;
+    if (lc->all || r->uid == lc->uid)
+        lc->v[lc->n++] = *r;
+    return 0;
+}
+
+int registry_routes(struct registry *reg, uid_t uid, int all, struct route **out)
+{
+    rdlock(reg);
+    struct list_ctx lc = {.uid = uid, .all = all};
+    lc.v = xcalloc(route_count(reg->routes) + 1, sizeof(*lc.v));
+    route_filter(reg->routes, copy_route, &lc);
+    unlock(reg);
+    *out = lc.v;
+    return lc.n;
+}
+
+int registry_link(struct registry *reg, const char *alias, uid_t owner, enum route_kind kind,
+                  int64_t ttl, struct registry_link *out)
+{
+    char token[TOKEN_STR_LEN + 1];
+    memset(out, 0, sizeof(*out));
+    wrlock(reg);
+    const struct route *r = find(reg, alias);
+    int rc = !r || r->uid != owner || (kind && r->kind != kind) ? -ENOENT
+             : auth_link_new(reg->auth, alias, ttl, token, &out->expires);
+    unlock(reg);
+    if (rc < 0)
+        return rc;
+    registry_url(reg, alias, out->url, sizeof(out->url));
+    snprintf(out->link, sizeof(out->link), "%s_jobgate/redeem/%s", out->url, token);
+    memset(token, 0, sizeof(token));
+    return 0;
+}
+
+/* ---- agents' tunnels ------------------------------------------------------------- */
+
+struct orphan_ctx {
+    uid_t uid;
+    const char *name;
+    const struct route *found;
+    int count;
+};
+
+static int match_orphan(const struct route *r, void *arg)
+{
+    struct orphan_ctx *oc = arg;
+    if (r->kind == ROUTE_TUNNEL && r->tunnel == 0 && r->uid == oc->uid &&
+        strcmp(r->name, oc->name) == 0) {
+        oc->found = r;
+        oc->count++;
+    }
+    return 0;
+}
+
+int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, struct route *out)
+{
+    int rc = 0;
+    wrlock(reg);
+    const struct route *old = c->alias ? find(reg, c->alias) : NULL;
+    if (!c->alias) {
+        /* A new agent for an app whose agent died (the job restarted it): the
+         * same user's only orphaned route of that name keeps its URL and cookies. */
+        struct orphan_ctx oc = {.uid = c->uid, .name = c->name};
+        route_filter(reg->routes, match_orphan, &oc);
+        if (oc.count == 1)
+            old = oc.found;
+    }
+    memset(out, 0, sizeof(*out));
+    if (c->full && !(old && c->mine(c->arg, old->alias))) {
+        rc = -ENOSPC;
+    } else if (old && (old->uid != c->uid || old->kind != ROUTE_TUNNEL)) {
+        snprintf(out->alias, sizeof(out->alias), "%s", old->alias);
+        rc = -EPERM;
+    } else if (old) {
+        /* Back after a reconnect (or taken over from a tunnel that has not
+         * noticed yet that it is dead): same owner, so same route, links and
+         * sessions. */
+        struct route r = *old;
+        if (r.tunnel && r.tunnel != c->tunnel)
+            log_info("tunnel=%" PRIx64 " takes %s over from tunnel=%" PRIx64, c->tunnel, r.alias,
+                     r.tunnel);
+        int changed = strcmp(r.name, c->name) != 0 || strcmp(r.path, c->local) != 0;
+        snprintf(r.name, sizeof(r.name), "%s", c->name);
+        snprintf(r.path, sizeof(r.path), "%s", c->local);
+        r.tunnel = c->tunnel;
+        r.detached = 0;
+        if ((changed && store_route_put(reg->store, &r) < 0) || route_replace(reg->routes, &r) < 0)
+            rc = -EIO;
+        else
+            log_info("route attach alias=%s uid=%u tunnel=%" PRIx64, r.alias, (unsigned)r.uid,
+                     c->tunnel);
+        *out = r;
+    } else {
+        out->uid = c->uid;
+        out->kind = ROUTE_TUNNEL;
+        out->created = now_real();
+        out->tunnel = c->tunnel;
+        snprintf(out->name, sizeof(out->name), "%s", c->name);
+        snprintf(out->path, sizeof(out->path), "%s", c->local);
+        if (add_locked(reg, out) < 0)
+            rc = -EIO;
+    }
+    unlock(reg);
+    return rc;
+}
+
+void registry_tunnel_detach(struct registry *reg, uint64_t tunnel, const char *const *aliases,
+                            unsigned n)
+{
+    int64_t now = now_mono_ms();
+    wrlock(reg);
+    for (unsigned i = 0; i < n; i++) {
+        const struct route *r = find(reg, aliases[i]);
+        if (!r || r->kind != ROUTE_TUNNEL || r->tunnel != tunnel)
+            continue;
+        struct route c = *r;
+        c.tunnel = 0;
+        c.detached = now;
+        route_replace(reg->routes, &c);
+        log_info("route detach alias=%s: its agent is gone; waiting up to %" PRId64 " s",
+                 c.alias, reg->cfg->grace);
+    }
+    unlock(reg);
+}
+
+/* ---- browsers --------------------------------------------------------------------- */
+
+/* The first of the cookie values that is a live session of alias. */
+static int session_among(struct registry *reg, const char *alias, const struct http1_str *vals,
+                         int n, uid_t *uid, uint8_t hash[TOKEN_HASH_LEN])
+{
+    ASSERT_READ();
+    uint8_t scratch[TOKEN_HASH_LEN];
+    for (int i = 0; i < n; i++)
+        if (auth_session_check(reg->auth, alias, vals[i].p, vals[i].n, uid,
+                               hash ? hash : scratch))
+            return 1;
+    return 0;
+}
+
+enum admit registry_admit(struct registry *reg, const char *alias, const struct http1_str *vals,
+                          int n, struct admission *a)
+{
+    rdlock(reg);
+    const struct route *r = find(reg, alias);
+    int ok = 0;
+    if (r) {
+        a->route = *r;
+        ok = session_among(reg, alias, vals, n, &a->uid, a->sess_hash);
+    }
+    unlock(reg);
+    if (!r)
+        return ADMIT_UNKNOWN;
+    if (!ok)
+        return ADMIT_FORBIDDEN;
+    if (a->route.kind == ROUTE_TUNNEL && a->route.tunnel == 0)
+        return ADMIT_RECONNECTING;
+    return a->route.starting ? ADMIT_STARTING : ADMIT_OK;
+}
+
+int registry_session_live(struct registry *reg, const char *alias,
+                          const uint8_t hash[TOKEN_HASH_LEN])
+{
+    rdlock(reg);
+    int live = find(reg, alias) && auth_session_alive(reg->auth, alias, hash);
+    unlock(reg);
+    return live;
+}
+
+int registry_redeem(struct registry *reg, const char *alias, const char *tok, size_t len,
+                    char cookie[TOKEN_STR_LEN + 1])
+{
+    wrlock(reg);
+    const struct route *r = find(reg, alias);
+    int rc = r ? auth_redeem(reg->auth, alias, tok, len, r->uid, reg->cfg->session_ttl, cookie)
+               : -ENXIO;
+    unlock(reg);
+    return rc;
+}
+
+void registry_logout(struct registry *reg, const char *alias, const struct http1_str *vals, int n)
+{
+    for (int i = 0; i < n; i++) {
+        /* Only a live session of this app costs a write: made-up cookies
+         * cannot serialise the workers on SQLite. */
+        rdlock(reg);
+        int live = auth_session_ok(reg->auth, alias, vals[i].p, vals[i].n, NULL);
+        unlock(reg);
+        if (!live)
+            continue;
+        wrlock(reg);
+        auth_logout(reg->auth, vals[i].p, vals[i].n);
+        revoked(reg);
+        unlock(reg);
+    }
+}
+
+int registry_status(struct registry *reg, const char *alias, const struct http1_str *vals, int n,
+                    int *starting)
+{
+    rdlock(reg);
+    const struct route *r = find(reg, alias);
+    int rc = !r ? -ENXIO : session_among(reg, alias, vals, n, NULL, NULL) ? 0 : -EACCES;
+    *starting = r && r->starting;
+    unlock(reg);
+    return rc;
+}
+
+/* ---- the reaper -------------------------------------------------------------------- */
+
+struct reap_ctx {
+    int64_t now, grace_ms;
+    char alias[REAP_BATCH][ROUTE_ALIAS_MAX + 1];
+    uid_t uid[REAP_BATCH];
+    const char *why[REAP_BATCH];
+    int n;
+};
+
+static int find_dead(const struct route *r, void *arg)
+{
+    struct reap_ctx *rc = arg;
+    const char *why = NULL;
+    if (rc->n >= REAP_BATCH)
+        return 0;
+    if (r->pid > 0 && kill(r->pid, 0) < 0 && errno == ESRCH)
+        why = "owner process gone";
+    else if (r->kind == ROUTE_TUNNEL && r->tunnel == 0 && rc->now - r->detached > rc->grace_ms)
+        why = "agent gone longer than the grace time";
+    if (why) {
+        snprintf(rc->alias[rc->n], sizeof(rc->alias[0]), "%s", r->alias);
+        rc->uid[rc->n] = r->uid;
+        rc->why[rc->n++] = why;
+    }
+    return 0;
+}
+
+void registry_reap(struct registry *reg)
+{
+    struct reap_ctx rc = {.now = now_mono_ms(), .grace_ms = reg->cfg->grace * 1000};
+    wrlock(reg);
+    route_filter(reg->routes, find_dead, &rc);
+    for (int i = 0; i < rc.n; i++)
+        remove_locked(reg, rc.alias[i], rc.uid[i], rc.why[i]);
+    if (++reg->ticks % EXPIRE_EVERY_TICKS == 0)
+        auth_expire(reg->auth, now_real());
+    unlock(reg);
+}

@@ -1,0 +1,161 @@
+/*
+ * registry — the one owner of the gateway's shared state: the route table,
+ * one-time links, sessions, the store (SQLite) behind them, the revocation
+ * counter, the apps' URLs and the reaping of what has died.
+ *
+ * Owns: the state lock, struct route_table, struct auth, struct store.
+ *
+ * The lock rule: the state lock exists only inside registry.c. Every
+ * function below takes it itself, for reading (request admission, lookups,
+ * listings) or for writing (anything that changes a route, a link or a
+ * session), and releases it before it returns; nothing is held across an
+ * event-loop turn, and no function here calls back into its caller with the
+ * lock held. Callers get copies (struct route by value), never pointers into
+ * the table, so a route removed by another thread is never touched.
+ * Any worker thread may call any function here.
+ *
+ * Every route change goes through here, so memory, SQLite and the audit
+ * trail stay in step, and every change that ends a route or a session bumps
+ * the revocation counter that workers watch (registry_revocations).
+ */
+#ifndef JG_REGISTRY_H
+#define JG_REGISTRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "http1.h"
+#include "route.h"
+#include "token.h"
+
+struct jg_config;
+struct registry;
+
+#define REGISTRY_URL_MAX 512
+#define REGISTRY_LINK_MAX 640
+
+/* Opens the store under cfg->state_dir, loads routes and live sessions.
+ * cfg->public_port must be known (URLs are built from it). NULL with err. */
+struct registry *registry_open(const struct jg_config *cfg, char *err, size_t errlen);
+void registry_close(struct registry *reg);
+
+/* ".localhost:8443": what follows an alias in the apps' URLs. */
+const char *registry_url_suffix(const struct registry *reg);
+/* "https://<alias><suffix>/" into buf. 0 or -ENAMETOOLONG. */
+int registry_url(const struct registry *reg, const char *alias, char *buf, size_t len);
+size_t registry_route_count(struct registry *reg);
+
+/* ---- browsers ------------------------------------------------------------ */
+
+/* What a request for an app may do, decided under the lock in one call. */
+enum admit {
+    ADMIT_OK,           /* forward to route */
+    ADMIT_UNKNOWN,      /* no such app: 404 */
+    ADMIT_FORBIDDEN,    /* no live session for it among the cookies: 403 */
+    ADMIT_RECONNECTING, /* its agent is away (session checked): wait, then 503 */
+    ADMIT_STARTING,     /* registered, not listening yet (session checked): 503 */
+};
+
+struct admission {
+    struct route route;                  /* a copy, when the app exists */
+    uid_t uid;                           /* the session's owner */
+    uint8_t sess_hash[TOKEN_HASH_LEN];   /* to re-check the session later */
+};
+
+/* Admission of a request for alias carrying the cookie values vals[0..n). */
+enum admit registry_admit(struct registry *reg, const char *alias, const struct http1_str *vals,
+                          int n, struct admission *a);
+
+/* 1 while alias exists and the session with hash is live for it (the
+ * revocation sweep of open connections). */
+int registry_session_live(struct registry *reg, const char *alias,
+                          const uint8_t hash[TOKEN_HASH_LEN]);
+
+/* Redeems a link token on alias's host into a session cookie. 0 with the
+ * cookie value; -ENXIO no such app, -ETIMEDOUT expired, another negative
+ * errno when not valid (used, another app's, not a token). */
+int registry_redeem(struct registry *reg, const char *alias, const char *tok, size_t len,
+                    char cookie[TOKEN_STR_LEN + 1]);
+
+/* Ends every live session of alias among the cookie values. */
+void registry_logout(struct registry *reg, const char *alias, const struct http1_str *vals, int n);
+
+/* /_jobgate/status: 0 with *starting, -ENXIO no such app, -EACCES no session. */
+int registry_status(struct registry *reg, const char *alias, const struct http1_str *vals, int n,
+                    int *starting);
+
+/* ---- owners: the control socket and agents' tunnels ----------------------- */
+
+/* Adds a route: picks a fresh alias into r->alias, stores it, audits. 0 or -errno. */
+int registry_route_add(struct registry *reg, struct route *r);
+
+/* A copy of the route with this alias. 0 or -ENOENT. */
+int registry_route_get(struct registry *reg, const char *alias, struct route *out);
+
+/* key is an alias of uid's, or a name unique among uid's routes; others'
+ * routes are "not found" (I1). 0 with a copy, -ENOENT, or -ENOTUNIQ when
+ * several of uid's routes have that name. */
+int registry_route_resolve(struct registry *reg, uid_t uid, const char *key, struct route *out);
+
+/* The route alias of uid stopped starting. 0, or -ENOENT, or -errno. */
+int registry_route_ready(struct registry *reg, const char *alias, uid_t uid);
+
+/* Removes alias if it is owner's (and of kind, when kind is nonzero), with
+ * its links and sessions; by and why go to the audit trail. 0, -ENOENT, or
+ * -errno from the store. */
+int registry_route_remove(struct registry *reg, const char *alias, uid_t owner,
+                          enum route_kind kind, uid_t by, const char *why);
+
+/* Copies of the routes of uid (of everyone when all) into a new array
+ * (caller frees). The count, or -errno. */
+int registry_routes(struct registry *reg, uid_t uid, int all, struct route **out);
+
+/* A fresh one-time link for alias, which must be owner's (and of kind when
+ * nonzero). Secrets: the caller wipes link once it has been handed on. */
+struct registry_link {
+    char url[REGISTRY_URL_MAX];
+    char link[REGISTRY_LINK_MAX];
+    int64_t expires;
+};
+int registry_link(struct registry *reg, const char *alias, uid_t owner, enum route_kind kind,
+                  int64_t ttl, struct registry_link *out);
+
+/*
+ * An agent's tunnel registers an app (docs/tunnel-protocol.md): its route
+ * back after a reconnect (by alias), or the owner's only orphaned tunnel
+ * route of that name (the job restarted its agent), or else a new route.
+ * It attaches to tunnel id. mine(arg, alias) tells whether this tunnel
+ * already registered alias; a full tunnel may only re-register those.
+ * 0 with a copy in out; -ENOSPC (full), -EPERM (not the uid's tunnel route:
+ * its alias in out->alias), -EIO.
+ */
+struct tunnel_claim {
+    uid_t uid;
+    uint64_t tunnel;
+    const char *alias; /* NULL: a new registration */
+    const char *name;
+    const char *local;
+    int full;
+    int (*mine)(void *arg, const char *alias);
+    void *arg;
+};
+int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, struct route *out);
+
+/* Tunnel id is gone: its routes among aliases[0..n) wait for their agent
+ * (for the grace time; registry_reap ends them after it). */
+void registry_tunnel_detach(struct registry *reg, uint64_t tunnel, const char *const *aliases,
+                            unsigned n);
+
+/* ---- time ----------------------------------------------------------------- */
+
+/* Once a second (worker 0): routes whose owner process died or whose agent
+ * has been away longer than the grace time; every minute expired links and
+ * sessions. */
+void registry_reap(struct registry *reg);
+
+/* Bumped whenever a route or a session ends: workers compare it with what
+ * they saw last and then sweep their open connections. */
+unsigned registry_revocations(const struct registry *reg);
+
+#endif

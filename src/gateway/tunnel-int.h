@@ -1,0 +1,147 @@
+/*
+ * tunnel-int.h — the gateway's tunnels inside (see tunnel.h for the outside):
+ * the types shared by tunnel.c (the session: hub, transport, nghttp2
+ * callbacks, life and death), tunnel_ctl.c (the control stream: hello,
+ * register, unregister, link) and tunnel_stream.c (CONNECT streams and the
+ * socketpairs that carry them from conn).
+ *
+ * Who touches what: a struct tunnel and everything it points to belong to
+ * the worker whose loop accepted it and are touched only on that worker's
+ * thread, with one exception: its `posted` list, which any worker appends
+ * to under the hub's mutex (tunnel_stream_open) and the owner empties under
+ * it (tstream_on_post). The hub's id map is under the same mutex. A tunnel
+ * is freed only when nothing on the stack uses it: every callback raises
+ * `busy` on entry and calls tunnel_leave() on exit, which frees a tunnel
+ * that tunnel_kill() marked dead meanwhile.
+ */
+#ifndef JG_TUNNEL_INT_H
+#define JG_TUNNEL_INT_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <event2/bufferevent.h>
+#include <jansson.h>
+#include <nghttp2/nghttp2.h>
+
+#include "route.h"
+#include "token.h"
+
+struct jg_config;
+struct registry;
+struct hmap;
+struct worker;
+
+#define TUN_STREAM_WINDOW (256 * 1024)       /* SETTINGS_INITIAL_WINDOW_SIZE */
+#define TUN_CONN_WINDOW (64 * 1024 * 1024)   /* connection-level receive window */
+#define TUN_MAX_HEADER_LIST 16384
+#define TUN_LINE_MAX 65536                   /* one control message */
+#define TUN_OUT_HIGH (256 * 1024)            /* transport output: make no frames beyond */
+#define TUN_MAX_REG 64                       /* registrations per tunnel */
+#define TUN_MAX_STREAMS 4096                 /* data streams per tunnel, queued ones included */
+#define TUN_MAX_TUNNELS 10000                /* whole gateway */
+#define TUN_LOCAL_MAX 64                     /* the agent's name for a target */
+#define TUN_ID_MAX 64                        /* a control request's id */
+#define TUN_TICK_MS 1000
+#define TUN_CTL_OUT_MAX (1024 * 1024)        /* answers the agent has not taken yet */
+#define TUN_GONE_TICKS 5                     /* ticks a stream whose conn left may stall */
+
+enum tstate {
+    T_HELLO,   /* challenge sent, waiting for the hello */
+    T_READY,   /* welcomed: registrations and data streams */
+    T_CLOSING, /* refused or failed: the last control line, then GOAWAY */
+};
+
+struct tstream {
+    struct tunnel *t;
+    struct tstream *next, *prev;
+    int32_t id;              /* HTTP/2 stream id; -1 once nghttp2 closed it */
+    struct bufferevent *bev; /* our end of the socketpair with conn */
+    size_t unconsumed;       /* DATA from the agent not yet written to the socketpair */
+    int open_ok;             /* the agent answered 200 */
+    int deferred;            /* our data provider waits for bytes */
+    int eof_in;              /* conn shut its side: END_STREAM after what is buffered */
+    int remote_eof;          /* the agent ended its side: shut ours once flushed */
+    int status;
+    int gone_ticks;          /* ticks since conn closed its end without progress */
+    size_t gone_in;          /* input length at the last such tick */
+};
+
+struct post {
+    struct post *next;
+    int fd;
+    uid_t uid;
+    char alias[ROUTE_ALIAS_MAX + 1];
+    char local[TUN_LOCAL_MAX + 1];
+};
+
+struct reg {
+    char alias[ROUTE_ALIAS_MAX + 1];
+    char local[TUN_LOCAL_MAX + 1];
+};
+
+struct tunnel {
+    struct tunnel_hub *hub;
+    struct worker *w;
+    struct tunnel *next, *prev; /* the worker's list */
+    uint64_t id;
+    char peer[64];              /* the agent's address, or "ssh" */
+    struct bufferevent *rd, *wr; /* the same bufferevent unless over a pipe pair */
+    nghttp2_session *h2;
+    enum tstate st;
+    int stdio;                  /* handed over by `jobgate tunnel --stdio` */
+    int hold_fd;                /* stdio: its control connection, closed when we end */
+    uid_t peer_uid;             /* stdio: SO_PEERCRED of the hand-over */
+    uid_t uid;                  /* the owner, once welcomed */
+    char method[12];
+    char nonce[TOKEN_STR_LEN + 1];
+    int32_t ctl_id;
+    struct evbuffer *ctl_out, *ctl_in;
+    int ctl_deferred, ctl_eof_sent;
+    struct tstream *streams;
+    unsigned nstreams;
+    struct reg reg[TUN_MAX_REG];
+    unsigned nreg;
+    struct event *ev_post, *ev_tick;
+    struct post *posted;        /* guarded by the hub's mutex */
+    int64_t started, ping_sent, last_ack;
+    int busy, dead;
+    char why[160];
+};
+
+struct tunnel_hub {
+    const struct jg_config *cfg;
+    struct registry *reg;
+    uid_t uid;         /* the gateway's own: a personal gateway's agents */
+    pthread_mutex_t mu;
+    struct hmap *byid; /* id (8 bytes) -> struct tunnel; under mu */
+    uint64_t next_id;
+    unsigned count;
+    int have_token;
+    uint8_t token_hash[TOKEN_HASH_LEN];
+};
+
+/* tunnel.c: frames out while the transport has room; ends a finished session. */
+void tunnel_flush(struct tunnel *t);
+/* Marks t dead with a logged reason; it is freed by the last tunnel_leave(). */
+void tunnel_kill(struct tunnel *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void tunnel_leave(struct tunnel *t);
+
+/* tunnel_ctl.c: the control stream. */
+void tctl_send(struct tunnel *t, json_t *msg);        /* one message; takes msg */
+void tctl_refuse(struct tunnel *t, const char *code, const char *why);
+void tctl_input(struct tunnel *t);                    /* lines in t->ctl_in */
+ssize_t tctl_provide(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
+                     nghttp2_data_source *src, void *ud);
+int tctl_reg_find(const struct tunnel *t, const char *alias); /* slot in t->reg, or -1 */
+
+/* tunnel_stream.c: data streams. */
+void tstream_free(struct tstream *s);
+void tstream_abort(struct tstream *s);                /* RST to the agent, then free */
+void tstream_resume(struct tstream *s);               /* bytes or EOF for its provider */
+void tstream_on_post(evutil_socket_t fd, short what, void *arg); /* t->ev_post */
+void tstream_sweep_gone(struct tunnel *t);            /* once a tick */
+
+#endif

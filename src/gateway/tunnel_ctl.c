@@ -1,0 +1,390 @@
+/*
+ * tunnel_ctl — the control stream of a gateway tunnel (docs/tunnel-protocol.md):
+ * the challenge, the hello and its credential (MUNGE, the personal token, or
+ * SO_PEERCRED of the SSH hand-over), then register / unregister / link,
+ * each answered on the same stream. Routes change only through the
+ * registry. See tunnel-int.h for who may touch what.
+ */
+#include "tunnel.h"
+#include "tunnel-int.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pwd.h>
+#include <stdarg.h>
+
+#include <event2/buffer.h>
+
+#include "config.h"
+#include "log.h"
+#include "registry.h"
+#include "util.h"
+#ifdef JG_HAVE_MUNGE
+#include "munge_cred.h"
+#endif
+
+void tctl_send(struct tunnel *t, json_t *msg)
+{
+    if (!msg)
+        return;
+    char *line = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    if (!line)
+        return;
+    evbuffer_add(t->ctl_out, line, strlen(line));
+    evbuffer_add(t->ctl_out, "\n", 1);
+    free(line);
+    if (evbuffer_get_length(t->ctl_out) > TUN_CTL_OUT_MAX) {
+        /* Its window stays shut while it keeps asking: the answers would pile up without end. */
+        tunnel_kill(t, "the agent does not read its control answers (%zu bytes waiting)",
+               evbuffer_get_length(t->ctl_out));
+        return;
+    }
+    if (t->ctl_deferred && t->ctl_id > 0) {
+        t->ctl_deferred = 0;
+        nghttp2_session_resume_data(t->h2, t->ctl_id);
+    }
+}
+
+int tctl_reg_find(const struct tunnel *t, const char *alias)
+{
+    for (unsigned i = 0; i < t->nreg; i++)
+        if (strcmp(t->reg[i].alias, alias) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void ctl_error(struct tunnel *t, const char *id, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void ctl_error(struct tunnel *t, const char *id, const char *code, const char *fmt, ...)
+{
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    json_t *o = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "error", msg);
+    if (o && id)
+        json_object_set_new(o, "id", json_string(id));
+    tctl_send(t, o);
+}
+
+ssize_t tctl_provide(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t len,
+                           uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    struct tunnel *t = ud;
+    size_t n = evbuffer_get_length(t->ctl_out);
+    if (n == 0 && t->st != T_CLOSING) {
+        t->ctl_deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    if (n > len)
+        n = len;
+    if (n)
+        evbuffer_remove(t->ctl_out, buf, n);
+    if (t->st == T_CLOSING && evbuffer_get_length(t->ctl_out) == 0) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF; /* on_frame_send then ends the session */
+        t->ctl_eof_sent = 1;
+    }
+    return (ssize_t)n;
+}
+
+/* Refuses the hello (or gives up): the reason goes to the agent, then GOAWAY. */
+void tctl_refuse(struct tunnel *t, const char *code, const char *why)
+{
+    log_warn("tunnel=%" PRIx64 " peer=%s refused: %s", t->id, t->peer, why);
+    ctl_error(t, NULL, code, "%s", why);
+    t->st = T_CLOSING;
+    if (t->ctl_id > 0) {
+        t->ctl_deferred = 0;
+        nghttp2_session_resume_data(t->h2, t->ctl_id);
+    }
+}
+
+/* Copies a short, printable string from the agent for the log ("-" if absent or odd). */
+static void log_str(const json_t *v, char *out, size_t len)
+{
+    const char *s = json_string_value(v);
+    if (!s || !*s || strlen(s) >= len) {
+        snprintf(out, len, "-");
+        return;
+    }
+    for (size_t i = 0; s[i]; i++)
+        out[i] = (s[i] > ' ' && s[i] < 0x7f) ? s[i] : '?';
+    out[strlen(s)] = '\0';
+}
+
+/* Checks the hello's credential. 0 with *uid, or -1 with why. */
+static int hello_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, size_t wl)
+{
+    struct tunnel_hub *hub = t->hub;
+    const char *method = json_string_value(json_object_get(auth, "method"));
+    if (!method) {
+        snprintf(why, wl, "the hello has no auth.method");
+        return -1;
+    }
+    snprintf(t->method, sizeof(t->method), "%s", strlen(method) < 12 ? method : "?");
+    if (strcmp(method, "munge") == 0) {
+#ifdef JG_HAVE_MUNGE
+        const char *cred = json_string_value(json_object_get(auth, "credential"));
+        char payload[64], err[256];
+        struct munge_identity id;
+        if (!cred) {
+            snprintf(why, wl, "no MUNGE credential in the hello");
+            return -1;
+        }
+        int n = snprintf(payload, sizeof(payload), "jobgate/1 hello %s", t->nonce);
+        int rc = munge_cred_decode(hub->cfg->munge_socket, cred, strlen(cred), payload, (size_t)n,
+                                   &id, err, sizeof(err));
+        if (rc < 0) {
+            snprintf(why, wl, "MUNGE credential refused: %s", err);
+            return -1;
+        }
+        *uid = id.uid;
+#else
+        snprintf(why, wl, "this gateway was built without MUNGE");
+        return -1;
+#endif
+    } else if (strcmp(method, "token") == 0) {
+        const char *tok = json_string_value(json_object_get(auth, "token"));
+        uint8_t h[TOKEN_HASH_LEN];
+        if (!hub->have_token) {
+            snprintf(why, wl, "agent tokens are for personal gateways; use MUNGE or SSH");
+            return -1;
+        }
+        if (!tok || strlen(tok) > 200) {
+            snprintf(why, wl, "bad agent token");
+            return -1;
+        }
+        token_hash(tok, strlen(tok), h);
+        if (!token_hash_equal(h, hub->token_hash)) {
+            snprintf(why, wl, "bad agent token");
+            return -1;
+        }
+        *uid = hub->uid;
+    } else if (strcmp(method, "peercred") == 0) {
+        if (!t->stdio) {
+            snprintf(why, wl, "peercred is only for tunnels handed over by 'jobgate tunnel'");
+            return -1;
+        }
+        *uid = t->peer_uid;
+    } else {
+        snprintf(why, wl, "unknown auth method");
+        return -1;
+    }
+    if (!hub->cfg->shared && *uid != hub->uid) {
+        snprintf(why, wl, "this personal gateway takes only its own user's agents (uid %u)",
+                 (unsigned)hub->uid);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_hello(struct tunnel *t, json_t *m)
+{
+    char why[400], node[65], job[33], agent[65];
+    uid_t uid;
+    json_t *ver = json_object_get(m, "version");
+    if (strcmp(json_string_value(json_object_get(m, "type")) ?: "", "hello") != 0) {
+        tctl_refuse(t, "protocol", "the first message must be a hello");
+        return;
+    }
+    if (!json_is_integer(ver) || json_integer_value(ver) != 1) {
+        tctl_refuse(t, "version", "this gateway speaks tunnel protocol version 1");
+        return;
+    }
+    if (hello_auth(t, json_object_get(m, "auth"), &uid, why, sizeof(why)) < 0) {
+        tctl_refuse(t, "auth", why);
+        return;
+    }
+    log_str(json_object_get(m, "node"), node, sizeof(node));
+    log_str(json_object_get(m, "job"), job, sizeof(job));
+    log_str(json_object_get(m, "agent"), agent, sizeof(agent));
+    t->uid = uid;
+    t->st = T_READY;
+    struct passwd pw, *res = NULL;
+    char pwbuf[1024], idhex[17];
+    const char *user = getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &res) == 0 && res
+                           ? res->pw_name : "";
+    snprintf(idhex, sizeof(idhex), "%016" PRIx64, t->id);
+    log_info("tunnel=%" PRIx64 " peer=%s welcomed uid=%u method=%s node=%s job=%s agent=%s", t->id,
+             t->peer, (unsigned)uid, t->method, node, job, agent);
+    tctl_send(t, json_pack("{s:s, s:I, s:s, s:s}", "type", "welcome", "uid", (json_int_t)uid,
+                          "user", user, "tunnel", idhex));
+}
+
+static int get_ttl(struct tunnel *t, json_t *m, int64_t *ttl)
+{
+    json_t *v = json_object_get(m, "ttl");
+    *ttl = t->hub->cfg->link_ttl;
+    if (!v)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 7 * 86400)
+        return -1;
+    *ttl = json_integer_value(v);
+    return 0;
+}
+
+static int reg_mine(void *arg, const char *alias)
+{
+    return tctl_reg_find(arg, alias) >= 0;
+}
+
+/* Adds url, link and expires to an answer; 0 or -1 (the error is answered). */
+static int add_link(struct tunnel *t, const char *id, json_t *o, const char *alias, int64_t ttl)
+{
+    struct registry_link l;
+    if (registry_link(t->hub->reg, alias, t->uid, ROUTE_TUNNEL, ttl, &l) < 0) {
+        json_decref(o);
+        ctl_error(t, id, "internal", "could not store a link (see the gateway's log)");
+        return -1;
+    }
+    json_object_set_new(o, "url", json_string(l.url));
+    json_object_set_new(o, "link", json_string(l.link));
+    json_object_set_new(o, "expires", json_integer(l.expires));
+    memset(&l, 0, sizeof(l));
+    return 0;
+}
+
+/* register: a new route, or the agent's own route back after a reconnect. */
+static void op_register(struct tunnel *t, const char *id, json_t *m)
+{
+    const char *name = json_string_value(json_object_get(m, "name"));
+    const char *local = json_string_value(json_object_get(m, "local"));
+    const char *alias = json_string_value(json_object_get(m, "alias"));
+    int64_t ttl;
+    if (!route_name_valid(name, ROUTE_NAME_MAX))
+        return ctl_error(t, id, "invalid", "'name' must be 1-64 of A-Z a-z 0-9 . _ -");
+    if (!route_name_valid(local, TUN_LOCAL_MAX))
+        return ctl_error(t, id, "invalid", "'local' must be 1-64 of A-Z a-z 0-9 . _ -");
+    if (get_ttl(t, m, &ttl) < 0)
+        return ctl_error(t, id, "invalid", "'ttl' must be a number of seconds from 1 to 604800");
+    if (json_object_get(m, "alias") && !alias)
+        return ctl_error(t, id, "invalid", "'alias' must be a string");
+
+    struct tunnel_claim claim = {.uid = t->uid, .tunnel = t->id, .alias = alias, .name = name,
+                                 .local = local, .full = t->nreg >= TUN_MAX_REG,
+                                 .mine = reg_mine, .arg = t};
+    struct route r;
+    int rc = registry_tunnel_attach(t->hub->reg, &claim, &r);
+    if (rc == -ENOSPC)
+        return ctl_error(t, id, "limit", "at most %d apps per tunnel", TUN_MAX_REG);
+    if (rc == -EPERM)
+        return ctl_error(t, id, "forbidden", "%s is not one of your tunnel's apps", r.alias);
+    if (rc < 0)
+        return ctl_error(t, id, "internal", "could not register the route (see the gateway's log)");
+    int slot = tctl_reg_find(t, r.alias);
+    if (slot < 0)
+        slot = (int)t->nreg++;
+    snprintf(t->reg[slot].alias, sizeof(t->reg[slot].alias), "%s", r.alias);
+    snprintf(t->reg[slot].local, sizeof(t->reg[slot].local), "%s", local);
+    json_t *o = json_pack("{s:s, s:s, s:s}", "type", "registered", "alias", r.alias, "name",
+                          r.name);
+    if (!o)
+        return;
+    if (id)
+        json_object_set_new(o, "id", json_string(id));
+    if (add_link(t, id, o, r.alias, ttl) == 0)
+        tctl_send(t, o);
+}
+
+static void op_unregister(struct tunnel *t, const char *id, json_t *m)
+{
+    const char *alias = json_string_value(json_object_get(m, "alias"));
+    int slot = alias ? tctl_reg_find(t, alias) : -1;
+    if (slot < 0)
+        return ctl_error(t, id, "not_found", "this tunnel registered no app '%s'",
+                         alias ? alias : "");
+    int rc = registry_route_remove(t->hub->reg, alias, t->uid, ROUTE_TUNNEL, t->uid,
+                                   "agent unregistered");
+    if (rc < 0 && rc != -ENOENT)
+        return ctl_error(t, id, "internal", "could not remove the route (see the gateway's log)");
+    json_t *o = json_pack("{s:s, s:s}", "type", "unregistered", "alias", t->reg[slot].alias);
+    if (o && id)
+        json_object_set_new(o, "id", json_string(id));
+    t->reg[slot] = t->reg[--t->nreg];
+    tctl_send(t, o);
+}
+
+static void op_link(struct tunnel *t, const char *id, json_t *m)
+{
+    const char *alias = json_string_value(json_object_get(m, "alias"));
+    int64_t ttl;
+    struct route r;
+    if (!alias || tctl_reg_find(t, alias) < 0 || registry_route_get(t->hub->reg, alias, &r) < 0 ||
+        r.uid != t->uid || r.kind != ROUTE_TUNNEL)
+        return ctl_error(t, id, "not_found", "this tunnel has no app '%s'", alias ? alias : "");
+    if (get_ttl(t, m, &ttl) < 0)
+        return ctl_error(t, id, "invalid", "'ttl' must be a number of seconds from 1 to 604800");
+    json_t *o = json_pack("{s:s, s:s}", "type", "link", "alias", alias);
+    if (!o)
+        return;
+    if (id)
+        json_object_set_new(o, "id", json_string(id));
+    if (add_link(t, id, o, alias, ttl) == 0)
+        tctl_send(t, o);
+}
+
+/* One control line from the agent. */
+static void ctl_line(struct tunnel *t, const char *line, size_t len)
+{
+    json_error_t je;
+    json_t *m = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
+    if (!m || !json_is_object(m)) {
+        json_decref(m);
+        tunnel_kill(t, "malformed control message (not a JSON object)");
+        return;
+    }
+    if (t->st == T_HELLO) {
+        on_hello(t, m);
+        json_decref(m);
+        return;
+    }
+    if (t->st != T_READY) {
+        json_decref(m);
+        return;
+    }
+    const char *type = json_string_value(json_object_get(m, "type"));
+    json_t *idv = json_object_get(m, "id");
+    const char *id = json_string_value(idv);
+    if (!type || (idv && (!id || strlen(id) > TUN_ID_MAX))) {
+        json_decref(m);
+        tunnel_kill(t, "malformed control message (no type, or a bad id)");
+        return;
+    }
+    if (strcmp(type, "register") == 0)
+        op_register(t, id, m);
+    else if (strcmp(type, "unregister") == 0)
+        op_unregister(t, id, m);
+    else if (strcmp(type, "link") == 0)
+        op_link(t, id, m);
+    else
+        ctl_error(t, id, "invalid", "unknown message type");
+    json_decref(m);
+}
+
+void tctl_input(struct tunnel *t)
+{
+    for (;;) {
+        struct evbuffer_ptr eol = evbuffer_search(t->ctl_in, "\n", 1, NULL);
+        if (eol.pos < 0) {
+            if (evbuffer_get_length(t->ctl_in) > TUN_LINE_MAX)
+                tunnel_kill(t, "control message longer than %d bytes", TUN_LINE_MAX);
+            return;
+        }
+        if ((size_t)eol.pos > TUN_LINE_MAX) {
+            tunnel_kill(t, "control message longer than %d bytes", TUN_LINE_MAX);
+            return;
+        }
+        size_t n = (size_t)eol.pos;
+        char *line = (char *)evbuffer_pullup(t->ctl_in, (ssize_t)n + 1);
+        if (n > 0)
+            ctl_line(t, line, n);
+        evbuffer_drain(t->ctl_in, n + 1);
+        if (t->dead)
+            return;
+    }
+}

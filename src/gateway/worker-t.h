@@ -1,0 +1,67 @@
+/*
+ * worker-t.h — the type of one event-loop thread (no functions: any layer
+ * may include it without pulling in the daemon; worker.h has the calls).
+ *
+ * A worker has its own listening socket on the gateway's address
+ * (SO_REUSEPORT: the kernel spreads connections), its own browser
+ * connections, tunnels and parsing scratch. Everything under "this worker's
+ * own" is touched only on the worker's thread; the shared pointers are set
+ * before the threads start and read-only after (what they point to has its
+ * own rule: the registry locks inside, the tunnel hub has its mutex).
+ * Worker 0 runs on the main thread and also hosts the control socket, the
+ * signals and the reaper.
+ */
+#ifndef JG_WORKER_T_H
+#define JG_WORKER_T_H
+
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "http1.h"
+
+struct backend_env;
+struct event_base;
+struct evconnlistener;
+struct event;
+struct jg_config;
+struct registry;
+struct tunnel_hub;
+struct conn;
+struct tunnel;
+
+struct worker {
+    /* shared, read-only after start */
+    const struct jg_config *cfg;
+    const struct http1_limits *limits;
+    SSL_CTX *ssl;
+    struct registry *reg;
+    struct tunnel_hub *hub;
+    const struct backend_env *env;
+    const volatile int *stopping; /* the daemon is shutting down */
+    int drain_secs;               /* how long a stopping worker lets requests finish */
+    /* conn calls it when a browser connection ended (worker.c resumes a
+     * paused listener, or ends a drained loop): a hook, so that conn never
+     * calls up into the worker. */
+    void (*conn_gone)(struct worker *w);
+
+    /* this worker's own */
+    unsigned idx;
+    struct event_base *base;
+    struct evconnlistener *listener;
+    int listener_paused;
+    struct conn *conns;       /* open browser connections (conn.c) */
+    struct tunnel *tunnels;   /* agents' tunnels accepted here (tunnel.c) */
+    unsigned nconns;
+    uint64_t next_conn_id;
+    struct event *ev_flush;   /* every second: access-log buffer, revocation sweep */
+    unsigned seen_revocation; /* the registry's revocation count at the last sweep */
+    pthread_t thread;
+    int started;
+    int draining;             /* stopping: the loop ends when the last connection does */
+    /* A head is parsed and used within one callback, never kept: one per
+     * worker instead of 8 KiB per connection. */
+    struct http1_head scratch;
+};
+
+#endif

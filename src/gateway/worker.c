@@ -1,0 +1,217 @@
+/* worker — see worker.h. */
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "registry.h"
+#include "tunnel.h"
+#include "util.h"
+
+static void resume_if_room(struct worker *w)
+{
+    if (w->listener && w->listener_paused && !*w->stopping &&
+        w->nconns < w->cfg->max_connections) {
+        evconnlistener_enable(w->listener);
+        w->listener_paused = 0;
+    }
+}
+
+static void conn_gone(struct worker *w)
+{
+    if (*w->stopping && w->draining && w->nconns == 0) {
+        event_base_loopexit(w->base, NULL); /* drained */
+        return;
+    }
+    resume_if_room(w);
+}
+
+static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    struct worker *w = arg;
+    conn_accept(w, fd, sa, salen);
+    if (w->nconns >= w->cfg->max_connections && !w->listener_paused) {
+        log_warn("worker %u: %u connections open: not accepting more until some close", w->idx,
+                 w->nconns);
+        evconnlistener_disable(lis);
+        w->listener_paused = 1;
+    }
+}
+
+static void resume_accepting(evutil_socket_t fd, short what, void *arg)
+{
+    resume_if_room(arg);
+}
+
+static void on_accept_error(struct evconnlistener *lis, void *arg)
+{
+    struct worker *w = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    struct timeval sec = {1, 0};
+    /* Out of descriptors (or another accept error): a level-triggered listener
+     * would spin; pause a second (this worker may have no connection whose
+     * closing could resume it). */
+    log_warn("worker %u: accept: %s; pausing for a second", w->idx,
+             evutil_socket_error_to_string(err));
+    evconnlistener_disable(lis);
+    w->listener_paused = 1;
+    event_base_once(w->base, -1, EV_TIMEOUT, resume_accepting, w, &sec);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    unsigned r = registry_revocations(w->reg);
+    if (r != w->seen_revocation) {
+        w->seen_revocation = r;
+        conn_revoke_sweep(w);
+    }
+    log_flush();
+}
+
+static int listen_on(struct worker *w, unsigned nworkers, char *err, size_t errlen)
+{
+    const struct jg_config *cfg = w->cfg;
+    char host[256];
+    unsigned port;
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    memset(&ss, 0, sizeof(ss));
+    if (config_split_hostport(cfg->listen, host, sizeof(host), &port) < 0)
+        return errmsg(err, errlen, -EINVAL, "bad listen address '%s'", cfg->listen);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        sl = sizeof(*s4);
+    } else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        sl = sizeof(*s6);
+    } else {
+        return errmsg(err, errlen, -EINVAL, "listen address '%s' is not a numeric IP address",
+                      host);
+    }
+    /* Every worker binds the same address; the kernel spreads connections. */
+    unsigned flags = LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
+    if (nworkers > 1)
+        flags |= LEV_OPT_REUSEABLE_PORT;
+    w->listener = evconnlistener_new_bind(w->base, on_accept, w, flags, 1024,
+                                          (struct sockaddr *)&ss, (int)sl);
+    if (!w->listener)
+        return errmsg(err, errlen, -EADDRINUSE, "cannot listen on %s: %s", cfg->listen,
+                      strerror(errno));
+    evconnlistener_set_error_cb(w->listener, on_accept_error);
+    return 0;
+}
+
+int worker_init(struct worker *w, unsigned nworkers, char *err, size_t errlen)
+{
+    w->conn_gone = conn_gone;
+    /* The changelist folds the add/del pairs that bufferevents make within
+     * one loop turn into one epoll_ctl, or none. */
+    struct event_config *ecfg = event_config_new();
+    if (ecfg) {
+        event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+        w->base = event_base_new_with_config(ecfg);
+        event_config_free(ecfg);
+    }
+    if (!w->base)
+        return errmsg(err, errlen, -ENOMEM, "cannot create an event loop");
+    int rc = listen_on(w, nworkers, err, errlen);
+    if (rc < 0)
+        return rc;
+    w->ev_flush = event_new(w->base, -1, EV_PERSIST, on_flush, w);
+    struct timeval sec = {1, 0};
+    event_add(w->ev_flush, &sec);
+    return 0;
+}
+
+/* On the worker's thread: stop accepting, close idle connections, let
+ * exchanges in flight finish, and end the loop when none is left (or after
+ * w->drain_secs). */
+static void drain(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct timeval limit = {w->drain_secs, 0};
+    if (w->listener) { /* closed, not paused: new connections are refused at once */
+        evconnlistener_free(w->listener);
+        w->listener = NULL;
+    }
+    w->draining = 1;
+    tunnel_close_all(w);
+    conn_drain(w);
+    if (w->nconns == 0)
+        event_base_loopexit(w->base, NULL);
+    else
+        event_base_loopexit(w->base, &limit);
+}
+
+void worker_stop(struct worker *w)
+{
+    struct timeval now = {0, 0};
+    event_base_once(w->base, -1, EV_TIMEOUT, drain, w, &now);
+}
+
+void worker_loop(struct worker *w)
+{
+    event_base_dispatch(w->base);
+    tunnel_close_all(w);
+    conn_close_all(w);
+    log_flush();
+}
+
+static void *worker_main(void *arg)
+{
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals belong to worker 0 */
+    worker_loop(arg);
+    return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+    int rc = pthread_create(&w->thread, NULL, worker_main, w);
+    w->started = rc == 0;
+    return rc;
+}
+
+void worker_join(struct worker *w)
+{
+    if (w->started)
+        pthread_join(w->thread, NULL);
+    w->started = 0;
+}
+
+int worker_reinit(struct worker *w)
+{
+    return event_reinit(w->base) < 0 ? -EIO : 0;
+}
+
+void worker_free(struct worker *w)
+{
+    if (w->base) {
+        tunnel_close_all(w);
+        conn_close_all(w);
+    }
+    if (w->ev_flush)
+        event_free(w->ev_flush);
+    if (w->listener)
+        evconnlistener_free(w->listener);
+    if (w->base)
+        event_base_free(w->base);
+}
