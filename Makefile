@@ -1,4 +1,4 @@
-# Thin wrapper over Meson/Ninja. The contract (DESIGN.md): `make` builds
+# Thin wrapper over Meson/Ninja. The contract (docs/architecture.md): `make` builds
 # build/jobgated and build/jobgate, `make check` runs every test, `make demo`
 # starts a personal gateway with a demo app and prints a link.
 BUILD      ?= build
@@ -7,7 +7,7 @@ PYTHON     := /usr/bin/python3
 CLANG      ?= clang
 FUZZ_SECONDS ?= 30
 
-.PHONY: all deps check unit unit-asan integration integration-asan fuzz demo bench clean browser-deps
+.PHONY: all deps check layout unit unit-asan integration integration-asan fuzz demo bench clean browser-deps
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -22,7 +22,11 @@ $(ASAN_BUILD)/build.ninja:
 check:
 	scripts/install-deps test browser
 	$(MAKE) all browser-deps
-	$(MAKE) unit unit-asan fuzz integration integration-asan
+	$(MAKE) layout unit unit-asan fuzz integration integration-asan
+
+# The architecture's promises that a program can check (docs/architecture.md).
+layout:
+	$(PYTHON) -m pytest -q tests/layout
 
 # playwright-core (pinned in tests/browser/package-lock.json) for the browser tests; npm ci
 # runs again only when node_modules is missing or older than package.json or the lock.

@@ -2,10 +2,6 @@
 #include "backend.h"
 
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 static const struct backend_ops *const kinds[] = {
     [ROUTE_UNIX] = &backend_unix_ops,
@@ -48,29 +44,4 @@ int backend_verify_peer(const struct backend_env *env, evutil_socket_t fd, const
     if (!o)
         return -EPERM;
     return o->verify(env, fd, r, why, len);
-}
-
-struct bufferevent *backend_socket_connect(struct event_base *base,
-                                           const struct sockaddr_storage *ss, int sl, int nodelay)
-{
-    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return NULL;
-    if (nodelay) {
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    }
-    struct bufferevent *bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!bev) {
-        close(fd);
-        errno = ENOMEM;
-        return NULL;
-    }
-    if (bufferevent_socket_connect(bev, (const struct sockaddr *)ss, sl) < 0) {
-        int e = errno ? errno : ECONNREFUSED;
-        bufferevent_free(bev);
-        errno = e;
-        return NULL;
-    }
-    return bev;
 }

@@ -79,8 +79,4 @@ int backend_check_unix(const char *path, uid_t uid, int may_be_missing, char *wh
 int backend_check_tcp(const char *proc, uint16_t port, uid_t uid, int *v6, char *why,
                       size_t len);
 
-/* A connected non-blocking socket to ss as a bufferevent. NULL with errno. */
-struct bufferevent *backend_socket_connect(struct event_base *base,
-                                           const struct sockaddr_storage *ss, int sl, int nodelay);
-
 #endif

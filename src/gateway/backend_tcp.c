@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "procnet.h"
+#include "xprt.h"
 
 int backend_check_tcp(const char *proc, uint16_t port, uid_t uid, int *v6, char *why,
                       size_t len)
@@ -53,13 +54,13 @@ static struct bufferevent *connect_tcp(const struct backend_env *env, struct eve
         s6->sin6_family = AF_INET6;
         s6->sin6_port = htons(r->port);
         s6->sin6_addr = in6addr_loopback;
-        return backend_socket_connect(base, &ss, sizeof(*s6), 1);
+        return xprt_connect(base, &ss, sizeof(*s6), 1);
     }
     struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
     s4->sin_family = AF_INET;
     s4->sin_port = htons(r->port);
     s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    return backend_socket_connect(base, &ss, sizeof(*s4), 1);
+    return xprt_connect(base, &ss, sizeof(*s4), 1);
 }
 
 static int verify(const struct backend_env *env, evutil_socket_t fd, const struct route *r,

@@ -15,6 +15,8 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
+#include "xprt.h"
+
 int backend_check_unix(const char *path, uid_t uid, int may_be_missing, char *why, size_t len)
 {
     struct sockaddr_un sun;
@@ -71,7 +73,7 @@ static struct bufferevent *connect_unix(const struct backend_env *env, struct ev
         return NULL;
     }
     memcpy(sun->sun_path, r->path, n + 1);
-    return backend_socket_connect(base, &ss, (int)(offsetof(struct sockaddr_un, sun_path) + n + 1),
+    return xprt_connect(base, &ss, (int)(offsetof(struct sockaddr_un, sun_path) + n + 1),
                                   0);
 }
 

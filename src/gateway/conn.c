@@ -4,18 +4,14 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
-#include <openssl/ssl.h>
 
 #include "backend.h"
 #include "body.h"
@@ -28,6 +24,7 @@
 #include "tunnel.h"
 #include "util.h"
 #include "worker-t.h"
+#include "xprt.h"
 
 enum cstate {
     CS_HANDSHAKE, /* TLS handshake in progress */
@@ -186,11 +183,8 @@ static void conn_free(struct conn *c)
  * destroys the response in flight (nginx's lingering close). */
 static void linger(struct conn *c)
 {
-    SSL *ssl = bufferevent_openssl_get_ssl(c->cli);
     c->st = CS_LINGER;
-    if (ssl)
-        SSL_shutdown(ssl);
-    shutdown(bufferevent_getfd(c->cli), SHUT_WR);
+    xprt_close_write(c->cli);
     evbuffer_drain(bufferevent_get_input(c->cli), evbuffer_get_length(bufferevent_get_input(c->cli)));
     bufferevent_enable(c->cli, EV_READ);
     timer_set(c, TK_CLOSE);
@@ -390,17 +384,8 @@ static void be_start(struct conn *c, const struct route *r)
  * for writability, an epoll round trip and two epoll_ctl calls per request. */
 static void be_send_head(struct conn *c)
 {
-    struct evbuffer *out = bufferevent_get_output(c->be);
     size_t n = evbuffer_get_length(c->reqhead);
-    const char *p = (const char *)evbuffer_pullup(c->reqhead, (ssize_t)n);
-    size_t done = 0;
-    if (c->be_connected && evbuffer_get_length(out) == 0) {
-        ssize_t w = send(bufferevent_getfd(c->be), p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w > 0)
-            done = (size_t)w;
-    }
-    if (done < n)
-        evbuffer_add(out, p + done, n - done);
+    xprt_send(c->be, c->be_connected, evbuffer_pullup(c->reqhead, (ssize_t)n), n);
 }
 
 /* Forwards a request head that passed every check. */
@@ -685,11 +670,7 @@ static void cli_event(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
     if (what & BEV_EVENT_CONNECTED) {
-        SSL *ssl = bufferevent_openssl_get_ssl(bev);
-        const unsigned char *proto;
-        unsigned plen;
-        SSL_get0_alpn_selected(ssl, &proto, &plen);
-        if (plen == sizeof(TUNNEL_ALPN) - 1 && memcmp(proto, TUNNEL_ALPN, plen) == 0) {
+        if (xprt_alpn_is(bev, TUNNEL_ALPN)) {
             /* An agent: the connection belongs to the tunnel from here on. */
             c->cli = NULL;
             tunnel_adopt_tls(c->w, bev, c->ip);
@@ -699,7 +680,7 @@ static void cli_event(struct bufferevent *bev, short what, void *arg)
         c->st = CS_HEAD;
         timer_set(c, TK_IDLE);
         log_debug("conn=%llu ip=%s TLS %s established", (unsigned long long)c->id, c->ip,
-                  SSL_get_version(ssl));
+                  xprt_version(bev));
         /* A request that came with the handshake's last flight raised no read event of its own. */
         if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
             on_head(c);
@@ -867,13 +848,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 
 void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
 {
-    SSL *ssl = SSL_new(w->ssl);
-    if (!ssl) {
-        close(fd);
-        return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct conn *c = xcalloc(1, sizeof(*c));
     c->w = w;
     /* Unique across workers: the worker's index in the low byte. */
@@ -885,15 +859,11 @@ void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->ip, sizeof(c->ip));
     else
         snprintf(c->ip, sizeof(c->ip), "local");
-    c->cli = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                            BEV_OPT_CLOSE_ON_FREE);
+    c->cli = xprt_tls_accept(w->base, fd, w->ssl);
     if (!c->cli) {
-        SSL_free(ssl);
-        close(fd);
         free(c);
         return;
     }
-    bufferevent_openssl_set_allow_dirty_shutdown(c->cli, 1);
     c->timer = evtimer_new(w->base, on_timer, c);
     c->next = w->conns;
     if (w->conns)

@@ -30,6 +30,7 @@
 #include "token.h"
 #include "util.h"
 #include "worker-t.h"
+#include "xprt.h"
 
 /* ---- the hub ------------------------------------------------------------------- */
 
@@ -169,7 +170,7 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *f, void *ud)
         (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
         s->remote_eof = 1;
         if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-            shutdown(bufferevent_getfd(s->bev), SHUT_WR);
+            xprt_close_write(s->bev);
         else
             bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0); /* s_write when all is out */
     }

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "util.h"
 #include "worker-t.h"
+#include "xprt.h"
 
 void tstream_free(struct tstream *s)
 {
@@ -90,7 +91,7 @@ static void s_write(struct bufferevent *bev, void *arg)
         if (s->id < 0) {
             tstream_free(s); /* the stream is over and everything reached conn */
         } else if (s->remote_eof) {
-            shutdown(bufferevent_getfd(bev), SHUT_WR);
+            xprt_close_write(bev);
         }
     }
     tunnel_flush(t);
@@ -154,9 +155,8 @@ static void open_stream(struct tunnel *t, struct post *p)
     }
     struct tstream *s = xcalloc(1, sizeof(*s));
     s->t = t;
-    s->bev = bufferevent_socket_new(t->w->base, p->fd, BEV_OPT_CLOSE_ON_FREE);
+    s->bev = xprt_socket(t->w->base, p->fd);
     if (!s->bev) {
-        close(p->fd);
         free(s);
         return;
     }
@@ -240,9 +240,8 @@ struct bufferevent *tunnel_stream_open(struct tunnel_hub *hub, struct event_base
         errno = ECONNREFUSED;
         return NULL;
     }
-    struct bufferevent *bev = bufferevent_socket_new(base, sv[0], BEV_OPT_CLOSE_ON_FREE);
-    if (!bev) {
-        close(sv[0]); /* the tunnel sees EOF on the other end and drops the stream */
+    struct bufferevent *bev = xprt_socket(base, sv[0]);
+    if (!bev) { /* sv[0] closed: the tunnel sees EOF on the other end and drops the stream */
         errno = ENOMEM;
         return NULL;
     }

@@ -1,6 +1,6 @@
 /*
  * munge_cred — MUNGE credentials that prove an agent's uid to the gateway
- * (DESIGN.md "Identity and modes", I2). The agent encodes a credential
+ * (docs/architecture.md, I2). The agent encodes a credential
  * bound to a payload the gateway chose (a per-connection challenge, or a
  * value derived from the TLS session), so a credential captured on one
  * connection cannot be replayed on another; the gateway decodes it through

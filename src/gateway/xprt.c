@@ -1,0 +1,103 @@
+/* xprt — see xprt.h. */
+#include "xprt.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
+
+struct bufferevent *xprt_tls_accept(struct event_base *base, evutil_socket_t fd, SSL_CTX *ctx)
+{
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl) {
+        close(fd);
+        return NULL;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct bufferevent *bev = bufferevent_openssl_socket_new(base, fd, ssl,
+                                                             BUFFEREVENT_SSL_ACCEPTING,
+                                                             BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) {
+        SSL_free(ssl);
+        close(fd);
+        return NULL;
+    }
+    /* OpenSSL 3 calls a TCP close without close_notify an error; browsers do it all the time. */
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    return bev;
+}
+
+struct bufferevent *xprt_socket(struct event_base *base, evutil_socket_t fd)
+{
+    struct bufferevent *bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev)
+        close(fd);
+    return bev;
+}
+
+struct bufferevent *xprt_connect(struct event_base *base, const struct sockaddr_storage *ss,
+                                 socklen_t sl, int nodelay)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    if (nodelay) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    struct bufferevent *bev = xprt_socket(base, fd);
+    if (!bev) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (bufferevent_socket_connect(bev, (const struct sockaddr *)ss, (int)sl) < 0) {
+        int e = errno ? errno : ECONNREFUSED;
+        bufferevent_free(bev);
+        errno = e;
+        return NULL;
+    }
+    return bev;
+}
+
+int xprt_alpn_is(struct bufferevent *bev, const char *proto)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    const unsigned char *p;
+    unsigned len;
+    if (!ssl)
+        return 0;
+    SSL_get0_alpn_selected(ssl, &p, &len);
+    return len == strlen(proto) && memcmp(p, proto, len) == 0;
+}
+
+const char *xprt_version(struct bufferevent *bev)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    return ssl ? SSL_get_version(ssl) : "plain";
+}
+
+void xprt_close_write(struct bufferevent *bev)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    if (ssl)
+        SSL_shutdown(ssl);
+    shutdown(bufferevent_getfd(bev), SHUT_WR);
+}
+
+void xprt_send(struct bufferevent *bev, int connected, const void *p, size_t n)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    size_t done = 0;
+    if (connected && !bufferevent_openssl_get_ssl(bev) && evbuffer_get_length(out) == 0) {
+        ssize_t w = send(bufferevent_getfd(bev), p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0)
+            done = (size_t)w;
+    }
+    if (done < n)
+        evbuffer_add(out, (const char *)p + done, n - done);
+}

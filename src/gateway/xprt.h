@@ -1,0 +1,53 @@
+/*
+ * xprt — the byte transport under a connection: how a browser's TLS
+ * connection, a backend's socket and a tunnel stream's socketpair are made,
+ * and the few things the request pipeline asks of them beyond reading and
+ * writing (the ALPN the handshake chose, closing the write side, sending a
+ * small head at once).
+ *
+ * Above this seam conn, backend and tunnel see only the generic bufferevent
+ * interface (input and output buffers, watermarks, enable/disable, events);
+ * below it are the kinds of bufferevent and OpenSSL. Changing what carries
+ * the bytes (the speed issue's own TLS transport, kTLS, a different event
+ * library's buffers) changes this file and leaves the pipeline alone.
+ *
+ * Owns nothing beyond what it returns (the caller frees the bufferevent).
+ * Any worker thread, on its own loop's objects; no lock.
+ */
+#ifndef JG_XPRT_H
+#define JG_XPRT_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include <event2/bufferevent.h>
+#include <openssl/ssl.h>
+
+/* A TLS server connection on an accepted socket (the handshake runs; a
+ * connected event follows). NULL (fd closed) when out of memory. */
+struct bufferevent *xprt_tls_accept(struct event_base *base, evutil_socket_t fd, SSL_CTX *ctx);
+
+/* A plain connection on a connected (or connecting) socket. NULL (fd closed). */
+struct bufferevent *xprt_socket(struct event_base *base, evutil_socket_t fd);
+
+/* Starts a non-blocking connect to ss. NULL with errno when it fails at once. */
+struct bufferevent *xprt_connect(struct event_base *base, const struct sockaddr_storage *ss,
+                                 socklen_t sl, int nodelay);
+
+/* 1 when the TLS handshake chose the ALPN protocol proto. */
+int xprt_alpn_is(struct bufferevent *bev, const char *proto);
+/* "TLSv1.3", or "plain". */
+const char *xprt_version(struct bufferevent *bev);
+
+/* No more bytes from us: TLS close_notify where there is TLS, then FIN. */
+void xprt_close_write(struct bufferevent *bev);
+
+/*
+ * Queues n bytes for sending, writing at once what the socket takes when the
+ * connection is plain, connected and has nothing queued: the bufferevent
+ * would first wait for writability (an epoll round trip and two epoll_ctl
+ * calls per request) to send a small head.
+ */
+void xprt_send(struct bufferevent *bev, int connected, const void *p, size_t n);
+
+#endif
