@@ -149,17 +149,6 @@ static int no_proxy_matches(const char *list, const char *target)
     return 0;
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes s[0..n) into out (NUL-terminated). Returns the decoded
  * length or -1 for a bad escape, an encoded NUL, or no room. */
 static ssize_t pct_decode(const char *s, size_t n, char *out, size_t outsz)
@@ -170,8 +159,8 @@ static ssize_t pct_decode(const char *s, size_t n, char *out, size_t outsz)
         if (c == '%') {
             if (i + 2 >= n)
                 return -1;
-            int hi = hexval((unsigned char)s[i + 1]);
-            int lo = hexval((unsigned char)s[i + 2]);
+            int hi = hex_value((unsigned char)s[i + 1]);
+            int lo = hex_value((unsigned char)s[i + 2]);
             if (hi < 0 || lo < 0)
                 return -1;
             c = hi * 16 + lo;

@@ -44,7 +44,7 @@ enum timer_kind { TK_HANDSHAKE, TK_HEAD, TK_IDLE, TK_CONNECT, TK_IO, TK_TUNNEL, 
 
 struct conn {
     struct worker *w;
-    struct conn *next, *prev;
+    LIST_ENTRY(conn) link;   /* w->conns */
     uint64_t id;
     enum cstate st;
     struct bufferevent *cli;
@@ -167,12 +167,7 @@ static void conn_free(struct conn *c)
     event_free(c->timer);
     if (c->reqhead)
         evbuffer_free(c->reqhead);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        w->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    LIST_REMOVE(c, link);
     free(c);
     w->nconns--;
     w->conn_gone(w);
@@ -865,10 +860,7 @@ void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa
         return;
     }
     c->timer = evtimer_new(w->base, on_timer, c);
-    c->next = w->conns;
-    if (w->conns)
-        w->conns->prev = c;
-    w->conns = c;
+    LIST_INSERT_HEAD(&w->conns, c, link);
     w->nconns++;
     size_t high = w->limits->max_head + 16384;
     bufferevent_setwatermark(c->cli, EV_READ, 0, high > CONN_HIGH_WATER ? high : CONN_HIGH_WATER);
@@ -882,10 +874,10 @@ void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa
 void conn_revoke_sweep(struct worker *w)
 {
     struct conn *c, *next;
-    for (c = w->conns; c; c = c->next)
+    LIST_FOREACH(c, &w->conns, link)
         c->revoked = c->has_session && !registry_session_live(w->reg, c->sess_alias, c->sess_hash);
-    for (c = w->conns; c; c = next) {
-        next = c->next;
+    for (c = LIST_FIRST(&w->conns); c; c = next) {
+        next = LIST_NEXT(c, link);
         if (!c->revoked)
             continue;
         c->revoked = 0;
@@ -903,8 +895,8 @@ void conn_revoke_sweep(struct worker *w)
 void conn_drain(struct worker *w)
 {
     struct conn *c, *next;
-    for (c = w->conns; c; c = next) {
-        next = c->next;
+    for (c = LIST_FIRST(&w->conns); c; c = next) {
+        next = LIST_NEXT(c, link);
         switch (c->st) {
         case CS_EXCHANGE:
             c->client_close = 1; /* answered, then closed (Connection: close if not sent yet) */
@@ -921,6 +913,6 @@ void conn_drain(struct worker *w)
 
 void conn_close_all(struct worker *w)
 {
-    while (w->conns)
-        conn_free(w->conns);
+    while (!LIST_EMPTY(&w->conns))
+        conn_free(LIST_FIRST(&w->conns));
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -34,12 +35,12 @@ struct control {
     struct event *ev_resume;   /* after an accept error */
     char *path;
     unsigned nclients;
-    struct ctl_client *clients;
+    LIST_HEAD(, ctl_client) clients;
 };
 
 struct ctl_client {
     struct control *ctl;
-    struct ctl_client *next, *prev;
+    LIST_ENTRY(ctl_client) link;   /* ctl->clients */
     struct bufferevent *bev;
     struct event *ev_first; /* the first read, with recvmsg: it may carry descriptors */
     struct evbuffer *in;    /* requests not yet handled (the bufferevent's input moves here) */
@@ -48,12 +49,7 @@ struct ctl_client {
 
 static void client_free(struct ctl_client *c)
 {
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        c->ctl->clients = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    LIST_REMOVE(c, link);
     c->ctl->nclients--;
     if (c->ev_first)
         event_free(c->ev_first);
@@ -226,10 +222,7 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     if (!c->bev)
         fatal("out of memory (control client)");
     ctl->nclients++;
-    c->next = ctl->clients;
-    if (ctl->clients)
-        ctl->clients->prev = c;
-    ctl->clients = c;
+    LIST_INSERT_HEAD(&ctl->clients, c, link);
     struct timeval idle = {CTL_IDLE_SECS, 0};
     bufferevent_set_timeouts(c->bev, &idle, &idle);
     bufferevent_setwatermark(c->bev, EV_READ, 0, CTL_LINE_MAX + 2);
@@ -319,8 +312,8 @@ void control_stop(struct control *ctl)
 {
     if (!ctl)
         return;
-    while (ctl->clients)
-        client_free(ctl->clients);
+    while (!LIST_EMPTY(&ctl->clients))
+        client_free(LIST_FIRST(&ctl->clients));
     if (ctl->ev_resume)
         event_free(ctl->ev_resume);
     evconnlistener_free(ctl->lis);

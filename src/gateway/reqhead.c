@@ -178,16 +178,6 @@ int reqhead_cookie_strip(const struct http1_str *value, const char *name, char *
     return (int)o;
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = lower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 int reqhead_next(const struct http1_str *target, char *out, size_t outlen)
 {
     const char *q = memchr(target->p, '?', target->n);
@@ -208,9 +198,9 @@ int reqhead_next(const struct http1_str *target, char *out, size_t outlen)
             for (const char *c = p + 5; c < pe; c++) {
                 int ch = (unsigned char)*c;
                 if (ch == '%') {
-                    if (pe - c < 3 || hexval(c[1]) < 0 || hexval(c[2]) < 0)
+                    if (pe - c < 3 || hex_value(c[1]) < 0 || hex_value(c[2]) < 0)
                         goto bad;
-                    ch = hexval(c[1]) * 16 + hexval(c[2]);
+                    ch = hex_value(c[1]) * 16 + hex_value(c[2]);
                     c += 2;
                 } else if (ch == '+') {
                     goto bad;

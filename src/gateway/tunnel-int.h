@@ -20,6 +20,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <sys/types.h>
 
 #include <event2/bufferevent.h>
@@ -56,7 +57,7 @@ enum tstate {
 
 struct tstream {
     struct tunnel *t;
-    struct tstream *next, *prev;
+    LIST_ENTRY(tstream) link;   /* t->streams */
     int32_t id;              /* HTTP/2 stream id; -1 once nghttp2 closed it */
     struct bufferevent *bev; /* our end of the socketpair with conn */
     size_t unconsumed;       /* DATA from the agent not yet written to the socketpair */
@@ -85,7 +86,7 @@ struct reg {
 struct tunnel {
     struct tunnel_hub *hub;
     struct worker *w;
-    struct tunnel *next, *prev; /* the worker's list */
+    LIST_ENTRY(tunnel) link;    /* w->tunnels */
     uint64_t id;
     char peer[64];              /* the agent's address, or "ssh" */
     struct bufferevent *rd, *wr; /* the same bufferevent unless over a pipe pair */
@@ -100,7 +101,7 @@ struct tunnel {
     int32_t ctl_id;
     struct evbuffer *ctl_out, *ctl_in;
     int ctl_deferred, ctl_eof_sent;
-    struct tstream *streams;
+    LIST_HEAD(, tstream) streams;
     unsigned nstreams;
     struct reg reg[TUN_MAX_REG];
     unsigned nreg;

@@ -340,7 +340,6 @@ static void detach_routes(struct tunnel *t)
 static void t_free(struct tunnel *t)
 {
     struct tunnel_hub *hub = t->hub;
-    struct worker *w = t->w;
     pthread_mutex_lock(&hub->mu);
     hmap_del(hub->byid, &t->id, sizeof(t->id));
     hub->count--;
@@ -355,8 +354,8 @@ static void t_free(struct tunnel *t)
     }
     if (t->nreg)
         detach_routes(t);
-    while (t->streams)
-        tstream_free(t->streams);
+    while (!LIST_EMPTY(&t->streams))
+        tstream_free(LIST_FIRST(&t->streams));
     if (t->h2)
         nghttp2_session_del(t->h2);
     t->h2 = NULL;
@@ -372,12 +371,7 @@ static void t_free(struct tunnel *t)
         close(t->hold_fd); /* `jobgate tunnel --stdio` sees EOF and exits */
     evbuffer_free(t->ctl_in);
     evbuffer_free(t->ctl_out);
-    if (t->prev)
-        t->prev->next = t->next;
-    else
-        w->tunnels = t->next;
-    if (t->next)
-        t->next->prev = t->prev;
+    LIST_REMOVE(t, link);
     free(t);
 }
 
@@ -429,10 +423,7 @@ static struct tunnel *t_new(struct worker *w, const char *peer)
     t->ev_post = event_new(w->base, -1, 0, tstream_on_post, t);
     t->ev_tick = event_new(w->base, -1, EV_PERSIST, t_tick, t);
     t->started = t->last_ack = now_mono_ms();
-    t->next = w->tunnels;
-    if (w->tunnels)
-        w->tunnels->prev = t;
-    w->tunnels = t;
+    LIST_INSERT_HEAD(&w->tunnels, t, link);
     return t;
 }
 
@@ -557,8 +548,8 @@ int tunnel_adopt_stdio(struct worker *w, int in_fd, int out_fd, int hold_fd, uid
 
 void tunnel_close_all(struct worker *w)
 {
-    while (w->tunnels) {
-        struct tunnel *t = w->tunnels;
+    while (!LIST_EMPTY(&w->tunnels)) {
+        struct tunnel *t = LIST_FIRST(&w->tunnels);
         if (t->h2 && !t->dead) {
             /* Best effort: GOAWAY into the buffer; the agent reconnects either way. */
             nghttp2_session_terminate_session(t->h2, NGHTTP2_NO_ERROR);

@@ -33,12 +33,7 @@ void tstream_free(struct tstream *s)
         nghttp2_session_set_stream_user_data(t->h2, s->id, NULL);
     if (s->bev)
         bufferevent_free(s->bev);
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        t->streams = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
+    LIST_REMOVE(s, link);
     t->nstreams--;
     free(s);
 }
@@ -172,10 +167,7 @@ static void open_stream(struct tunnel *t, struct post *p)
         free(s);
         return;
     }
-    s->next = t->streams;
-    if (t->streams)
-        t->streams->prev = s;
-    t->streams = s;
+    LIST_INSERT_HEAD(&t->streams, s, link);
     t->nstreams++;
     bufferevent_setcb(s->bev, s_read, s_write, s_event, s);
     bufferevent_setwatermark(s->bev, EV_READ, 0, TUN_STREAM_WINDOW);
@@ -254,8 +246,8 @@ struct bufferevent *tunnel_stream_open(struct tunnel_hub *hub, struct event_base
  * once, as in s_event; others once they have stalled for a few ticks. */void tstream_sweep_gone(struct tunnel *t)
 {
     struct tstream *s, *next;
-    for (s = t->streams; s; s = next) {
-        next = s->next;
+    for (s = LIST_FIRST(&t->streams); s; s = next) {
+        next = LIST_NEXT(s, link);
         struct pollfd p = {.fd = bufferevent_getfd(s->bev), .events = POLLRDHUP};
         if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
             continue;

@@ -17,6 +17,7 @@
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/queue.h>
 
 #include "http1.h"
 
@@ -50,8 +51,8 @@ struct worker {
     struct event_base *base;
     struct evconnlistener *listener;
     int listener_paused;
-    struct conn *conns;       /* open browser connections (conn.c) */
-    struct tunnel *tunnels;   /* agents' tunnels accepted here (tunnel.c) */
+    LIST_HEAD(conn_list, conn) conns;       /* open browser connections (conn.c) */
+    LIST_HEAD(tunnel_list, tunnel) tunnels; /* agents' tunnels accepted here (tunnel.c) */
     unsigned nconns;
     uint64_t next_conn_id;
     struct event *ev_flush;   /* every second: access-log buffer, revocation sweep */

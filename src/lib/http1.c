@@ -11,6 +11,8 @@
 #include <limits.h>
 #include <string.h>
 
+#include "util.h"
+
 /* Character classes (RFC 9110 5.6.2 tchar, 5.5 field-vchar, ...). */
 #define T_TCHAR  0x01u /* token character */
 #define T_VALUE  0x02u /* field value: HTAB, SP, VCHAR, obs-text */
@@ -777,11 +779,6 @@ void http1_chunked_init(struct http1_chunked *c, size_t max_trailer)
     c->data_total = 0;
 }
 
-static inline unsigned hexval(unsigned char ch)
-{
-    return ch <= '9' ? (unsigned)(ch - '0') : (unsigned)((ch | 0x20) - 'a' + 10);
-}
-
 ssize_t http1_chunked_feed(struct http1_chunked *c, const char *buf, size_t len, int *done)
 {
     const unsigned char *p = (const unsigned char *)buf;
@@ -827,7 +824,7 @@ ssize_t http1_chunked_feed(struct http1_chunked *c, const char *buf, size_t len,
             if (IS(ch, T_HEX)) {
                 if (c->digits >= 16)
                     goto large;
-                c->remaining = (c->remaining << 4) | hexval(ch);
+                c->remaining = (c->remaining << 4) | (unsigned)hex_value(ch);
                 c->digits++;
             } else if (c->digits == 0) {
                 goto bad;

@@ -30,6 +30,16 @@ int xsnprintf(char *dst, size_t size, const char *fmt, ...)
 int errmsg(char *err, size_t errlen, int rc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* The value of a hex digit (0-9, a-f, A-F), or -1. Inline: the head parser
+ * uses it and is built alone for fuzzing. */
+static inline int hex_value(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c |= 0x20;
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
 /* Seconds since the epoch (wall clock) and milliseconds of CLOCK_MONOTONIC. */
 int64_t now_real(void);
 int64_t now_mono_ms(void);
