@@ -7,7 +7,8 @@ accept; the agent's SETTINGS; which secret goes where (the token only to the pin
 certificate of the personal gateway, a MUNGE credential bound to the challenge otherwise,
 nothing at all to an untrusted server); refused hello, untrusted certificate, host name
 mismatch, no ALPN, unreachable gateway; reconnection after a drop, a GOAWAY, a PING
-timeout and refused hellos, with the same alias; flow control (a stalled stream holds at
+timeout and refused hellos, with the same alias, and a backoff that only a tunnel that
+lasted resets; flow control (a stalled stream holds at
 most its window while another flows); unregister + GOAWAY on exit and on SIGTERM;
 https_proxy; `--via ssh` end to end through `jobgate tunnel --stdio`; usage errors.
 """
@@ -478,6 +479,40 @@ def test_reregister_refused_registers_anew(tenv):
     new = wait_event(a, "ready", 2)
     assert new["alias"] == c2.registers[1]["answered"]["alias"] != reg["answered"]["alias"]
     assert http_get(c2, reg["local"])[1] == b"hello\n"
+
+
+def _welcome(c, h):
+    return {"type": "welcome", "uid": os.getuid(), "user": "tester", "tunnel": "t1"}
+
+
+def test_backoff_grows_when_every_welcomed_tunnel_dies_at_once(tenv):
+    """A gateway that welcomes and then drops each tunnel (a crash loop, a gateway that
+    kills the tunnel on re-register) used to reset the backoff at every welcome: the agent
+    redialled 2-3 times a second for ever. Only a tunnel that lasted resets it now."""
+    gw = tenv.gateway()
+    a, conn, reg = started(tenv, gw)
+
+    def welcome_then_drop(c, h):
+        threading.Timer(0.05, c.drop).start()
+        return _welcome(c, h)
+    gw.hello_reply = welcome_then_drop
+    conn.drop()
+    wait_event(a, "reconnecting", 4, timeout=30)
+    attempts = [e["attempt"] for e in a.events() if e.get("event") == "reconnecting"]
+    assert attempts[:4] == [1, 2, 3, 4], attempts
+    retry = [e["retry_in"] for e in a.events() if e.get("event") == "reconnecting"]
+    assert all(r <= 0.5 * 2 ** i for i, r in enumerate(retry[:4])), retry
+    assert a.proc.poll() is None
+    # A tunnel that lasts resets it: a GOAWAY then brings the agent back within 0.5 s.
+    gw.hello_reply = None
+    n = len(gw.conns)
+    c = gw.wait_conn(n + 1, timeout=40)
+    c.wait_registered()
+    time.sleep(10.5)
+    c.send_goaway(0, b"restarting")
+    ev = wait_event(a, "reconnecting", len(attempts) + 1, timeout=20)
+    assert ev["attempt"] == 1 and ev["retry_in"] <= 0.5, ev
+    gw.wait_conn(n + 2, timeout=10).wait_registered()
 
 
 # --------------------------------------------------------------------------- flow control

@@ -1,12 +1,15 @@
-"""Error pages: every failure is a quick, clear HTTP status, never a hang or a crash."""
+"""Error pages: every failure is a quick, clear HTTP status, never a hang or a crash; a target
+swapped for another user's socket is a 502, never that user's app."""
 import os
 import shutil
 import signal
+import subprocess
 import time
 
 import pytest
 
-from conftest import RawConn, build_request, unix_connectable, wait_for
+from conftest import (PY, RawConn, build_request, kill_group, mkdtemp, spawn, unix_connectable,
+                      wait_for)
 
 QUICK = 2.0  # seconds: an error page is an answer, not a timeout
 
@@ -146,6 +149,50 @@ def test_502_when_app_closes_without_answer(gateway, client):
         r = timed(c, build_request("GET", "/close", client.host, cookie=client.cookie))
     assert r.status == 502, r
     assert r.elapsed < QUICK
+
+
+NOBODY = 65534
+VICTIM = ("import socket,sys\n"
+          "s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)\n"
+          "while True:\n"
+          "    c,_=s.accept(); d=c.recv(65536)\n"
+          "    if d: open(sys.argv[2],'ab').write(d)\n"
+          "    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 7\\r\\nConnection: close\\r\\n\\r\\nSECRET\\n')\n"
+          "    c.close()\n")
+
+
+def test_socket_swapped_for_another_users_is_refused(fresh_gateway):
+    gw = fresh_gateway
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run a second user's app")
+    # Another user's private app.
+    vdir = mkdtemp("jgv-")
+    os.chmod(vdir, 0o755)
+    vsockdir = vdir / "private"
+    vsockdir.mkdir(mode=0o700)
+    os.chown(vsockdir, NOBODY, NOBODY)
+    hits = vdir / "hits"
+    hits.touch()
+    os.chmod(hits, 0o666)
+    victim = spawn(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", PY,
+                    "-c", VICTIM, str(vsockdir / "app.sock"), str(hits)],
+                   stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (vsockdir / "app.sock").exists(), 10, what="the victim's socket")
+        # Our own app registers fine, then its socket becomes a link to the victim's.
+        app = gw.start_direct_app()
+        gw.register(app)
+        s = gw.login(app.alias, app.link)
+        assert s.get("/hello").status == 200
+        os.unlink(app.sock)
+        os.symlink(vsockdir / "app.sock", app.sock)
+        r = s.get("/hello")
+        assert r.status == 502, r
+        assert b"SECRET" not in r.body
+        time.sleep(0.3)
+        assert hits.read_bytes() == b"", "request bytes reached the other user's app"
+    finally:
+        kill_group(victim, sig=9)
 
 
 def test_503_while_starting_then_ready(gateway, tmp_path):
