@@ -26,6 +26,10 @@ import uuid
 
 import pytest
 
+# The fixtures of the multi-host tests (topology, login_gateway; sshd_server, login_sshd),
+# for every test module without an import of its own.
+pytest_plugins = ["netns", "sshd"]
+
 HERE = pathlib.Path(__file__).resolve().parent
 APPS = HERE / "apps"
 HTTPAPP = str(APPS / "httpapp.py")

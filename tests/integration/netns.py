@@ -20,8 +20,8 @@ the calling thread just for socket(2), then back), and the socket stays there; s
 process itself can be the browser on outside (``NsRawConn``, ``NsGateway.login``) without a
 subprocess. Names are not resolved for these: use addresses.
 
-    from netns import login_gateway, topology  # noqa: F401 (fixtures, module scope)
-    from sshd import login_sshd                # noqa: F401
+    # topology, login_gateway and login_sshd are fixtures (module scope) that conftest's
+    # pytest_plugins = ["netns", "sshd"] gives every test module: no import needed.
 
     def test_app_on_login(topology, login_gateway):
         app = login_gateway.publish_http()                # `jobgate run` in login

@@ -13,9 +13,7 @@ import pytest
 
 from conftest import JOBGATE, PY, TAG, kill_group, spawn, tagged_pids, wait_for
 from netns import DOMAIN, ETC_NETNS, HOSTS, NETNS_DIR, Topology, cleanup_stale
-from netns import login_gateway, topology  # noqa: F401 (fixtures)
 from sshd import STD_PATH, make_sshd
-from sshd import login_sshd, sshd_server  # noqa: F401 (fixtures)
 
 # Listens on 0.0.0.0 (any port), prints the port, answers every connection with "node\n".
 LISTENER = """
