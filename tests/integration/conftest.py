@@ -774,6 +774,15 @@ class Gateway:
             raise AssertionError(f"`jobgate {' '.join(map(str, args))}` still running after "
                                  f"{timeout} s (stdout {e.stdout!r}, stderr {e.stderr!r})")
 
+    def ls_json(self, **kw):
+        """`jobgate ls --json` (kw: what cli() takes): asserts exit status 0 and returns the
+        routes, the one JSON list it prints."""
+        out = self.cli("ls", "--json", **kw)
+        assert out.returncode == 0, out
+        routes = json.loads(out.stdout)
+        assert isinstance(routes, list), out.stdout
+        return routes
+
     # -- apps
     def publish(self, app_cmd, json_mode=True, tcp=False, name=None, wait=True, extra=()):
         """`jobgate run [--json] [--tcp] [-n NAME] -- app_cmd`; app_cmd may hold {socket}/{port}."""
