@@ -201,6 +201,70 @@ def mkdtemp(prefix):
     return pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
+def vmhwm(pid):
+    """The peak RSS of process pid, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+@contextlib.contextmanager
+def script_app(script, sock, *args, prefix=()):
+    """A one-off app for one test: `PY -c script SOCK ARGS...` (after prefix, e.g.
+    as_user(NOBODY)) in a group of its own; the block runs once SOCK exists, and the app
+    is killed when it ends."""
+    p = spawn([*prefix, PY, "-c", script, sock, *args], stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: pathlib.Path(sock).exists(), 10, what=f"the app's socket {sock}")
+        yield p
+    finally:
+        kill_group(p, sig=signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- another user
+
+NOBODY = 65534
+
+
+def as_user(uid):
+    """The argv prefix that runs a command as uid (group uid, no other groups)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+
+
+def need_second_user(what):
+    """Skips the test unless it can run a command as another user (root, and setpriv)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip(f"needs root and setpriv to run a second user's {what}")
+
+
+_CONTROL_AS = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print(json.dumps({"connect_error": e.strerror})); sys.exit(0)
+f = s.makefile("rwb")
+out = []
+for q in json.loads(sys.argv[2]):
+    f.write(json.dumps(q).encode() + b"\\n"); f.flush()
+    line = f.readline()
+    out.append(json.loads(line) if line else None)
+print(json.dumps(out))
+"""
+
+
+def control_as(uid, path, reqs):
+    """Sends reqs on the control socket at path as user uid: the list of answers (None where
+    the gateway closed without one), or {"connect_error": strerror}."""
+    p = subprocess.run([*as_user(uid), PY, "-c", _CONTROL_AS, str(path), json.dumps(reqs)],
+                       capture_output=True, timeout=15, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p
+    return json.loads(p.stdout)
+
+
 # --------------------------------------------------------------------------- HTTP over TLS
 
 
@@ -732,11 +796,7 @@ class Gateway:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def vmhwm(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        raise AssertionError("no VmHWM in /proc/PID/status")
+        return vmhwm(self.proc.pid)
 
     # -- names
     def host(self, alias):
@@ -773,6 +833,12 @@ class Gateway:
         except subprocess.TimeoutExpired as e:
             raise AssertionError(f"`jobgate {' '.join(map(str, args))}` still running after "
                                  f"{timeout} s (stdout {e.stdout!r}, stderr {e.stderr!r})")
+
+    def route(self, alias):
+        """alias's entry in the control socket's list, or None."""
+        ans = self.control({"op": "list"})
+        assert ans.get("ok"), ans
+        return next((r for r in ans["routes"] if r["alias"] == alias), None)
 
     def ls_json(self, **kw):
         """`jobgate ls --json` (kw: what cli() takes): asserts exit status 0 and returns the
@@ -896,10 +962,19 @@ def binaries():
     return BUILD
 
 
-def _gateway(config=None, name="personal", verbose=False):
-    gw = Gateway(config=config, name=name, verbose=verbose)
-    gw.start()
+def start_gateway(gw):
+    """gw (a Gateway or NsGateway), started; cleaned up if it does not start. A fixture then
+    yields it and calls _finish(gw)."""
+    try:
+        gw.start()
+    except BaseException:
+        gw.cleanup()
+        raise
     return gw
+
+
+def _gateway(config=None, name="personal", verbose=False):
+    return start_gateway(Gateway(config=config, name=name, verbose=verbose))
 
 
 def _finish(gw):

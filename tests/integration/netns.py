@@ -62,7 +62,7 @@ import time
 import pytest
 
 from conftest import (HTTPAPP, JOBGATE, PY, TAG, Gateway, PublishedApp, RawConn, _finish, _logs,
-                      kill_group, mkdtemp, spawn, tail, unix_connectable)
+                      kill_group, mkdtemp, spawn, start_gateway, tail, unix_connectable)
 
 HOSTS = ("outside", "login", "node")
 DOMAIN = "login.test"
@@ -658,11 +658,6 @@ def topology(binaries):
 def login_gateway(topology):
     """A shared-mode gateway in login, listening on 0.0.0.0:PORT (both links), domain
     login.test, its browser on outside."""
-    gw = NsGateway(topology)
-    try:
-        gw.start()
-    except BaseException:
-        gw.cleanup()
-        raise
+    gw = start_gateway(NsGateway(topology))
     yield gw
     _finish(gw)

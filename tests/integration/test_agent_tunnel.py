@@ -23,13 +23,9 @@ import time
 
 import pytest
 
-from conftest import (HTTPAPP, JOBGATE, PY, PublishedApp, _logs, free_port, kill_group,
-                      mkdtemp, spawn, tail, unix_connectable, wait_for)
+from conftest import (BLOCK, HTTPAPP, JOBGATE, PY, MiB, PublishedApp, _logs, free_port,
+                      kill_group, mkdtemp, spawn, tail, wait_for)
 from fakegw import STREAM_WINDOW, FakeControl, FakeGateway, Stream, make_cert
-
-MiB = 1 << 20
-PATTERN = bytes(range(256)) * 256
-MUNGED, MUNGEKEY = "/usr/sbin/munged", "/usr/sbin/mungekey"
 
 
 class Env:
@@ -120,30 +116,6 @@ def tenv(binaries):
     e.cleanup()
 
 
-@pytest.fixture(scope="module")
-def munged():
-    """A private munged (own key and socket), as tests/unit/test_munge_cred.c starts one."""
-    if not (os.access(MUNGED, os.X_OK) and os.access(MUNGEKEY, os.X_OK)):
-        pytest.skip("munged or mungekey is not installed")
-    d = mkdtemp("jgm-")
-    os.chmod(d, 0o711)  # munged insists that everyone may traverse to its socket
-    subprocess.run([MUNGEKEY, "--create", f"--keyfile={d}/munge.key"], check=True,
-                   capture_output=True)
-    sock = d / "munge.sock"
-    p = spawn([MUNGED, "--foreground", f"--key-file={d}/munge.key", f"--socket={sock}",
-               f"--pid-file={d}/munged.pid", f"--log-file={d}/munged.log",
-               f"--seed-file={d}/munged.seed"], stdin=subprocess.DEVNULL,
-              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: unix_connectable(sock) or p.poll() is not None, 10, what="munged")
-        if p.poll() is not None:
-            pytest.skip(f"munged did not start: {tail(d / 'munged.log')}")
-        yield str(sock)
-    finally:
-        kill_group(p, timeout=3)
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def gw_url(gw, host="localhost"):
     return f"https://{host}:{gw.port}"
 
@@ -232,7 +204,7 @@ def test_connect_reaches_the_app(tenv):
         s.send(b"GET /bytes?n=100000 HTTP/1.1\r\nHost: app\r\n\r\n")
     for s in streams:
         _, b = s.read_http_response()
-        assert b == (PATTERN * 2)[:100000]
+        assert b == (BLOCK * 2)[:100000]
 
 
 def test_connect_to_another_name_is_404(tenv):
@@ -308,10 +280,10 @@ def test_token_not_sent_to_another_certificate(tenv):
 
 
 def test_munge_credential_bound_to_the_challenge(tenv, munged):
-    gw = tenv.gateway(munge_socket=munged)
+    gw = tenv.gateway(munge_socket=munged.socket)
     token = tenv.pin("other")  # a personal gateway's state, with another certificate
     a = tenv.run(["-g", gw_url(gw), "--ca", tenv.cert()[0]],
-                 env_extra={"JOBGATE_MUNGE_SOCKET": munged})
+                 env_extra={"JOBGATE_MUNGE_SOCKET": munged.socket})
     conn = gw.wait_conn()
     auth = conn.hello["auth"]
     assert auth["method"] == "munge" and set(auth) == {"method", "credential"}
@@ -534,13 +506,13 @@ def test_stalled_stream_holds_at_most_its_window(tenv):
     assert s2.wait_status() == 200
     s2.send(b"GET /bytes?n=%d HTTP/1.1\r\nHost: app\r\n\r\n" % (4 * MiB))
     _, body = s2.read_http_response(timeout=60)
-    assert body == (PATTERN * 64)[:4 * MiB]
+    assert body == (BLOCK * 64)[:4 * MiB]
     assert len(s1.data) <= STREAM_WINDOW, len(s1.data)
     assert s1.received_while_stalled <= STREAM_WINDOW
     # Resumed, the stalled stream gets everything, intact.
     s1.resume()
     _, body = s1.read_http_response(timeout=120)
-    assert len(body) == big and body == (PATTERN * (big // len(PATTERN)))
+    assert len(body) == big and body == (BLOCK * (big // len(BLOCK)))
 
 
 def test_app_that_does_not_read_stalls_the_gateway(tenv):

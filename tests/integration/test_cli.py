@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import (HTTPAPP, JOBGATE, PY, Gateway, kill_group, spawn, tail, wait_for)
+from conftest import HTTPAPP, JOBGATE, PY, Gateway, tail, wait_for
 
 LINK_RE = r"https://([a-z0-9-]+)\.localhost:{port}/_jobgate/redeem/([A-Za-z0-9_-]{{43}})"
 

@@ -2,14 +2,13 @@
 swapped for another user's socket is a 502, never that user's app."""
 import os
 import shutil
-import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import (PY, RawConn, build_request, kill_group, mkdtemp, spawn, unix_connectable,
-                      wait_for)
+from conftest import (HTTPAPP, NOBODY, PY, RawConn, as_user, build_request, control_as, mkdtemp,
+                      need_second_user, script_app, spawn, unix_connectable, wait_for)
 
 QUICK = 2.0  # seconds: an error page is an answer, not a timeout
 
@@ -151,7 +150,6 @@ def test_502_when_app_closes_without_answer(gateway, client):
     assert r.elapsed < QUICK
 
 
-NOBODY = 65534
 VICTIM = ("import socket,sys\n"
           "s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)\n"
           "while True:\n"
@@ -163,8 +161,7 @@ VICTIM = ("import socket,sys\n"
 
 def test_socket_swapped_for_another_users_is_refused(fresh_gateway):
     gw = fresh_gateway
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv to run a second user's app")
+    need_second_user("app")
     # Another user's private app.
     vdir = mkdtemp("jgv-")
     os.chmod(vdir, 0o755)
@@ -174,11 +171,7 @@ def test_socket_swapped_for_another_users_is_refused(fresh_gateway):
     hits = vdir / "hits"
     hits.touch()
     os.chmod(hits, 0o666)
-    victim = spawn(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", PY,
-                    "-c", VICTIM, str(vsockdir / "app.sock"), str(hits)],
-                   stdin=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: (vsockdir / "app.sock").exists(), 10, what="the victim's socket")
+    with script_app(VICTIM, vsockdir / "app.sock", hits, prefix=as_user(NOBODY)):
         # Our own app registers fine, then its socket becomes a link to the victim's.
         app = gw.start_direct_app()
         gw.register(app)
@@ -191,13 +184,9 @@ def test_socket_swapped_for_another_users_is_refused(fresh_gateway):
         assert b"SECRET" not in r.body
         time.sleep(0.3)
         assert hits.read_bytes() == b"", "request bytes reached the other user's app"
-    finally:
-        kill_group(victim, sig=9)
 
 
 def test_503_while_starting_then_ready(gateway, tmp_path):
-    from conftest import mkdtemp, HTTPAPP, PY, spawn
-    import subprocess
     d = mkdtemp("jgs-")
     sock = str(d / "app.sock")
     ans = gateway.control({"op": "register", "name": "slowstart", "socket": sock, "starting": True})
@@ -303,25 +292,14 @@ def test_gateway_still_alive(gateway, client):
 
 def test_control_personal_refuses_other_user(gateway):
     """Personal mode accepts only the gateway's own user on the control socket."""
-    import json as _json
-    import subprocess
-    from conftest import PY
     dirs = (gateway.root, gateway.runtime, gateway.control_path.parent)
     modes = [os.stat(d).st_mode & 0o7777 for d in dirs]
     for d in dirs:
         os.chmod(d, 0o711)
-    script = ("import json,socket,sys\n"
-              "s=socket.socket(socket.AF_UNIX)\n"
-              "try:\n s.connect(sys.argv[1])\n"
-              "except OSError as e:\n print(json.dumps({'connect_error': e.strerror})); sys.exit()\n"
-              "f=s.makefile('rwb'); f.write(b'{\"op\":\"list\"}\\n'); f.flush()\n"
-              "l=f.readline(); print(l.decode() if l else json.dumps({'closed': True}))\n")
     try:
-        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY,
-                            "-c", script, str(gateway.control_path)],
-                           capture_output=True, timeout=15)
-        assert p.returncode == 0, p
-        ans = _json.loads(p.stdout)
+        out = control_as(NOBODY, gateway.control_path, [{"op": "list"}])
+        # One answer (None: the gateway closed without one), or a connect error.
+        ans = (out[0] or {"closed": True}) if isinstance(out, list) else out
         assert ans.get("ok") is not True, f"another user listed the routes: {ans}"
         if "ok" in ans:
             assert ans.get("code") == "forbidden", ans

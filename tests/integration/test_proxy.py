@@ -3,12 +3,11 @@ framing, hop-by-hop fields, forwarding."""
 import hashlib
 import json
 import os
-import subprocess
 import time
 
 import pytest
 
-from conftest import BLOCK, COOKIE, PY, build_request, kill_group, mkdtemp, spawn, wait_for
+from conftest import BLOCK, COOKIE, build_request, mkdtemp, script_app
 
 
 def pattern(n, offset=0):
@@ -276,9 +275,7 @@ def test_post_on_a_closed_kept_connection_is_not_resent(fresh_gateway):
     d = mkdtemp("jgc-")
     os.chmod(d, 0o700)
     sock, log = d / "app.sock", d / "seen"
-    app = spawn([PY, "-c", CLOSER, str(sock), str(log)], stdin=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: sock.exists(), 10, what="the app")
+    with script_app(CLOSER, sock, log):
         ans = gw.control({"op": "register", "name": "closer", "socket": str(sock)})
         s = gw.login(ans["alias"], ans["link"])
         c = s.conn()
@@ -292,8 +289,6 @@ def test_post_on_a_closed_kept_connection_is_not_resent(fresh_gateway):
         seen = log.read_bytes().splitlines()
         assert seen.count(b"POST /pay HTTP/1.1") == 1, seen
         c.close()
-    finally:
-        kill_group(app, sig=9)
 
 
 # --------------------------------------------------------------------------- Expect: 100-continue

@@ -8,13 +8,11 @@ an app's flood of interim (1xx) responses.
 import hashlib
 import json
 import socket
-import subprocess
 import time
 
 import pytest
 
-from conftest import (PY, BLOCK, MiB, RawConn, build_request, kill_group, mkdtemp, spawn,
-                      wait_for)
+from conftest import BLOCK, MiB, RawConn, build_request, mkdtemp, script_app
 
 GiB = 1 << 30
 RSS_LIMIT = 64 * MiB
@@ -196,9 +194,7 @@ def test_interim_response_flood_is_bounded(fresh_gateway):
     gw = fresh_gateway
     d = mkdtemp("jgf-")
     sock = d / "app.sock"
-    app = spawn([PY, "-c", FLOOD_1XX, str(sock)], stdin=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: sock.exists(), 10, what="the flooding app")
+    with script_app(FLOOD_1XX, sock):
         ans = gw.control({"op": "register", "name": "flood", "socket": str(sock)})
         assert ans["ok"], ans
         s = gw.login(ans["alias"], ans["link"])
@@ -210,5 +206,3 @@ def test_interim_response_flood_is_bounded(fresh_gateway):
         grown = gw.vmhwm() - before
         assert grown < 32 * 1024 * 1024, f"RSS grew by {grown} bytes"
         gw.assert_alive()
-    finally:
-        kill_group(app, sig=9)
