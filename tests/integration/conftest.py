@@ -597,6 +597,20 @@ class PublishedApp:
         t = threading.Thread(target=self._reader, daemon=True)
         t.start()
 
+    @classmethod
+    def launch(cls, args, log_path, json_mode, wait, into, popen=spawn, **kw):
+        """Starts `jobgate run ...` (args) with popen(args, **kw) (spawn, or a namespace's),
+        its stdout read here and its stderr in log_path; adds it to `into` (the list its
+        owner stops at cleanup) before waiting for the ready event (json_mode and wait)."""
+        with open(log_path, "ab") as log:
+            proc = popen(args, stdout=subprocess.PIPE, stderr=log, **kw)
+        app = cls(proc, log_path, json_mode)
+        _logs[f"jobgate run {id(app)}"] = log_path
+        into.append(app)
+        if wait and json_mode:
+            app.wait_ready()
+        return app
+
     def _reader(self):
         for line in self.proc.stdout:
             line = line.decode("utf-8", "replace").rstrip("\n")
@@ -861,17 +875,9 @@ class Gateway:
             args += ["-n", name]
         args += list(extra)
         args += ["--", *app_cmd]
-        log_path = self.root / f"run-{len(self._published)}.log"
-        log = open(log_path, "ab")
-        proc = spawn(args, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                     stderr=log)
-        log.close()
-        app = PublishedApp(proc, log_path, json_mode)
-        _logs[f"jobgate run {id(app)}"] = log_path
-        self._published.append(app)
-        if wait and json_mode:
-            app.wait_ready()
-        return app
+        return PublishedApp.launch(args, self.root / f"run-{len(self._published)}.log",
+                                   json_mode, wait, self._published, env=self.env,
+                                   stdin=subprocess.DEVNULL)
 
     def publish_http(self, tcp=False, name="httpapp", extra_app_args=()):
         where = ["--port", "{port}"] if tcp else ["--unix", "{socket}"]

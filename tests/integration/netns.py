@@ -49,6 +49,7 @@ import atexit
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import pathlib
 import re
@@ -615,17 +616,10 @@ class NsGateway(Gateway):
         args += [*extra, "--", *app_cmd]
         env = self.host_env(host)
         env.update(env_extra or {})
-        log_path = self.root / f"run-{len(self._published)}-{host}.log"
-        log = open(log_path, "ab")
-        proc = self.topo.popen(host, args, env=env, hide=self.host_hide(host),
-                               stdout=subprocess.PIPE, stderr=log)
-        log.close()
-        app = PublishedApp(proc, log_path, json_mode)
-        _logs[f"jobgate run {id(app)}"] = log_path
-        self._published.append(app)
-        if wait and json_mode:
-            app.wait_ready()
-        return app
+        return PublishedApp.launch(args, self.root / f"run-{len(self._published)}-{host}.log",
+                                   json_mode, wait, self._published,
+                                   popen=functools.partial(self.topo.popen, host), env=env,
+                                   hide=self.host_hide(host))
 
     def publish_http(self, tcp=False, name="httpapp", extra_app_args=(), host=None, extra=(),
                      env_extra=None, wait=True):

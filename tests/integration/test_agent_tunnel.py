@@ -23,8 +23,8 @@ import time
 
 import pytest
 
-from conftest import (BLOCK, HTTPAPP, JOBGATE, PY, MiB, PublishedApp, _logs, free_port,
-                      kill_group, mkdtemp, spawn, tail, wait_for)
+from conftest import (BLOCK, HTTPAPP, JOBGATE, PY, MiB, PublishedApp, free_port, kill_group,
+                      mkdtemp, tail, wait_for)
 from fakegw import STREAM_WINDOW, FakeControl, FakeGateway, Stream, make_cert
 
 
@@ -77,16 +77,8 @@ class Env:
         cmd += list(args) + ["--"] + (app or [PY, HTTPAPP, "--unix", "{socket}"])
         env = dict(self.env)
         env.update(env_extra or {})
-        log_path = self.root / f"run-{len(self.apps)}.log"
-        with open(log_path, "ab") as log:
-            proc = spawn(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=log)
-        a = PublishedApp(proc, log_path, json_mode)
-        _logs[f"jobgate run {id(a)}"] = log_path
-        self.apps.append(a)
-        if wait and json_mode:
-            a.wait_ready()
-        return a
+        return PublishedApp.launch(cmd, self.root / f"run-{len(self.apps)}.log", json_mode,
+                                   wait, self.apps, env=env, stdin=subprocess.DEVNULL)
 
     def cli(self, *args, timeout=40, env_extra=None, **kw):
         env = dict(self.env)
