@@ -26,6 +26,10 @@ import uuid
 
 import pytest
 
+# The fixtures of the multi-host tests (topology, login_gateway; sshd_server, login_sshd),
+# for every test module without an import of its own.
+pytest_plugins = ["netns", "sshd"]
+
 HERE = pathlib.Path(__file__).resolve().parent
 APPS = HERE / "apps"
 HTTPAPP = str(APPS / "httpapp.py")
@@ -195,6 +199,70 @@ def tcp_connectable(port):
 def mkdtemp(prefix):
     # Short paths: a UNIX socket path must fit in 107 bytes.
     return pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def vmhwm(pid):
+    """The peak RSS of process pid, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+@contextlib.contextmanager
+def script_app(script, sock, *args, prefix=()):
+    """A one-off app for one test: `PY -c script SOCK ARGS...` (after prefix, e.g.
+    as_user(NOBODY)) in a group of its own; the block runs once SOCK exists, and the app
+    is killed when it ends."""
+    p = spawn([*prefix, PY, "-c", script, sock, *args], stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: pathlib.Path(sock).exists(), 10, what=f"the app's socket {sock}")
+        yield p
+    finally:
+        kill_group(p, sig=signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- another user
+
+NOBODY = 65534
+
+
+def as_user(uid):
+    """The argv prefix that runs a command as uid (group uid, no other groups)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+
+
+def need_second_user(what):
+    """Skips the test unless it can run a command as another user (root, and setpriv)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip(f"needs root and setpriv to run a second user's {what}")
+
+
+_CONTROL_AS = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print(json.dumps({"connect_error": e.strerror})); sys.exit(0)
+f = s.makefile("rwb")
+out = []
+for q in json.loads(sys.argv[2]):
+    f.write(json.dumps(q).encode() + b"\\n"); f.flush()
+    line = f.readline()
+    out.append(json.loads(line) if line else None)
+print(json.dumps(out))
+"""
+
+
+def control_as(uid, path, reqs):
+    """Sends reqs on the control socket at path as user uid: the list of answers (None where
+    the gateway closed without one), or {"connect_error": strerror}."""
+    p = subprocess.run([*as_user(uid), PY, "-c", _CONTROL_AS, str(path), json.dumps(reqs)],
+                       capture_output=True, timeout=15, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p
+    return json.loads(p.stdout)
 
 
 # --------------------------------------------------------------------------- HTTP over TLS
@@ -529,6 +597,20 @@ class PublishedApp:
         t = threading.Thread(target=self._reader, daemon=True)
         t.start()
 
+    @classmethod
+    def launch(cls, args, log_path, json_mode, wait, into, popen=spawn, **kw):
+        """Starts `jobgate run ...` (args) with popen(args, **kw) (spawn, or a namespace's),
+        its stdout read here and its stderr in log_path; adds it to `into` (the list its
+        owner stops at cleanup) before waiting for the ready event (json_mode and wait)."""
+        with open(log_path, "ab") as log:
+            proc = popen(args, stdout=subprocess.PIPE, stderr=log, **kw)
+        app = cls(proc, log_path, json_mode)
+        _logs[f"jobgate run {id(app)}"] = log_path
+        into.append(app)
+        if wait and json_mode:
+            app.wait_ready()
+        return app
+
     def _reader(self):
         for line in self.proc.stdout:
             line = line.decode("utf-8", "replace").rstrip("\n")
@@ -728,11 +810,7 @@ class Gateway:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def vmhwm(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        raise AssertionError("no VmHWM in /proc/PID/status")
+        return vmhwm(self.proc.pid)
 
     # -- names
     def host(self, alias):
@@ -770,6 +848,21 @@ class Gateway:
             raise AssertionError(f"`jobgate {' '.join(map(str, args))}` still running after "
                                  f"{timeout} s (stdout {e.stdout!r}, stderr {e.stderr!r})")
 
+    def route(self, alias):
+        """alias's entry in the control socket's list, or None."""
+        ans = self.control({"op": "list"})
+        assert ans.get("ok"), ans
+        return next((r for r in ans["routes"] if r["alias"] == alias), None)
+
+    def ls_json(self, **kw):
+        """`jobgate ls --json` (kw: what cli() takes): asserts exit status 0 and returns the
+        routes, the one JSON list it prints."""
+        out = self.cli("ls", "--json", **kw)
+        assert out.returncode == 0, out
+        routes = json.loads(out.stdout)
+        assert isinstance(routes, list), out.stdout
+        return routes
+
     # -- apps
     def publish(self, app_cmd, json_mode=True, tcp=False, name=None, wait=True, extra=()):
         """`jobgate run [--json] [--tcp] [-n NAME] -- app_cmd`; app_cmd may hold {socket}/{port}."""
@@ -782,17 +875,9 @@ class Gateway:
             args += ["-n", name]
         args += list(extra)
         args += ["--", *app_cmd]
-        log_path = self.root / f"run-{len(self._published)}.log"
-        log = open(log_path, "ab")
-        proc = spawn(args, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                     stderr=log)
-        log.close()
-        app = PublishedApp(proc, log_path, json_mode)
-        _logs[f"jobgate run {id(app)}"] = log_path
-        self._published.append(app)
-        if wait and json_mode:
-            app.wait_ready()
-        return app
+        return PublishedApp.launch(args, self.root / f"run-{len(self._published)}.log",
+                                   json_mode, wait, self._published, env=self.env,
+                                   stdin=subprocess.DEVNULL)
 
     def publish_http(self, tcp=False, name="httpapp", extra_app_args=()):
         where = ["--port", "{port}"] if tcp else ["--unix", "{socket}"]
@@ -883,10 +968,19 @@ def binaries():
     return BUILD
 
 
-def _gateway(config=None, name="personal", verbose=False):
-    gw = Gateway(config=config, name=name, verbose=verbose)
-    gw.start()
+def start_gateway(gw):
+    """gw (a Gateway or NsGateway), started; cleaned up if it does not start. A fixture then
+    yields it and calls _finish(gw)."""
+    try:
+        gw.start()
+    except BaseException:
+        gw.cleanup()
+        raise
     return gw
+
+
+def _gateway(config=None, name="personal", verbose=False):
+    return start_gateway(Gateway(config=config, name=name, verbose=verbose))
 
 
 def _finish(gw):

@@ -20,8 +20,8 @@ the calling thread just for socket(2), then back), and the socket stays there; s
 process itself can be the browser on outside (``NsRawConn``, ``NsGateway.login``) without a
 subprocess. Names are not resolved for these: use addresses.
 
-    from netns import login_gateway, topology  # noqa: F401 (fixtures, module scope)
-    from sshd import login_sshd                # noqa: F401
+    # topology, login_gateway and login_sshd are fixtures (module scope) that conftest's
+    # pytest_plugins = ["netns", "sshd"] gives every test module: no import needed.
 
     def test_app_on_login(topology, login_gateway):
         app = login_gateway.publish_http()                # `jobgate run` in login
@@ -49,6 +49,7 @@ import atexit
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import pathlib
 import re
@@ -62,7 +63,7 @@ import time
 import pytest
 
 from conftest import (HTTPAPP, JOBGATE, PY, TAG, Gateway, PublishedApp, RawConn, _finish, _logs,
-                      kill_group, mkdtemp, spawn, tail, unix_connectable)
+                      kill_group, mkdtemp, spawn, start_gateway, tail, unix_connectable)
 
 HOSTS = ("outside", "login", "node")
 DOMAIN = "login.test"
@@ -615,17 +616,10 @@ class NsGateway(Gateway):
         args += [*extra, "--", *app_cmd]
         env = self.host_env(host)
         env.update(env_extra or {})
-        log_path = self.root / f"run-{len(self._published)}-{host}.log"
-        log = open(log_path, "ab")
-        proc = self.topo.popen(host, args, env=env, hide=self.host_hide(host),
-                               stdout=subprocess.PIPE, stderr=log)
-        log.close()
-        app = PublishedApp(proc, log_path, json_mode)
-        _logs[f"jobgate run {id(app)}"] = log_path
-        self._published.append(app)
-        if wait and json_mode:
-            app.wait_ready()
-        return app
+        return PublishedApp.launch(args, self.root / f"run-{len(self._published)}-{host}.log",
+                                   json_mode, wait, self._published,
+                                   popen=functools.partial(self.topo.popen, host), env=env,
+                                   hide=self.host_hide(host))
 
     def publish_http(self, tcp=False, name="httpapp", extra_app_args=(), host=None, extra=(),
                      env_extra=None, wait=True):
@@ -658,11 +652,6 @@ def topology(binaries):
 def login_gateway(topology):
     """A shared-mode gateway in login, listening on 0.0.0.0:PORT (both links), domain
     login.test, its browser on outside."""
-    gw = NsGateway(topology)
-    try:
-        gw.start()
-    except BaseException:
-        gw.cleanup()
-        raise
+    gw = start_gateway(NsGateway(topology))
     yield gw
     _finish(gw)

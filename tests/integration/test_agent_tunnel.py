@@ -7,7 +7,8 @@ accept; the agent's SETTINGS; which secret goes where (the token only to the pin
 certificate of the personal gateway, a MUNGE credential bound to the challenge otherwise,
 nothing at all to an untrusted server); refused hello, untrusted certificate, host name
 mismatch, no ALPN, unreachable gateway; reconnection after a drop, a GOAWAY, a PING
-timeout and refused hellos, with the same alias; flow control (a stalled stream holds at
+timeout and refused hellos, with the same alias, and a backoff that only a tunnel that
+lasted resets; flow control (a stalled stream holds at
 most its window while another flows); unregister + GOAWAY on exit and on SIGTERM;
 https_proxy; `--via ssh` end to end through `jobgate tunnel --stdio`; usage errors.
 """
@@ -22,13 +23,9 @@ import time
 
 import pytest
 
-from conftest import (HTTPAPP, JOBGATE, PY, PublishedApp, _logs, free_port, kill_group,
-                      mkdtemp, spawn, tail, unix_connectable, wait_for)
+from conftest import (BLOCK, HTTPAPP, JOBGATE, PY, MiB, PublishedApp, free_port, kill_group,
+                      mkdtemp, tail, wait_for)
 from fakegw import STREAM_WINDOW, FakeControl, FakeGateway, Stream, make_cert
-
-MiB = 1 << 20
-PATTERN = bytes(range(256)) * 256
-MUNGED, MUNGEKEY = "/usr/sbin/munged", "/usr/sbin/mungekey"
 
 
 class Env:
@@ -80,16 +77,8 @@ class Env:
         cmd += list(args) + ["--"] + (app or [PY, HTTPAPP, "--unix", "{socket}"])
         env = dict(self.env)
         env.update(env_extra or {})
-        log_path = self.root / f"run-{len(self.apps)}.log"
-        with open(log_path, "ab") as log:
-            proc = spawn(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=log)
-        a = PublishedApp(proc, log_path, json_mode)
-        _logs[f"jobgate run {id(a)}"] = log_path
-        self.apps.append(a)
-        if wait and json_mode:
-            a.wait_ready()
-        return a
+        return PublishedApp.launch(cmd, self.root / f"run-{len(self.apps)}.log", json_mode,
+                                   wait, self.apps, env=env, stdin=subprocess.DEVNULL)
 
     def cli(self, *args, timeout=40, env_extra=None, **kw):
         env = dict(self.env)
@@ -117,30 +106,6 @@ def tenv(binaries):
     e = Env()
     yield e
     e.cleanup()
-
-
-@pytest.fixture(scope="module")
-def munged():
-    """A private munged (own key and socket), as tests/unit/test_munge_cred.c starts one."""
-    if not (os.access(MUNGED, os.X_OK) and os.access(MUNGEKEY, os.X_OK)):
-        pytest.skip("munged or mungekey is not installed")
-    d = mkdtemp("jgm-")
-    os.chmod(d, 0o711)  # munged insists that everyone may traverse to its socket
-    subprocess.run([MUNGEKEY, "--create", f"--keyfile={d}/munge.key"], check=True,
-                   capture_output=True)
-    sock = d / "munge.sock"
-    p = spawn([MUNGED, "--foreground", f"--key-file={d}/munge.key", f"--socket={sock}",
-               f"--pid-file={d}/munged.pid", f"--log-file={d}/munged.log",
-               f"--seed-file={d}/munged.seed"], stdin=subprocess.DEVNULL,
-              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: unix_connectable(sock) or p.poll() is not None, 10, what="munged")
-        if p.poll() is not None:
-            pytest.skip(f"munged did not start: {tail(d / 'munged.log')}")
-        yield str(sock)
-    finally:
-        kill_group(p, timeout=3)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def gw_url(gw, host="localhost"):
@@ -231,7 +196,7 @@ def test_connect_reaches_the_app(tenv):
         s.send(b"GET /bytes?n=100000 HTTP/1.1\r\nHost: app\r\n\r\n")
     for s in streams:
         _, b = s.read_http_response()
-        assert b == (PATTERN * 2)[:100000]
+        assert b == (BLOCK * 2)[:100000]
 
 
 def test_connect_to_another_name_is_404(tenv):
@@ -307,10 +272,10 @@ def test_token_not_sent_to_another_certificate(tenv):
 
 
 def test_munge_credential_bound_to_the_challenge(tenv, munged):
-    gw = tenv.gateway(munge_socket=munged)
+    gw = tenv.gateway(munge_socket=munged.socket)
     token = tenv.pin("other")  # a personal gateway's state, with another certificate
     a = tenv.run(["-g", gw_url(gw), "--ca", tenv.cert()[0]],
-                 env_extra={"JOBGATE_MUNGE_SOCKET": munged})
+                 env_extra={"JOBGATE_MUNGE_SOCKET": munged.socket})
     conn = gw.wait_conn()
     auth = conn.hello["auth"]
     assert auth["method"] == "munge" and set(auth) == {"method", "credential"}
@@ -480,6 +445,40 @@ def test_reregister_refused_registers_anew(tenv):
     assert http_get(c2, reg["local"])[1] == b"hello\n"
 
 
+def _welcome(c, h):
+    return {"type": "welcome", "uid": os.getuid(), "user": "tester", "tunnel": "t1"}
+
+
+def test_backoff_grows_when_every_welcomed_tunnel_dies_at_once(tenv):
+    """A gateway that welcomes and then drops each tunnel (a crash loop, a gateway that
+    kills the tunnel on re-register) used to reset the backoff at every welcome: the agent
+    redialled 2-3 times a second for ever. Only a tunnel that lasted resets it now."""
+    gw = tenv.gateway()
+    a, conn, reg = started(tenv, gw)
+
+    def welcome_then_drop(c, h):
+        threading.Timer(0.05, c.drop).start()
+        return _welcome(c, h)
+    gw.hello_reply = welcome_then_drop
+    conn.drop()
+    wait_event(a, "reconnecting", 4, timeout=30)
+    attempts = [e["attempt"] for e in a.events() if e.get("event") == "reconnecting"]
+    assert attempts[:4] == [1, 2, 3, 4], attempts
+    retry = [e["retry_in"] for e in a.events() if e.get("event") == "reconnecting"]
+    assert all(r <= 0.5 * 2 ** i for i, r in enumerate(retry[:4])), retry
+    assert a.proc.poll() is None
+    # A tunnel that lasts resets it: a GOAWAY then brings the agent back within 0.5 s.
+    gw.hello_reply = None
+    n = len(gw.conns)
+    c = gw.wait_conn(n + 1, timeout=40)
+    c.wait_registered()
+    time.sleep(10.5)
+    c.send_goaway(0, b"restarting")
+    ev = wait_event(a, "reconnecting", len(attempts) + 1, timeout=20)
+    assert ev["attempt"] == 1 and ev["retry_in"] <= 0.5, ev
+    gw.wait_conn(n + 2, timeout=10).wait_registered()
+
+
 # --------------------------------------------------------------------------- flow control
 
 
@@ -499,13 +498,13 @@ def test_stalled_stream_holds_at_most_its_window(tenv):
     assert s2.wait_status() == 200
     s2.send(b"GET /bytes?n=%d HTTP/1.1\r\nHost: app\r\n\r\n" % (4 * MiB))
     _, body = s2.read_http_response(timeout=60)
-    assert body == (PATTERN * 64)[:4 * MiB]
+    assert body == (BLOCK * 64)[:4 * MiB]
     assert len(s1.data) <= STREAM_WINDOW, len(s1.data)
     assert s1.received_while_stalled <= STREAM_WINDOW
     # Resumed, the stalled stream gets everything, intact.
     s1.resume()
     _, body = s1.read_http_response(timeout=120)
-    assert len(body) == big and body == (PATTERN * (big // len(PATTERN)))
+    assert len(body) == big and body == (BLOCK * (big // len(BLOCK)))
 
 
 def test_app_that_does_not_read_stalls_the_gateway(tenv):

@@ -9,29 +9,24 @@ import time
 
 import pytest
 
-from conftest import (HTTPAPP, JOBGATE, PY, Gateway, kill_group, spawn, tail, wait_for)
+from conftest import HTTPAPP, JOBGATE, PY, Gateway, tail, wait_for
 
 LINK_RE = r"https://([a-z0-9-]+)\.localhost:{port}/_jobgate/redeem/([A-Za-z0-9_-]{{43}})"
 
 
-def parse_routes(stdout):
-    """`jobgate ls --json`: accept an object with "routes", a list, or JSON lines."""
-    text = stdout.decode()
-    try:
-        doc = json.loads(text)
-        if isinstance(doc, dict):
-            return doc.get("routes", [])
-        if isinstance(doc, list):
-            return doc
-    except ValueError:
-        pass
-    return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-
-
 def listed(gw, alias):
-    out = gw.cli("ls", "--json")
+    return [r for r in gw.ls_json() if r.get("alias") == alias]
+
+
+def ls_table(gw):
+    """`jobgate ls` (text): asserts exit status 0 and the header, returns the rows as
+    {column: cell} (cells are separated by two or more spaces)."""
+    out = gw.cli("ls")
     assert out.returncode == 0, out
-    return [r for r in parse_routes(out.stdout) if r.get("alias") == alias]
+    lines = out.stdout.decode().splitlines()
+    head = re.split(r"\s{2,}", lines[0].strip())
+    assert head == ["ALIAS", "NAME", "BACKEND", "AGE", "URL"], lines
+    return [dict(zip(head, re.split(r"\s{2,}", ln.strip()))) for ln in lines[1:]]
 
 
 def env_of(session):
@@ -163,8 +158,8 @@ def test_run_tcp_refuses_listener_outside_app_tree(gateway):
         assert r.returncode == 1, (r.stdout, r.stderr)
         assert b"outside the app's process tree" in r.stderr, r.stderr
         assert b'"event":"ready"' not in r.stdout.replace(b" ", b""), r.stdout
-        out = gateway.cli("ls", "--json")
-        assert not any(r.get("name") == "sh" for r in parse_routes(out.stdout)), out.stdout
+        routes = gateway.ls_json()
+        assert not any(r.get("name") == "sh" for r in routes), routes
     finally:
         # The escaped server carries the test tag; stop it now rather than at session end.
         m = re.search(rb"127\.0\.0\.1:(\d+)", r.stderr)
@@ -226,9 +221,8 @@ def test_ls_link_rm(gateway):
     a = gateway.start_direct_app()
     gateway.register(a, name="lsapp")
     try:
-        out = gateway.cli("ls")
-        assert out.returncode == 0, out
-        assert a.alias.encode() in out.stdout, out.stdout
+        rows = ls_table(gateway)
+        assert a.alias in [r["ALIAS"] for r in rows], rows
         routes = listed(gateway, a.alias)
         assert len(routes) == 1 and routes[0].get("name") == "lsapp", routes
 

@@ -1,12 +1,12 @@
 """Shared mode from a config file: --check, errors with FILE:LINE:, limits and timeouts."""
-import json
+import os
 import socket
 import subprocess
 import time
 
 import pytest
 
-from conftest import JOBGATED, RawConn, build_request, free_port, tail
+from conftest import JOBGATED, NOBODY, build_request, control_as, free_port
 
 
 def check(path, timeout=10):
@@ -316,37 +316,9 @@ def test_shared_gateway_survived(shared, shared_app):
 
 # --------------------------------------------------------------------------- other users
 
-NOBODY = 65534
-
-AS_USER = """
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-try:
-    s.connect(sys.argv[1])
-except OSError as e:
-    print(json.dumps({"connect_error": e.strerror})); sys.exit(0)
-f = s.makefile("rwb")
-out = []
-for q in json.loads(sys.argv[2]):
-    f.write(json.dumps(q).encode() + b"\\n"); f.flush()
-    line = f.readline()
-    out.append(json.loads(line) if line else None)
-print(json.dumps(out))
-"""
-
-
-def control_as(uid, path, reqs):
-    from conftest import PY
-    p = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                        PY, "-c", AS_USER, str(path), json.dumps(reqs)],
-                       capture_output=True, timeout=15, stdin=subprocess.DEVNULL)
-    assert p.returncode == 0, p
-    return json.loads(p.stdout)
-
 
 def test_shared_control_other_user_sees_only_own(shared, shared_app):
     """I2: any local user may connect in shared mode, but sees and changes only its own routes."""
-    import os
     os.chmod(shared.root, 0o711)
     tcp_app = shared.start_direct_app(tcp=True)
     try:

@@ -1,4 +1,5 @@
-"""HTTP/1.1 proxying through the gateway: keep-alive, framing, hop-by-hop fields, forwarding."""
+"""HTTP/1.1 proxying through the gateway: keep-alive (a POST never sent to the app twice),
+framing, hop-by-hop fields, forwarding."""
 import hashlib
 import json
 import os
@@ -6,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import BLOCK, COOKIE, build_request
+from conftest import BLOCK, COOKIE, build_request, mkdtemp, script_app
 
 
 def pattern(n, offset=0):
@@ -252,6 +253,42 @@ def test_connection_close_honoured(client):
         r = c.read_response()
         assert r.status == 200 and r.body == b"hello\n", r
         c.expect_close(3)
+
+
+CLOSER = ("import socket,sys\n"
+          "s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)\n"
+          "while True:\n"
+          "    c,_=s.accept()\n"
+          "    d=c.recv(65536)\n"
+          "    open(sys.argv[2],'ab').write(d.split(b'\\r\\n')[0]+b'\\n')\n"
+          "    if b' /first ' in d:\n"
+          "        c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')\n"
+          "        d=c.recv(65536)\n"
+          "        open(sys.argv[2],'ab').write(d.split(b'\\r\\n')[0]+b'\\n')\n"
+          "    c.close()\n")
+
+
+def test_post_on_a_closed_kept_connection_is_not_resent(fresh_gateway):
+    # The app answers /first, then closes the kept connection as the next request arrives.
+    # A POST may have acted already: the browser gets 502 and the app sees it once.
+    gw = fresh_gateway
+    d = mkdtemp("jgc-")
+    os.chmod(d, 0o700)
+    sock, log = d / "app.sock", d / "seen"
+    with script_app(CLOSER, sock, log):
+        ans = gw.control({"op": "register", "name": "closer", "socket": str(sock)})
+        s = gw.login(ans["alias"], ans["link"])
+        c = s.conn()
+        c.send(build_request("GET", "/first", s.host, cookie=s.cookie))
+        assert c.read_response().status == 200
+        c.send(build_request("POST", "/pay", s.host, headers=[("Content-Length", "0")],
+                             cookie=s.cookie))
+        r = c.read_response("POST")
+        assert r.status == 502, r
+        time.sleep(0.3)
+        seen = log.read_bytes().splitlines()
+        assert seen.count(b"POST /pay HTTP/1.1") == 1, seen
+        c.close()
 
 
 # --------------------------------------------------------------------------- Expect: 100-continue

@@ -90,8 +90,8 @@ def test_published_app_survives_restart(fresh_gateway):
                                      f"gateway restarted")
     r = s.get("/hello")
     assert r.status == 200, r
-    out = gw.cli("ls", "--json")
-    assert out.returncode == 0 and app.alias.encode() in out.stdout, out
+    routes = gw.ls_json()
+    assert app.alias in [r["alias"] for r in routes], routes
 
 
 def test_route_of_dead_owner_reaped_after_restart(fresh_gateway):

@@ -1,15 +1,18 @@
 """Large bodies are streamed, not buffered: the gateway's peak RSS (VmHWM) stays under 64 MiB.
 
 Each test starts the transfer and then pauses on one side for a couple of seconds, so that a
-gateway without backpressure would pile the stream up in memory.
+gateway without backpressure would pile the stream up in memory. The same holds for what the
+gateway itself says to a browser that never reads: its own answers to pipelined requests, and
+an app's flood of interim (1xx) responses.
 """
 import hashlib
 import json
+import socket
 import time
 
 import pytest
 
-from conftest import BLOCK, MiB, build_request
+from conftest import BLOCK, MiB, RawConn, build_request, mkdtemp, script_app
 
 GiB = 1 << 30
 RSS_LIMIT = 64 * MiB
@@ -149,3 +152,57 @@ def test_slow_reader_does_not_stall_others(streaming):
         assert gw.vmhwm() < RSS_LIMIT
     finally:
         stalled.close()
+
+
+@pytest.mark.rss
+def test_unread_gateway_answers_do_not_pile_up(fresh_gateway):
+    # Pipelined requests for an unknown app, never reading the 404s: the gateway must stop
+    # reading rather than buffer its answers without bound.
+    gw = fresh_gateway
+    before = gw.vmhwm()
+    req = build_request("GET", "/", gw.host("nosuch-app-here"))
+    c = RawConn(gw.port, gw.sni("nosuch-app-here"))
+    c.settimeout(0.5)
+    sent, deadline = 0, time.monotonic() + 4
+    try:
+        chunk = req * 256
+        while time.monotonic() < deadline:
+            try:
+                c.send(chunk)
+                sent += len(chunk)
+            except (socket.timeout, OSError):
+                break
+    finally:
+        c.close()
+    grown = gw.vmhwm() - before
+    assert grown < 32 * 1024 * 1024, f"RSS grew by {grown} bytes after sending {sent} bytes"
+    gw.assert_alive()
+
+
+FLOOD_1XX = ("import socket,sys,os\n"
+             "p=sys.argv[1]\n"
+             "s=socket.socket(socket.AF_UNIX); s.bind(p); s.listen(4)\n"
+             "c,_=s.accept(); c.recv(65536)\n"
+             "m=b'HTTP/1.1 102 Processing\\r\\nX-Pad: ' + b'a'*1000 + b'\\r\\n\\r\\n'\n"
+             "try:\n"
+             "    while True: c.sendall(m*64)\n"
+             "except OSError: pass\n")
+
+
+@pytest.mark.rss
+def test_interim_response_flood_is_bounded(fresh_gateway):
+    gw = fresh_gateway
+    d = mkdtemp("jgf-")
+    sock = d / "app.sock"
+    with script_app(FLOOD_1XX, sock):
+        ans = gw.control({"op": "register", "name": "flood", "socket": str(sock)})
+        assert ans["ok"], ans
+        s = gw.login(ans["alias"], ans["link"])
+        before = gw.vmhwm()
+        c = s.conn()
+        c.send(build_request("GET", "/", s.host, cookie=s.cookie))
+        time.sleep(4)  # the browser never reads
+        c.close()
+        grown = gw.vmhwm() - before
+        assert grown < 32 * 1024 * 1024, f"RSS grew by {grown} bytes"
+        gw.assert_alive()

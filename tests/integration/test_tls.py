@@ -4,8 +4,6 @@ import ssl
 
 import pytest
 
-from conftest import COOKIE
-
 
 def handshake(port, sni, minv=None, maxv=None, alpn=("http/1.1",)):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

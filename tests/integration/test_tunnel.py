@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import Closed, build_request, wait_for
+from conftest import HTTPAPP, PY, Closed, build_request, need_second_user, vmhwm, wait_for
 
 
 def gw_url(gw):
@@ -23,28 +23,13 @@ def publish_remote(gw, extra=(), name="httpapp", **kw):
 
 
 def httpapp_cmd(tcp=False):
-    from conftest import HTTPAPP, PY
     return [PY, HTTPAPP, *(["--port", "{port}"] if tcp else ["--unix", "{socket}"])]
-
-
-def route_of(gw, alias):
-    ans = gw.control({"op": "list"})
-    assert ans["ok"], ans
-    return next((r for r in ans["routes"] if r["alias"] == alias), None)
-
-
-def vmhwm(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
 
 
 def test_run_through_the_tunnel(gateway):
     app = publish_remote(gateway)
     assert app.ready["url"].startswith("https://") and "/_jobgate/redeem/" in app.link
-    r = route_of(gateway, app.alias)
+    r = gateway.route(app.alias)
     assert r["backend"].startswith("tunnel:") and r["state"] == "ready"
     s = gateway.login(app.alias, app.link)
     assert s.get("/hello").body == b"hello\n"
@@ -54,7 +39,7 @@ def test_run_through_the_tunnel(gateway):
     app.proc.send_signal(signal.SIGTERM)
     rc = app.wait_exit(15)
     assert rc in (0, 128 + signal.SIGTERM, 143), rc
-    wait_for(lambda: route_of(gateway, app.alias) is None, 5, what="the route to go")
+    wait_for(lambda: gateway.route(app.alias) is None, 5, what="the route to go")
 
 
 def test_tcp_app_through_the_tunnel(gateway):
@@ -182,7 +167,7 @@ def test_agent_killed_mid_download_then_a_new_agent_takes_the_route(fresh_gatewa
         while True:
             c.read_exact(1 << 20)
     c.close()
-    wait_for(lambda: (route_of(gw, app.alias) or {}).get("state") == "reconnecting", 10,
+    wait_for(lambda: (gw.route(app.alias) or {}).get("state") == "reconnecting", 10,
              what="the route to wait for its agent")
     again = publish_remote(gw, name="nb")
     assert again.alias == app.alias
@@ -197,7 +182,7 @@ def test_gateway_restart_agent_reconnects_and_cookie_survives(fresh_gateway):
     gw.stop()
     gw.start()
     t0 = time.monotonic()
-    wait_for(lambda: (route_of(gw, app.alias) or {}).get("state") == "ready", 5,
+    wait_for(lambda: (gw.route(app.alias) or {}).get("state") == "ready", 5,
              interval=0.02, what="the agent to reconnect")
     assert time.monotonic() - t0 < 2.0
     assert s.get("/hello").status == 200
@@ -235,10 +220,7 @@ V6(("::1", port), Mine).serve_forever()
 def test_tcp_port_answered_by_another_user_is_refused(gateway):
     """An app on [::1]:PORT only; another user binds 127.0.0.1:PORT. The agent must send the
     browser's streams to the owner's socket only (I2), whatever address answers first."""
-    import shutil
-    from conftest import PY
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv to run a second user's listener")
+    need_second_user("listener")
     app = gateway.publish([PY, "-c", TWO_LISTENERS, "{port}"], tcp=True, name="v6only",
                           extra=["-g", gw_url(gateway)])
     s = gateway.login(app.alias, app.link)

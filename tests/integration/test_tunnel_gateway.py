@@ -1,7 +1,8 @@
 """jobgated's side of the tunnel (src/gateway/tunnel.c), driven by a Python agent
 (fakeagent.py) so that each rule of docs/tunnel-protocol.md can be checked alone:
 hello and its refusals, registration, CONNECT streams, flow control, reconnection and the
-503 wait, hostile control messages. The real agent is tested against jobgated in
+503 wait, hostile control messages (malformed, unread answers piling up, lines after the
+tunnel ended). The real agent is tested against jobgated in
 test_tunnel.py."""
 import json
 import os
@@ -19,7 +20,7 @@ def token_of(gw):
 
 
 def wait_reconnecting(gw):
-    wait_for(lambda: "reconnecting" in gw.cli("ls", "--json").stdout.decode(), 5,
+    wait_for(lambda: any(r.get("state") == "reconnecting" for r in gw.ls_json()), 5,
              what="the route to be reconnecting")
 
 
@@ -97,11 +98,7 @@ def test_register_and_browse_through_the_tunnel(gateway):
         a.wait_type("welcome")
         reg = a.register("web", "web")
         assert reg["type"] == "registered" and reg["link"].startswith(reg["url"])
-        listing = gateway.cli("ls", "--json")
-        assert listing.returncode == 0, listing
-        routes = json.loads(listing.stdout)
-        mine = [r for r in (routes if isinstance(routes, list) else routes["routes"])
-                if r["alias"] == reg["alias"]]
+        mine = [r for r in gateway.ls_json() if r["alias"] == reg["alias"]]
         assert mine and mine[0]["backend"] == "tunnel:web" and mine[0]["state"] == "ready"
         s = gateway.login(reg["alias"], reg["link"])
         r = s.get("/hello")
@@ -161,6 +158,51 @@ def test_garbage_frames_end_the_tunnel_not_the_gateway(gateway):
     finally:
         a.close()
     gateway.assert_alive()
+
+
+def test_agent_that_never_reads_its_answers_is_cut_off(gateway):
+    """The gateway's answers on the control stream wait for the agent's window. An agent
+    that keeps asking and never opens that window must not make them pile up without end:
+    the tunnel ends (it is the agent's fault), the gateway stays up."""
+    a = agent(gateway)
+    try:
+        a.wait_type("welcome")
+        a.ctl_ack = False
+        line = (json.dumps({"type": "unregister", "id": "i" * 60, "alias": "a" * 300}) +
+                "\n").encode()
+        chunk = line * 100  # ~40 KB of requests, each answered with an error as long
+        for _ in range(250):  # ~10 MB in all
+            if a.closed:
+                break
+            a.send_ctl_queued(chunk)
+            time.sleep(0.005)
+        try:
+            a.wait_closed(20)
+        except AssertionError:
+            raise AssertionError(f"the tunnel stayed open after {len(a.msgs)} answers") from None
+    finally:
+        a.close()
+    gateway.assert_alive()
+    assert "does not read its control answers" in gateway.log_path.read_text()
+
+
+def test_no_control_message_is_taken_after_the_tunnel_ended(gateway):
+    """A malformed line ends the tunnel; a register in the next DATA frame of the same read
+    must not be acted on (it used to add a route to the tunnel being torn down)."""
+    a = agent(gateway)
+    try:
+        a.wait_type("welcome")
+        reg = json.dumps({"type": "register", "id": "r9", "name": "afterdeath",
+                          "local": "afterdeath"}).encode() + b"\n"
+        a.send_ctl_frames([b"this is not json\n", reg])
+        a.wait_closed()
+    finally:
+        a.close()
+    gateway.assert_alive()
+    time.sleep(0.3)
+    routes = gateway.ls_json()
+    assert not [r for r in routes
+                if r.get("name") == "afterdeath" or r.get("backend") == "tunnel:afterdeath"], routes
 
 
 def test_agent_cannot_take_another_users_alias(gateway):
@@ -232,7 +274,7 @@ def test_unregister_removes_the_route(gateway):
         a.send_ctl({"type": "unregister", "id": "u1", "alias": reg["alias"]})
         ans = a.wait_msg(lambda m: m.get("id") == "u1")
         assert ans["type"] == "unregistered"
-        assert reg["alias"] not in gateway.cli("ls", "--json").stdout.decode()
+        assert reg["alias"] not in [r["alias"] for r in gateway.ls_json()]
     finally:
         a.close()
 

@@ -8,23 +8,17 @@ import time
 
 import pytest
 
-from conftest import _finish, wait_for
-from netns import NsGateway, topology  # noqa: F401 (fixture)
-from sshd import login_sshd  # noqa: F401 (fixture)
+from conftest import _finish, start_gateway, wait_for
+from netns import NsGateway
 
 
 @pytest.fixture(scope="module")
-def cluster(topology, munged):  # noqa: F811
+def cluster(topology, munged):
     """A site's gateway on login: shared mode, MUNGE for agents, short PINGs so that a dead
     network is noticed within seconds."""
-    gw = NsGateway(topology, config={"tunnel": {"munge_socket": munged.socket,
-                                                "ping_interval": "1s", "ping_timeout": "3s",
-                                                "reconnect_wait": "5s"}})
-    try:
-        gw.start()
-    except BaseException:
-        gw.cleanup()
-        raise
+    gw = start_gateway(NsGateway(topology, config={"tunnel": {
+        "munge_socket": munged.socket, "ping_interval": "1s", "ping_timeout": "3s",
+        "reconnect_wait": "5s"}}))
     yield gw
     _finish(gw)
 
@@ -33,30 +27,25 @@ def node_env(gw, munged):
     return {"JOBGATE_CA": str(gw.ca_path), "JOBGATE_MUNGE_SOCKET": munged.socket}
 
 
-def route(gw, alias):
-    ans = gw.control({"op": "list"})
-    return next((r for r in ans["routes"] if r["alias"] == alias), None)
-
-
-def test_node_is_unreachable_from_outside(topology, cluster):  # noqa: F811
+def test_node_is_unreachable_from_outside(topology, cluster):
     node = topology.addr("node", "login")
     assert topology.connect_error("outside", node, 22, 1.0) is not None
     assert topology.connect_error("outside", cluster.address(), cluster.port, 1.0) is None
 
 
-def test_munge_agent_on_the_node(topology, cluster, munged):  # noqa: F811
+def test_munge_agent_on_the_node(topology, cluster, munged):
     app = cluster.publish_http(host="node", name="nb",
                                extra=["-g", cluster.url("node", by_name=True)],
                                env_extra=node_env(cluster, munged))
-    r = route(cluster, app.alias)
+    r = cluster.route(app.alias)
     assert r["uid"] == os.getuid() and r["backend"].startswith("tunnel:")
     s = cluster.login(app.alias, app.link)  # the browser, on outside
     assert s.get("/hello").body == b"hello\n"
     app.stop()
-    wait_for(lambda: route(cluster, app.alias) is None, 10, what="the route to go with its app")
+    wait_for(lambda: cluster.route(app.alias) is None, 10, what="the route to go with its app")
 
 
-def test_without_munge_the_agent_says_why(topology, cluster):  # noqa: F811
+def test_without_munge_the_agent_says_why(topology, cluster):
     env = {"JOBGATE_CA": str(cluster.ca_path), "JOBGATE_MUNGE_SOCKET": "/nonexistent/munge"}
     r = cluster.cli("run", "-g", cluster.url("node", by_name=True), "--", "true", host="node",
                     env_extra=env, timeout=30)
@@ -64,7 +53,7 @@ def test_without_munge_the_agent_says_why(topology, cluster):  # noqa: F811
     assert b"munge" in r.stderr.lower(), r.stderr
 
 
-def test_network_blip_the_agent_reconnects_and_the_browser_carries_on(topology, cluster,  # noqa: F811
+def test_network_blip_the_agent_reconnects_and_the_browser_carries_on(topology, cluster,
                                                                        munged):
     app = cluster.publish_http(host="node", name="blip",
                                extra=["-g", cluster.url("node", by_name=True),
@@ -74,25 +63,25 @@ def test_network_blip_the_agent_reconnects_and_the_browser_carries_on(topology, 
     assert s.get("/hello").status == 200
     topology.run("node", ["ip", "link", "set", "to-login", "down"], check=True)
     try:
-        wait_for(lambda: route(cluster, app.alias)["state"] == "reconnecting", 15,
+        wait_for(lambda: cluster.route(app.alias)["state"] == "reconnecting", 15,
                  what="the gateway to notice the dead tunnel")
     finally:
         topology.run("node", ["ip", "link", "set", "to-login", "up"], check=True)
-    wait_for(lambda: route(cluster, app.alias)["state"] == "ready", 40, interval=0.2,
+    wait_for(lambda: cluster.route(app.alias)["state"] == "ready", 40, interval=0.2,
              what="the agent to reconnect")
     assert s.get("/hello").status == 200  # same URL, same cookie
     app.stop()
 
 
-def test_ssh_transport(topology, cluster, login_sshd):  # noqa: F811
+def test_ssh_transport(topology, cluster, login_sshd):
     login_sshd.for_gateway(cluster)
     app = cluster.publish_http(host="node", name="viassh", extra=["--via", "ssh:testhost"],
                                env_extra=login_sshd.agent_env())
-    r = route(cluster, app.alias)
+    r = cluster.route(app.alias)
     assert r["uid"] == os.getuid() and r["backend"].startswith("tunnel:")
     s = cluster.login(app.alias, app.link)
     assert s.get("/hello").body == b"hello\n"
     t0 = time.monotonic()
     app.stop()
-    wait_for(lambda: route(cluster, app.alias) is None, 10, what="the route to go")
+    wait_for(lambda: cluster.route(app.alias) is None, 10, what="the route to go")
     assert time.monotonic() - t0 < 10
