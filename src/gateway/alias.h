@@ -2,7 +2,9 @@
  * alias — the unguessable names of apps: three words of the EFF large word
  * list ("brisk-otter-canal", about 38 bits) drawn from the CSPRNG, unique
  * among live routes, or after a few collisions a random "app-" name with
- * 60 bits. Owns nothing (the word list is compiled in from data/).
+ * 60 bits. Owns nothing (the word list is compiled in from data/); the
+ * registry calls it under its write lock (uniqueness is checked against the
+ * route table).
  */
 #ifndef JG_ALIAS_H
 #define JG_ALIAS_H

@@ -7,6 +7,9 @@
  * request costs one hash and one lookup, no SQL. Links live only in the store
  * (they are redeemed once). Tokens exist in clear only on their way to the
  * user; everything kept is a hash.
+ *
+ * Used only by the registry, under its state lock: lookups under the read
+ * lock, anything that changes a session or a link under the write lock.
  */
 #ifndef JG_AUTH_H
 #define JG_AUTH_H

@@ -1,12 +1,16 @@
 /*
  * conn — the request pipeline of one browser connection:
  *
- *   TLS handshake -> request head -> route by Host -> session check ->
+ *   TLS handshake -> request head -> admission (registry_admit: app,
+ *   session, state) ->
  *   backend connect (or reuse) -> head and body forwarded -> response head
  *   and body forwarded -> keep-alive (next head) | upgrade (byte pump) | close
  *
- * Owns the browser bufferevent (TLS), the backend bufferevent (plain socket
- * to the app, kept across requests to the same app) and one timer.
+ * Owns the browser bufferevent (TLS), the backend bufferevent (to the app,
+ * kept across requests to the same app) and one timer. A connection lives
+ * on the worker that accepted it and is touched only on its thread; it
+ * takes no lock (what it needs from shared state comes from registry_*
+ * calls, which lock inside, as copies).
  *
  * Invariants:
  *  - one exchange at a time; pipelined requests wait in the input buffer;

@@ -26,8 +26,6 @@
 #include "tunnel.h"
 #include "util.h"
 
-#define TTL_MAX (7 * 86400)
-
 /* What a handler answers: a reply object, or an error code and sentence. */
 struct reply {
     json_t *obj;
@@ -91,15 +89,10 @@ static int resolve(struct ctl_peer *p, uid_t uid, json_t *req, struct route *out
 
 static int get_ttl(json_t *req, int64_t dflt, int64_t *ttl, struct reply *rp)
 {
-    json_t *t = json_object_get(req, "ttl");
-    *ttl = dflt;
-    if (!t)
-        return 0;
-    if (!json_is_integer(t) || json_integer_value(t) < 1 || json_integer_value(t) > TTL_MAX) {
-        fail(rp, "invalid", "'ttl' must be a number of seconds from 1 to 604800");
+    if (app_json_ttl(req, dflt, ttl) < 0) {
+        fail(rp, "invalid", "'ttl' must be " APP_LINK_TTL_RULE);
         return -1;
     }
-    *ttl = json_integer_value(t);
     return 0;
 }
 
@@ -128,8 +121,8 @@ static void op_register(struct ctl_peer *p, uid_t uid, json_t *req, struct reply
     json_t *starting = json_object_get(req, "starting");
     int64_t ttl;
 
-    if (name && !route_name_valid(name, ROUTE_NAME_MAX))
-        return fail(rp, "invalid", "'name' must be 1-64 of A-Z a-z 0-9 . _ -");
+    if (name && !app_name_valid(name, ROUTE_NAME_MAX))
+        return fail(rp, "invalid", "'name' must be " APP_NAME_RULE);
     snprintf(r.name, sizeof(r.name), "%s", name ? name : "app");
     if (!!sock == !!port)
         return fail(rp, "invalid", "give exactly one of 'socket' and 'port'");

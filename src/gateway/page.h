@@ -3,7 +3,7 @@
  * (404 unknown app, 403 no session, 502 app not reachable, 503 app
  * starting, 400 and friends for bad requests) and small redirects.
  *
- * Owns nothing. Every page is a complete HTTP/1.1 response with
+ * Owns nothing; any thread, no lock. Every page is a complete HTTP/1.1 response with
  * Content-Length, no-store caching and headers that keep it inert
  * (no scripts, no framing, no sniffing).
  */

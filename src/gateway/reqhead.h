@@ -3,8 +3,8 @@
  * heads: the app's alias from Host, the gateway's session cookie, the safe
  * `next` path of a redeem link, and the heads forwarded in each direction.
  *
- * Owns nothing; pure functions over http1 heads, so that each rule can be
- * unit-tested without sockets.
+ * Owns nothing; pure functions over http1 heads (any thread, no lock), so
+ * that each rule can be unit-tested without sockets.
  *
  * Rules (I4, I5 and RFC 9110 7.6.1):
  *  - hop-by-hop fields (Connection, Keep-Alive, Proxy-Connection, TE,

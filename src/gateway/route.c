@@ -27,20 +27,6 @@ int route_alias_valid(const char *s, size_t len)
     return 1;
 }
 
-int route_name_valid(const char *s, size_t max)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (n == 0 || n > max)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return 0;
-    }
-    return 1;
-}
-
 struct route_table *route_table_new(void)
 {
     struct route_table *t = xmalloc(sizeof(*t));

@@ -2,8 +2,9 @@
  * route — the live routing table: alias -> backend of one app.
  *
  * Owns the struct route objects. Lookups are O(1) (hmap keyed by alias).
- * A route is looked up per request by alias; nobody keeps a struct route
- * pointer across event-loop turns, so removal is always safe.
+ * Used only by the registry, under its state lock (reading for lookups,
+ * writing for changes); everyone else gets copies from registry_*, so
+ * nobody holds a pointer into the table and removal is always safe.
  *
  * I3: a route names only a destination its owner registered (a UNIX socket
  * the owner owns, or a loopback TCP port the owner listens on); the gateway
@@ -16,8 +17,10 @@
 #include <sys/types.h>
 #include <sys/un.h>
 
+#include "app.h"
+
 #define ROUTE_ALIAS_MAX 63  /* one DNS label */
-#define ROUTE_NAME_MAX 64   /* human label given with jobgate run -n */
+#define ROUTE_NAME_MAX APP_NAME_MAX /* human label given with jobgate run -n */
 
 enum route_kind {
     ROUTE_UNIX = 1, /* path */
@@ -67,7 +70,5 @@ const char *route_state(const struct route *r);
 
 /* 1 if s is a valid alias (see route_add). */
 int route_alias_valid(const char *s, size_t len);
-/* 1 if s is 1..max of A-Z a-z 0-9 . _ - (app names, an agent's local names). */
-int route_name_valid(const char *s, size_t max);
 
 #endif

@@ -1,6 +1,6 @@
 /* store — see store.h.
  *
- * One connection (SQLITE_OPEN_NOMUTEX: used only from the event-loop thread).
+ * One connection (SQLITE_OPEN_NOMUTEX: used only under the registry's write lock).
  * SQLite's busy handler blocks that loop, so every write is one short
  * BEGIN IMMEDIATE transaction: it takes the write lock up front and never has
  * to upgrade a read lock, which is where deferred transactions deadlock.

@@ -1,7 +1,10 @@
 /*
  * store — durable state in SQLite (WAL mode): routes, one-time links,
- * sessions and an audit trail. One connection, used only from the event-loop
- * thread; every write is one short BEGIN IMMEDIATE transaction.
+ * sessions and an audit trail. One connection, used only by the registry
+ * (and auth, on its behalf) with the registry's state lock held for
+ * writing, so by one thread at a time (hence SQLITE_OPEN_NOMUTEX); requests
+ * are admitted from memory under the read lock and never reach SQLite.
+ * Every write is one short BEGIN IMMEDIATE transaction.
  *
  * Owns the sqlite3 handle and its prepared statements. Stores tokens only as
  * their SHA-256 hashes (I4); it never sees a token itself.

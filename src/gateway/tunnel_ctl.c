@@ -216,18 +216,6 @@ static void on_hello(struct tunnel *t, json_t *m)
                           "user", user, "tunnel", idhex));
 }
 
-static int get_ttl(struct tunnel *t, json_t *m, int64_t *ttl)
-{
-    json_t *v = json_object_get(m, "ttl");
-    *ttl = t->hub->cfg->link_ttl;
-    if (!v)
-        return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 7 * 86400)
-        return -1;
-    *ttl = json_integer_value(v);
-    return 0;
-}
-
 static int reg_mine(void *arg, const char *alias)
 {
     return tctl_reg_find(arg, alias) >= 0;
@@ -256,12 +244,12 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
     const char *local = json_string_value(json_object_get(m, "local"));
     const char *alias = json_string_value(json_object_get(m, "alias"));
     int64_t ttl;
-    if (!route_name_valid(name, ROUTE_NAME_MAX))
-        return ctl_error(t, id, "invalid", "'name' must be 1-64 of A-Z a-z 0-9 . _ -");
-    if (!route_name_valid(local, TUN_LOCAL_MAX))
-        return ctl_error(t, id, "invalid", "'local' must be 1-64 of A-Z a-z 0-9 . _ -");
-    if (get_ttl(t, m, &ttl) < 0)
-        return ctl_error(t, id, "invalid", "'ttl' must be a number of seconds from 1 to 604800");
+    if (!app_name_valid(name, ROUTE_NAME_MAX))
+        return ctl_error(t, id, "invalid", "'name' must be " APP_NAME_RULE);
+    if (!app_name_valid(local, TUN_LOCAL_MAX))
+        return ctl_error(t, id, "invalid", "'local' must be " APP_NAME_RULE);
+    if (app_json_ttl(m, t->hub->cfg->link_ttl, &ttl) < 0)
+        return ctl_error(t, id, "invalid", "'ttl' must be " APP_LINK_TTL_RULE);
     if (json_object_get(m, "alias") && !alias)
         return ctl_error(t, id, "invalid", "'alias' must be a string");
 
@@ -317,8 +305,8 @@ static void op_link(struct tunnel *t, const char *id, json_t *m)
     if (!alias || tctl_reg_find(t, alias) < 0 || registry_route_get(t->hub->reg, alias, &r) < 0 ||
         r.uid != t->uid || r.kind != ROUTE_TUNNEL)
         return ctl_error(t, id, "not_found", "this tunnel has no app '%s'", alias ? alias : "");
-    if (get_ttl(t, m, &ttl) < 0)
-        return ctl_error(t, id, "invalid", "'ttl' must be a number of seconds from 1 to 604800");
+    if (app_json_ttl(m, t->hub->cfg->link_ttl, &ttl) < 0)
+        return ctl_error(t, id, "invalid", "'ttl' must be " APP_LINK_TTL_RULE);
     json_t *o = json_pack("{s:s, s:s}", "type", "link", "alias", alias);
     if (!o)
         return;
