@@ -51,6 +51,8 @@
 #include "config.h"
 #include "proxyconn.h"
 #include "sockpeer.h"
+#include "tunnel_bridge.h"
+#include "tunnel_proto.h"
 #include "util.h"
 #ifdef JG_HAVE_MUNGE
 #include "munge_cred.h"
@@ -60,12 +62,6 @@
 #define JG_VERSION "unknown"
 #endif
 
-#define CTL_LINE_MAX 65536             /* one control message, newline included */
-#define HEADER_LIST_MAX 16384          /* SETTINGS_MAX_HEADER_LIST_SIZE */
-#define MAX_STREAMS 1024               /* SETTINGS_MAX_CONCURRENT_STREAMS */
-#define STREAM_WINDOW (256 * 1024)     /* SETTINGS_INITIAL_WINDOW_SIZE */
-#define CONN_WINDOW (64 * 1024 * 1024) /* connection receive window */
-#define STREAM_BUF_MAX (256 * 1024)    /* app bytes held for the gateway, per stream */
 #define OUT_HIGH (256 * 1024)          /* tunnel output: no new frames above this */
 #define OUT_LOW (64 * 1024)            /* ... and resume below this */
 #define IO_CHUNK (64 * 1024)           /* largest single read or write of a socket */
@@ -126,9 +122,9 @@ struct cmd {
 struct tconn;
 
 struct dstream {
+    struct tunnel_bridge br;        /* first: the stream user data; br.sid 0 once closed */
     struct dstream *prev, *next;
     struct tconn *c;
-    int32_t sid;                    /* 0 once nghttp2 closed the stream */
     enum ds_kind kind;
     char method[16], authority[APP_NAME_MAX + 16], path[32];
     size_t hdr_bytes;
@@ -136,9 +132,7 @@ struct dstream {
     char sock[sizeof(((struct sockaddr_un *)0)->sun_path)];
     unsigned port;
     int tried_v6;
-    struct bufferevent *abev;       /* the app connection */
-    struct evbuffer_cb_entry *out_cb;
-    int connected, peer_eof, app_eof, shut_wr, deferred, lingering;
+    int connected, peer_eof, shut_wr, lingering;
 };
 
 struct tconn {
@@ -151,11 +145,10 @@ struct tconn {
     struct dstream *streams;
     unsigned nstreams, nlinger;
     struct dstream *ctl;            /* the control stream */
-    char *line;                     /* control input, CTL_LINE_MAX */
-    size_t linelen;
+    struct tunnel_lines lines;      /* control input */
     struct evbuffer *ctl_out;       /* control output not yet framed */
     int ctl_deferred;
-    struct event *flush_ev, *phase_timer, *ping_timer, *ping_deadline, *close_timer;
+    struct event *phase_timer, *ping_timer, *ping_deadline, *close_timer;
     int ping_out;
     int64_t ready_at;               /* when the welcome came (PH_READY) */
     unsigned char *pin;             /* DER of <state_dir>/tls.crt, or NULL */
@@ -893,47 +886,37 @@ static void protocol_error(struct tconn *c, const char *fmt, ...)
  * the write callback resumes below OUT_LOW. */
 static void conn_flush(struct tconn *c)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    while (!c->dead && evbuffer_get_length(out) < OUT_HIGH) {
-        const uint8_t *data;
-        ssize_t n = nghttp2_session_mem_send(c->h2, &data);
-        if (n < 0) {
-            conn_fail(c, "HTTP/2 error: %s", nghttp2_strerror((int)n));
-            return;
-        }
-        if (n == 0)
-            return;
-        if (evbuffer_add(out, data, (size_t)n) < 0) {
-            conn_fail(c, "out of memory");
-            return;
-        }
-    }
+    if (c->dead)
+        return;
+    int rv = tunnel_bridge_pump_out(c->h2, bufferevent_get_output(c->bev), OUT_HIGH);
+    if (rv < 0)
+        conn_fail(c, "HTTP/2 error: %s", nghttp2_strerror(rv));
 }
 
 /* Queues one control message (one line). secret: wipe our copy afterwards. */
 static int ctl_send(struct tconn *c, json_t *msg, int secret)
 {
-    char *s = json_dumps(msg, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(msg);
-    if (!s) {
+    char *s;
+    size_t n;
+    int rc = tunnel_msg_encode(msg, &s, &n);
+    if (rc == -EMSGSIZE) {
+        conn_fail(c, "a control message would be longer than %d bytes", TUNNEL_CTL_LINE_MAX);
+        return -1;
+    }
+    if (rc < 0) {
         conn_fail(c, "cannot encode a control message");
         return -1;
     }
-    size_t n = strlen(s);
-    int rc = 0;
-    if (n + 1 > CTL_LINE_MAX) {
-        conn_fail(c, "a control message would be longer than %d bytes", CTL_LINE_MAX);
-        rc = -1;
-    } else if (evbuffer_add(c->ctl_out, s, n) < 0 || evbuffer_add(c->ctl_out, "\n", 1) < 0) {
+    if (evbuffer_add(c->ctl_out, s, n) < 0) {
         conn_fail(c, "out of memory");
         rc = -1;
     }
     if (secret)
         OPENSSL_cleanse(s, n);
     free(s);
-    if (rc == 0 && c->ctl_deferred && c->ctl && c->ctl->sid) {
+    if (rc == 0 && c->ctl_deferred && c->ctl && c->ctl->br.sid) {
         c->ctl_deferred = 0;
-        (void)nghttp2_session_resume_data(c->h2, c->ctl->sid);
+        (void)nghttp2_session_resume_data(c->h2, c->ctl->br.sid);
     }
     return rc;
 }
@@ -975,11 +958,9 @@ static void ds_free(struct dstream *ds)
     c->nstreams--;
     if (ds->lingering)
         c->nlinger--;
-    if (ds->abev) {
-        if (ds->out_cb)
-            evbuffer_remove_cb_entry(bufferevent_get_output(ds->abev), ds->out_cb);
-        bufferevent_setcb(ds->abev, NULL, NULL, NULL, NULL);
-        bufferevent_free(ds->abev);
+    if (ds->br.bev) {
+        bufferevent_setcb(ds->br.bev, NULL, NULL, NULL, NULL);
+        bufferevent_free(ds->br.bev);
     }
     if (c->ctl == ds)
         c->ctl = NULL;
@@ -988,14 +969,11 @@ static void ds_free(struct dstream *ds)
 
 static void ds_drop_app(struct dstream *ds)
 {
-    if (!ds->abev)
+    if (!ds->br.bev)
         return;
-    if (ds->out_cb)
-        evbuffer_remove_cb_entry(bufferevent_get_output(ds->abev), ds->out_cb);
-    ds->out_cb = NULL;
-    bufferevent_setcb(ds->abev, NULL, NULL, NULL, NULL);
-    bufferevent_free(ds->abev);
-    ds->abev = NULL;
+    bufferevent_setcb(ds->br.bev, NULL, NULL, NULL, NULL);
+    bufferevent_free(ds->br.bev);
+    ds->br.bev = NULL;
 }
 
 static void respond_status(struct dstream *ds, const char *status)
@@ -1003,8 +981,8 @@ static void respond_status(struct dstream *ds, const char *status)
     nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)status, 7, strlen(status),
                      NGHTTP2_NV_FLAG_NONE};
     ds->kind = DS_REJECTED;
-    if (nghttp2_submit_response(ds->c->h2, ds->sid, &nv, 1, NULL) != 0)
-        (void)nghttp2_submit_rst_stream(ds->c->h2, NGHTTP2_FLAG_NONE, ds->sid,
+    if (nghttp2_submit_response(ds->c->h2, ds->br.sid, &nv, 1, NULL) != 0)
+        (void)nghttp2_submit_rst_stream(ds->c->h2, NGHTTP2_FLAG_NONE, ds->br.sid,
                                         NGHTTP2_INTERNAL_ERROR);
 }
 
@@ -1012,52 +990,22 @@ static void respond_status(struct dstream *ds, const char *status)
  * written: half-close toward the app. */
 static void maybe_shut_wr(struct dstream *ds)
 {
-    if (!ds->peer_eof || !ds->connected || ds->shut_wr || !ds->abev)
+    if (!ds->peer_eof || !ds->connected || ds->shut_wr || !ds->br.bev)
         return;
-    if (evbuffer_get_length(bufferevent_get_output(ds->abev)) > 0)
+    if (evbuffer_get_length(bufferevent_get_output(ds->br.bev)) > 0)
         return;
-    (void)shutdown(bufferevent_getfd(ds->abev), SHUT_WR);
+    (void)shutdown(bufferevent_getfd(ds->br.bev), SHUT_WR);
     ds->shut_wr = 1;
-}
-
-static ssize_t ds_read_cb(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t len,
-                          uint32_t *flags, nghttp2_data_source *src, void *ud)
-{
-    struct dstream *ds = src->ptr;
-    (void)s;
-    (void)sid;
-    (void)ud;
-    if (!ds || !ds->abev)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    struct evbuffer *in = bufferevent_get_input(ds->abev);
-    int n = evbuffer_remove(in, buf, len);
-    if (n < 0)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (n == 0 && !ds->app_eof) {
-        ds->deferred = 1;
-        return NGHTTP2_ERR_DEFERRED;
-    }
-    if (ds->app_eof && evbuffer_get_length(in) == 0)
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-    return n;
-}
-
-static void ds_resume(struct dstream *ds)
-{
-    if (ds->deferred && ds->sid) {
-        ds->deferred = 0;
-        (void)nghttp2_session_resume_data(ds->c->h2, ds->sid);
-    }
 }
 
 static void app_read_cb(struct bufferevent *b, void *arg)
 {
     struct dstream *ds = arg;
     struct tconn *c = ds->c;
-    if (!ds->sid) /* lingering: the stream is over, nothing more goes up */
+    if (!ds->br.sid) /* lingering: the stream is over, nothing more goes up */
         evbuffer_drain(bufferevent_get_input(b), evbuffer_get_length(bufferevent_get_input(b)));
     else
-        ds_resume(ds);
+        tunnel_bridge_resume(&ds->br);
     conn_pump(c);
 }
 
@@ -1066,21 +1014,11 @@ static void app_write_cb(struct bufferevent *b, void *arg)
     struct dstream *ds = arg;
     struct tconn *c = ds->c;
     (void)b;
+    tunnel_bridge_drained(&ds->br);
     maybe_shut_wr(ds);
-    if (ds->lingering && evbuffer_get_length(bufferevent_get_output(ds->abev)) == 0)
+    if (ds->lingering && evbuffer_get_length(bufferevent_get_output(ds->br.bev)) == 0)
         ds_free(ds);
     conn_pump(c);
-}
-
-/* Bytes written to the app: the gateway may send as many more. */
-static void app_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
-    struct dstream *ds = arg;
-    (void)buf;
-    if (info->n_deleted == 0 || !ds->sid || ds->c->dead)
-        return;
-    (void)nghttp2_session_consume_stream(ds->c->h2, ds->sid, info->n_deleted);
-    event_active(ds->c->flush_ev, EV_WRITE, 0);
 }
 
 static int ds_connect(struct dstream *ds);
@@ -1095,7 +1033,7 @@ static void app_event_cb(struct bufferevent *b, short what, void *arg)
         /* Any user may bind the loopback address the app does not hold (say
          * 127.0.0.1 when it listens on ::1): only the owner's socket gets the
          * stream (I2). */
-        long uid = sockpeer_tcp_uid(bufferevent_getfd(ds->abev), "/proc");
+        long uid = sockpeer_tcp_uid(bufferevent_getfd(ds->br.bev), "/proc");
         if (uid != (long)getuid()) {
             notice(c->t, "refusing port %u on %s: it is answered by uid %ld, not by you",
                    ds->port, ds->tried_v6 ? "::1" : "127.0.0.1", uid);
@@ -1104,23 +1042,24 @@ static void app_event_cb(struct bufferevent *b, short what, void *arg)
     }
     if (what & BEV_EVENT_CONNECTED) {
         ds->connected = 1;
-        bufferevent_set_timeouts(ds->abev, NULL, NULL);
-        if (ds->sid) {
+        bufferevent_set_timeouts(ds->br.bev, NULL, NULL);
+        if (ds->br.sid) {
             nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE};
-            nghttp2_data_provider prd = {.source = {.ptr = ds}, .read_callback = ds_read_cb};
-            if (nghttp2_submit_response(c->h2, ds->sid, &nv, 1, &prd) != 0)
-                (void)nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, ds->sid,
+            nghttp2_data_provider prd = tunnel_bridge_provider(&ds->br);
+            ds->br.ready = 1;
+            if (nghttp2_submit_response(c->h2, ds->br.sid, &nv, 1, &prd) != 0)
+                (void)nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, ds->br.sid,
                                                 NGHTTP2_INTERNAL_ERROR);
         }
         maybe_shut_wr(ds);
     } else if (what & BEV_EVENT_EOF) {
-        ds->app_eof = 1;
-        if (!ds->sid)
+        ds->br.far_eof = 1;
+        if (!ds->br.sid)
             ds_free(ds);
         else
-            ds_resume(ds);
+            tunnel_bridge_resume(&ds->br);
     } else if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
-        if (!ds->connected && ds->sid) {
+        if (!ds->connected && ds->br.sid) {
             ds_drop_app(ds);
             if (ds->port && !ds->tried_v6) {
                 ds->tried_v6 = 1;
@@ -1130,9 +1069,9 @@ static void app_event_cb(struct bufferevent *b, short what, void *arg)
                 }
             }
             respond_status(ds, "502");
-        } else if (ds->sid) {
+        } else if (ds->br.sid) {
             ds_drop_app(ds);
-            (void)nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, ds->sid,
+            (void)nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, ds->br.sid,
                                             NGHTTP2_CONNECT_ERROR);
         } else {
             ds_free(ds);
@@ -1176,13 +1115,8 @@ static int ds_connect(struct dstream *ds)
         close(fd);
         return -1;
     }
-    ds->abev = b;
+    tunnel_bridge_attach(&ds->br, b);
     bufferevent_setcb(b, app_read_cb, app_write_cb, app_event_cb, ds);
-    /* At most STREAM_BUF_MAX of the app's bytes wait for the gateway. */
-    bufferevent_setwatermark(b, EV_READ, 0, STREAM_BUF_MAX);
-    (void)bufferevent_set_max_single_read(b, IO_CHUNK);
-    (void)bufferevent_set_max_single_write(b, IO_CHUNK);
-    ds->out_cb = evbuffer_add_cb(bufferevent_get_output(b), app_out_cb, ds);
     struct timeval tv = {.tv_sec = APP_CONNECT_TIMEOUT_S, .tv_usec = 0};
     bufferevent_set_timeouts(b, NULL, &tv);
     bufferevent_enable(b, EV_READ | EV_WRITE);
@@ -1204,14 +1138,15 @@ static int cb_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
         return 0;
     struct dstream *ds = xcalloc(1, sizeof(*ds));
     ds->c = c;
-    ds->sid = f->hd.stream_id;
+    ds->br.h2 = s;
+    ds->br.sid = f->hd.stream_id;
     ds->next = c->streams;
     if (c->streams)
         c->streams->prev = ds;
     c->streams = ds;
     c->nstreams++;
-    if (nghttp2_session_set_stream_user_data(s, ds->sid, ds) != 0) {
-        ds->sid = 0;
+    if (nghttp2_session_set_stream_user_data(s, ds->br.sid, ds) != 0) {
+        ds->br.sid = 0;
         ds_free(ds);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
@@ -1241,7 +1176,7 @@ static int cb_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         return 0;
     /* RFC 9113 6.5.2: name + value + 32 per field. */
     ds->hdr_bytes += namelen + valuelen + 32;
-    if (ds->hdr_bytes > HEADER_LIST_MAX)
+    if (ds->hdr_bytes > TUNNEL_HEADER_LIST_MAX)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (f->headers.cat != NGHTTP2_HCAT_REQUEST || namelen < 2 || name[0] != ':')
         return 0;
@@ -1256,12 +1191,12 @@ static int cb_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
 
 static void on_request(struct tconn *c, struct dstream *ds)
 {
-    if (strcmp(ds->method, "POST") == 0 && strcmp(ds->path, "/jobgate/control") == 0 &&
+    if (strcmp(ds->method, "POST") == 0 && strcmp(ds->path, TUNNEL_CONTROL_PATH) == 0 &&
         !ds->hdr_long) {
         if (c->ctl || c->ph != PH_CONTROL) {
             /* One control stream per connection; another is refused alone. */
             ds->kind = DS_REJECTED;
-            (void)nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, ds->sid,
+            (void)nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, ds->br.sid,
                                             NGHTTP2_PROTOCOL_ERROR);
             return;
         }
@@ -1269,11 +1204,11 @@ static void on_request(struct tconn *c, struct dstream *ds)
         c->ctl = ds;
         nghttp2_nv nv[] = {
             {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
-            {(uint8_t *)"content-type", (uint8_t *)"application/x-ndjson", 12, 20,
-             NGHTTP2_NV_FLAG_NONE},
+            {(uint8_t *)"content-type", (uint8_t *)TUNNEL_CONTROL_TYPE, 12,
+             sizeof(TUNNEL_CONTROL_TYPE) - 1, NGHTTP2_NV_FLAG_NONE},
         };
         nghttp2_data_provider prd = {.source = {.ptr = NULL}, .read_callback = ctl_read_cb};
-        if (nghttp2_submit_response(c->h2, ds->sid, nv, JG_ARRAY_LEN(nv), &prd) != 0)
+        if (nghttp2_submit_response(c->h2, ds->br.sid, nv, JG_ARRAY_LEN(nv), &prd) != 0)
             conn_fail(c, "cannot answer the control stream");
         return;
     }
@@ -1293,7 +1228,7 @@ static void on_request(struct tconn *c, struct dstream *ds)
         return;
     }
     ds->kind = DS_REJECTED;
-    (void)nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, ds->sid, NGHTTP2_PROTOCOL_ERROR);
+    (void)nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, ds->br.sid, NGHTTP2_PROTOCOL_ERROR);
 }
 
 static void ctl_input(struct tconn *c, const uint8_t *data, size_t len);
@@ -1362,19 +1297,17 @@ static int cb_data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid, const u
 {
     struct tconn *c = ud;
     (void)flags;
-    /* Connection level at once: a stalled stream never blocks the others. */
-    (void)nghttp2_session_consume_connection(s, len);
     struct dstream *ds = nghttp2_session_get_stream_user_data(s, sid);
-    if (ds && ds->kind == DS_CONNECT && ds->abev && !ds->shut_wr) {
-        /* Stream level only as the app takes the bytes (app_out_cb). */
-        if (bufferevent_write(ds->abev, data, len) == 0)
+    if (ds && ds->kind == DS_CONNECT && ds->br.bev && !ds->shut_wr) {
+        if (tunnel_bridge_data(&ds->br, data, len) == 0)
             return 0;
         ds_drop_app(ds);
         (void)nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, sid, NGHTTP2_INTERNAL_ERROR);
-    } else if (ds && ds->kind == DS_CONTROL) {
-        ctl_input(c, data, len);
+        return 0;
     }
-    (void)nghttp2_session_consume_stream(s, sid, len);
+    (void)nghttp2_session_consume(s, sid, len);
+    if (ds && ds->kind == DS_CONTROL)
+        ctl_input(c, data, len);
     return 0;
 }
 
@@ -1386,8 +1319,8 @@ static int cb_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud)
     if (f->hd.type != NGHTTP2_HEADERS || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
         return 0;
     struct dstream *ds = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
-    if (ds && ds->kind == DS_REJECTED && nghttp2_session_get_stream_remote_close(s, ds->sid) == 0)
-        (void)nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, ds->sid, NGHTTP2_NO_ERROR);
+    if (ds && ds->kind == DS_REJECTED && nghttp2_session_get_stream_remote_close(s, ds->br.sid) == 0)
+        (void)nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, ds->br.sid, NGHTTP2_NO_ERROR);
     return 0;
 }
 
@@ -1397,20 +1330,20 @@ static int cb_stream_close(nghttp2_session *s, int32_t sid, uint32_t error_code,
     struct dstream *ds = nghttp2_session_get_stream_user_data(s, sid);
     if (!ds)
         return 0;
-    ds->sid = 0;
+    ds->br.sid = 0;
     if (ds->kind == DS_CONTROL) {
         if (!c->closing)
             conn_fail(c, "the gateway closed the control stream");
         ds_free(ds);
         return 0;
     }
-    if (ds->kind == DS_CONNECT && ds->abev && error_code == NGHTTP2_NO_ERROR &&
-        evbuffer_get_length(bufferevent_get_output(ds->abev)) > 0 && c->nlinger < MAX_LINGER) {
+    if (ds->kind == DS_CONNECT && ds->br.bev && error_code == NGHTTP2_NO_ERROR &&
+        evbuffer_get_length(bufferevent_get_output(ds->br.bev)) > 0 && c->nlinger < MAX_LINGER) {
         /* What the gateway sent is not all written yet: finish, bounded. */
         ds->lingering = 1;
         c->nlinger++;
         struct timeval tv = ms_tv(LINGER_MS);
-        bufferevent_set_timeouts(ds->abev, NULL, &tv);
+        bufferevent_set_timeouts(ds->br.bev, NULL, &tv);
         return 0;
     }
     ds_free(ds);
@@ -1659,11 +1592,10 @@ static void ctl_message(struct tconn *c, const char *line, size_t len)
     struct agent_tunnel *t = c->t;
     if (len == 0 || (len == 1 && line[0] == '\r'))
         return;
-    json_error_t je;
-    json_t *m = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
-    if (!m || !json_is_object(m)) {
-        json_decref(m);
-        protocol_error(c, "malformed control message (%s)", m ? "not an object" : je.text);
+    json_t *m;
+    char why[200];
+    if (tunnel_msg_decode(line, len, &m, why, sizeof(why)) < 0) {
+        protocol_error(c, "malformed control message (%s)", why);
         return;
     }
     const char *type = json_string_value(json_object_get(m, "type"));
@@ -1715,21 +1647,16 @@ static void ctl_message(struct tconn *c, const char *line, size_t len)
 static void ctl_input(struct tconn *c, const uint8_t *data, size_t len)
 {
     while (len > 0 && !c->dead && !c->closing) {
-        const uint8_t *nl = memchr(data, '\n', len);
-        size_t take = nl ? (size_t)(nl - data) : len;
-        if (c->linelen + take + 1 > CTL_LINE_MAX) {
-            protocol_error(c, "a control message longer than %d bytes", CTL_LINE_MAX);
+        const char *line;
+        size_t n;
+        int r = tunnel_lines_next(&c->lines, &data, &len, &line, &n);
+        if (r < 0) {
+            protocol_error(c, "a control message longer than %d bytes", TUNNEL_CTL_LINE_MAX);
             return;
         }
-        memcpy(c->line + c->linelen, data, take);
-        c->linelen += take;
-        if (!nl)
+        if (r == 0)
             return;
-        size_t n = c->linelen;
-        c->linelen = 0;
-        ctl_message(c, c->line, n);
-        data += take + 1;
-        len -= take + 1;
+        ctl_message(c, line, n);
     }
 }
 
@@ -1738,22 +1665,13 @@ static void ctl_input(struct tconn *c, const uint8_t *data, size_t len)
 static void conn_read_cb(struct bufferevent *b, void *arg)
 {
     struct tconn *c = arg;
-    struct evbuffer *in = bufferevent_get_input(b);
-    /* Chunk by chunk, as the buffer holds them: no pullup. */
-    while (!c->dead && c->h2) {
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
-            break;
-        ssize_t n = nghttp2_session_mem_recv(c->h2, v.iov_base, v.iov_len);
-        if (n < 0) {
-            if (c->closing)
-                conn_fail(c, "%s", c->reason);
-            else
-                conn_fail_rc(c, -EPROTO, "HTTP/2 error from the gateway at %s: %s", c->t->where,
-                             nghttp2_strerror((int)n));
-            break;
-        }
-        evbuffer_drain(in, v.iov_len);
+    int rv = c->h2 ? tunnel_bridge_pump_in(c->h2, bufferevent_get_input(b), &c->dead) : 0;
+    if (rv < 0) {
+        if (c->closing)
+            conn_fail(c, "%s", c->reason);
+        else
+            conn_fail_rc(c, -EPROTO, "HTTP/2 error from the gateway at %s: %s", c->t->where,
+                         nghttp2_strerror(rv));
     }
     conn_pump(c);
 }
@@ -1761,13 +1679,6 @@ static void conn_read_cb(struct bufferevent *b, void *arg)
 static void conn_write_cb(struct bufferevent *b, void *arg)
 {
     (void)b;
-    conn_pump(arg);
-}
-
-static void flush_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
     conn_pump(arg);
 }
 
@@ -1825,35 +1736,16 @@ static void close_timer_cb(evutil_socket_t fd, short what, void *arg)
 /* HTTP/2 as the server: our SETTINGS at once, then wait for the gateway. */
 static int conn_start_h2(struct tconn *c)
 {
-    nghttp2_session_callbacks *cbs;
-    nghttp2_option *opt;
-    if (nghttp2_session_callbacks_new(&cbs) != 0)
-        return -1;
-    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, cb_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cbs, cb_header);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, cb_frame_recv);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, cb_data_chunk);
-    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, cb_frame_send);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, cb_stream_close);
-    if (nghttp2_option_new(&opt) != 0) {
-        nghttp2_session_callbacks_del(cbs);
-        return -1;
-    }
-    nghttp2_option_set_no_auto_window_update(opt, 1);
-    int rv = nghttp2_session_server_new2(&c->h2, cbs, c, opt);
-    nghttp2_session_callbacks_del(cbs);
-    nghttp2_option_del(opt);
-    if (rv != 0)
-        return -1;
-    nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
-        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, HEADER_LIST_MAX},
+    static const struct tunnel_session_cbs cbs = {
+        .begin_headers = cb_begin_headers,
+        .header = cb_header,
+        .frame_recv = cb_frame_recv,
+        .data_chunk = cb_data_chunk,
+        .frame_send = cb_frame_send,
+        .stream_close = cb_stream_close,
     };
-    if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, JG_ARRAY_LEN(iv)) != 0 ||
-        nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW) != 0)
+    if (tunnel_session_new(&c->h2, TUNNEL_ROLE_AGENT, &cbs, c) < 0)
         return -1;
-    c->line = xmalloc(CTL_LINE_MAX);
     c->ph = PH_CONTROL;
     struct timeval tv = ms_tv(c->t->ping_interval_ms);
     event_add(c->ping_timer, &tv);
@@ -1974,13 +1866,12 @@ static void conn_attempt(struct agent_tunnel *t)
     struct tconn *c = xcalloc(1, sizeof(*c));
     c->t = t;
     t->conn = c;
-    c->flush_ev = event_new(t->base, -1, 0, flush_cb, c);
     c->phase_timer = evtimer_new(t->base, phase_timer_cb, c);
     c->ping_timer = event_new(t->base, -1, EV_PERSIST, ping_cb, c);
     c->ping_deadline = evtimer_new(t->base, ping_deadline_cb, c);
     c->close_timer = evtimer_new(t->base, close_timer_cb, c);
     c->ctl_out = evbuffer_new();
-    if (!c->flush_ev || !c->phase_timer || !c->ping_timer || !c->ping_deadline ||
+    if (!c->phase_timer || !c->ping_timer || !c->ping_deadline ||
         !c->close_timer || !c->ctl_out) {
         conn_fail(c, "out of memory");
         conn_pump(c);
@@ -2103,8 +1994,6 @@ static void conn_teardown(struct tconn *c)
         bufferevent_free(c->bev);
     if (c->ssh_pid > 0)
         reap_later(t, c->ssh_pid);
-    if (c->flush_ev)
-        event_free(c->flush_ev);
     if (c->phase_timer)
         event_free(c->phase_timer);
     if (c->ping_timer)
@@ -2115,7 +2004,7 @@ static void conn_teardown(struct tconn *c)
         event_free(c->close_timer);
     if (c->ctl_out)
         evbuffer_free(c->ctl_out);
-    free(c->line);
+    tunnel_lines_free(&c->lines);
     OPENSSL_free(c->pin);
     free(c);
     t->conn = NULL;
@@ -2212,8 +2101,8 @@ static void start_close(struct agent_tunnel *t)
     }
     /* The app has ended: its browser connections end too. */
     for (struct dstream *ds = c->streams; ds; ds = ds->next)
-        if (ds->kind == DS_CONNECT && ds->sid)
-            (void)nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, ds->sid, NGHTTP2_CANCEL);
+        if (ds->kind == DS_CONNECT && ds->br.sid)
+            (void)nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, ds->br.sid, NGHTTP2_CANCEL);
     for (struct app_entry *a = t->apps; a; a = a->next)
         if (a->alias)
             send_unregister(c, a->alias);

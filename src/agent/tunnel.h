@@ -41,14 +41,12 @@
 
 #include <jansson.h>
 
-#define TUNNEL_ALPN "jobgate/1"
 #define TUNNEL_DEFAULT_PORT 443u
 #define TUNNEL_OPEN_TIMEOUT_MS 10000      /* dial, then handshake to welcome: each */
 #define TUNNEL_REGISTER_TIMEOUT_MS 15000  /* register -> registered */
 #define TUNNEL_CLOSE_TIMEOUT_MS 2000      /* unregister + GOAWAY on close */
 #define TUNNEL_PING_INTERVAL_MS 15000
 #define TUNNEL_PING_TIMEOUT_MS 30000
-#define TUNNEL_TOKEN_MAX 256              /* bytes of <state_dir>/agent.token */
 
 /* What the tunnel thread tells the user while it runs (from that thread). */
 struct agent_tunnel_event {
