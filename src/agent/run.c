@@ -39,7 +39,7 @@
 #include "cmd.h"
 #include "procnet.h"
 #include "ctl.h"
-#include "tunnel.h"
+#include "agent_tunnel.h"
 #include "util.h"
 
 #define APP_NAME_MAX 64             /* control-protocol.md: 1-64 of [A-Za-z0-9._-] */

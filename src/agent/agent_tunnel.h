@@ -1,5 +1,5 @@
 /*
- * tunnel — the agent's side of the tunnel to a remote gateway
+ * agent_tunnel — the agent's side of the tunnel to a remote gateway
  * (docs/tunnel-protocol.md): `jobgate run -g https://HOST[:PORT]` and
  * `jobgate run --via ssh:HOST`.
  *
@@ -33,8 +33,8 @@
  *    ends after lasting 10 s or more) and registers
  *    every app again under the alias it had, until agent_tunnel_close().
  */
-#ifndef JG_TUNNEL_H
-#define JG_TUNNEL_H
+#ifndef JG_AGENT_TUNNEL_H
+#define JG_AGENT_TUNNEL_H
 
 #include <stddef.h>
 #include <stdint.h>
