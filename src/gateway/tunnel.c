@@ -29,15 +29,14 @@
 #include "log.h"
 #include "store.h"
 #include "token.h"
+#include "tunnel_bridge.h"
+#include "tunnel_proto.h"
 #include "util.h"
 #ifdef JG_HAVE_MUNGE
 #include "munge_cred.h"
 #endif
 
-#define TUN_STREAM_WINDOW (256 * 1024)       /* SETTINGS_INITIAL_WINDOW_SIZE */
-#define TUN_CONN_WINDOW (64 * 1024 * 1024)   /* connection-level receive window */
-#define TUN_MAX_HEADER_LIST 16384
-#define TUN_LINE_MAX 65536                   /* one control message */
+/* Windows, header and control line limits: tunnel_proto.h, shared with the agent. */
 #define TUN_OUT_HIGH (256 * 1024)            /* transport output: make no frames beyond */
 #define TUN_MAX_REG 64                       /* registrations per tunnel */
 #define TUN_MAX_STREAMS 4096                 /* data streams per tunnel, queued ones included */
@@ -55,14 +54,12 @@ enum tstate {
 };
 
 struct tstream {
+    /* First: the stream user data. br.sid is -1 once nghttp2 closed the
+     * stream, br.bev our end of the socketpair with conn, br.ready set when
+     * the agent answered 200, br.far_eof when conn shut its side. */
+    struct tunnel_bridge br;
     struct tunnel *t;
     struct tstream *next, *prev;
-    int32_t id;              /* HTTP/2 stream id; -1 once nghttp2 closed it */
-    struct bufferevent *bev; /* our end of the socketpair with conn */
-    size_t unconsumed;       /* DATA from the agent not yet written to the socketpair */
-    int open_ok;             /* the agent answered 200 */
-    int deferred;            /* our data provider waits for bytes */
-    int eof_in;              /* conn shut its side: END_STREAM after what is buffered */
     int remote_eof;          /* the agent ended its side: shut ours once flushed */
     int status;
     int gone_ticks;          /* ticks since conn closed its end without progress */
@@ -129,7 +126,7 @@ static void t_leave(struct tunnel *t);
 static int ensure_agent_token(struct gateway *gw, struct tunnel_hub *hub, char *err,
                               size_t errlen)
 {
-    char path[4096], tok[TOKEN_STR_LEN + 1], buf[256];
+    char path[4096], tok[TOKEN_STR_LEN + 1], buf[TUNNEL_TOKEN_MAX + 4];
     if (xsnprintf(path, sizeof(path), "%s/agent.token", gw->cfg->state_dir) < 0)
         return errmsg(err, errlen, -ENAMETOOLONG, "state directory path too long");
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -171,7 +168,7 @@ static int ensure_agent_token(struct gateway *gw, struct tunnel_hub *hub, char *
         return errmsg(err, errlen, -EIO, "cannot read %s", path);
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
         n--;
-    if (n == 0 || n > 200) {
+    if (n == 0 || n > TUNNEL_TOKEN_MAX) {
         memset(buf, 0, sizeof(buf));
         return errmsg(err, errlen, -EINVAL, "%s is empty or too long; remove it to get a new one",
                       path);
@@ -210,10 +207,10 @@ void tunnel_hub_free(struct gateway *gw)
 static void s_free(struct tstream *s)
 {
     struct tunnel *t = s->t;
-    if (s->id > 0 && t->h2)
-        nghttp2_session_set_stream_user_data(t->h2, s->id, NULL);
-    if (s->bev)
-        bufferevent_free(s->bev);
+    if (s->br.sid > 0 && t->h2)
+        nghttp2_session_set_stream_user_data(t->h2, s->br.sid, NULL);
+    if (s->br.bev)
+        bufferevent_free(s->br.bev);
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -227,28 +224,9 @@ static void s_free(struct tstream *s)
 /* Aborts a stream: RST to the agent, socketpair closed (conn sees the app gone). */
 static void s_abort(struct tstream *s)
 {
-    if (s->id > 0 && s->t->h2)
-        nghttp2_submit_rst_stream(s->t->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+    if (s->br.sid > 0 && s->t->h2)
+        nghttp2_submit_rst_stream(s->t->h2, NGHTTP2_FLAG_NONE, s->br.sid, NGHTTP2_CANCEL);
     s_free(s);
-}
-
-/* DATA from the agent has left our buffer for the socketpair: open the window that much. */
-static void s_consume_drained(struct tstream *s)
-{
-    size_t pending = evbuffer_get_length(bufferevent_get_output(s->bev));
-    if (s->unconsumed > pending) {
-        if (s->id > 0)
-            nghttp2_session_consume_stream(s->t->h2, s->id, s->unconsumed - pending);
-        s->unconsumed = pending;
-    }
-}
-
-static void s_resume(struct tstream *s)
-{
-    if (s->deferred && s->open_ok && s->id > 0) {
-        s->deferred = 0;
-        nghttp2_session_resume_data(s->t->h2, s->id);
-    }
 }
 
 /* Bytes from conn (the browser's side) to send on the stream. */
@@ -257,7 +235,7 @@ static void s_read(struct bufferevent *bev, void *arg)
     struct tstream *s = arg;
     struct tunnel *t = s->t;
     t->busy++;
-    s_resume(s);
+    tunnel_bridge_resume(&s->br);
     t_flush(t);
     t_leave(t);
 }
@@ -267,9 +245,9 @@ static void s_write(struct bufferevent *bev, void *arg)
     struct tstream *s = arg;
     struct tunnel *t = s->t;
     t->busy++;
-    s_consume_drained(s);
+    tunnel_bridge_drained(&s->br);
     if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
-        if (s->id < 0) {
+        if (s->br.sid < 0) {
             s_free(s); /* the stream is over and everything reached conn */
         } else if (s->remote_eof) {
             shutdown(bufferevent_getfd(bev), SHUT_WR);
@@ -284,14 +262,14 @@ static void s_event(struct bufferevent *bev, short what, void *arg)
     struct tstream *s = arg;
     struct tunnel *t = s->t;
     t->busy++;
-    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->id > 0) {
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->br.sid > 0) {
         /* conn is done sending (browser closed, or the exchange ended):
          * END_STREAM once the buffered bytes are out. */
-        s->eof_in = 1;
+        s->br.far_eof = 1;
         bufferevent_disable(bev, EV_READ);
-        s->deferred = 1;
-        s_resume(s);
-        if (!s->open_ok) {
+        s->br.deferred = 1;
+        tunnel_bridge_resume(&s->br);
+        if (!s->br.ready) {
             s_abort(s); /* nothing to wait for: the browser left before the agent answered */
         }
     } else {
@@ -299,28 +277,6 @@ static void s_event(struct bufferevent *bev, short what, void *arg)
     }
     t_flush(t);
     t_leave(t);
-}
-
-static ssize_t s_provide(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t len,
-                         uint32_t *flags, nghttp2_data_source *src, void *ud)
-{
-    /* Not src->ptr: the stream may have been freed while nghttp2 still held DATA for it. */
-    struct tstream *s = nghttp2_session_get_stream_user_data(h2, id);
-    if (!s || !s->bev)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    struct evbuffer *in = bufferevent_get_input(s->bev);
-    size_t n = evbuffer_get_length(in);
-    if (!s->open_ok || (n == 0 && !s->eof_in)) {
-        s->deferred = 1;
-        return NGHTTP2_ERR_DEFERRED;
-    }
-    if (n > len)
-        n = len;
-    if (n)
-        evbuffer_remove(in, buf, n);
-    if (s->eof_in && evbuffer_get_length(in) == 0)
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-    return (ssize_t)n;
 }
 
 static int reg_find(const struct tunnel *t, const char *alias)
@@ -344,8 +300,8 @@ static void open_stream(struct tunnel *t, struct post *p)
     }
     struct tstream *s = xcalloc(1, sizeof(*s));
     s->t = t;
-    s->bev = bufferevent_socket_new(t->w->base, p->fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!s->bev) {
+    s->br.bev = bufferevent_socket_new(t->w->base, p->fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!s->br.bev) {
         close(p->fd);
         free(s);
         return;
@@ -354,11 +310,12 @@ static void open_stream(struct tunnel *t, struct post *p)
         {(uint8_t *)":method", (uint8_t *)"CONNECT", 7, 7, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)":authority", (uint8_t *)p->local, 10, strlen(p->local), NGHTTP2_NV_FLAG_NONE},
     };
-    nghttp2_data_provider dp = {.source.ptr = s, .read_callback = s_provide};
-    s->id = nghttp2_submit_request(t->h2, NULL, nv, 2, &dp, s);
-    if (s->id < 0) {
-        log_warn("tunnel=%" PRIx64 " cannot open a stream: %s", t->id, nghttp2_strerror(s->id));
-        bufferevent_free(s->bev);
+    nghttp2_data_provider dp = tunnel_bridge_provider(&s->br);
+    s->br.h2 = t->h2;
+    s->br.sid = nghttp2_submit_request(t->h2, NULL, nv, 2, &dp, s);
+    if (s->br.sid < 0) {
+        log_warn("tunnel=%" PRIx64 " cannot open a stream: %s", t->id, nghttp2_strerror(s->br.sid));
+        bufferevent_free(s->br.bev);
         free(s);
         return;
     }
@@ -367,10 +324,9 @@ static void open_stream(struct tunnel *t, struct post *p)
         t->streams->prev = s;
     t->streams = s;
     t->nstreams++;
-    bufferevent_setcb(s->bev, s_read, s_write, s_event, s);
-    bufferevent_setwatermark(s->bev, EV_READ, 0, TUN_STREAM_WINDOW);
-    bufferevent_setwatermark(s->bev, EV_WRITE, TUN_STREAM_WINDOW / 4, 0);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    bufferevent_setcb(s->br.bev, s_read, s_write, s_event, s);
+    tunnel_bridge_attach(&s->br, s->br.bev);
+    bufferevent_enable(s->br.bev, EV_READ | EV_WRITE);
 }
 
 static void on_post(evutil_socket_t fd, short what, void *arg)
@@ -444,14 +400,11 @@ struct bufferevent *tunnel_stream_open(struct gateway *gw, struct event_base *ba
 
 static void ctl_send(struct tunnel *t, json_t *msg)
 {
-    if (!msg)
+    char *line;
+    size_t len;
+    if (tunnel_msg_encode(msg, &line, &len) < 0)
         return;
-    char *line = json_dumps(msg, JSON_COMPACT);
-    json_decref(msg);
-    if (!line)
-        return;
-    evbuffer_add(t->ctl_out, line, strlen(line));
-    evbuffer_add(t->ctl_out, "\n", 1);
+    evbuffer_add(t->ctl_out, line, len);
     free(line);
     if (evbuffer_get_length(t->ctl_out) > TUN_CTL_OUT_MAX) {
         /* Its window stays shut while it keeps asking: the answers would pile up without end. */
@@ -815,13 +768,14 @@ static void ctl_input(struct tunnel *t)
 {
     for (;;) {
         struct evbuffer_ptr eol = evbuffer_search(t->ctl_in, "\n", 1, NULL);
+        /* The limit counts the newline, as tunnel_lines_next does. */
         if (eol.pos < 0) {
-            if (evbuffer_get_length(t->ctl_in) > TUN_LINE_MAX)
-                t_kill(t, "control message longer than %d bytes", TUN_LINE_MAX);
+            if (evbuffer_get_length(t->ctl_in) >= TUNNEL_CTL_LINE_MAX)
+                t_kill(t, "control message longer than %d bytes", TUNNEL_CTL_LINE_MAX);
             return;
         }
-        if ((size_t)eol.pos > TUN_LINE_MAX) {
-            t_kill(t, "control message longer than %d bytes", TUN_LINE_MAX);
+        if ((size_t)eol.pos + 1 > TUNNEL_CTL_LINE_MAX) {
+            t_kill(t, "control message longer than %d bytes", TUNNEL_CTL_LINE_MAX);
             return;
         }
         size_t n = (size_t)eol.pos;
@@ -873,25 +827,25 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *f, void *ud)
     struct tstream *s = nghttp2_session_get_stream_user_data(h2, f->hd.stream_id);
     if (!s)
         return 0;
-    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_RESPONSE && !s->open_ok) {
+    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_RESPONSE && !s->br.ready) {
         if (s->status != 200) {
-            log_info("tunnel=%" PRIx64 " stream=%d the agent answered %d (%s)", t->id, s->id,
+            log_info("tunnel=%" PRIx64 " stream=%d the agent answered %d (%s)", t->id, s->br.sid,
                      s->status, s->status == 404 ? "not a target it registered"
                                                  : "its app did not accept the connection");
             s_abort(s);
             return 0;
         }
-        s->open_ok = 1;
-        s->deferred = 1;
-        s_resume(s);
+        s->br.ready = 1;
+        s->br.deferred = 1;
+        tunnel_bridge_resume(&s->br);
     }
     if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
         (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
         s->remote_eof = 1;
-        if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-            shutdown(bufferevent_getfd(s->bev), SHUT_WR);
+        if (evbuffer_get_length(bufferevent_get_output(s->br.bev)) == 0)
+            shutdown(bufferevent_getfd(s->br.bev), SHUT_WR);
         else
-            bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0); /* s_write when all is out */
+            bufferevent_setwatermark(s->br.bev, EV_WRITE, 0, 0); /* s_write when all is out */
     }
     return 0;
 }
@@ -908,15 +862,15 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t id, const uint8_t
         ctl_input(t);
         return 0;
     }
-    /* The connection window opens at once: one stalled stream never blocks the others. */
-    nghttp2_session_consume_connection(h2, len);
     struct tstream *s = nghttp2_session_get_stream_user_data(h2, id);
     if (!s) {
+        nghttp2_session_consume_connection(h2, len);
         nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, id, NGHTTP2_STREAM_CLOSED);
         return 0;
     }
-    evbuffer_add(bufferevent_get_output(s->bev), data, len);
-    s->unconsumed += len;
+    /* The window rule of tunnel_bridge.h: the stream's opens as conn drains. */
+    if (tunnel_bridge_data(&s->br, data, len) < 0)
+        s_abort(s);
     return 0;
 }
 
@@ -932,15 +886,15 @@ static int on_stream_close(nghttp2_session *h2, int32_t id, uint32_t code, void 
     if (!s)
         return 0;
     nghttp2_session_set_stream_user_data(h2, id, NULL);
-    s->id = -1;
-    if (code != NGHTTP2_NO_ERROR || !s->open_ok ||
-        evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
+    s->br.sid = -1;
+    if (code != NGHTTP2_NO_ERROR || !s->br.ready ||
+        evbuffer_get_length(bufferevent_get_output(s->br.bev)) == 0) {
         if (code != NGHTTP2_NO_ERROR)
             log_debug("tunnel=%" PRIx64 " stream=%d reset: %s", t->id, id,
                       nghttp2_http2_strerror(code));
         s_free(s);
     } else {
-        bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0); /* s_write frees it once flushed */
+        bufferevent_setwatermark(s->br.bev, EV_WRITE, 0, 0); /* s_write frees it once flushed */
     }
     return 0;
 }
@@ -970,16 +924,10 @@ static void t_flush(struct tunnel *t)
     if (t->dead || !t->h2)
         return;
     struct evbuffer *out = bufferevent_get_output(t->wr);
-    while (evbuffer_get_length(out) < TUN_OUT_HIGH) {
-        const uint8_t *data;
-        ssize_t n = nghttp2_session_mem_send(t->h2, &data);
-        if (n < 0) {
-            t_kill(t, "HTTP/2: %s", nghttp2_strerror((int)n));
-            return;
-        }
-        if (n == 0)
-            break;
-        evbuffer_add(out, data, (size_t)n);
+    int rv = tunnel_bridge_pump_out(t->h2, out, TUN_OUT_HIGH);
+    if (rv < 0) {
+        t_kill(t, "HTTP/2: %s", nghttp2_strerror(rv));
+        return;
     }
     if (!nghttp2_session_want_read(t->h2) && !nghttp2_session_want_write(t->h2) &&
         evbuffer_get_length(out) == 0)
@@ -989,19 +937,10 @@ static void t_flush(struct tunnel *t)
 static void t_read(struct bufferevent *bev, void *arg)
 {
     struct tunnel *t = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
     t->busy++;
-    while (!t->dead && evbuffer_get_length(in) > 0) {
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-            break;
-        ssize_t n = nghttp2_session_mem_recv(t->h2, v.iov_base, v.iov_len);
-        if (n < 0) {
-            t_kill(t, "HTTP/2 from the agent: %s", nghttp2_strerror((int)n));
-            break;
-        }
-        evbuffer_drain(in, (size_t)n);
-    }
+    int rv = tunnel_bridge_pump_in(t->h2, bufferevent_get_input(bev), &t->dead);
+    if (rv < 0)
+        t_kill(t, "HTTP/2 from the agent: %s", nghttp2_strerror(rv));
     t_flush(t);
     t_leave(t);
 }
@@ -1034,19 +973,19 @@ static void sweep_gone(struct tunnel *t)
     struct tstream *s, *next;
     for (s = t->streams; s; s = next) {
         next = s->next;
-        struct pollfd p = {.fd = bufferevent_getfd(s->bev), .events = POLLRDHUP};
+        struct pollfd p = {.fd = bufferevent_getfd(s->br.bev), .events = POLLRDHUP};
         if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
             continue;
-        size_t in = evbuffer_get_length(bufferevent_get_input(s->bev));
-        if (s->open_ok && s->id > 0 && (s->gone_ticks == 0 || in != s->gone_in)) {
+        size_t in = evbuffer_get_length(bufferevent_get_input(s->br.bev));
+        if (s->br.ready && s->br.sid > 0 && (s->gone_ticks == 0 || in != s->gone_in)) {
             s->gone_ticks = 1;
             s->gone_in = in;
             continue;
         }
-        if (s->open_ok && s->id > 0 && ++s->gone_ticks <= TUN_GONE_TICKS)
+        if (s->br.ready && s->br.sid > 0 && ++s->gone_ticks <= TUN_GONE_TICKS)
             continue;
         log_debug("tunnel=%" PRIx64 " stream=%d its browser connection left; dropped", t->id,
-                  s->id);
+                  s->br.sid);
         s_abort(s);
     }
 }
@@ -1197,35 +1136,15 @@ static struct tunnel *t_new(struct worker *w, const char *peer)
 /* The HTTP/2 session and the control stream, on a transport already set. */
 static int t_start(struct tunnel *t)
 {
-    nghttp2_session_callbacks *cb;
-    nghttp2_option *opt;
-    if (nghttp2_session_callbacks_new(&cb) != 0)
-        return -ENOMEM;
-    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
-    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
-    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
-    if (nghttp2_option_new(&opt) != 0) {
-        nghttp2_session_callbacks_del(cb);
-        return -ENOMEM;
-    }
-    nghttp2_option_set_no_auto_window_update(opt, 1);
-    nghttp2_option_set_max_send_header_block_length(opt, TUN_MAX_HEADER_LIST);
-    int rc = nghttp2_session_client_new2(&t->h2, cb, t, opt);
-    nghttp2_option_del(opt);
-    nghttp2_session_callbacks_del(cb);
-    if (rc != 0)
-        return -ENOMEM;
-    nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 0},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, TUN_STREAM_WINDOW},
-        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, TUN_MAX_HEADER_LIST},
+    static const struct tunnel_session_cbs cbs = {
+        .begin_headers = on_begin_headers,
+        .header = on_header,
+        .frame_recv = on_frame_recv,
+        .data_chunk = on_data,
+        .frame_send = on_frame_send,
+        .stream_close = on_stream_close,
     };
-    if (nghttp2_submit_settings(t->h2, NGHTTP2_FLAG_NONE, iv, JG_ARRAY_LEN(iv)) != 0 ||
-        nghttp2_session_set_local_window_size(t->h2, NGHTTP2_FLAG_NONE, 0, TUN_CONN_WINDOW) != 0)
+    if (tunnel_session_new(&t->h2, TUNNEL_ROLE_GATEWAY, &cbs, t) < 0)
         return -ENOMEM;
     if (token_new(t->nonce) < 0)
         return -EIO;
@@ -1233,16 +1152,17 @@ static int t_start(struct tunnel *t)
         {(uint8_t *)":method", (uint8_t *)"POST", 7, 4, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)":scheme", (uint8_t *)"https", 7, 5, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)":authority", (uint8_t *)"jobgate", 10, 7, NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)":path", (uint8_t *)"/jobgate/control", 5, 16, NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)"content-type", (uint8_t *)"application/x-ndjson", 12, 20,
+        {(uint8_t *)":path", (uint8_t *)TUNNEL_CONTROL_PATH, 5, sizeof(TUNNEL_CONTROL_PATH) - 1,
          NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-type", (uint8_t *)TUNNEL_CONTROL_TYPE, 12,
+         sizeof(TUNNEL_CONTROL_TYPE) - 1, NGHTTP2_NV_FLAG_NONE},
     };
     nghttp2_data_provider dp = {.source.ptr = t, .read_callback = ctl_provide};
     t->ctl_id = nghttp2_submit_request(t->h2, NULL, nv, JG_ARRAY_LEN(nv), &dp, NULL);
     if (t->ctl_id < 0)
         return -EIO;
-    ctl_send(t, json_pack("{s:s, s:i, s:s}", "type", "challenge", "version", 1, "nonce",
-                          t->nonce));
+    ctl_send(t, json_pack("{s:s, s:i, s:s}", "type", "challenge", "version", TUNNEL_VERSION,
+                          "nonce", t->nonce));
     bufferevent_setcb(t->rd, t_read, t->rd == t->wr ? t_write : NULL, t_event, t);
     if (t->wr != t->rd)
         bufferevent_setcb(t->wr, NULL, t_write, t_event, t);

@@ -39,12 +39,11 @@
 #include <sys/types.h>
 
 #include "route.h"
+#include "tunnel_proto.h" /* TUNNEL_ALPN */
 
 struct gateway;
 struct worker;
 
-/* ALPN protocol id of the tunnel. */
-#define TUNNEL_ALPN "jobgate/1"
 
 /* Sets up the hub. In personal mode also makes sure <state_dir>/agent.token
  * exists (0600, 256 bits) and keeps its hash. 0 or -errno with err. */
