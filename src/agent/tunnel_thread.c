@@ -171,17 +171,23 @@ static void do_register(struct agent_tunnel *t, struct app_entry *a, struct wait
         cmsg_register(c, a);
 }
 
-static void cmd_cb(evutil_socket_t fd, short what, void *arg)
+/* Empties the queue the caller's thread fills, in one step under mu. */
+static struct cmd *take_cmds(struct agent_tunnel *t)
 {
-    struct agent_tunnel *t = arg;
-    (void)fd;
-    (void)what;
     pthread_mutex_lock(&t->mu);
     struct cmd *list = t->cmds;
     t->cmds = NULL;
     t->cmds_tail = &t->cmds;
     pthread_mutex_unlock(&t->mu);
+    return list;
+}
 
+static void cmd_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct agent_tunnel *t = arg;
+    (void)fd;
+    (void)what;
+    struct cmd *list = take_cmds(t);
     while (list) {
         struct cmd *cm = list;
         list = cm->next;
@@ -228,11 +234,7 @@ static void *tunnel_thread(void *arg)
      * leftovers when the open failed after the handshake). */
     (void)event_base_loop(t->base, EVLOOP_NONBLOCK);
     /* Commands that came too late. */
-    pthread_mutex_lock(&t->mu);
-    struct cmd *list = t->cmds;
-    t->cmds = NULL;
-    t->cmds_tail = &t->cmds;
-    pthread_mutex_unlock(&t->mu);
+    struct cmd *list = take_cmds(t);
     while (list) {
         struct cmd *cm = list;
         list = cm->next;
