@@ -41,7 +41,7 @@ static uint32_t rand32(void)
     return v;
 }
 
-/* Full jitter: uniform in [0, min(cap, base * 2^attempt)]. */
+/* The next delay; counts the attempt (reset by a lasting connection). */
 static int64_t backoff_ms(struct agent_tunnel *t)
 {
     return backoff_delay_ms(t->attempt++, rand32());
