@@ -11,7 +11,6 @@
 #include <stdint.h>
 
 #define EXIT_USAGE 2
-#define LINK_TTL_MAX (7 * 86400) /* the gateway's limit (control-protocol.md) */
 
 /* Each takes the subcommand's own argv (argv[0] is the command name) and
  * returns the process exit status. */

@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 
+#include "app.h"
 #include "cmd.h"
 #include "ctl.h"
 #include "util.h"
@@ -78,7 +79,7 @@ static int print_json_line(const json_t *v)
 
 int parse_link_ttl(const char *cmd, const char *arg, int64_t *ttl)
 {
-    if (parse_duration(arg, ttl) < 0 || *ttl < 1 || *ttl > LINK_TTL_MAX)
+    if (parse_duration(arg, ttl) < 0 || !app_link_ttl_valid(*ttl))
         return cli_usage_error(cmd, "bad --ttl '%s': give 1s to 7d, e.g. 30s, 10m, 2h", arg);
     return 0;
 }

@@ -19,7 +19,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,46 +83,6 @@ static int send_fds(int fd, char *err, size_t errlen)
     return 0;
 }
 
-/* Reads the one answer line (without the newline) into buf. */
-static int read_answer(int fd, char *buf, size_t buflen, size_t *len, char *err, size_t errlen)
-{
-    int64_t deadline = now_mono_ms() + CTL_TIMEOUT_MS;
-    size_t n = 0;
-    for (;;) {
-        char *nl = memchr(buf, '\n', n);
-        if (nl) {
-            *len = (size_t)(nl - buf);
-            return 0;
-        }
-        if (n >= buflen)
-            return errmsg(err, errlen, -EMSGSIZE, "the gateway's answer is longer than %zu bytes",
-                          buflen);
-        int64_t left = deadline - now_mono_ms();
-        if (left <= 0)
-            return errmsg(err, errlen, -ETIMEDOUT, "no answer from the gateway within %d s",
-                          CTL_TIMEOUT_MS / 1000);
-        struct pollfd p = {.fd = fd, .events = POLLIN, .revents = 0};
-        int pr = poll(&p, 1, (int)left);
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr < 0)
-            return errmsg(err, errlen, -errno, "poll: %s", strerror(errno));
-        if (pr == 0)
-            continue;
-        ssize_t r = recv(fd, buf + n, buflen - n, MSG_DONTWAIT);
-        if (r < 0) {
-            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
-                continue;
-            return errmsg(err, errlen, -errno, "cannot read from the gateway: %s",
-                          strerror(errno));
-        }
-        if (r == 0)
-            return errmsg(err, errlen, -ECONNRESET,
-                          "the gateway closed the connection without answering");
-        n += (size_t)r;
-    }
-}
-
 int cmd_tunnel(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -163,11 +122,12 @@ int cmd_tunnel(int argc, char **argv)
         return 1;
     }
     char *buf = xmalloc(CTL_MAX_LINE);
-    size_t len = 0;
-    int rc = send_fds(fd, err, sizeof(err));
-    if (rc == 0)
-        rc = read_answer(fd, buf, CTL_MAX_LINE, &len, err, sizeof(err));
-    if (rc < 0) {
+    size_t got = 0;
+    ssize_t len = send_fds(fd, err, sizeof(err));
+    if (len == 0)
+        len = ctl_read_line(fd, buf, CTL_MAX_LINE, &got, now_mono_ms() + CTL_TIMEOUT_MS,
+                            "the gateway", err, sizeof(err));
+    if (len < 0) {
         close(fd);
         free(buf);
         cli_error("%s", err);
@@ -175,7 +135,7 @@ int cmd_tunnel(int argc, char **argv)
     }
 
     json_error_t je;
-    json_t *ans = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+    json_t *ans = json_loadb(buf, (size_t)len, JSON_REJECT_DUPLICATES, &je);
     free(buf);
     json_t *ok = json_object_get(ans, "ok");
     if (!json_is_object(ans) || !json_is_boolean(ok)) {

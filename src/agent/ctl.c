@@ -2,6 +2,7 @@
 #include "ctl.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -151,39 +152,35 @@ static int send_all(struct ctl *c, const char *p, size_t n, int64_t deadline, ch
     return 0;
 }
 
-/*
- * Reads until the buffer holds a complete line; returns its length without
- * the newline (the newline itself is at buf[len]) or -errno.
- */
-static ssize_t recv_line(struct ctl *c, int64_t deadline, char *err, size_t errlen)
+ssize_t ctl_read_line(int fd, char *buf, size_t cap, size_t *len, int64_t deadline,
+                      const char *who, char *err, size_t errlen)
 {
     size_t scanned = 0;
     for (;;) {
-        char *nl = memchr(c->buf + scanned, '\n', c->len - scanned);
+        char *nl = memchr(buf + scanned, '\n', *len - scanned);
         if (nl)
-            return nl - c->buf;
-        scanned = c->len;
-        if (c->len >= CTL_MAX_LINE)
-            return errmsg(err, errlen, -EMSGSIZE,
-                          "the gateway's answer is longer than %d bytes", CTL_MAX_LINE);
+            return nl - buf;
+        scanned = *len;
+        if (*len >= cap)
+            return errmsg(err, errlen, -EMSGSIZE, "the gateway's answer is longer than %zu bytes",
+                          cap);
 
-        int w = wait_fd(c->fd, POLLIN, deadline);
+        int w = wait_fd(fd, POLLIN, deadline);
         if (w < 0)
             return errmsg(err, errlen, w, "poll: %s", strerror(-w));
         if (w == 0)
-            return errmsg(err, errlen, -ETIMEDOUT, "no answer from the gateway at %s within %d s",
-                          c->path, CTL_TIMEOUT_MS / 1000);
-        ssize_t r = recv(c->fd, c->buf + c->len, CTL_MAX_LINE - c->len, MSG_DONTWAIT);
+            return errmsg(err, errlen, -ETIMEDOUT, "no answer from %s within %d s", who,
+                          CTL_TIMEOUT_MS / 1000);
+        ssize_t r = recv(fd, buf + *len, cap - *len, MSG_DONTWAIT);
         if (r < 0) {
             if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
                 continue;
-            return errmsg(err, errlen, -errno, "cannot read from the gateway at %s: %s",
-                          c->path, strerror(errno));
+            return errmsg(err, errlen, -errno, "cannot read from %s: %s", who, strerror(errno));
         }
         if (r == 0)
-            return errmsg(err, errlen, -ECONNRESET,
-                          "the gateway at %s closed the connection without answering", c->path);
-        c->len += (size_t)r;
+            return errmsg(err, errlen, -ECONNRESET, "%s closed the connection without answering",
+                          who);
+        *len += (size_t)r;
     }
 }
 
@@ -211,7 +208,9 @@ int ctl_request(struct ctl *c, json_t *req, json_t **reply, char *err, size_t er
     if (r < 0)
         return r;
 
-    ssize_t n = recv_line(c, deadline, err, errlen);
+    char who[PATH_MAX + 32];
+    (void)xsnprintf(who, sizeof(who), "the gateway at %s", c->path);
+    ssize_t n = ctl_read_line(c->fd, c->buf, CTL_MAX_LINE, &c->len, deadline, who, err, errlen);
     if (n < 0)
         return (int)n;
 

@@ -11,6 +11,8 @@
 #define JG_CTL_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 #include <jansson.h>
 
@@ -39,6 +41,16 @@ int ctl_connect(const char *path, struct ctl **out, char *err, size_t errlen);
 int ctl_request(struct ctl *c, json_t *req, json_t **reply, char *err, size_t errlen);
 
 void ctl_close(struct ctl *c);
+
+/*
+ * Reads from fd into buf, which holds *len bytes already (cap at most),
+ * until it holds a complete line: the deadline (now_mono_ms() time) and cap
+ * bound the wait and the size. Returns the line's length without the
+ * newline (which is at buf[n]; bytes after it stay in buf), or -errno with a
+ * sentence in err that names the peer as who ("the gateway at PATH").
+ */
+ssize_t ctl_read_line(int fd, char *buf, size_t cap, size_t *len, int64_t deadline,
+                      const char *who, char *err, size_t errlen);
 
 /* ctl_connect + ctl_request + ctl_close, for the common one-shot case. */
 int ctl_call(const char *path, json_t *req, json_t **reply, char *err, size_t errlen);

@@ -29,16 +29,15 @@
 
 #include "route.h"
 #include "token.h"
+#include "tunnel_bridge.h"
+#include "tunnel_proto.h"
 
 struct jg_config;
 struct registry;
 struct hmap;
 struct worker;
 
-#define TUN_STREAM_WINDOW (256 * 1024)       /* SETTINGS_INITIAL_WINDOW_SIZE */
-#define TUN_CONN_WINDOW (64 * 1024 * 1024)   /* connection-level receive window */
-#define TUN_MAX_HEADER_LIST 16384
-#define TUN_LINE_MAX 65536                   /* one control message */
+/* Windows, header and control line limits: tunnel_proto.h, shared with the agent. */
 #define TUN_OUT_HIGH (256 * 1024)            /* transport output: make no frames beyond */
 #define TUN_MAX_REG 64                       /* registrations per tunnel */
 #define TUN_MAX_STREAMS 4096                 /* data streams per tunnel, queued ones included */
@@ -56,14 +55,12 @@ enum tstate {
 };
 
 struct tstream {
+    /* First: the stream user data. br.sid is -1 once nghttp2 closed the
+     * stream, br.bev our end of the socketpair with conn, br.ready set when
+     * the agent answered 200, br.far_eof when conn shut its side. */
+    struct tunnel_bridge br;
     struct tunnel *t;
     LIST_ENTRY(tstream) link;   /* t->streams */
-    int32_t id;              /* HTTP/2 stream id; -1 once nghttp2 closed it */
-    struct bufferevent *bev; /* our end of the socketpair with conn */
-    size_t unconsumed;       /* DATA from the agent not yet written to the socketpair */
-    int open_ok;             /* the agent answered 200 */
-    int deferred;            /* our data provider waits for bytes */
-    int eof_in;              /* conn shut its side: END_STREAM after what is buffered */
     int remote_eof;          /* the agent ended its side: shut ours once flushed */
     int status;
     int gone_ticks;          /* ticks since conn closed its end without progress */
@@ -99,7 +96,8 @@ struct tunnel {
     char method[12];
     char nonce[TOKEN_STR_LEN + 1];
     int32_t ctl_id;
-    struct evbuffer *ctl_out, *ctl_in;
+    struct evbuffer *ctl_out;
+    struct tunnel_lines ctl_lines; /* the agent's control stream, split into lines */
     int ctl_deferred, ctl_eof_sent;
     LIST_HEAD(, tstream) streams;
     unsigned nstreams;
@@ -133,7 +131,7 @@ void tunnel_leave(struct tunnel *t);
 /* tunnel_ctl.c: the control stream. */
 void tctl_send(struct tunnel *t, json_t *msg);        /* one message; takes msg */
 void tctl_refuse(struct tunnel *t, const char *code, const char *why);
-void tctl_input(struct tunnel *t);                    /* lines in t->ctl_in */
+void tctl_input(struct tunnel *t, const uint8_t *data, size_t len); /* control stream bytes */
 ssize_t tctl_provide(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
                      nghttp2_data_source *src, void *ud);
 int tctl_reg_find(const struct tunnel *t, const char *alias); /* slot in t->reg, or -1 */
@@ -141,7 +139,6 @@ int tctl_reg_find(const struct tunnel *t, const char *alias); /* slot in t->reg,
 /* tunnel_stream.c: data streams. */
 void tstream_free(struct tstream *s);
 void tstream_abort(struct tstream *s);                /* RST to the agent, then free */
-void tstream_resume(struct tstream *s);               /* bytes or EOF for its provider */
 void tstream_on_post(evutil_socket_t fd, short what, void *arg); /* t->ev_post */
 void tstream_sweep_gone(struct tunnel *t);            /* once a tick */
 

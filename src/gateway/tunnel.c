@@ -36,7 +36,7 @@
 
 static int ensure_agent_token(struct tunnel_hub *hub, char *err, size_t errlen)
 {
-    char path[4096], tok[TOKEN_STR_LEN + 1], buf[256];
+    char path[4096], tok[TOKEN_STR_LEN + 1], buf[TUNNEL_TOKEN_MAX + 4];
     if (xsnprintf(path, sizeof(path), "%s/agent.token", hub->cfg->state_dir) < 0)
         return errmsg(err, errlen, -ENAMETOOLONG, "state directory path too long");
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -78,7 +78,7 @@ static int ensure_agent_token(struct tunnel_hub *hub, char *err, size_t errlen)
         return errmsg(err, errlen, -EIO, "cannot read %s", path);
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
         n--;
-    if (n == 0 || n > 200) {
+    if (n == 0 || n > TUNNEL_TOKEN_MAX) {
         memset(buf, 0, sizeof(buf));
         return errmsg(err, errlen, -EINVAL, "%s is empty or too long; remove it to get a new one",
                       path);
@@ -154,25 +154,25 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *f, void *ud)
     struct tstream *s = nghttp2_session_get_stream_user_data(h2, f->hd.stream_id);
     if (!s)
         return 0;
-    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_RESPONSE && !s->open_ok) {
+    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_RESPONSE && !s->br.ready) {
         if (s->status != 200) {
-            log_info("tunnel=%" PRIx64 " stream=%d the agent answered %d (%s)", t->id, s->id,
+            log_info("tunnel=%" PRIx64 " stream=%d the agent answered %d (%s)", t->id, s->br.sid,
                      s->status, s->status == 404 ? "not a target it registered"
                                                  : "its app did not accept the connection");
             tstream_abort(s);
             return 0;
         }
-        s->open_ok = 1;
-        s->deferred = 1;
-        tstream_resume(s);
+        s->br.ready = 1;
+        s->br.deferred = 1;
+        tunnel_bridge_resume(&s->br);
     }
     if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
         (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
         s->remote_eof = 1;
-        if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-            xprt_close_write(s->bev);
+        if (evbuffer_get_length(bufferevent_get_output(s->br.bev)) == 0)
+            xprt_close_write(s->br.bev);
         else
-            bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0); /* s_write when all is out */
+            bufferevent_setwatermark(s->br.bev, EV_WRITE, 0, 0); /* s_write when all is out */
     }
     return 0;
 }
@@ -185,19 +185,18 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t id, const uint8_t
         return 0; /* killed earlier in this read: act on nothing more it sent */
     if (id == t->ctl_id) {
         nghttp2_session_consume(h2, id, len);
-        evbuffer_add(t->ctl_in, data, len);
-        tctl_input(t);
+        tctl_input(t, data, len);
         return 0;
     }
-    /* The connection window opens at once: one stalled stream never blocks the others. */
-    nghttp2_session_consume_connection(h2, len);
     struct tstream *s = nghttp2_session_get_stream_user_data(h2, id);
     if (!s) {
+        nghttp2_session_consume_connection(h2, len);
         nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, id, NGHTTP2_STREAM_CLOSED);
         return 0;
     }
-    evbuffer_add(bufferevent_get_output(s->bev), data, len);
-    s->unconsumed += len;
+    /* The window rule of tunnel_bridge.h: the stream's opens as conn drains. */
+    if (tunnel_bridge_data(&s->br, data, len) < 0)
+        tstream_abort(s);
     return 0;
 }
 
@@ -213,15 +212,15 @@ static int on_stream_close(nghttp2_session *h2, int32_t id, uint32_t code, void 
     if (!s)
         return 0;
     nghttp2_session_set_stream_user_data(h2, id, NULL);
-    s->id = -1;
-    if (code != NGHTTP2_NO_ERROR || !s->open_ok ||
-        evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
+    s->br.sid = -1;
+    if (code != NGHTTP2_NO_ERROR || !s->br.ready ||
+        evbuffer_get_length(bufferevent_get_output(s->br.bev)) == 0) {
         if (code != NGHTTP2_NO_ERROR)
             log_debug("tunnel=%" PRIx64 " stream=%d reset: %s", t->id, id,
                       nghttp2_http2_strerror(code));
         tstream_free(s);
     } else {
-        bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0); /* s_write frees it once flushed */
+        bufferevent_setwatermark(s->br.bev, EV_WRITE, 0, 0); /* s_write frees it once flushed */
     }
     return 0;
 }
@@ -251,16 +250,10 @@ void tunnel_flush(struct tunnel *t)
     if (t->dead || !t->h2)
         return;
     struct evbuffer *out = bufferevent_get_output(t->wr);
-    while (evbuffer_get_length(out) < TUN_OUT_HIGH) {
-        const uint8_t *data;
-        ssize_t n = nghttp2_session_mem_send(t->h2, &data);
-        if (n < 0) {
-            tunnel_kill(t, "HTTP/2: %s", nghttp2_strerror((int)n));
-            return;
-        }
-        if (n == 0)
-            break;
-        evbuffer_add(out, data, (size_t)n);
+    int rv = tunnel_bridge_pump_out(t->h2, out, TUN_OUT_HIGH);
+    if (rv < 0) {
+        tunnel_kill(t, "HTTP/2: %s", nghttp2_strerror(rv));
+        return;
     }
     if (!nghttp2_session_want_read(t->h2) && !nghttp2_session_want_write(t->h2) &&
         evbuffer_get_length(out) == 0)
@@ -270,19 +263,10 @@ void tunnel_flush(struct tunnel *t)
 static void t_read(struct bufferevent *bev, void *arg)
 {
     struct tunnel *t = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
     t->busy++;
-    while (!t->dead && evbuffer_get_length(in) > 0) {
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-            break;
-        ssize_t n = nghttp2_session_mem_recv(t->h2, v.iov_base, v.iov_len);
-        if (n < 0) {
-            tunnel_kill(t, "HTTP/2 from the agent: %s", nghttp2_strerror((int)n));
-            break;
-        }
-        evbuffer_drain(in, (size_t)n);
-    }
+    int rv = tunnel_bridge_pump_in(t->h2, bufferevent_get_input(bev), &t->dead);
+    if (rv < 0)
+        tunnel_kill(t, "HTTP/2 from the agent: %s", nghttp2_strerror(rv));
     tunnel_flush(t);
     tunnel_leave(t);
 }
@@ -369,7 +353,7 @@ static void t_free(struct tunnel *t)
         event_free(t->ev_tick);
     if (t->hold_fd >= 0)
         close(t->hold_fd); /* `jobgate tunnel --stdio` sees EOF and exits */
-    evbuffer_free(t->ctl_in);
+    tunnel_lines_free(&t->ctl_lines);
     evbuffer_free(t->ctl_out);
     LIST_REMOVE(t, link);
     free(t);
@@ -418,7 +402,6 @@ static struct tunnel *t_new(struct worker *w, const char *peer)
     snprintf(t->peer, sizeof(t->peer), "%s", peer);
     t->uid = (uid_t)-1;
     t->hold_fd = -1;
-    t->ctl_in = evbuffer_new();
     t->ctl_out = evbuffer_new();
     t->ev_post = event_new(w->base, -1, 0, tstream_on_post, t);
     t->ev_tick = event_new(w->base, -1, EV_PERSIST, t_tick, t);
@@ -430,35 +413,15 @@ static struct tunnel *t_new(struct worker *w, const char *peer)
 /* The HTTP/2 session and the control stream, on a transport already set. */
 static int t_start(struct tunnel *t)
 {
-    nghttp2_session_callbacks *cb;
-    nghttp2_option *opt;
-    if (nghttp2_session_callbacks_new(&cb) != 0)
-        return -ENOMEM;
-    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
-    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
-    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
-    if (nghttp2_option_new(&opt) != 0) {
-        nghttp2_session_callbacks_del(cb);
-        return -ENOMEM;
-    }
-    nghttp2_option_set_no_auto_window_update(opt, 1);
-    nghttp2_option_set_max_send_header_block_length(opt, TUN_MAX_HEADER_LIST);
-    int rc = nghttp2_session_client_new2(&t->h2, cb, t, opt);
-    nghttp2_option_del(opt);
-    nghttp2_session_callbacks_del(cb);
-    if (rc != 0)
-        return -ENOMEM;
-    nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 0},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, TUN_STREAM_WINDOW},
-        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, TUN_MAX_HEADER_LIST},
+    static const struct tunnel_session_cbs cbs = {
+        .begin_headers = on_begin_headers,
+        .header = on_header,
+        .frame_recv = on_frame_recv,
+        .data_chunk = on_data,
+        .frame_send = on_frame_send,
+        .stream_close = on_stream_close,
     };
-    if (nghttp2_submit_settings(t->h2, NGHTTP2_FLAG_NONE, iv, JG_ARRAY_LEN(iv)) != 0 ||
-        nghttp2_session_set_local_window_size(t->h2, NGHTTP2_FLAG_NONE, 0, TUN_CONN_WINDOW) != 0)
+    if (tunnel_session_new(&t->h2, TUNNEL_ROLE_GATEWAY, &cbs, t) < 0)
         return -ENOMEM;
     if (token_new(t->nonce) < 0)
         return -EIO;
@@ -466,16 +429,17 @@ static int t_start(struct tunnel *t)
         {(uint8_t *)":method", (uint8_t *)"POST", 7, 4, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)":scheme", (uint8_t *)"https", 7, 5, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)":authority", (uint8_t *)"jobgate", 10, 7, NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)":path", (uint8_t *)"/jobgate/control", 5, 16, NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)"content-type", (uint8_t *)"application/x-ndjson", 12, 20,
+        {(uint8_t *)":path", (uint8_t *)TUNNEL_CONTROL_PATH, 5, sizeof(TUNNEL_CONTROL_PATH) - 1,
          NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-type", (uint8_t *)TUNNEL_CONTROL_TYPE, 12,
+         sizeof(TUNNEL_CONTROL_TYPE) - 1, NGHTTP2_NV_FLAG_NONE},
     };
     nghttp2_data_provider dp = {.source.ptr = t, .read_callback = tctl_provide};
     t->ctl_id = nghttp2_submit_request(t->h2, NULL, nv, JG_ARRAY_LEN(nv), &dp, NULL);
     if (t->ctl_id < 0)
         return -EIO;
-    tctl_send(t, json_pack("{s:s, s:i, s:s}", "type", "challenge", "version", 1, "nonce",
-                          t->nonce));
+    tctl_send(t, json_pack("{s:s, s:i, s:s}", "type", "challenge", "version", TUNNEL_VERSION,
+                          "nonce", t->nonce));
     bufferevent_setcb(t->rd, t_read, t->rd == t->wr ? t_write : NULL, t_event, t);
     if (t->wr != t->rd)
         bufferevent_setcb(t->wr, NULL, t_write, t_event, t);

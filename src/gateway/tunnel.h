@@ -42,14 +42,13 @@
 #include <sys/types.h>
 
 #include "route.h"
+#include "tunnel_proto.h" /* TUNNEL_ALPN */
 
 struct jg_config;
 struct registry;
 struct tunnel_hub;
 struct worker;
 
-/* ALPN protocol id of the tunnel. */
-#define TUNNEL_ALPN "jobgate/1"
 
 /* Sets up the hub: routes change through reg; uid is the gateway's own. In
  * personal mode also makes sure <state_dir>/agent.token exists (0600, 256

@@ -28,14 +28,11 @@
 
 void tctl_send(struct tunnel *t, json_t *msg)
 {
-    if (!msg)
+    char *line;
+    size_t len;
+    if (tunnel_msg_encode(msg, &line, &len) < 0)
         return;
-    char *line = json_dumps(msg, JSON_COMPACT);
-    json_decref(msg);
-    if (!line)
-        return;
-    evbuffer_add(t->ctl_out, line, strlen(line));
-    evbuffer_add(t->ctl_out, "\n", 1);
+    evbuffer_add(t->ctl_out, line, len);
     free(line);
     if (evbuffer_get_length(t->ctl_out) > TUN_CTL_OUT_MAX) {
         /* Its window stays shut while it keeps asking: the answers would pile up without end. */
@@ -155,7 +152,7 @@ static int hello_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, siz
             snprintf(why, wl, "agent tokens are for personal gateways; use MUNGE or SSH");
             return -1;
         }
-        if (!tok || strlen(tok) > 200) {
+        if (!tok || strlen(tok) > TUNNEL_TOKEN_MAX) {
             snprintf(why, wl, "bad agent token");
             return -1;
         }
@@ -319,11 +316,10 @@ static void op_link(struct tunnel *t, const char *id, json_t *m)
 /* One control line from the agent. */
 static void ctl_line(struct tunnel *t, const char *line, size_t len)
 {
-    json_error_t je;
-    json_t *m = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
-    if (!m || !json_is_object(m)) {
-        json_decref(m);
-        tunnel_kill(t, "malformed control message (not a JSON object)");
+    json_t *m;
+    char why[160];
+    if (tunnel_msg_decode(line, len, &m, why, sizeof(why)) < 0) {
+        tunnel_kill(t, "malformed control message (%s)", why);
         return;
     }
     if (t->st == T_HELLO) {
@@ -354,25 +350,19 @@ static void ctl_line(struct tunnel *t, const char *line, size_t len)
     json_decref(m);
 }
 
-void tctl_input(struct tunnel *t)
+void tctl_input(struct tunnel *t, const uint8_t *data, size_t len)
 {
-    for (;;) {
-        struct evbuffer_ptr eol = evbuffer_search(t->ctl_in, "\n", 1, NULL);
-        if (eol.pos < 0) {
-            if (evbuffer_get_length(t->ctl_in) > TUN_LINE_MAX)
-                tunnel_kill(t, "control message longer than %d bytes", TUN_LINE_MAX);
+    while (len > 0 && !t->dead) {
+        const char *line;
+        size_t n;
+        int r = tunnel_lines_next(&t->ctl_lines, &data, &len, &line, &n);
+        if (r < 0) {
+            tunnel_kill(t, "control message longer than %d bytes", TUNNEL_CTL_LINE_MAX);
             return;
         }
-        if ((size_t)eol.pos > TUN_LINE_MAX) {
-            tunnel_kill(t, "control message longer than %d bytes", TUN_LINE_MAX);
+        if (r == 0)
             return;
-        }
-        size_t n = (size_t)eol.pos;
-        char *line = (char *)evbuffer_pullup(t->ctl_in, (ssize_t)n + 1);
         if (n > 0)
             ctl_line(t, line, n);
-        evbuffer_drain(t->ctl_in, n + 1);
-        if (t->dead)
-            return;
     }
 }

@@ -29,10 +29,10 @@
 void tstream_free(struct tstream *s)
 {
     struct tunnel *t = s->t;
-    if (s->id > 0 && t->h2)
-        nghttp2_session_set_stream_user_data(t->h2, s->id, NULL);
-    if (s->bev)
-        bufferevent_free(s->bev);
+    if (s->br.sid > 0 && t->h2)
+        nghttp2_session_set_stream_user_data(t->h2, s->br.sid, NULL);
+    if (s->br.bev)
+        bufferevent_free(s->br.bev);
     LIST_REMOVE(s, link);
     t->nstreams--;
     free(s);
@@ -41,28 +41,9 @@ void tstream_free(struct tstream *s)
 /* Aborts a stream: RST to the agent, socketpair closed (conn sees the app gone). */
 void tstream_abort(struct tstream *s)
 {
-    if (s->id > 0 && s->t->h2)
-        nghttp2_submit_rst_stream(s->t->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+    if (s->br.sid > 0 && s->t->h2)
+        nghttp2_submit_rst_stream(s->t->h2, NGHTTP2_FLAG_NONE, s->br.sid, NGHTTP2_CANCEL);
     tstream_free(s);
-}
-
-/* DATA from the agent has left our buffer for the socketpair: open the window that much. */
-static void s_consume_drained(struct tstream *s)
-{
-    size_t pending = evbuffer_get_length(bufferevent_get_output(s->bev));
-    if (s->unconsumed > pending) {
-        if (s->id > 0)
-            nghttp2_session_consume_stream(s->t->h2, s->id, s->unconsumed - pending);
-        s->unconsumed = pending;
-    }
-}
-
-void tstream_resume(struct tstream *s)
-{
-    if (s->deferred && s->open_ok && s->id > 0) {
-        s->deferred = 0;
-        nghttp2_session_resume_data(s->t->h2, s->id);
-    }
 }
 
 /* Bytes from conn (the browser's side) to send on the stream. */
@@ -71,7 +52,7 @@ static void s_read(struct bufferevent *bev, void *arg)
     struct tstream *s = arg;
     struct tunnel *t = s->t;
     t->busy++;
-    tstream_resume(s);
+    tunnel_bridge_resume(&s->br);
     tunnel_flush(t);
     tunnel_leave(t);
 }
@@ -81,9 +62,9 @@ static void s_write(struct bufferevent *bev, void *arg)
     struct tstream *s = arg;
     struct tunnel *t = s->t;
     t->busy++;
-    s_consume_drained(s);
+    tunnel_bridge_drained(&s->br);
     if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
-        if (s->id < 0) {
+        if (s->br.sid < 0) {
             tstream_free(s); /* the stream is over and everything reached conn */
         } else if (s->remote_eof) {
             xprt_close_write(bev);
@@ -98,14 +79,14 @@ static void s_event(struct bufferevent *bev, short what, void *arg)
     struct tstream *s = arg;
     struct tunnel *t = s->t;
     t->busy++;
-    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->id > 0) {
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->br.sid > 0) {
         /* conn is done sending (browser closed, or the exchange ended):
          * END_STREAM once the buffered bytes are out. */
-        s->eof_in = 1;
+        s->br.far_eof = 1;
         bufferevent_disable(bev, EV_READ);
-        s->deferred = 1;
-        tstream_resume(s);
-        if (!s->open_ok) {
+        s->br.deferred = 1;
+        tunnel_bridge_resume(&s->br);
+        if (!s->br.ready) {
             tstream_abort(s); /* nothing to wait for: the browser left before the agent answered */
         }
     } else {
@@ -113,28 +94,6 @@ static void s_event(struct bufferevent *bev, short what, void *arg)
     }
     tunnel_flush(t);
     tunnel_leave(t);
-}
-
-static ssize_t s_provide(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t len,
-                         uint32_t *flags, nghttp2_data_source *src, void *ud)
-{
-    /* Not src->ptr: the stream may have been freed while nghttp2 still held DATA for it. */
-    struct tstream *s = nghttp2_session_get_stream_user_data(h2, id);
-    if (!s || !s->bev)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    struct evbuffer *in = bufferevent_get_input(s->bev);
-    size_t n = evbuffer_get_length(in);
-    if (!s->open_ok || (n == 0 && !s->eof_in)) {
-        s->deferred = 1;
-        return NGHTTP2_ERR_DEFERRED;
-    }
-    if (n > len)
-        n = len;
-    if (n)
-        evbuffer_remove(in, buf, n);
-    if (s->eof_in && evbuffer_get_length(in) == 0)
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-    return (ssize_t)n;
 }
 
 /* On the tunnel's worker: one posted backend connection becomes a CONNECT stream. */
@@ -150,8 +109,8 @@ static void open_stream(struct tunnel *t, struct post *p)
     }
     struct tstream *s = xcalloc(1, sizeof(*s));
     s->t = t;
-    s->bev = xprt_socket(t->w->base, p->fd);
-    if (!s->bev) {
+    s->br.bev = xprt_socket(t->w->base, p->fd);
+    if (!s->br.bev) {
         free(s);
         return;
     }
@@ -159,20 +118,20 @@ static void open_stream(struct tunnel *t, struct post *p)
         {(uint8_t *)":method", (uint8_t *)"CONNECT", 7, 7, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)":authority", (uint8_t *)p->local, 10, strlen(p->local), NGHTTP2_NV_FLAG_NONE},
     };
-    nghttp2_data_provider dp = {.source.ptr = s, .read_callback = s_provide};
-    s->id = nghttp2_submit_request(t->h2, NULL, nv, 2, &dp, s);
-    if (s->id < 0) {
-        log_warn("tunnel=%" PRIx64 " cannot open a stream: %s", t->id, nghttp2_strerror(s->id));
-        bufferevent_free(s->bev);
+    nghttp2_data_provider dp = tunnel_bridge_provider(&s->br);
+    s->br.h2 = t->h2;
+    s->br.sid = nghttp2_submit_request(t->h2, NULL, nv, 2, &dp, s);
+    if (s->br.sid < 0) {
+        log_warn("tunnel=%" PRIx64 " cannot open a stream: %s", t->id, nghttp2_strerror(s->br.sid));
+        bufferevent_free(s->br.bev);
         free(s);
         return;
     }
     LIST_INSERT_HEAD(&t->streams, s, link);
     t->nstreams++;
-    bufferevent_setcb(s->bev, s_read, s_write, s_event, s);
-    bufferevent_setwatermark(s->bev, EV_READ, 0, TUN_STREAM_WINDOW);
-    bufferevent_setwatermark(s->bev, EV_WRITE, TUN_STREAM_WINDOW / 4, 0);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    bufferevent_setcb(s->br.bev, s_read, s_write, s_event, s);
+    tunnel_bridge_attach(&s->br, s->br.bev);
+    bufferevent_enable(s->br.bev, EV_READ | EV_WRITE);
 }
 
 void tstream_on_post(evutil_socket_t fd, short what, void *arg)
@@ -248,19 +207,19 @@ struct bufferevent *tunnel_stream_open(struct tunnel_hub *hub, struct event_base
     struct tstream *s, *next;
     for (s = LIST_FIRST(&t->streams); s; s = next) {
         next = LIST_NEXT(s, link);
-        struct pollfd p = {.fd = bufferevent_getfd(s->bev), .events = POLLRDHUP};
+        struct pollfd p = {.fd = bufferevent_getfd(s->br.bev), .events = POLLRDHUP};
         if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
             continue;
-        size_t in = evbuffer_get_length(bufferevent_get_input(s->bev));
-        if (s->open_ok && s->id > 0 && (s->gone_ticks == 0 || in != s->gone_in)) {
+        size_t in = evbuffer_get_length(bufferevent_get_input(s->br.bev));
+        if (s->br.ready && s->br.sid > 0 && (s->gone_ticks == 0 || in != s->gone_in)) {
             s->gone_ticks = 1;
             s->gone_in = in;
             continue;
         }
-        if (s->open_ok && s->id > 0 && ++s->gone_ticks <= TUN_GONE_TICKS)
+        if (s->br.ready && s->br.sid > 0 && ++s->gone_ticks <= TUN_GONE_TICKS)
             continue;
         log_debug("tunnel=%" PRIx64 " stream=%d its browser connection left; dropped", t->id,
-                  s->id);
+                  s->br.sid);
         tstream_abort(s);
     }
 }

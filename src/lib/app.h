@@ -19,8 +19,10 @@
 #define APP_LINK_TTL_MAX (7 * 86400)    /* a link lives 1 s to 7 days */
 #define APP_LINK_TTL_RULE "a number of seconds from 1 to 604800"
 
-/* 1 if s is 1..max of A-Z a-z 0-9 . _ - (names of apps, an agent's local
- * names of its targets). */
+/* 1 if ch is one of A-Z a-z 0-9 . _ - */
+int app_name_char_ok(char ch);
+/* 1 if s is 1..max of them (names of apps, an agent's local names of its
+ * targets). */
 int app_name_valid(const char *s, size_t max);
 
 /* 1 if ttl is a link lifetime the gateway grants. */

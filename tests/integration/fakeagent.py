@@ -1,7 +1,7 @@
 """A test agent in Python (Debian's python3-h2): the agent's half of the tunnel protocol
 (docs/tunnel-protocol.md), small enough to bend. Tests use it to drive jobgated's tunnel.c
 alone — correct exchanges and hostile ones (bad credentials, malformed control messages,
-unknown streams) — before and besides the real agent (src/agent/tunnel.c).
+unknown streams) — before and besides the real agent (src/agent/tunnel_*.c).
 
 It runs its loop on a thread: TLS client with ALPN jobgate/1 (or any socket given), HTTP/2
 server (the roles are reversed), the control stream as NDJSON, and CONNECT streams pumped to

@@ -1,5 +1,5 @@
-"""The reverse tunnel end to end: the real agent (`jobgate run -g URL`, src/agent/tunnel.c)
-against the real gateway (src/gateway/tunnel.c), on loopback. Multi-host runs (network
+"""The reverse tunnel end to end: the real agent (`jobgate run -g URL`, src/agent/tunnel_*.c)
+against the real gateway (src/gateway/tunnel*.c), on loopback. Multi-host runs (network
 namespaces, MUNGE, SSH) are in test_tunnel_hosts.py; each side alone is in
 test_agent_tunnel.py and test_tunnel_gateway.py."""
 import os

@@ -1,4 +1,4 @@
-"""jobgated's side of the tunnel (src/gateway/tunnel.c), driven by a Python agent
+"""jobgated's side of the tunnel (src/gateway/tunnel*.c), driven by a Python agent
 (fakeagent.py) so that each rule of docs/tunnel-protocol.md can be checked alone:
 hello and its refusals, registration, CONNECT streams, flow control, reconnection and the
 503 wait, hostile control messages (malformed, unread answers piling up, lines after the

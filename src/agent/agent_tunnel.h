@@ -1,5 +1,5 @@
 /*
- * tunnel — the agent's side of the tunnel to a remote gateway
+ * agent_tunnel — the agent's side of the tunnel to a remote gateway
  * (docs/tunnel-protocol.md): `jobgate run -g https://HOST[:PORT]` and
  * `jobgate run --via ssh:HOST`.
  *
@@ -33,22 +33,20 @@
  *    ends after lasting 10 s or more) and registers
  *    every app again under the alias it had, until agent_tunnel_close().
  */
-#ifndef JG_TUNNEL_H
-#define JG_TUNNEL_H
+#ifndef JG_AGENT_TUNNEL_H
+#define JG_AGENT_TUNNEL_H
 
 #include <stddef.h>
 #include <stdint.h>
 
 #include <jansson.h>
 
-#define TUNNEL_ALPN "jobgate/1"
 #define TUNNEL_DEFAULT_PORT 443u
 #define TUNNEL_OPEN_TIMEOUT_MS 10000      /* dial, then handshake to welcome: each */
 #define TUNNEL_REGISTER_TIMEOUT_MS 15000  /* register -> registered */
 #define TUNNEL_CLOSE_TIMEOUT_MS 2000      /* unregister + GOAWAY on close */
 #define TUNNEL_PING_INTERVAL_MS 15000
 #define TUNNEL_PING_TIMEOUT_MS 30000
-#define TUNNEL_TOKEN_MAX 256              /* bytes of <state_dir>/agent.token */
 
 /* What the tunnel thread tells the user while it runs (from that thread). */
 struct agent_tunnel_event {

@@ -1,0 +1,190 @@
+/*
+ * run_publish — how `jobgate run` publishes its app, behind one table of
+ * operations (struct publish_ops in run.h), so that cmd_run() never asks
+ * which: publish_local talks to jobgated on this host through its control
+ * socket (ctl.h), one request per step; publish_tunnel keeps a tunnel to a
+ * remote gateway open (agent_tunnel.h) and registers through it.
+ *
+ * Main thread, except on_tunnel_event, which the tunnel's thread calls; it
+ * only reads struct run and prints through run.c's locked output.
+ */
+#include "run.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "agent_tunnel.h"
+#include "cmd.h"
+#include "ctl.h"
+
+static int local_open(struct run *r)
+{
+    r->control = cli_control_socket();
+    if (!r->control)
+        return -1;
+    char err[512];
+    json_t *reply;
+    json_t *req = json_pack("{s:s}", "op", "hello");
+    if (!req) {
+        cli_error("cannot build the request");
+        return -1;
+    }
+    int rc = ctl_call(r->control, req, &reply, err, sizeof(err));
+    json_decref(req);
+    json_decref(reply);
+    if (rc < 0) {
+        cli_error("%s", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Registers the app; returns the answer (caller frees) or NULL after
+ * printing why. */
+static json_t *local_add(struct run *r)
+{
+    char err[512];
+    json_t *reply;
+    json_t *req = json_pack("{s:s,s:s}", "op", "register", "name", r->name);
+    int bad = !req;
+
+    if (!bad && r->tcp)
+        bad = json_object_set_new(req, "port", json_integer(r->port)) < 0;
+    else if (!bad)
+        bad = json_object_set_new(req, "socket", json_string(r->sock)) < 0;
+    if (!bad)
+        bad = json_object_set_new(req, "pid", json_integer(getpid())) < 0;
+    if (!bad && r->ttl > 0)
+        bad = json_object_set_new(req, "ttl", json_integer(r->ttl)) < 0;
+    if (bad) {
+        /* json_string fails on a path that is not UTF-8. */
+        json_decref(req);
+        cli_error("cannot build the register request (is %s valid UTF-8?)", r->where);
+        return NULL;
+    }
+    int rc = ctl_call(r->control, req, &reply, err, sizeof(err));
+    json_decref(req);
+    if (rc < 0) {
+        cli_error("%s", err);
+        json_decref(reply);
+        return NULL;
+    }
+    if (!json_is_string(json_object_get(reply, "alias")) ||
+        !json_is_string(json_object_get(reply, "url")) ||
+        !json_is_string(json_object_get(reply, "link"))) {
+        cli_error("bad answer from the gateway: no alias, url or link");
+        /* Without an alias we cannot take the route back; the gateway drops
+         * it anyway when this process is gone (it knows our pid). */
+        json_decref(reply);
+        return NULL;
+    }
+    return reply;
+}
+
+static void local_remove(struct run *r, const json_t *reg)
+{
+    const char *alias = json_string_value(json_object_get(reg, "alias"));
+    char err[512];
+    json_t *reply;
+    json_t *req = json_pack("{s:s,s:s}", "op", "remove", "alias", alias);
+    if (!req)
+        return;
+    int rc = ctl_call(r->control, req, &reply, err, sizeof(err));
+    json_decref(req);
+    /* not_found: the gateway already dropped it (restart, rm, pid check). */
+    if (rc == -EREMOTEIO && strcmp(ctl_error_code(reply), "not_found") == 0)
+        rc = 0;
+    json_decref(reply);
+    if (rc < 0)
+        cli_error("could not remove %s from the gateway: %s", alias, err);
+}
+
+/* From the tunnel's thread: reconnects on stderr (or as JSON events), an
+ * app registered anew like the first ready. */
+static void on_tunnel_event(void *arg, const struct agent_tunnel_event *ev)
+{
+    const struct run *r = arg;
+
+    if (strcmp(ev->event, "ready") == 0 && ev->reply) {
+        run_print_ready(r, ev->reply);
+    } else if (r->json && strcmp(ev->event, "reconnecting") == 0) {
+        json_t *j = json_pack("{s:s,s:s,s:f,s:i}", "event", "reconnecting", "reason",
+                              ev->reason ? ev->reason : "", "retry_in", ev->retry_in, "attempt",
+                              (int)ev->attempt);
+        run_emit_json(j);
+    } else if (r->json && strcmp(ev->event, "reconnected") == 0) {
+        run_emit_json(json_pack("{s:s}", "event", "reconnected"));
+    } else if (ev->message) {
+        cli_error("%s", ev->message);
+    }
+}
+
+static int tunnel_open(struct run *r)
+{
+    struct agent_tunnel_opts o;
+    char err[1024];
+
+    memset(&o, 0, sizeof(o));
+    o.gateway = r->gateway;
+    o.via = r->via;
+    o.ca_file = r->ca;
+    o.ping_interval_ms = r->ping_interval * 1000;
+    o.ping_timeout_ms = r->ping_timeout * 1000;
+    o.on_event = on_tunnel_event;
+    o.event_arg = r;
+    if (agent_tunnel_open(&o, &r->tunnel, err, sizeof(err)) < 0) {
+        cli_error("%s", err);
+        return -1;
+    }
+    return 0;
+}
+
+static json_t *tunnel_add(struct run *r)
+{
+    char err[1024];
+    json_t *reply = NULL;
+    if (agent_tunnel_register(r->tunnel, r->name, r->tcp ? NULL : r->sock, r->port, r->ttl, &reply, err,
+                              sizeof(err)) < 0) {
+        cli_error("%s", err);
+        return NULL;
+    }
+    return reply;
+}
+
+/* Closing the tunnel unregisters every app on it (and waits, bounded). */
+static void tunnel_remove(struct run *r, const json_t *reg)
+{
+    (void)reg;
+    agent_tunnel_close(r->tunnel);
+    r->tunnel = NULL;
+}
+
+static void tunnel_close(struct run *r)
+{
+    agent_tunnel_close(r->tunnel);
+    r->tunnel = NULL;
+}
+
+/* The gateway drops a local route of ours when this process is gone (it
+ * knows our pid): nothing to free. */
+static void local_close(struct run *r)
+{
+    (void)r;
+}
+
+const struct publish_ops publish_local = {
+    .open = local_open,
+    .add = local_add,
+    .remove = local_remove,
+    .close = local_close,
+};
+
+const struct publish_ops publish_tunnel = {
+    .open = tunnel_open,
+    .add = tunnel_add,
+    .remove = tunnel_remove,
+    .close = tunnel_close,
+};
