@@ -153,6 +153,21 @@ static int print_table(const json_t *routes)
     return 0;
 }
 
+/* One request to the gateway (takes req); its answer, or NULL after saying why. */
+static json_t *call(const char *sock, json_t *req)
+{
+    char err[512];
+    json_t *reply;
+    int r = ctl_call(sock, req, &reply, err, sizeof(err));
+    json_decref(req);
+    if (r < 0) {
+        cli_error("%s", err);
+        json_decref(reply);
+        return NULL;
+    }
+    return reply;
+}
+
 int cmd_ls(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -176,20 +191,14 @@ int cmd_ls(int argc, char **argv)
     const char *sock = cli_control_socket();
     if (!sock)
         return 1;
-    char err[512];
     json_t *req = json_pack("{s:s}", "op", "list");
-    json_t *reply;
     if (!req) {
         cli_error("cannot build the request");
         return 1;
     }
-    int r = ctl_call(sock, req, &reply, err, sizeof(err));
-    json_decref(req);
-    if (r < 0) {
-        cli_error("%s", err);
-        json_decref(reply);
+    json_t *reply = call(sock, req);
+    if (!reply)
         return 1;
-    }
     json_t *routes = json_object_get(reply, "routes");
     if (!json_is_array(routes)) {
         cli_error("bad answer from the gateway: no \"routes\" list");
@@ -247,15 +256,9 @@ int cmd_link(int argc, char **argv)
         cli_error("cannot build the request (is ALIAS valid UTF-8?)");
         return 1;
     }
-    char err[512];
-    json_t *reply;
-    int r = ctl_call(sock, req, &reply, err, sizeof(err));
-    json_decref(req);
-    if (r < 0) {
-        cli_error("%s", err);
-        json_decref(reply);
+    json_t *reply = call(sock, req);
+    if (!reply)
         return 1;
-    }
     int rc;
     const char *link = json_string_value(json_object_get(reply, "link"));
     if (json) {
