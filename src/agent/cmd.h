@@ -39,6 +39,11 @@ int cli_getopt_error(const char *cmd, int c, int argc, char **argv);
  * gateway's well-known path. NULL (after printing why) if none can be found. */
 const char *cli_control_socket(void);
 
+/* One request to the gateway's control socket at sock (takes req): its
+ * answer (caller decrefs), or NULL after printing why. */
+struct json_t;
+struct json_t *cli_call(const char *sock, struct json_t *req);
+
 /* A link lifetime from --ttl, checked here (1 s to 7 days) so that a typo
  * is caught before anything starts. Returns 0, or EXIT_USAGE after printing
  * why. */

@@ -153,21 +153,6 @@ static int print_table(const json_t *routes)
     return 0;
 }
 
-/* One request to the gateway (takes req); its answer, or NULL after saying why. */
-static json_t *call(const char *sock, json_t *req)
-{
-    char err[512];
-    json_t *reply;
-    int r = ctl_call(sock, req, &reply, err, sizeof(err));
-    json_decref(req);
-    if (r < 0) {
-        cli_error("%s", err);
-        json_decref(reply);
-        return NULL;
-    }
-    return reply;
-}
-
 int cmd_ls(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -196,7 +181,7 @@ int cmd_ls(int argc, char **argv)
         cli_error("cannot build the request");
         return 1;
     }
-    json_t *reply = call(sock, req);
+    json_t *reply = cli_call(sock, req);
     if (!reply)
         return 1;
     json_t *routes = json_object_get(reply, "routes");
@@ -256,7 +241,7 @@ int cmd_link(int argc, char **argv)
         cli_error("cannot build the request (is ALIAS valid UTF-8?)");
         return 1;
     }
-    json_t *reply = call(sock, req);
+    json_t *reply = cli_call(sock, req);
     if (!reply)
         return 1;
     int rc;

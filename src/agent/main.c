@@ -10,8 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "cmd.h"
 #include "config.h"
+#include "ctl.h"
 #include "util.h"
 
 #ifndef JG_VERSION
@@ -120,6 +123,20 @@ char *cli_printable(const char *s)
     char *d = xstrdup(s ? s : "");
     sanitise_inplace(d);
     return d;
+}
+
+json_t *cli_call(const char *sock, json_t *req)
+{
+    char err[512];
+    json_t *reply;
+    int r = ctl_call(sock, req, &reply, err, sizeof(err));
+    json_decref(req);
+    if (r < 0) {
+        cli_error("%s", err);
+        json_decref(reply);
+        return NULL;
+    }
+    return reply;
 }
 
 const char *cli_control_socket(void)

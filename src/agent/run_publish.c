@@ -25,20 +25,15 @@ static int local_open(struct run *r)
     r->control = cli_control_socket();
     if (!r->control)
         return -1;
-    char err[512];
-    json_t *reply;
     json_t *req = json_pack("{s:s}", "op", "hello");
     if (!req) {
         cli_error("cannot build the request");
         return -1;
     }
-    int rc = ctl_call(r->control, req, &reply, err, sizeof(err));
-    json_decref(req);
-    json_decref(reply);
-    if (rc < 0) {
-        cli_error("%s", err);
+    json_t *reply = cli_call(r->control, req);
+    if (!reply)
         return -1;
-    }
+    json_decref(reply);
     return 0;
 }
 
@@ -46,8 +41,6 @@ static int local_open(struct run *r)
  * printing why. */
 static json_t *local_add(struct run *r)
 {
-    char err[512];
-    json_t *reply;
     json_t *req = json_pack("{s:s,s:s}", "op", "register", "name", r->name);
     int bad = !req;
 
@@ -65,13 +58,9 @@ static json_t *local_add(struct run *r)
         cli_error("cannot build the register request (is %s valid UTF-8?)", r->where);
         return NULL;
     }
-    int rc = ctl_call(r->control, req, &reply, err, sizeof(err));
-    json_decref(req);
-    if (rc < 0) {
-        cli_error("%s", err);
-        json_decref(reply);
+    json_t *reply = cli_call(r->control, req);
+    if (!reply)
         return NULL;
-    }
     if (!json_is_string(json_object_get(reply, "alias")) ||
         !json_is_string(json_object_get(reply, "url")) ||
         !json_is_string(json_object_get(reply, "link"))) {
