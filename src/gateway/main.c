@@ -1,6 +1,6 @@
 /*
  * jobgated — the jobgate gateway daemon: option parsing, configuration,
- * daemonising, and the event loop (gateway.c). See jobgated(8).
+ * daemonising; the daemon itself is gateway.c. See jobgated(8).
  */
 #include <errno.h>
 #include <fcntl.h>
