@@ -7,7 +7,7 @@ PYTHON     := /usr/bin/python3
 CLANG      ?= clang
 FUZZ_SECONDS ?= 30
 
-.PHONY: all deps check layout unit unit-asan integration integration-asan fuzz demo bench clean browser-deps
+.PHONY: all deps check layout unit unit-asan integration integration-asan fuzz demo bench bench-smoke bench-deps clean browser-deps
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -22,7 +22,7 @@ $(ASAN_BUILD)/build.ninja:
 check:
 	scripts/install-deps test browser
 	$(MAKE) all browser-deps
-	$(MAKE) layout unit unit-asan fuzz integration integration-asan
+	$(MAKE) layout unit unit-asan bench-smoke fuzz integration integration-asan
 
 # The architecture's promises that a program can check (docs/architecture.md).
 layout:
@@ -80,10 +80,26 @@ demo:
 	$(MAKE) all
 	scripts/demo.sh $(BUILD)
 
+# jobgate against its peers (bench/README.md). bench-smoke: every scenario and contender for
+# a second with tiny sizes, so that the harness cannot rot; it fails only when a contender
+# does not start or a scenario gets no successful answer, never on speed.
+# configurable-http-proxy is pinned in bench/package-lock.json.
+BENCH_DIR := bench
+bench-deps: $(BENCH_DIR)/node_modules/.package-lock.json
+
+$(BENCH_DIR)/node_modules/.package-lock.json: $(BENCH_DIR)/package.json $(BENCH_DIR)/package-lock.json
+	cd $(BENCH_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
 bench:
 	scripts/install-deps bench
-	$(MAKE) all
+	$(MAKE) all bench-deps
 	bench/run.sh $(BUILD)
+
+bench-smoke:
+	scripts/install-deps bench
+	$(MAKE) all bench-deps
+	BENCH_SMOKE=1 bench/run.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

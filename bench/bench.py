@@ -1,0 +1,1359 @@
+#!/usr/bin/python3
+"""jobgate against its peers: the benchmark suite (see bench/README.md).
+
+    bench/bench.py [--build DIR] [--smoke] [--contenders a,b] [--scenarios A,B,...]
+
+Every contender puts TLS 1.3 (or, on the tunnel paths, its own transport) in front of the
+same app (bench/nginx-app.conf.in on a UNIX socket), everything on 127.0.0.1, under one
+`mktemp -d` directory; every process started here is stopped by pid on exit, also on
+failure or a signal. Contenders alternate within each round, figures are medians over the
+rounds. The exit status is non-zero only when the benchmark could not run: a tool missing,
+a contender that did not start, a scenario that got no successful answer. Python 3 stdlib
+(and python3-websockets for scenario E) only.
+"""
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+PY = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+WSAPP = os.path.join(REPO, "tests", "integration", "apps", "wsapp.py")
+HZ = os.sysconf("SC_CLK_TCK")
+GIB = 1 << 30
+FRONT = ["jobgate", "nginx", "haproxy", "apache", "chp", "direct"]
+TUNNEL = ["jobgate-tunnel", "ssh", "stunnel"]
+ALL_CONTENDERS = FRONT + TUNNEL
+ALL_SCENARIOS = ["C", "A", "N", "B", "E", "D", "T", "R"]
+COOKIE = "__Host-jobgate"
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def which(name):
+    p = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if not p:
+        raise BenchError(f"{name} not found (`scripts/install-deps bench` installs it)")
+    return p
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout, what, proc=None, logfile=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if pred():
+                return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    tail = ""
+    if logfile and os.path.exists(logfile):
+        with open(logfile, errors="replace") as f:
+            tail = "".join(f.readlines()[-30:])
+    raise BenchError(f"{what} did not start" + (f" (exited {proc.returncode})" if proc is not None
+                                                 and proc.poll() is not None else "")
+                     + (f"; its log:\n{tail}" if tail else ""))
+
+
+def tcp_open(port):
+    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    return True
+
+
+def unix_open(path):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(1)
+        s.connect(path)
+    return True
+
+
+def render(template, out, values):
+    with open(os.path.join(HERE, template)) as f:
+        text = f.read()
+    for k, v in values.items():
+        text = text.replace(f"@{k}@", str(v))
+    left = re.findall(r"@[A-Z_]+@", "\n".join(ln for ln in text.splitlines()
+                                              if not ln.lstrip().startswith(("#", ";"))))
+    if left:
+        raise BenchError(f"{template}: no value for {sorted(set(left))}")
+    with open(out, "w") as f:
+        f.write(text)
+    return out
+
+
+# ------------------------------------------------------------------ processes and /proc
+
+def children(pid):
+    out = []
+    with contextlib.suppress(OSError):
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    return out
+
+
+def tree(pids):
+    seen, todo = [], list(pids)
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.append(p)
+        todo += children(p)
+    return seen
+
+
+def stat_fields(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pids, reaped=True):
+    """User + system CPU of pids (all threads); with reaped, also of their children that
+    exited and were waited for (cutime, cstime): an sshd's connection processes, say."""
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            f = stat_fields(p)
+            total += int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if reaped else 0)
+    return total / HZ
+
+
+def status_kb(pids, field):
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as f:
+            for ln in f:
+                if ln.startswith(field + ":"):
+                    total += int(ln.split()[1])
+    return total
+
+
+class Procs:
+    """Every process the benchmark starts; stop_all() stops them by pid (descendants
+    first, found through /proc), TERM then KILL."""
+
+    def __init__(self):
+        self.procs = []
+
+    def spawn(self, argv, logfile, env=None, **kw):
+        with open(logfile, "ab") as log_f:
+            p = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL,
+                                 stdout=kw.pop("stdout", log_f), stderr=log_f, env=env,
+                                 start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, timeout=5):
+        pids = [q for q in tree([p.pid]) if q != p.pid]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(OSError):
+                os.kill(p.pid, sig)
+            for q in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(q, sig)
+            try:
+                p.wait(timeout)
+                deadline = time.monotonic() + 1
+                while any(os.path.exists(f"/proc/{q}") and not _zombie(q) for q in pids) \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if sig == signal.SIGTERM and any(os.path.exists(f"/proc/{q}") and not _zombie(q)
+                                                 for q in pids):
+                    continue
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in reversed(list(self.procs)):
+            self.stop(p, timeout=3)
+
+
+def _zombie(pid):
+    try:
+        return stat_fields(pid)[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# ------------------------------------------------------------------ the harness
+
+class Harness:
+    def __init__(self, args):
+        self.args = args
+        self.build = args.build
+        self.procs = Procs()
+        self.tmp = tempfile.mkdtemp(prefix="jobgate-bench.")
+        self.root = os.geteuid() == 0
+        # As root, Apache's children run as www-data: they must reach the app's socket.
+        os.chmod(self.tmp, 0o711 if self.root else 0o700)
+        for d in ("www", "tmp", "app", "logs"):
+            os.makedirs(os.path.join(self.tmp, d), mode=0o700)
+        os.chmod(os.path.join(self.tmp, "app"), 0o711 if self.root else 0o700)
+        self.app_sock = os.path.join(self.tmp, "app", "app.sock")
+        self.sink_sock = os.path.join(self.tmp, "app", "sink.sock")
+        self.ws_sock = os.path.join(self.tmp, "app", "ws.sock")
+        self.app_tcp = free_port()
+        self.direct_port = free_port()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        self.nofile = hard
+        self.app_proc = None
+
+    def logf(self, name):
+        return os.path.join(self.tmp, "logs", name + ".log")
+
+    def path(self, *p):
+        return os.path.join(self.tmp, *p)
+
+    def cleanup(self):
+        self.procs.stop_all()
+        out = self.args.out
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+            for name in os.listdir(self.path("logs")):
+                src = self.path("logs", name)
+                with open(src, "rb") as f:
+                    f.seek(max(0, os.path.getsize(src) - 20000))
+                    data = f.read()
+                with open(os.path.join(out, "logs", name), "wb") as f:
+                    f.write(data)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def make_certs(self):
+        # Server: self-signed ECDSA P-256 for *.localhost; client (stunnel's mTLS): another.
+        for name, cn, san in (("tls", "bench.localhost",
+                               "subjectAltName=DNS:*.localhost,DNS:localhost,IP:127.0.0.1"),
+                              ("client", "bench-client", "subjectAltName=DNS:bench-client")):
+            r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                                "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj",
+                                f"/CN={cn}", "-addext", san, "-keyout", self.path(name + ".key"),
+                                "-out", self.path(name + ".crt")], capture_output=True)
+            if r.returncode:
+                raise BenchError(f"openssl could not make a certificate: {r.stderr.decode()}")
+        with open(self.path("tls.pem"), "w") as f:
+            for n in ("tls.crt", "tls.key"):
+                with open(self.path(n)) as g:
+                    f.write(g.read())
+        if self.root:
+            for n in ("tls.crt", "tls.key", "tls.pem"):
+                os.chmod(self.path(n), 0o600)
+
+    def nginx_values(self, name):
+        return {"PREFIX": self.tmp, "USER": "user root;" if self.root else "",
+                "APP_SOCK": self.app_sock, "SINK_SOCK": self.sink_sock, "WS_SOCK": self.ws_sock,
+                "NOFILE": self.nofile, "WORKER_CONNECTIONS": max(1024, self.nofile - 100),
+                "NAME": name}
+
+    def start_app(self):
+        """The app: nginx (1 KiB body, the big file, /upload and /ws proxied to the two
+        Python apps), sinkapp.py and wsapp.py, all on UNIX sockets in a private directory."""
+        body = b"<!doctype html><title>jobgate bench</title><pre>\n"
+        body += b"\n".join([b"x" * 62] * 20)
+        body = body[:1018] + b"</pre>"
+        assert len(body) == 1024
+        self.body = body
+        with open(self.path("www", "index.html"), "wb") as f:
+            f.write(body)
+        with open(self.path("www", "big.bin"), "wb") as f:  # sparse: no disk, no page cache
+            f.truncate(self.args.big_bytes)
+        with open(self.path("upload.bin"), "wb") as f:
+            f.truncate(self.args.big_bytes)
+        sink = self.procs.spawn([PY, os.path.join(HERE, "sinkapp.py"), "--unix", self.sink_sock],
+                                self.logf("sinkapp"))
+        ws = self.procs.spawn([PY, WSAPP, "--unix", self.ws_sock], self.logf("wsapp"))
+        v = self.nginx_values("app")
+        v.update(TCP_LISTEN=f"listen 127.0.0.1:{self.app_tcp};",
+                 TLS_LISTEN=f"listen 127.0.0.1:{self.direct_port} ssl;")
+        conf = render("nginx-app.conf.in", self.path("app.conf"), v)
+        self.app_proc = self.procs.spawn([which("nginx"), "-p", self.tmp, "-c", conf, "-g",
+                                          "daemon off;"], self.logf("app-nginx"))
+        wait_until(lambda: unix_open(self.sink_sock), 10, "the upload sink (sinkapp.py)", sink,
+                   self.logf("sinkapp"))
+        wait_until(lambda: unix_open(self.ws_sock), 10, "the WebSocket app (wsapp.py)", ws,
+                   self.logf("wsapp"))
+        wait_until(lambda: unix_open(self.app_sock), 10, "the app (nginx)", self.app_proc,
+                   self.path("app-error.log"))
+        if self.root:
+            for s in (self.app_sock, self.sink_sock, self.ws_sock):
+                os.chmod(s, 0o666)
+        r = subprocess.run(["curl", "-sf", "--unix-socket", self.app_sock, "http://app/"],
+                           capture_output=True)
+        if r.stdout != body:
+            raise BenchError("the app does not serve its 1 KiB body")
+
+
+# ------------------------------------------------------------------ contenders
+
+class Contender:
+    name = "?"
+    group = "front"          # front: TLS proxies to the app; tunnel: another host's app
+    tls = True
+    reaped = True            # count exited children's CPU (processes that fork per connection)
+    describe = ""
+
+    def __init__(self, h):
+        self.h = h
+        self.host = "bench.localhost"
+        self.port = None
+        self.cookie = None
+        self.roots = []      # pids whose process trees are "the proxy"
+        self.extra = {}
+
+    def start(self):
+        raise NotImplementedError
+
+    def pids(self):
+        return tree(self.roots)
+
+    @property
+    def scheme(self):
+        return "https" if self.tls else "http"
+
+    def url(self, path="/"):
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
+
+    def ws_url(self, path="/ws"):
+        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}{path}"
+
+    def headers(self):
+        return [("Cookie", self.cookie)] if self.cookie else []
+
+    def curl_args(self):
+        a = ["curl", "-sS", "--resolve", f"{self.host}:{self.port}:127.0.0.1"]
+        if self.tls:
+            a.append("-k")
+        for k, v in self.headers():
+            a += ["-H", f"{k}: {v}"]
+        return a
+
+    def check(self):
+        r = subprocess.run(self.curl_args() + ["-o", "-", "-w", "\n%{http_code}", self.url()],
+                           capture_output=True, timeout=30)
+        body, _, code = r.stdout.rpartition(b"\n")
+        if code != b"200" or body != self.h.body:
+            raise BenchError(f"{self.name}: GET {self.url()} gave {code.decode() or r.returncode}: "
+                             f"{r.stderr.decode().strip()} {body[:200]!r}")
+
+
+class Direct(Contender):
+    name = "direct"
+    describe = "TLS straight to the app's nginx (no proxy: the ceiling); CPU is the app's"
+
+    def start(self):
+        self.port = self.h.direct_port
+        self.roots = [self.h.app_proc.pid]
+
+
+class Nginx(Contender):
+    name = "nginx"
+    describe = "nginx, `worker_processes auto`, upstream keepalive 64 (nginx-proxy.conf.in)"
+
+    def start(self):
+        h = self.h
+        self.port = free_port()
+        v = h.nginx_values("proxy")
+        v["PORT"] = self.port
+        conf = render("nginx-proxy.conf.in", h.path("proxy.conf"), v)
+        p = h.procs.spawn([which("nginx"), "-p", h.tmp, "-c", conf, "-g", "daemon off;"],
+                          h.logf("nginx"))
+        self.roots = [p.pid]
+        wait_until(lambda: tcp_open(self.port), 10, "nginx", p, h.path("proxy-error.log"))
+
+
+class Haproxy(Contender):
+    name = "haproxy"
+    describe = "HAProxy, HTTP mode, a thread per CPU, `http-reuse always` (haproxy.cfg.in)"
+
+    def start(self):
+        h = self.h
+        self.port = free_port()
+        conf = render("haproxy.cfg.in", h.path("haproxy.cfg"),
+                      {"PREFIX": h.tmp, "PORT": self.port, "APP_SOCK": h.app_sock,
+                       "MAXCONN": max(1000, (h.nofile - 200) // 2), "THREADS": os.cpu_count()})
+        p = h.procs.spawn([which("haproxy"), "-db", "-f", conf], h.logf("haproxy"))
+        self.roots = [p.pid]
+        wait_until(lambda: tcp_open(self.port), 10, "haproxy", p, h.logf("haproxy"))
+
+
+class Apache(Contender):
+    name = "apache"
+    describe = "Apache httpd, event MPM, mod_proxy_http + mod_proxy_wstunnel (apache.conf.in)"
+
+    def start(self):
+        h = self.h
+        self.port = free_port()
+        os.makedirs(h.path("apache-run"), exist_ok=True)
+        # Idle connections (D): each child parks ThreadsPerChild * (factor + 1) of them.
+        servers = 4
+        want = max(256, h.args.idle + 500)
+        factor = max(2, -(-want // (servers * 64)) - 1)
+        user = ""
+        if h.root:
+            user = "User www-data\nGroup www-data"
+            os.chmod(h.path("apache-run"), 0o755)
+        conf = render("apache.conf.in", h.path("apache.conf"),
+                      {"PREFIX": h.tmp, "PORT": self.port, "APP_SOCK": h.app_sock,
+                       "APACHE_USER": user, "APACHE_SERVERS": servers,
+                       "APACHE_WORKERS": servers * 64, "APACHE_FACTOR": factor})
+        p = h.procs.spawn([which("apache2"), "-f", conf, "-DFOREGROUND"], h.logf("apache"))
+        self.roots = [p.pid]
+        wait_until(lambda: tcp_open(self.port), 15, "apache2", p, h.path("apache-error.log"))
+
+
+class Chp(Contender):
+    name = "chp"
+    describe = ("configurable-http-proxy 4.6 (JupyterHub's; Node.js), TLS at the front, "
+                "the app's loopback TCP port behind (it cannot dial UNIX sockets)")
+
+    def start(self):
+        h = self.h
+        exe = os.path.join(HERE, "node_modules", ".bin", "configurable-http-proxy")
+        if not os.access(exe, os.X_OK):
+            raise BenchError("chp: bench/node_modules is missing (`make bench-deps` runs npm ci)")
+        self.port = free_port()
+        api = free_port()
+        p = h.procs.spawn([which("node"), exe, "--ip", "127.0.0.1", "--port", self.port,
+                           "--api-ip", "127.0.0.1", "--api-port", api,
+                           "--ssl-key", h.path("tls.key"), "--ssl-cert", h.path("tls.crt"),
+                           "--default-target", f"http://127.0.0.1:{h.app_tcp}",
+                           "--log-level", "warn"], h.logf("chp"),
+                          env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN="bench-" + str(api)))
+        self.roots = [p.pid]
+        wait_until(lambda: tcp_open(self.port), 20, "configurable-http-proxy", p, h.logf("chp"))
+
+
+def control(path, reqs, timeout=60):
+    """Sends JSON requests on one control connection; returns the answers, in order."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        f = s.makefile("rb")
+        out = []
+        batch = 500
+        for i in range(0, len(reqs), batch):
+            s.sendall(b"".join(json.dumps(r).encode() + b"\n" for r in reqs[i:i + batch]))
+            for _ in reqs[i:i + batch]:
+                line = f.readline()
+                if not line:
+                    raise BenchError("jobgated closed the control connection")
+                out.append(json.loads(line))
+        return out
+
+
+class Jobgated:
+    """A personal jobgated with its state in a directory of its own."""
+
+    def __init__(self, h, name):
+        self.h, self.name = h, name
+        self.dir = h.path(name)
+        for d in ("home", "state", "run"):
+            os.makedirs(os.path.join(self.dir, d), mode=0o700)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "JOBGATE_"))}
+        self.env.update(HOME=os.path.join(self.dir, "home"),
+                        XDG_STATE_HOME=os.path.join(self.dir, "state"),
+                        XDG_RUNTIME_DIR=os.path.join(self.dir, "run"))
+        self.ctl = os.path.join(self.dir, "run", "jobgate", "control.sock")
+        self.cert = os.path.join(self.dir, "state", "jobgate", "tls.crt")
+        self.port = free_port()
+        self.proc = None
+
+    def start(self):
+        exe = os.path.join(self.h.build, "jobgated")
+        if not os.access(exe, os.X_OK):
+            raise BenchError(f"{exe} not built (make)")
+        t0 = time.monotonic()
+        self.proc = self.h.procs.spawn([exe, "-f", "-l", f"127.0.0.1:{self.port}"],
+                                       self.h.logf(self.name), env=self.env)
+        wait_until(lambda: control(self.ctl, [{"op": "hello"}], 2)[0]["ok"] and tcp_open(self.port),
+                   30, f"jobgated ({self.name})", self.proc, self.h.logf(self.name))
+        return time.monotonic() - t0
+
+    def stop(self):
+        self.h.procs.stop(self.proc)
+
+    def redeem(self, alias, link):
+        host = f"{alias}.localhost"
+        r = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-D", "-", "--resolve",
+                            f"{host}:{self.port}:127.0.0.1", link], capture_output=True, timeout=30)
+        m = re.search(rb"(?im)^set-cookie:\s*(__Host-jobgate=[^;\r\n]*)", r.stdout)
+        if not m:
+            raise BenchError(f"redeeming {link} gave no {COOKIE} cookie: {r.stdout[:300]!r}")
+        return m.group(1).decode()
+
+
+class Jobgate(Contender):
+    name = "jobgate"
+    describe = ("a personal `jobgated -l 127.0.0.1:PORT`, the app registered on the control "
+                "socket; every request carries the session cookie (full pipeline)")
+    reaped = False
+
+    def start(self):
+        self.gw = Jobgated(self.h, "jobgated")
+        self.gw.start()
+        a = control(self.gw.ctl, [{"op": "register", "name": "bench", "socket": self.h.app_sock}])[0]
+        if not a.get("ok"):
+            raise BenchError(f"jobgate: register failed: {a}")
+        self.host, self.port = f"{a['alias']}.localhost", self.gw.port
+        self.cookie = self.gw.redeem(a["alias"], a["link"])
+        self.roots = [self.gw.proc.pid]
+
+    def pids(self):
+        return [self.gw.proc.pid]
+
+
+class JobgateTunnel(Contender):
+    name = "jobgate-tunnel"
+    group = "tunnel"
+    reaped = False
+    describe = ("a personal jobgated and `jobgate run -g https://127.0.0.1:PORT --ca CERT` "
+                "wrapping its own copy of the app (the agent's tunnel: TLS + HTTP/2); CPU: "
+                "jobgated + the agent")
+
+    def start(self):
+        h = self.h
+        self.gw = Jobgated(h, "jobgated-tunnel")
+        self.gw.start()
+        # The agent's app: the same nginx, on the socket that `jobgate run` chooses.
+        v = h.nginx_values("tapp")
+        v.update(APP_SOCK="__SOCK__", TCP_LISTEN="", TLS_LISTEN="")
+        tmpl = render("nginx-app.conf.in", h.path("tapp.conf.in"), v)
+        wrapper = h.path("tapp.sh")
+        with open(wrapper, "w") as f:
+            f.write(f"""#!/bin/sh
+sed "s|__SOCK__|$1|" {tmpl} > {h.tmp}/tapp.conf
+exec {which('nginx')} -p {h.tmp} -c {h.tmp}/tapp.conf -g 'daemon off;'
+""")
+        os.chmod(wrapper, 0o700)
+        argv = [os.path.join(h.build, "jobgate"), "run", "--json", "-n", "bench",
+                "-g", f"https://127.0.0.1:{self.gw.port}", "--ca", self.gw.cert,
+                "--", "/bin/sh", wrapper, "{socket}"]
+        out = h.path("agent.out")
+        with open(out, "wb") as o:
+            self.agent = h.procs.spawn(argv, h.logf("agent"), env=self.gw.env, stdout=o)
+        ready = {}
+
+        def is_ready():
+            with open(out) as f:
+                for ln in f:
+                    with contextlib.suppress(ValueError):
+                        ev = json.loads(ln)
+                        if ev.get("event") == "ready":
+                            ready.update(ev)
+                            return True
+            return False
+        wait_until(is_ready, 30, "jobgate run -g (the tunnel agent)", self.agent, h.logf("agent"))
+        self.host, self.port = f"{ready['alias']}.localhost", self.gw.port
+        self.cookie = self.gw.redeem(ready["alias"], ready["link"])
+        time.sleep(0.5)
+        self.extra["agent_idle_rss_kb"] = status_kb([self.agent.pid], "VmRSS")
+
+    def pids(self):
+        return [self.gw.proc.pid, self.agent.pid]
+
+
+class Ssh(Contender):
+    name = "ssh"
+    group = "tunnel"
+    tls = False
+    describe = ("`ssh -tt -L 127.0.0.1:PORT:APP_SOCKET HOST sleep` (a forward beside a login "
+                "session, as users run it) through a throw-away sshd on 127.0.0.1 (aes128-gcm); "
+                "the client speaks plain HTTP to ssh's port; CPU: ssh + sshd")
+
+    def start(self):
+        h = self.h
+        d = h.path("ssh")
+        os.makedirs(d, mode=0o700)
+        for key in ("host_ed25519", "id_ed25519"):
+            subprocess.run([which("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f",
+                            os.path.join(d, key)], check=True, capture_output=True)
+        with open(os.path.join(d, "id_ed25519.pub")) as f, \
+                open(os.path.join(d, "authorized_keys"), "w") as g:
+            g.write(f.read())
+        with open(os.path.join(d, "host_ed25519.pub")) as f, \
+                open(os.path.join(d, "known_hosts"), "w") as g:
+            g.write("benchhost " + " ".join(f.read().split()[:2]) + "\n")
+        sport = free_port()
+        import pwd
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        conf = render("sshd_config.in", os.path.join(d, "sshd_config"),
+                      {"PREFIX": h.tmp, "PORT": sport, "USER": user})
+        os.chmod(conf, 0o600)
+        if h.root:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        r = subprocess.run([which("sshd"), "-t", "-f", conf], capture_output=True, text=True)
+        if r.returncode:
+            raise BenchError(f"sshd -t refused its configuration: {r.stderr}")
+        sshd = h.procs.spawn([which("sshd"), "-D", "-e", "-f", conf], h.logf("sshd"))
+        wait_until(lambda: tcp_open(sport), 10, "sshd", sshd, h.logf("sshd"))
+        self.port = free_port()
+        # The way a user forwards a port: with a login session (a terminal), which makes
+        # both ends "interactive" (TCP_NODELAY); `ssh -N` leaves Nagle on, and keep-alive
+        # requests then wait for delayed ACKs (about 300 req/s).
+        cli = h.procs.spawn([which("ssh"), "-tt", "-F", "/dev/null", "-p", sport,
+                             "-i", os.path.join(d, "id_ed25519"), "-o", "IdentitiesOnly=yes",
+                             "-o", "BatchMode=yes", "-o", "HostKeyAlias=benchhost",
+                             "-o", f"UserKnownHostsFile={d}/known_hosts",
+                             "-o", "StrictHostKeyChecking=yes", "-o", "ExitOnForwardFailure=yes",
+                             "-o", "Ciphers=aes128-gcm@openssh.com",
+                             "-o", "KexAlgorithms=curve25519-sha256", "-o", "Compression=no",
+                             "-L", f"127.0.0.1:{self.port}:{h.app_sock}",
+                             f"{user}@127.0.0.1", "exec sleep 86400"], h.logf("ssh"))
+        self.roots = [sshd.pid, cli.pid]
+        wait_until(lambda: tcp_open(self.port), 15, "ssh -L", cli, h.logf("ssh"))
+
+
+class Stunnel(Contender):
+    name = "stunnel"
+    group = "tunnel"
+    tls = False
+    describe = ("an stunnel mTLS chain: client stunnel (plain HTTP in) -> TLS 1.3 with client "
+                "certificate -> server stunnel -> the app's socket; CPU: both stunnels")
+
+    def start(self):
+        h = self.h
+        sp, cp = free_port(), free_port()
+        v = {"PREFIX": h.tmp, "SERVER_PORT": sp, "CLIENT_PORT": cp, "APP_SOCK": h.app_sock}
+        srv = h.procs.spawn([which("stunnel4"), render("stunnel-server.conf.in",
+                                                        h.path("stunnel-server.conf"), v)],
+                            h.logf("stunnel-server"))
+        wait_until(lambda: tcp_open(sp), 10, "stunnel (server)", srv, h.path("stunnel-server.log"))
+        cli = h.procs.spawn([which("stunnel4"), render("stunnel-client.conf.in",
+                                                        h.path("stunnel-client.conf"), v)],
+                            h.logf("stunnel-client"))
+        wait_until(lambda: tcp_open(cp), 10, "stunnel (client)", cli, h.path("stunnel-client.log"))
+        self.port = cp
+        self.roots = [srv.pid, cli.pid]
+
+
+CLASSES = {c.name: c for c in (Jobgate, Nginx, Haproxy, Apache, Chp, Direct, JobgateTunnel,
+                               Ssh, Stunnel)}
+
+
+# ------------------------------------------------------------------ measuring
+
+class Measure:
+    """CPU seconds of a contender's processes over a block."""
+
+    def __init__(self, c):
+        self.c = c
+
+    def __enter__(self):
+        self.pids = self.c.pids()
+        self.cpu0 = cpu_seconds(self.pids, self.c.reaped)
+        self.t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *a):
+        self.wall = time.monotonic() - self.t0
+        self.cpu = max(0.0, cpu_seconds(self.pids + [p for p in self.c.pids()
+                                                     if p not in self.pids], self.c.reaped)
+                       - self.cpu0)
+
+
+def to_us(v):
+    m = re.match(r"^([0-9.]+)(us|ms|s|m|h)$", v)
+    if not m:
+        return None
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7, "h": 3.6e9}[m.group(2)]
+
+
+def parse_wrk(text):
+    r = {"rps": None, "p50": None, "p99": None, "requests": 0, "non2xx": 0, "errors": 0}
+    m = re.search(r"^Requests/sec:\s*([0-9.]+)", text, re.M)
+    if m:
+        r["rps"] = float(m.group(1))
+    for pct, key in (("50", "p50"), ("99", "p99")):
+        m = re.search(rf"^\s*{pct}(?:\.0+)?%\s+(\S+)", text, re.M)
+        if m:
+            r[key] = to_us(m.group(1))
+    m = re.search(r"^\s*(\d+) requests in", text, re.M)
+    if m:
+        r["requests"] = int(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text)
+    if m:
+        r["non2xx"] = int(m.group(1))
+    m = re.search(r"Socket errors:(.*)", text)
+    if m:
+        r["errors"] = sum(int(x) for x in re.findall(r"\d+", m.group(1)))
+    return r
+
+
+def run_wrk(h, c, seconds, conns, close=False, tag="A"):
+    args = [which("wrk"), f"-t{min(h.args.threads, conns)}", f"-c{conns}", f"-d{seconds}s",
+            "--latency", "-s", os.path.join(HERE, "localhost.lua")]
+    for k, v in c.headers():
+        args += ["-H", f"{k}: {v}"]
+    if close:
+        args += ["-H", "Connection: close"]
+    args.append(c.url())
+    with Measure(c) as m:
+        r = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
+    text = r.stdout + r.stderr
+    w = parse_wrk(text)
+    ok = w["requests"] - w["non2xx"]
+    if w["rps"] is None or ok <= 0:
+        raise BenchError(f"{c.name}: scenario {tag}: wrk got no successful response:\n{text}")
+    if w["non2xx"] or (w["errors"] and not close):
+        log(f"{c.name}: {tag}: warning: {w['non2xx']} non-2xx responses and {w['errors']} "
+            f"socket errors in {w['requests']} requests")
+    return {"rps": w["rps"] * ok / max(1, w["requests"]), "p50_ms": w["p50"] / 1000,
+            "p99_ms": w["p99"] / 1000, "cpu_us_req": m.cpu * 1e6 / ok, "requests": ok}
+
+
+def run_curl_big(h, c, upload):
+    size = h.args.big_bytes
+    path = "/upload" if upload else "/big"
+    fmt = "%{http_code} %{size_upload} %{size_download} %{time_total}"
+    args = c.curl_args() + ["-o", "/dev/null", "-w", fmt, "-H", "Expect:"]
+    if upload:
+        args += ["-T", h.path("upload.bin")]
+    args.append(c.url(path))
+    with Measure(c) as m:
+        r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    parts = r.stdout.split()
+    want = "204" if upload else "200"
+    if r.returncode or len(parts) != 4 or parts[0] != want:
+        raise BenchError(f"{c.name}: {'upload' if upload else 'download'} of {size} bytes "
+                         f"failed (curl {r.returncode}): {r.stdout} {r.stderr.strip()}")
+    moved = float(parts[1] if upload else parts[2])
+    if moved != size:
+        raise BenchError(f"{c.name}: moved {moved:.0f} of {size} bytes")
+    secs = float(parts[3])
+    return {"mb_s": size / secs / 1e6, "cpu_s_gib": m.cpu * GIB / size}
+
+
+# -- WebSocket round trips (E) ------------------------------------------------------
+
+def tls_client_ctx():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+async def _ws_echo(c, sockets, seconds, size=64):
+    import websockets
+    ctx = tls_client_ctx() if c.tls else None
+    conns = []
+    for _ in range(sockets):
+        sock = socket.create_connection(("127.0.0.1", c.port), timeout=10)
+        kw = dict(sock=sock, extra_headers=c.headers(), max_size=None, compression=None,
+                  open_timeout=20, ping_interval=None)
+        if ctx:
+            kw.update(ssl=ctx, server_hostname=c.host)
+        conns.append(await websockets.connect(c.ws_url(), **kw))
+    rtts = []
+    msg = b"m" * size
+    stop = time.monotonic() + seconds
+
+    async def loop(ws):
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            await ws.send(msg)
+            got = await ws.recv()
+            rtts.append(time.perf_counter() - t0)
+            if got != msg:
+                raise BenchError(f"{c.name}: the WebSocket echo returned {len(got)} bytes")
+
+    try:
+        await asyncio.gather(*(loop(ws) for ws in conns))
+    finally:
+        for ws in conns:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 5)
+    return rtts
+
+
+def run_ws(h, c, sockets, seconds):
+    with Measure(c) as m:
+        try:
+            rtts = asyncio.run(_ws_echo(c, sockets, seconds))
+        except BenchError:
+            raise
+        except Exception as e:
+            raise BenchError(f"{c.name}: WebSocket echo with {sockets} sockets failed: {e!r}")
+    if not rtts:
+        raise BenchError(f"{c.name}: no WebSocket echo came back")
+    rtts.sort()
+    q = lambda p: rtts[min(len(rtts) - 1, int(p * len(rtts)))] * 1000  # noqa: E731
+    return {"p50_ms": q(0.50), "p99_ms": q(0.99), "msg_s": len(rtts) / m.wall,
+            "cpu_us_msg": m.cpu * 1e6 / len(rtts)}
+
+
+# -- idle connections (D) -------------------------------------------------------------
+
+def _open_idle(c, n, ws):
+    ctx = tls_client_ctx() if c.tls else None
+    cookie = "".join(f"{k}: {v}\r\n" for k, v in c.headers())
+    host = f"{c.host}:{c.port}"
+    if ws:
+        req = (f"GET /ws HTTP/1.1\r\nHost: {host}\r\n{cookie}Upgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    else:
+        req = f"GET / HTTP/1.1\r\nHost: {host}\r\n{cookie}\r\n".encode()
+    socks = []
+    try:
+        for i in range(n):
+            s = socket.create_connection(("127.0.0.1", c.port), timeout=20)
+            if ctx:
+                s = ctx.wrap_socket(s, server_hostname=c.host)
+            socks.append(s)
+            s.sendall(req)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = s.recv(65536)
+                if not d:
+                    raise BenchError(f"{c.name}: idle connection {i + 1} of {n} closed early")
+                buf += d
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            status = head.split(b" ", 2)[1:2]
+            if ws and status != [b"101"]:
+                raise BenchError(f"{c.name}: WebSocket upgrade {i + 1} of {n}: {head[:200]!r}")
+            if not ws:
+                if status != [b"200"]:
+                    raise BenchError(f"{c.name}: idle connection {i + 1} of {n}: {head[:200]!r}")
+                while len(rest) < 1024:
+                    d = s.recv(65536)
+                    if not d:
+                        raise BenchError(f"{c.name}: idle connection {i + 1} closed early")
+                    rest += d
+    except BaseException:
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.close()
+        raise
+    return socks
+
+
+def run_idle(h, c, n, ws):
+    pids = c.pids()
+    time.sleep(0.3)
+    before = status_kb(pids, "VmRSS")
+    try:
+        socks = _open_idle(c, n, ws)
+    except OSError as e:
+        raise BenchError(f"{c.name}: opening {n} idle {'WebSockets' if ws else 'connections'}: {e}")
+    try:
+        time.sleep(1.0)
+        after = status_kb(c.pids(), "VmRSS")
+    finally:
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.close()
+    time.sleep(0.5)
+    return {"kib_conn": (after - before) / n, "rss_mib": after / 1024}
+
+
+# ------------------------------------------------------------------ scenarios
+
+def median_of(runs):
+    keys = runs[0].keys()
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def rounds(h, contenders, fn, label):
+    """Alternates contenders within each round; returns {name: median result}."""
+    runs = {c.name: [] for c in contenders}
+    for i in range(h.args.rounds):
+        for c in contenders:
+            r = fn(c)
+            runs[c.name].append(r)
+            log(f"{label} round {i + 1} {c.name}: " +
+                ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float)))
+    return {n: median_of(v) for n, v in runs.items()}
+
+
+def scenario_A(h, cs, label="A"):
+    a = h.args
+    if a.warmup:
+        for c in cs:
+            run_wrk(h, c, a.warmup, a.connections, tag=f"{label} warm-up")
+    return rounds(h, cs, lambda c: run_wrk(h, c, a.seconds, a.connections, tag=label), label)
+
+
+def scenario_N(h, cs):
+    a = h.args
+    n = max(2, min(a.connections, 16))
+    return rounds(h, cs, lambda c: run_wrk(h, c, a.seconds, n, close=True, tag="N"), "N")
+
+
+def scenario_B(h, cs, label="B"):
+    def one(c):
+        d = run_curl_big(h, c, upload=False)
+        u = run_curl_big(h, c, upload=True)
+        return {"down_mb_s": d["mb_s"], "down_cpu_s_gib": d["cpu_s_gib"],
+                "up_mb_s": u["mb_s"], "up_cpu_s_gib": u["cpu_s_gib"]}
+    return rounds(h, cs, one, label)
+
+
+def scenario_E(h, cs, label="E"):
+    a = h.args
+
+    def one(c):
+        r1 = run_ws(h, c, 1, a.seconds)
+        rn = run_ws(h, c, a.ws_sockets, a.seconds)
+        return {"p50_ms_1": r1["p50_ms"], "p99_ms_1": r1["p99_ms"], "cpu_us_msg_1": r1["cpu_us_msg"],
+                "p50_ms_n": rn["p50_ms"], "p99_ms_n": rn["p99_ms"], "cpu_us_msg_n": rn["cpu_us_msg"],
+                "msg_s_n": rn["msg_s"]}
+    return rounds(h, cs, one, label)
+
+
+def scenario_D(h, cs):
+    n = h.args.idle
+    # Each idle WebSocket holds two descriptors in the proxy and in the app's nginx.
+    n_ws = min(n, max(10, (h.nofile - 600) // 2))
+    h.results_meta["D_n"] = (n, n_ws)
+
+    def one(c):
+        k = run_idle(h, c, n, ws=False)
+        w = run_idle(h, c, n_ws, ws=True)
+        return {"kib_keepalive": k["kib_conn"], "kib_ws": w["kib_conn"], "rss_mib": w["rss_mib"]}
+    return rounds(h, cs, one, "D")
+
+
+def scenario_R(h):
+    """100,000 routes in one jobgated: registration, start-up with them, lookup cost."""
+    n = h.args.routes
+    gw = Jobgated(h, "jobgated-routes")
+    t_empty = gw.start()
+    a = control(gw.ctl, [{"op": "register", "name": "first", "socket": h.app_sock}])[0]
+    if not a.get("ok"):
+        raise BenchError(f"R: register failed: {a}")
+    c = Contender(h)
+    c.name, c.host, c.port, c.reaped = "jobgate (R)", f"{a['alias']}.localhost", gw.port, False
+    c.cookie = gw.redeem(a["alias"], a["link"])
+    c.pids = lambda: [gw.proc.pid]
+    secs = h.args.seconds
+    base = run_wrk(h, c, secs, h.args.connections, tag="R (1 route)")
+    rss0 = status_kb([gw.proc.pid], "VmRSS")
+    reqs = [{"op": "register", "name": f"r{i}", "socket": h.app_sock} for i in range(n - 1)]
+    with Measure(c) as m:
+        ans = control(gw.ctl, reqs, timeout=300)
+    bad = [x for x in ans if not x.get("ok")]
+    if bad:
+        raise BenchError(f"R: {len(bad)} of {n - 1} registrations failed, e.g. {bad[0]}")
+    reg_wall_us, reg_cpu_us = m.wall * 1e6 / (n - 1), m.cpu * 1e6 / (n - 1)
+    rss1 = status_kb([gw.proc.pid], "VmRSS")
+    full = run_wrk(h, c, secs, h.args.connections, tag=f"R ({n} routes)")
+    gw.stop()
+    t0 = time.monotonic()
+    gw.proc = h.procs.spawn([os.path.join(h.build, "jobgated"), "-f", "-l",
+                             f"127.0.0.1:{gw.port}"], h.logf(gw.name), env=gw.env)
+    wait_until(lambda: control(gw.ctl, [{"op": "hello"}], 2)[0]["ok"], 120,
+               "jobgated (restart with the routes)", gw.proc, h.logf(gw.name))
+    t_full = time.monotonic() - t0
+    routes = control(gw.ctl, [{"op": "list"}], 120)[0].get("routes", [])
+    gw.stop()
+    return {"routes": n, "start_empty_s": t_empty, "restart_s": t_full,
+            "routes_after_restart": len(routes),
+            "register_us": reg_wall_us, "register_cpu_us": reg_cpu_us,
+            "rss_1_mib": rss0 / 1024, "rss_n_mib": rss1 / 1024,
+            "cpu_us_req_1": base["cpu_us_req"], "cpu_us_req_n": full["cpu_us_req"],
+            "rps_1": base["rps"], "rps_n": full["rps"]}
+
+
+def scenario_C(h):
+    r = subprocess.run(["openssl", "speed", "-evp", "aes-128-gcm", "-seconds", "1", "-bytes",
+                        "16384"], capture_output=True, text=True, timeout=120)
+    m = re.search(r"^AES-128-GCM\s.*?([0-9.]+)k\s*$", r.stdout, re.M | re.I)
+    aes = float(m.group(1)) * 1000 / 1e6 if m else None
+    # A plain loopback TCP copy, 1 MiB writes, for about a second (or big_bytes).
+    size = min(h.args.big_bytes * 2, 4 * GIB)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    got = [0]
+
+    def sink():
+        conn, _ = srv.accept()
+        buf = bytearray(1 << 20)
+        while True:
+            k = conn.recv_into(buf)
+            if not k:
+                break
+            got[0] += k
+        conn.close()
+    t = threading.Thread(target=sink)
+    t.start()
+    s = socket.create_connection(srv.getsockname())
+    chunk = b"\0" * (1 << 20)
+    t0 = time.monotonic()
+    sent = 0
+    while sent < size:
+        s.sendall(chunk)
+        sent += len(chunk)
+    s.close()
+    t.join()
+    wall = time.monotonic() - t0
+    srv.close()
+    return {"aes_mb_s": aes, "loopback_mb_s": got[0] / wall / 1e6, "cpus": os.cpu_count()}
+
+
+# ------------------------------------------------------------------ report
+
+METRICS = {
+    # key: (title, format, better) -- better: "low" or "high"
+    "cpu_us_req": ("CPU µs/req", "{:.1f}", "low"),
+    "rps": ("req/s", "{:.0f}", "high"),
+    "p50_ms": ("p50 ms", "{:.2f}", "low"),
+    "p99_ms": ("p99 ms", "{:.2f}", "low"),
+    "down_cpu_s_gib": ("down CPU s/GiB", "{:.2f}", "low"),
+    "up_cpu_s_gib": ("up CPU s/GiB", "{:.2f}", "low"),
+    "down_mb_s": ("down MB/s", "{:.0f}", "high"),
+    "up_mb_s": ("up MB/s", "{:.0f}", "high"),
+    "cpu_us_msg_1": ("CPU µs/msg (1)", "{:.1f}", "low"),
+    "cpu_us_msg_n": ("CPU µs/msg (n)", "{:.1f}", "low"),
+    "p50_ms_1": ("p50 ms (1)", "{:.2f}", "low"),
+    "p99_ms_1": ("p99 ms (1)", "{:.2f}", "low"),
+    "p50_ms_n": ("p50 ms (n)", "{:.2f}", "low"),
+    "p99_ms_n": ("p99 ms (n)", "{:.2f}", "low"),
+    "msg_s_n": ("msg/s (n)", "{:.0f}", "high"),
+    "kib_keepalive": ("KiB per idle keep-alive", "{:.1f}", "low"),
+    "kib_ws": ("KiB per idle WebSocket", "{:.1f}", "low"),
+    "rss_mib": ("RSS MiB (all open)", "{:.1f}", "low"),
+}
+
+
+def table(res, ref, keys):
+    """Markdown table: a row per contender, then ref ÷ each peer."""
+    names = list(res)
+    lines = ["| contender | " + " | ".join(METRICS[k][0] for k in keys) + " |",
+             "|---|" + "---:|" * len(keys)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(METRICS[k][1].format(res[n][k]) for k in keys) + " |")
+    if ref in res:
+        for n in names:
+            if n == ref:
+                continue
+            cells = []
+            for k in keys:
+                b = res[n][k]
+                cells.append(f"{res[ref][k] / b:.2f}" if b else "–")
+            lines.append(f"| *{ref} ÷ {n}* | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+SCENARIO_KEYS = {
+    "A": ["cpu_us_req", "rps", "p50_ms", "p99_ms"],
+    "N": ["cpu_us_req", "rps", "p50_ms", "p99_ms"],
+    "B": ["down_cpu_s_gib", "up_cpu_s_gib", "down_mb_s", "up_mb_s"],
+    "E": ["cpu_us_msg_1", "p50_ms_1", "p99_ms_1", "cpu_us_msg_n", "p50_ms_n", "p99_ms_n",
+          "msg_s_n"],
+    "D": ["kib_keepalive", "kib_ws", "rss_mib"],
+}
+TITLES = {
+    "A": "A — 1 KiB responses over keep-alive",
+    "N": "N — a new TLS connection per request (`Connection: close`)",
+    "B": "B — one big download and one big upload (curl)",
+    "E": "E — WebSocket echo round trips, 64-byte messages",
+    "D": "D — memory per idle connection",
+    "T-A": "T/A — through the tunnel: 1 KiB responses over keep-alive",
+    "T-B": "T/B — through the tunnel: big download and upload",
+    "T-E": "T/E — through the tunnel: WebSocket echo round trips",
+}
+
+
+def human_bytes(n):
+    return f"{n / GIB:g} GiB" if n >= GIB else f"{n / (1 << 20):g} MiB"
+
+
+def report(h, results, contenders, started, load_before):
+    a = h.args
+    uname = os.uname()
+    cpu = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        m = re.search(r"^model name\s*:\s*(.*)$", f.read(), re.M)
+        cpu = m.group(1) if m else ""
+    out = [f"# jobgate benchmark, {started:%Y-%m-%d %H:%M} UTC" + (" (smoke)" if a.smoke else ""),
+           "",
+           f"Machine: {os.cpu_count()} CPUs, {cpu}, {uname.sysname} {uname.release}. "
+           f"Load average before: {load_before}, after: {loadavg()}. "
+           f"Rounds: {a.rounds} (contenders alternate within each round), medians; "
+           f"{a.seconds} s per timed run, wrk -t{a.threads} -c{a.connections}; "
+           f"B: {human_bytes(a.big_bytes)}; E: 1 and {a.ws_sockets} sockets; D: "
+           + (f"{h.results_meta['D_n'][0]} keep-alive connections, {h.results_meta['D_n'][1]} "
+              "WebSockets" if "D_n" in h.results_meta else "-") + ".",
+           "",
+           "CPU figures (the proxy's own processes, from /proc/PID/stat) lead: they hold on a "
+           "busy machine; rates and latencies are shared with the load generator and the app "
+           "on the same CPUs. Ratios are jobgate ÷ peer (jobgate-tunnel ÷ peer on the tunnel "
+           "paths): below 1 is better for CPU, memory and latency, above 1 for rates.",
+           "", "## Contenders", ""]
+    for c in contenders:
+        out.append(f"- **{c.name}**: {c.describe}")
+    if "C" in results:
+        r = results["C"]
+        out += ["", "## C — the machine", "",
+                f"- `openssl speed -evp aes-128-gcm` (16 KiB blocks, one core): "
+                + (f"{r['aes_mb_s']:.0f} MB/s" if r["aes_mb_s"] else "n/a"),
+                f"- a plain loopback TCP copy (one Python sender and receiver): "
+                f"{r['loopback_mb_s']:.0f} MB/s"]
+    for key in ("A", "N", "B", "E", "D", "T-A", "T-B", "T-E"):
+        if key not in results:
+            continue
+        base = key.split("-")[-1]
+        ref = "jobgate-tunnel" if key.startswith("T") else "jobgate"
+        out += ["", f"## {TITLES[key]}", "", table(results[key], ref, SCENARIO_KEYS[base])]
+    if "R" in results:
+        r = results["R"]
+        out += ["", f"## R — {r['routes']:,} registered routes (jobgate only)", "",
+                "| figure | value |", "|---|---:|",
+                f"| start-up, empty state (until the control socket answers) | {r['start_empty_s']:.2f} s |",
+                f"| restart with the routes in the store | {r['restart_s']:.2f} s ({r['routes_after_restart']:,} routes listed after it) |",
+                f"| registration, wall per route (pipelined on one control connection) | {r['register_us']:.0f} µs |",
+                f"| registration, jobgated CPU per route | {r['register_cpu_us']:.0f} µs |",
+                f"| RSS with 1 route → with all | {r['rss_1_mib']:.1f} → {r['rss_n_mib']:.1f} MiB |",
+                f"| scenario A CPU per request, 1 route → all (lookup cost) | {r['cpu_us_req_1']:.1f} → {r['cpu_us_req_n']:.1f} µs |",
+                f"| scenario A req/s, 1 route → all | {r['rps_1']:.0f} → {r['rps_n']:.0f} |"]
+        if "agent_idle_rss_kb" in h.results_meta:
+            out.append(f"| an idle agent's RSS (`jobgate run -g`, after start) | "
+                       f"{h.results_meta['agent_idle_rss_kb'] / 1024:.1f} MiB |")
+    if h.results_meta.get("charts"):
+        out += ["", "## Charts", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})"
+                                         for p in h.results_meta["charts"]]
+    return "\n".join(out) + "\n"
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def charts(h, results, outdir, stem):
+    """PNG bar charts of the leading CPU figure per scenario, when matplotlib is there."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("charts: python3-matplotlib not installed, skipped")
+        return []
+    files = []
+    for key, res in results.items():
+        if key not in TITLES:
+            continue
+        metric = SCENARIO_KEYS[key.split("-")[-1]][0]
+        names = list(res)
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        ax.bar(names, [res[n][metric] for n in names],
+               color=["#c0392b" if n.startswith("jobgate") else "#7f8c8d" for n in names])
+        ax.set_title(f"{TITLES[key]}: {METRICS[metric][0]} (lower is better)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+        fig.tight_layout()
+        p = os.path.join(outdir, f"{stem}-{key}.png")
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        files.append(p)
+    return files
+
+
+def update_readme(results_md, rel):
+    path = os.path.join(HERE, "README.md")
+    with open(path) as f:
+        text = f.read()
+    begin, end = "<!-- latest:begin -->", "<!-- latest:end -->"
+    hist = "<!-- history:next -->"
+    if begin not in text or end not in text or hist not in text:
+        log("README.md has no latest/history markers; not updated")
+        return
+    body = results_md.split("\n", 1)[1].replace("(" + os.path.basename(rel).rsplit(".", 1)[0],
+                                               "(results/" + os.path.basename(rel).rsplit(".", 1)[0])
+    body = re.sub(r"^## ", "### ", body, flags=re.M)
+    pre, rest = text.split(begin, 1)
+    _, post = rest.split(end, 1)
+    title = results_md.split("\n", 1)[0].lstrip("# ")
+    text = f"{pre}{begin}\n{title} ([{rel}]({rel})):\n{body}{end}{post}"
+    text = text.replace(hist, f"{hist}\n- [{rel}]({rel}): {title}", 1)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+# ------------------------------------------------------------------ main
+
+def env_int(name, default):
+    v = os.environ.get(name, "")
+    if v == "":
+        return default
+    if not v.isdigit():
+        raise BenchError(f"{name} must be a whole number (got {v!r})")
+    return int(v)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", default=os.path.join(REPO, "build"))
+    ap.add_argument("--smoke", action="store_true", default=os.environ.get("BENCH_SMOKE") == "1",
+                    help="every scenario for a second, tiny sizes (make bench-smoke)")
+    ap.add_argument("--contenders", default=os.environ.get("BENCH_ONLY", ""),
+                    help="comma-separated: " + ",".join(ALL_CONTENDERS) + " (default: all)")
+    ap.add_argument("--scenarios", default=os.environ.get("BENCH_SCENARIOS", ""),
+                    help="comma-separated: " + ",".join(ALL_SCENARIOS) + " (default: all)")
+    ap.add_argument("--out", default=os.environ.get("BENCH_OUT", ""))
+    ap.add_argument("--no-results", action="store_true",
+                    help="do not write bench/results/DATE.md nor update README.md")
+    a = ap.parse_args(argv)
+    s = a.smoke
+    a.seconds = env_int("BENCH_SECONDS", 1 if s else 10)
+    a.rounds = env_int("BENCH_ROUNDS", 1 if s else 3)
+    a.warmup = env_int("BENCH_WARMUP", 0 if s else 2)
+    a.connections = env_int("BENCH_CONNECTIONS", 4 if s else 64)
+    a.threads = env_int("BENCH_THREADS", 2)
+    a.big_bytes = env_int("BENCH_BIG_MIB", 8 if s else 1024) << 20
+    a.ws_sockets = env_int("BENCH_WS_SOCKETS", 4 if s else 100)
+    a.idle = env_int("BENCH_IDLE", 20 if s else 10000)
+    a.routes = env_int("BENCH_ROUTES", 200 if s else 100000)
+    if a.seconds < 1 or a.rounds < 1 or a.connections < 1 or a.big_bytes < 1 or a.idle < 1 \
+            or a.routes < 2 or a.ws_sockets < 1:
+        raise BenchError("BENCH_SECONDS, _ROUNDS, _CONNECTIONS, _BIG_MIB, _IDLE, _WS_SOCKETS "
+                         "must be at least 1, BENCH_ROUTES at least 2")
+    a.build = os.path.abspath(a.build)
+    if not a.out:
+        a.out = os.path.join(a.build, "bench-smoke" if s else "bench")
+    a.contenders = [x for x in re.split(r"[,\s]+", a.contenders) if x] or ALL_CONTENDERS
+    a.scenarios = [x.upper() for x in re.split(r"[,\s]+", a.scenarios) if x] or ALL_SCENARIOS
+    for x in a.contenders:
+        if x not in CLASSES:
+            raise BenchError(f"unknown contender {x!r} (known: {', '.join(ALL_CONTENDERS)})")
+    for x in a.scenarios:
+        if x not in ALL_SCENARIOS:
+            raise BenchError(f"unknown scenario {x!r} (known: {', '.join(ALL_SCENARIOS)})")
+    return a
+
+
+def main(argv):
+    a = parse_args(argv)
+    for tool in ("wrk", "nginx", "curl", "openssl"):
+        which(tool)
+    if "E" in a.scenarios or "T" in a.scenarios:
+        try:
+            import websockets  # noqa: F401
+        except ImportError:
+            raise BenchError("python3-websockets is missing (`scripts/install-deps bench`)")
+    os.makedirs(a.out, exist_ok=True)
+    h = Harness(a)
+    h.results_meta = {}
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t_start = time.monotonic()
+    results = {}
+    try:
+        h.make_certs()
+        h.start_app()
+        load_before = loadavg()
+        log(f"machine: {os.cpu_count()} CPUs; load {load_before}; scenarios "
+            f"{','.join(a.scenarios)}; contenders {','.join(a.contenders)}"
+            + ("; smoke mode" if a.smoke else ""))
+        if "C" in a.scenarios:
+            results["C"] = scenario_C(h)
+            log(f"C: {results['C']}")
+        need_front = any(s in a.scenarios for s in "ANBED")
+        need_tunnel = "T" in a.scenarios
+        cs = []
+        for name in a.contenders:
+            cls = CLASSES[name]
+            if (cls.group == "front" and not need_front) or (cls.group == "tunnel" and not need_tunnel):
+                continue
+            c = cls(h)
+            t0 = time.monotonic()
+            try:
+                c.start()
+                c.check()
+            except BenchError:
+                raise
+            except Exception as e:
+                raise BenchError(f"{name} did not start: {e!r}")
+            log(f"{name}: up in {time.monotonic() - t0:.1f} s at {c.url()}")
+            if "agent_idle_rss_kb" in c.extra:
+                h.results_meta["agent_idle_rss_kb"] = c.extra["agent_idle_rss_kb"]
+            cs.append(c)
+        front = [c for c in cs if c.group == "front"]
+        tunnel = [c for c in cs if c.group == "tunnel"]
+        for s in a.scenarios:
+            t0 = time.monotonic()
+            if s in "ANBED" and front:
+                results[s] = {"A": scenario_A, "N": scenario_N, "B": scenario_B, "E": scenario_E,
+                              "D": scenario_D}[s](h, front)
+            elif s == "T" and tunnel:
+                results["T-A"] = scenario_A(h, tunnel, "T-A")
+                results["T-B"] = scenario_B(h, tunnel, "T-B")
+                results["T-E"] = scenario_E(h, tunnel, "T-E")
+            elif s == "R":
+                results["R"] = scenario_R(h)
+                log(f"R: {results['R']}")
+            else:
+                continue
+            log(f"scenario {s} done in {time.monotonic() - t0:.1f} s")
+        md_stem = started.strftime("%Y-%m-%d")
+        if not a.smoke and not a.no_results:
+            resdir = os.path.join(HERE, "results")
+            os.makedirs(resdir, exist_ok=True)
+            k = 1
+            while os.path.exists(os.path.join(resdir, md_stem + ".md")):
+                k += 1
+                md_stem = f"{started:%Y-%m-%d}-{k}"
+            h.results_meta["charts"] = charts(h, results, resdir, md_stem)
+            md = report(h, results, cs, started, load_before)
+            path = os.path.join(resdir, md_stem + ".md")
+            with open(path, "w") as f:
+                f.write(md)
+            update_readme(md, f"results/{md_stem}.md")
+            log(f"results: {path}")
+        else:
+            md = report(h, results, cs, started, load_before)
+        with open(os.path.join(a.out, "summary.md"), "w") as f:
+            f.write(md)
+        with open(os.path.join(a.out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        print(md)
+        log(f"done in {time.monotonic() - t_start:.0f} s; summary in {a.out}/summary.md")
+    finally:
+        h.cleanup()
+    return 0
+
+
+def _on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BenchError as e:
+        log(f"error: {e}")
+        sys.exit(1)
