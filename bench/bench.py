@@ -226,6 +226,11 @@ class Harness:
         self.app_tcp = free_port()
         self.direct_port = free_port()
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if self.root and hard < 65536:
+            # D holds two descriptors per idle connection in a proxy (client and app side).
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+                soft = hard = 65536
         if soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.nofile = hard
@@ -323,8 +328,13 @@ class Contender:
     reaped = True            # count exited children's CPU (processes that fork per connection)
     describe = ""
 
+    count = 0
+
     def __init__(self, h):
         self.h = h
+        Contender.count += 1
+        self.tag = f"{self.name}-{Contender.count}"   # names this instance's files
+        self.popens = []
         self.host = "bench.localhost"
         self.port = None
         self.cookie = None
@@ -333,6 +343,16 @@ class Contender:
 
     def start(self):
         raise NotImplementedError
+
+    def spawn(self, argv, logname, **kw):
+        p = self.h.procs.spawn(argv, self.h.logf(logname), **kw)
+        self.popens.append(p)
+        return p
+
+    def stop(self):
+        for p in reversed(self.popens):
+            self.h.procs.stop(p)
+        self.popens = []
 
     def pids(self):
         return tree(self.roots)
@@ -383,13 +403,12 @@ class Nginx(Contender):
     def start(self):
         h = self.h
         self.port = free_port()
-        v = h.nginx_values("proxy")
+        v = h.nginx_values(self.tag)
         v["PORT"] = self.port
-        conf = render("nginx-proxy.conf.in", h.path("proxy.conf"), v)
-        p = h.procs.spawn([which("nginx"), "-p", h.tmp, "-c", conf, "-g", "daemon off;"],
-                          h.logf("nginx"))
+        conf = render("nginx-proxy.conf.in", h.path(self.tag + ".conf"), v)
+        p = self.spawn([which("nginx"), "-p", h.tmp, "-c", conf, "-g", "daemon off;"], self.tag)
         self.roots = [p.pid]
-        wait_until(lambda: tcp_open(self.port), 10, "nginx", p, h.path("proxy-error.log"))
+        wait_until(lambda: tcp_open(self.port), 10, "nginx", p, h.path(self.tag + "-error.log"))
 
 
 class Haproxy(Contender):
@@ -399,12 +418,12 @@ class Haproxy(Contender):
     def start(self):
         h = self.h
         self.port = free_port()
-        conf = render("haproxy.cfg.in", h.path("haproxy.cfg"),
-                      {"PREFIX": h.tmp, "PORT": self.port, "APP_SOCK": h.app_sock,
+        conf = render("haproxy.cfg.in", h.path(self.tag + ".cfg"),
+                      {"PREFIX": h.tmp, "NAME": self.tag, "PORT": self.port, "APP_SOCK": h.app_sock,
                        "MAXCONN": max(1000, (h.nofile - 200) // 2), "THREADS": os.cpu_count()})
-        p = h.procs.spawn([which("haproxy"), "-db", "-f", conf], h.logf("haproxy"))
+        p = self.spawn([which("haproxy"), "-db", "-f", conf], self.tag)
         self.roots = [p.pid]
-        wait_until(lambda: tcp_open(self.port), 10, "haproxy", p, h.logf("haproxy"))
+        wait_until(lambda: tcp_open(self.port), 10, "haproxy", p, h.logf(self.tag))
 
 
 class Apache(Contender):
@@ -414,7 +433,8 @@ class Apache(Contender):
     def start(self):
         h = self.h
         self.port = free_port()
-        os.makedirs(h.path("apache-run"), exist_ok=True)
+        run = h.path(self.tag + "-run")
+        os.makedirs(run, exist_ok=True)
         # Idle connections (D): each child parks ThreadsPerChild * (factor + 1) of them.
         servers = 4
         want = max(256, h.args.idle + 500)
@@ -422,14 +442,14 @@ class Apache(Contender):
         user = ""
         if h.root:
             user = "User www-data\nGroup www-data"
-            os.chmod(h.path("apache-run"), 0o755)
-        conf = render("apache.conf.in", h.path("apache.conf"),
-                      {"PREFIX": h.tmp, "PORT": self.port, "APP_SOCK": h.app_sock,
+            os.chmod(run, 0o755)
+        conf = render("apache.conf.in", h.path(self.tag + ".conf"),
+                      {"PREFIX": h.tmp, "NAME": self.tag, "PORT": self.port, "APP_SOCK": h.app_sock,
                        "APACHE_USER": user, "APACHE_SERVERS": servers,
                        "APACHE_WORKERS": servers * 64, "APACHE_FACTOR": factor})
-        p = h.procs.spawn([which("apache2"), "-f", conf, "-DFOREGROUND"], h.logf("apache"))
+        p = self.spawn([which("apache2"), "-f", conf, "-DFOREGROUND"], self.tag)
         self.roots = [p.pid]
-        wait_until(lambda: tcp_open(self.port), 15, "apache2", p, h.path("apache-error.log"))
+        wait_until(lambda: tcp_open(self.port), 15, "apache2", p, h.path(self.tag + "-error.log"))
 
 
 class Chp(Contender):
@@ -444,14 +464,14 @@ class Chp(Contender):
             raise BenchError("chp: bench/node_modules is missing (`make bench-deps` runs npm ci)")
         self.port = free_port()
         api = free_port()
-        p = h.procs.spawn([which("node"), exe, "--ip", "127.0.0.1", "--port", self.port,
+        p = self.spawn([which("node"), exe, "--ip", "127.0.0.1", "--port", self.port,
                            "--api-ip", "127.0.0.1", "--api-port", api,
                            "--ssl-key", h.path("tls.key"), "--ssl-cert", h.path("tls.crt"),
                            "--default-target", f"http://127.0.0.1:{h.app_tcp}",
-                           "--log-level", "warn"], h.logf("chp"),
-                          env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN="bench-" + str(api)))
+                        "--log-level", "warn"], self.tag,
+                       env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN="bench-" + str(api)))
         self.roots = [p.pid]
-        wait_until(lambda: tcp_open(self.port), 20, "configurable-http-proxy", p, h.logf("chp"))
+        wait_until(lambda: tcp_open(self.port), 20, "configurable-http-proxy", p, h.logf(self.tag))
 
 
 def control(path, reqs, timeout=60):
@@ -520,8 +540,9 @@ class Jobgate(Contender):
     reaped = False
 
     def start(self):
-        self.gw = Jobgated(self.h, "jobgated")
+        self.gw = Jobgated(self.h, self.tag)
         self.gw.start()
+        self.popens.append(self.gw.proc)
         a = control(self.gw.ctl, [{"op": "register", "name": "bench", "socket": self.h.app_sock}])[0]
         if not a.get("ok"):
             raise BenchError(f"jobgate: register failed: {a}")
@@ -543,8 +564,9 @@ class JobgateTunnel(Contender):
 
     def start(self):
         h = self.h
-        self.gw = Jobgated(h, "jobgated-tunnel")
+        self.gw = Jobgated(h, self.tag)
         self.gw.start()
+        self.popens.append(self.gw.proc)
         # The agent's app: the same nginx, on the socket that `jobgate run` chooses.
         v = h.nginx_values("tapp")
         v.update(APP_SOCK="__SOCK__", TCP_LISTEN="", TLS_LISTEN="")
@@ -561,7 +583,7 @@ exec {which('nginx')} -p {h.tmp} -c {h.tmp}/tapp.conf -g 'daemon off;'
                 "--", "/bin/sh", wrapper, "{socket}"]
         out = h.path("agent.out")
         with open(out, "wb") as o:
-            self.agent = h.procs.spawn(argv, h.logf("agent"), env=self.gw.env, stdout=o)
+            self.agent = self.spawn(argv, "agent", env=self.gw.env, stdout=o)
         ready = {}
 
         def is_ready():
@@ -933,15 +955,32 @@ def scenario_E(h, cs, label="E"):
 
 
 def scenario_D(h, cs):
-    n = h.args.idle
-    # Each idle WebSocket holds two descriptors in the proxy and in the app's nginx.
-    n_ws = min(n, max(10, (h.nofile - 600) // 2))
+    # An idle connection may hold two descriptors in a proxy (client and app side; always for
+    # a WebSocket), and the app's nginx holds both ends of a WebSocket's path to wsapp.
+    n = n_ws = min(h.args.idle, max(10, (h.nofile - 1000) // 2))
+    if n < h.args.idle:
+        log(f"D: {n} idle connections instead of {h.args.idle}: the file-descriptor limit is "
+            f"{h.nofile}")
     h.results_meta["D_n"] = (n, n_ws)
 
+    def fresh(c, fn):
+        """Memory that a process freed is seldom given back to the system, so each count
+        starts from a new instance of the contender (but `direct`: the app itself)."""
+        if isinstance(c, Direct):
+            return fn(c)
+        c2 = type(c)(h)
+        try:
+            c2.start()
+            c2.check()
+            return fn(c2)
+        finally:
+            c2.stop()
+
     def one(c):
-        k = run_idle(h, c, n, ws=False)
-        w = run_idle(h, c, n_ws, ws=True)
-        return {"kib_keepalive": k["kib_conn"], "kib_ws": w["kib_conn"], "rss_mib": w["rss_mib"]}
+        k = fresh(c, lambda x: run_idle(h, x, n, ws=False))
+        w = fresh(c, lambda x: run_idle(h, x, n_ws, ws=True))
+        return {"kib_keepalive": k["kib_conn"], "kib_ws": w["kib_conn"],
+                "rss_mib": w["rss_mib"]}
     return rounds(h, cs, one, "D")
 
 
