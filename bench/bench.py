@@ -428,6 +428,7 @@ class Haproxy(Contender):
 
 class Apache(Contender):
     name = "apache"
+    idle = 0
     describe = "Apache httpd, event MPM, mod_proxy_http + mod_proxy_wstunnel (apache.conf.in)"
 
     def start(self):
@@ -435,10 +436,12 @@ class Apache(Contender):
         self.port = free_port()
         run = h.path(self.tag + "-run")
         os.makedirs(run, exist_ok=True)
-        # Idle connections (D): each child parks ThreadsPerChild * (factor + 1) of them.
-        servers = 4
+        # Idle keep-alive connections (D) wait without a thread: each child parks up to
+        # ThreadsPerChild * (factor + 1). An open WebSocket holds a thread, so for D's count
+        # of WebSockets (self.idle) the server may grow to that many threads.
+        servers = max(4, -(-(self.idle + 256) // 64))
         want = max(256, h.args.idle + 500)
-        factor = max(2, -(-want // (servers * 64)) - 1)
+        factor = max(2, -(-want // (4 * 64)) - 1)
         user = ""
         if h.root:
             user = "User www-data\nGroup www-data"
@@ -447,6 +450,7 @@ class Apache(Contender):
                       {"PREFIX": h.tmp, "NAME": self.tag, "PORT": self.port, "APP_SOCK": h.app_sock,
                        "APACHE_USER": user, "APACHE_SERVERS": servers,
                        "APACHE_WORKERS": servers * 64, "APACHE_FACTOR": factor})
+        self.extra["threads"] = servers * 64
         p = self.spawn([which("apache2"), "-f", conf, "-DFOREGROUND"], self.tag)
         self.roots = [p.pid]
         wait_until(lambda: tcp_open(self.port), 15, "apache2", p, h.path(self.tag + "-error.log"))
@@ -873,6 +877,12 @@ def _open_idle(c, n, ws):
                     if not d:
                         raise BenchError(f"{c.name}: idle connection {i + 1} closed early")
                     rest += d
+    except OSError as e:
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.close()
+        raise BenchError(f"{c.name}: opening idle {'WebSocket' if ws else 'connection'} "
+                         f"{len(socks) + 1} of {n}: {e}") from e
     except BaseException:
         for s in socks:
             with contextlib.suppress(OSError):
@@ -969,6 +979,7 @@ def scenario_D(h, cs):
         if isinstance(c, Direct):
             return fn(c)
         c2 = type(c)(h)
+        c2.idle = n_ws
         try:
             c2.start()
             c2.check()
