@@ -1242,6 +1242,8 @@ def update_readme(results_md, rel):
         return
     body = results_md.split("\n", 1)[1].replace("(" + os.path.basename(rel).rsplit(".", 1)[0],
                                                "(results/" + os.path.basename(rel).rsplit(".", 1)[0])
+    # The contenders are described above in README.md; the charts stay in results/.
+    body = re.sub(r"\n## (Contenders|Charts)\n.*?(?=\n## |\Z)", "\n", body, flags=re.S)
     body = re.sub(r"^## ", "### ", body, flags=re.M)
     pre, rest = text.split(begin, 1)
     _, post = rest.split(end, 1)
