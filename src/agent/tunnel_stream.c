@@ -89,7 +89,7 @@ static void app_read_cb(struct bufferevent *b, void *arg)
     if (!ds->br.sid) /* lingering: the stream is over, nothing more goes up */
         evbuffer_drain(bufferevent_get_input(b), evbuffer_get_length(bufferevent_get_input(b)));
     else
-        tunnel_bridge_resume(&ds->br);
+        tunnel_bridge_read(&ds->br);
     conn_pump(c);
 }
 
@@ -134,13 +134,13 @@ static void app_event_cb(struct bufferevent *b, short what, void *arg)
                                                 NGHTTP2_INTERNAL_ERROR);
         }
         maybe_shut_wr(ds);
-    } else if (what & BEV_EVENT_EOF) {
+    } else if ((what & BEV_EVENT_EOF) && !ds->br.far_err) {
         ds->br.far_eof = 1;
         if (!ds->br.sid)
             ds_free(ds);
         else
             tunnel_bridge_resume(&ds->br);
-    } else if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+    } else if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT | BEV_EVENT_EOF)) {
         if (!ds->connected && ds->br.sid) {
             ds_drop_app(ds);
             if (ds->port && !ds->tried_v6) {

@@ -52,6 +52,7 @@ struct conn {
     char be_alias[ROUTE_ALIAS_MAX + 1]; /* the route the backend connection belongs to */
     struct route be_route; /* its copy, to prove the peer on connect */
     int be_connected;
+    int be_err;         /* a socket error the read-ahead consumed (errno), reported at EOF */
     int be_reused;      /* this request went out on a kept-alive backend connection */
     int be_reusable;    /* the backend may take another request after this exchange */
     struct event *timer;
@@ -152,6 +153,7 @@ static void be_drop(struct conn *c)
         c->be = NULL;
     }
     c->be_connected = 0;
+    c->be_err = 0;
     c->be_alias[0] = '\0';
 }
 
@@ -692,6 +694,9 @@ static void be_read(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
     c->last_active = now_ms(c);
+    int r = xprt_read_ahead(bev, CONN_HIGH_WATER);
+    if (r < 0)
+        c->be_err = -r;
     switch (c->st) {
     case CS_EXCHANGE:
         if (c->resp_started)
@@ -748,6 +753,11 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     int err = EVUTIL_SOCKET_ERROR();
+    if (c->be_err && (what & BEV_EVENT_EOF)) {
+        /* The read-ahead saw the socket fail; what followed was only its end. */
+        what = (short)((what & ~BEV_EVENT_EOF) | BEV_EVENT_ERROR);
+        err = c->be_err;
+    }
     if (c->st == CS_UPGRADED) {
         pump_tunnel(c);
         be_drop(c);

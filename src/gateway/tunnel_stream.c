@@ -52,7 +52,7 @@ static void s_read(struct bufferevent *bev, void *arg)
     struct tstream *s = arg;
     struct tunnel *t = s->t;
     t->busy++;
-    tunnel_bridge_resume(&s->br);
+    tunnel_bridge_read(&s->br);
     tunnel_flush(t);
     tunnel_leave(t);
 }
@@ -79,7 +79,7 @@ static void s_event(struct bufferevent *bev, short what, void *arg)
     struct tstream *s = arg;
     struct tunnel *t = s->t;
     t->busy++;
-    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->br.sid > 0) {
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !s->br.far_err && s->br.sid > 0) {
         /* conn is done sending (browser closed, or the exchange ended):
          * END_STREAM once the buffered bytes are out. */
         s->br.far_eof = 1;

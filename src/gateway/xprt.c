@@ -8,7 +8,10 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <event2/bufferevent_ssl.h>
+
+#include "sockread.h"
 
 struct bufferevent *xprt_tls_accept(struct event_base *base, evutil_socket_t fd, SSL_CTX *ctx)
 {
@@ -87,6 +90,13 @@ void xprt_close_write(struct bufferevent *bev)
     if (ssl)
         SSL_shutdown(ssl);
     shutdown(bufferevent_getfd(bev), SHUT_WR);
+}
+
+int xprt_read_ahead(struct bufferevent *bev, size_t budget)
+{
+    if (bufferevent_openssl_get_ssl(bev))
+        return 0; /* OpenSSL reads its records itself */
+    return sockread_ahead(bev, budget);
 }
 
 void xprt_send(struct bufferevent *bev, int connected, const void *p, size_t n)

@@ -43,6 +43,15 @@ const char *xprt_version(struct bufferevent *bev);
 void xprt_close_write(struct bufferevent *bev);
 
 /*
+ * From a read callback: reads what else a plain socket holds now, until
+ * bev's input holds budget bytes (sockread.h: libevent 2.1 reads 4 KiB per
+ * wakeup). TLS connections are left to OpenSSL. 0, 1 at the end of the
+ * stream, or -errno when the socket failed (consumed: the bufferevent will
+ * report only an EOF, so the caller keeps the error).
+ */
+int xprt_read_ahead(struct bufferevent *bev, size_t budget);
+
+/*
  * Queues n bytes for sending, writing at once what the socket takes when the
  * connection is plain, connected and has nothing queued: the bufferevent
  * would first wait for writability (an epoll round trip and two epoll_ctl

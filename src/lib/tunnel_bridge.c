@@ -5,6 +5,7 @@
 
 #include <event2/event.h>
 
+#include "sockread.h"
 #include "tunnel_proto.h"
 
 #define BRIDGE_IO_CHUNK (64 * 1024) /* largest single read or write of the far side */
@@ -84,6 +85,14 @@ void tunnel_bridge_resume(struct tunnel_bridge *b)
         b->deferred = 0;
         (void)nghttp2_session_resume_data(b->h2, b->sid);
     }
+}
+
+void tunnel_bridge_read(struct tunnel_bridge *b)
+{
+    int r = b->bev ? sockread_ahead(b->bev, TUNNEL_STREAM_WINDOW) : 0;
+    if (r < 0)
+        b->far_err = -r;
+    tunnel_bridge_resume(b);
 }
 
 int tunnel_bridge_data(struct tunnel_bridge *b, const uint8_t *data, size_t len)

@@ -40,6 +40,8 @@ struct tunnel_bridge {
     int ready;                /* DATA may flow toward the peer (the stream was answered) */
     int deferred;             /* the data provider waits for bytes from bev */
     int far_eof;              /* bev sent its last byte: END_STREAM once buffered bytes are out */
+    int far_err;              /* errno of a failure tunnel_bridge_read saw: the EOF that
+                               * follows is a reset, not an end */
 };
 
 /* Frames the session's output into out while out holds less than high.
@@ -63,6 +65,11 @@ ssize_t tunnel_bridge_read_cb(nghttp2_session *h2, int32_t sid, uint8_t *buf, si
 
 /* bev has new input, or reached its end (far_eof set): send on. */
 void tunnel_bridge_resume(struct tunnel_bridge *b);
+
+/* bev's read callback: reads what else bev's socket holds, up to one window
+ * (sockread.h), then sends on. A socket failure seen here is kept in
+ * far_err for the owner's event callback. */
+void tunnel_bridge_read(struct tunnel_bridge *b);
 
 /* DATA from the peer for bev (see the rule above). 0, or -ENOMEM when bev
  * cannot take it: the window was given back, and the caller resets the
