@@ -7,6 +7,20 @@
 
 #include "util.h"
 
+static ssize_t data_length(nghttp2_session *h2, uint8_t type, int32_t sid, int32_t conn_window,
+                           int32_t stream_window, uint32_t remote_max, void *user_data)
+{
+    (void)h2, (void)type, (void)sid, (void)user_data;
+    int64_t n = remote_max;
+    if (n > conn_window)
+        n = conn_window;
+    if (n > stream_window)
+        n = stream_window;
+    if (n > TUNNEL_FRAME_MAX)
+        n = TUNNEL_FRAME_MAX;
+    return n < 1 ? 1 : (ssize_t)n;
+}
+
 int tunnel_session_new(nghttp2_session **out, enum tunnel_role role,
                        const struct tunnel_session_cbs *cbs, void *user_data)
 {
@@ -28,6 +42,9 @@ int tunnel_session_new(nghttp2_session **out, enum tunnel_role role,
         nghttp2_session_callbacks_set_on_frame_send_callback(cb, cbs->frame_send);
     if (cbs->stream_close)
         nghttp2_session_callbacks_set_on_stream_close_callback(cb, cbs->stream_close);
+    /* DATA frames as large as the peer takes (TUNNEL_FRAME_MAX between two
+     * jobgate ends): a GiB costs 16,384 frames instead of 65,536. */
+    nghttp2_session_callbacks_set_data_source_read_length_callback(cb, data_length);
     if (nghttp2_option_new(&opt) != 0) {
         nghttp2_session_callbacks_del(cb);
         return -ENOMEM;
@@ -49,6 +66,7 @@ int tunnel_session_new(nghttp2_session **out, enum tunnel_role role,
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, TUNNEL_AGENT_MAX_STREAMS},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, TUNNEL_STREAM_WINDOW},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, TUNNEL_HEADER_LIST_MAX},
+        {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, TUNNEL_FRAME_MAX},
     };
     /* The agent opens no stream and pushes nothing. */
     static const nghttp2_settings_entry gateway_iv[] = {
@@ -56,6 +74,7 @@ int tunnel_session_new(nghttp2_session **out, enum tunnel_role role,
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 0},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, TUNNEL_STREAM_WINDOW},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, TUNNEL_HEADER_LIST_MAX},
+        {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, TUNNEL_FRAME_MAX},
     };
     int agent = role == TUNNEL_ROLE_AGENT;
     if (nghttp2_submit_settings(*out, NGHTTP2_FLAG_NONE, agent ? agent_iv : gateway_iv,
