@@ -40,7 +40,7 @@ struct worker;
 /* Windows, header and control line limits: tunnel_proto.h, shared with the agent. */
 #define TUN_OUT_HIGH (256 * 1024)            /* transport output: make no frames beyond */
 #define TUN_MAX_REG 64                       /* registrations per tunnel */
-#define TUN_MAX_STREAMS 4096                 /* data streams per tunnel, queued ones included */
+#define TUN_MAX_STREAMS 10000                /* data streams per tunnel, queued ones included */
 #define TUN_MAX_TUNNELS 10000                /* whole gateway */
 #define TUN_LOCAL_MAX 64                     /* the agent's name for a target */
 #define TUN_ID_MAX 64                        /* a control request's id */
@@ -65,6 +65,8 @@ struct tstream {
     int status;
     int gone_ticks;          /* ticks since conn closed its end without progress */
     size_t gone_in;          /* input length at the last such tick */
+    int64_t opened;          /* when it was submitted (monotonic ms): the agent answers
+                              * within t_connect, or the browser gets a 503 */
 };
 
 struct post {
@@ -140,6 +142,6 @@ int tctl_reg_find(const struct tunnel *t, const char *alias); /* slot in t->reg,
 void tstream_free(struct tstream *s);
 void tstream_abort(struct tstream *s);                /* RST to the agent, then free */
 void tstream_on_post(evutil_socket_t fd, short what, void *arg); /* t->ev_post */
-void tstream_sweep_gone(struct tunnel *t);            /* once a tick */
+void tstream_tick(struct tunnel *t, int64_t now);    /* once a second */
 
 #endif

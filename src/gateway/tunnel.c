@@ -305,7 +305,7 @@ static void t_tick(evutil_socket_t fd, short what, void *arg)
         t->ping_sent = now;
     }
     if (!t->dead)
-        tstream_sweep_gone(t);
+        tstream_tick(t, now);
     tunnel_flush(t);
     tunnel_leave(t);
 }

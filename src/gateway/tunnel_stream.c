@@ -21,7 +21,9 @@
 #include <event2/event.h>
 
 #include "hmap.h"
+#include "config.h"
 #include "log.h"
+#include "page.h"
 #include "util.h"
 #include "worker-t.h"
 #include "xprt.h"
@@ -97,6 +99,14 @@ static void s_event(struct bufferevent *bev, short what, void *arg)
 }
 
 /* On the tunnel's worker: one posted backend connection becomes a CONNECT stream. */
+/* Instead of the app's answer, for a browser that would otherwise wait
+ * without one: conn forwards it like any response. */
+static void answer_busy(struct evbuffer *out)
+{
+    page_error(out, 503, "The app's agent has too many connections waiting; try again in a moment.",
+               1, "Retry-After: 5\r\n", 0);
+}
+
 static void open_stream(struct tunnel *t, struct post *p)
 {
     int i = tctl_reg_find(t, p->alias);
@@ -104,6 +114,13 @@ static void open_stream(struct tunnel *t, struct post *p)
         strcmp(t->reg[i].local, p->local) != 0 || t->nstreams >= TUN_MAX_STREAMS) {
         log_warn("tunnel=%" PRIx64 " refusing a stream for %s: %s", t->id, p->alias,
                  t->nstreams >= TUN_MAX_STREAMS ? "too many streams" : "not this tunnel's route");
+        if (t->nstreams >= TUN_MAX_STREAMS) {
+            /* The socketpair is new and empty: a short page fits at once. */
+            struct evbuffer *page = evbuffer_new();
+            answer_busy(page);
+            (void)evbuffer_write(page, p->fd);
+            evbuffer_free(page);
+        }
         close(p->fd);
         return;
     }
@@ -127,6 +144,7 @@ static void open_stream(struct tunnel *t, struct post *p)
         free(s);
         return;
     }
+    s->opened = now_mono_ms();
     LIST_INSERT_HEAD(&t->streams, s, link);
     t->nstreams++;
     bufferevent_setcb(s->br.bev, s_read, s_write, s_event, s);
@@ -202,11 +220,25 @@ struct bufferevent *tunnel_stream_open(struct tunnel_hub *hub, struct event_base
 /* Streams whose conn closed its end (conn never half-closes: its close is
  * final) while their input sits above the read watermark or waits for the
  * agent's window: no read event will ever report it. Unanswered ones go at
- * once, as in s_event; others once they have stalled for a few ticks. */void tstream_sweep_gone(struct tunnel *t)
+ * once, as in s_event; others once they have stalled for a few ticks.
+ * Streams the agent has not answered within t_connect (it is slow, or has
+ * no room: nghttp2 queues what exceeds its concurrency) get a 503 page. */
+void tstream_tick(struct tunnel *t, int64_t now)
 {
     struct tstream *s, *next;
     for (s = LIST_FIRST(&t->streams); s; s = next) {
         next = LIST_NEXT(s, link);
+        if (!s->br.ready && s->br.sid > 0 && now - s->opened > t->hub->cfg->t_connect * 1000) {
+            log_info("tunnel=%" PRIx64 " stream=%d the agent did not answer within %" PRId64
+                     " s: 503", t->id, s->br.sid, t->hub->cfg->t_connect);
+            nghttp2_submit_rst_stream(t->h2, NGHTTP2_FLAG_NONE, s->br.sid, NGHTTP2_CANCEL);
+            nghttp2_session_set_stream_user_data(t->h2, s->br.sid, NULL);
+            s->br.sid = -1;
+            bufferevent_disable(s->br.bev, EV_READ);
+            answer_busy(bufferevent_get_output(s->br.bev));
+            bufferevent_setwatermark(s->br.bev, EV_WRITE, 0, 0); /* s_write frees it once flushed */
+            continue;
+        }
         struct pollfd p = {.fd = bufferevent_getfd(s->br.bev), .events = POLLRDHUP};
         if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
             continue;

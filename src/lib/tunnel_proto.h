@@ -27,7 +27,7 @@
 #define TUNNEL_HEADER_LIST_MAX 16384         /* SETTINGS_MAX_HEADER_LIST_SIZE */
 #define TUNNEL_STREAM_WINDOW (256 * 1024)    /* SETTINGS_INITIAL_WINDOW_SIZE */
 #define TUNNEL_CONN_WINDOW (64 * 1024 * 1024) /* connection receive window */
-#define TUNNEL_AGENT_MAX_STREAMS 1024        /* the agent's SETTINGS_MAX_CONCURRENT_STREAMS */
+#define TUNNEL_AGENT_MAX_STREAMS 10000       /* the agent's SETTINGS_MAX_CONCURRENT_STREAMS */
 #define TUNNEL_FRAME_MAX (64 * 1024)         /* SETTINGS_MAX_FRAME_SIZE: a quarter window */
 #define TUNNEL_TOKEN_MAX 256                 /* bytes of a personal agent token */
 

@@ -149,7 +149,7 @@ def test_ready_line_carries_the_link(tenv):
     assert a.ready["name"] == "web"
     assert reg["name"] == "web" and reg["local"] == "web" and "alias" not in reg
     # The agent's SETTINGS, as the spec's table says.
-    assert conn.agent_settings.get(3) == 1024          # MAX_CONCURRENT_STREAMS
+    assert conn.agent_settings.get(3) == 10000         # MAX_CONCURRENT_STREAMS
     assert conn.agent_settings.get(4) == 256 * 1024    # INITIAL_WINDOW_SIZE
     assert conn.agent_settings.get(6) == 16 * 1024     # MAX_HEADER_LIST_SIZE
     assert conn.ctl_status == 200

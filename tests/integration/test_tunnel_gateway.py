@@ -317,6 +317,31 @@ def test_munge_hello_names_the_owner(shared_munge_gateway, munged):
         a.close()
 
 
+def test_unanswered_stream_gets_503_after_the_connect_timeout(make_gateway, munged):
+    # An agent that never answers a CONNECT (slow, or out of stream room:
+    # nghttp2 queues what exceeds its concurrency) costs the browser the
+    # connect timeout and a 503 page, never a hang.
+    gw = make_gateway({"tunnel": {"munge_socket": munged.socket},
+                       "timeouts": {"connect": "2s"}}, name="munge-slow")
+    a = FakeAgent(port=gw.port, auth=lambda nonce: {
+        "method": "munge", "credential": munged.encode(f"jobgate/1 hello {nonce}")})
+    a.hold_connect.add("slow")
+    try:
+        a.wait_type("welcome")
+        reg = a.register("slow", "slow")
+        s = gw.login(reg["alias"], reg["link"])
+        t0 = time.monotonic()
+        r = s.get("/")
+        took = time.monotonic() - t0
+        assert r.status == 503, r
+        assert r.header("retry-after") == "5"
+        assert b"too many connections" in r.body
+        assert 1.5 < took < 10, took
+    finally:
+        a.close()
+    gw.assert_alive()
+
+
 @pytest.mark.parametrize("case", ["replayed", "other nonce", "expired", "token in shared mode"])
 def test_munge_refusals(shared_munge_gateway, munged, case):
     gw = shared_munge_gateway
