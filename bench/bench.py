@@ -917,16 +917,32 @@ def median_of(runs):
     return {k: statistics.median(r[k] for r in runs) for k in keys}
 
 
+def fail(h, label, name, err):
+    """A contender failed a scenario: the run goes on without it there, and exits 1."""
+    msg = str(err).strip().splitlines()
+    log(f"{label}: {name} FAILED: {err}")
+    h.failures.append((label, name, msg[0] if msg else repr(err)))
+
+
 def rounds(h, contenders, fn, label):
-    """Alternates contenders within each round; returns {name: median result}."""
+    """Alternates contenders within each round; returns {name: median result}, or
+    {name: "failed: ..."} for a contender that failed a run (it is not run again)."""
     runs = {c.name: [] for c in contenders}
+    failed = {}
     for i in range(h.args.rounds):
         for c in contenders:
-            r = fn(c)
+            if c.name in failed:
+                continue
+            try:
+                r = fn(c)
+            except BenchError as e:
+                fail(h, label, c.name, e)
+                failed[c.name] = str(e).strip().splitlines()[0]
+                continue
             runs[c.name].append(r)
             log(f"{label} round {i + 1} {c.name}: " +
                 ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float)))
-    return {n: median_of(v) for n, v in runs.items()}
+    return {n: (f"failed: {failed[n]}" if n in failed else median_of(v)) for n, v in runs.items()}
 
 
 def scenario_A(h, cs, label="A"):
@@ -1104,10 +1120,13 @@ def table(res, ref, keys):
     lines = ["| contender | " + " | ".join(METRICS[k][0] for k in keys) + " |",
              "|---|" + "---:|" * len(keys)]
     for n in names:
+        if isinstance(res[n], str):
+            lines.append(f"| {n} | {res[n].replace('|', '/')[:150]} |" + " |" * (len(keys) - 1))
+            continue
         lines.append(f"| {n} | " + " | ".join(METRICS[k][1].format(res[n][k]) for k in keys) + " |")
-    if ref in res:
+    if ref in res and not isinstance(res[ref], str):
         for n in names:
-            if n == ref:
+            if n == ref or isinstance(res[n], str):
                 continue
             cells = []
             for k in keys:
@@ -1192,6 +1211,9 @@ def report(h, results, contenders, started, load_before):
         if "agent_idle_rss_kb" in h.results_meta:
             out.append(f"| an idle agent's RSS (`jobgate run -g`, after start) | "
                        f"{h.results_meta['agent_idle_rss_kb'] / 1024:.1f} MiB |")
+    if h.failures:
+        out += ["", "## Failures", ""] + [f"- {label}: **{name}**: {msg}"
+                                          for label, name, msg in h.failures]
     if h.results_meta.get("charts"):
         out += ["", "## Charts", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})"
                                          for p in h.results_meta["charts"]]
@@ -1217,7 +1239,7 @@ def charts(h, results, outdir, stem):
         if key not in TITLES:
             continue
         metric = SCENARIO_KEYS[key.split("-")[-1]][0]
-        names = list(res)
+        names = [n for n in res if not isinstance(res[n], str)]
         fig, ax = plt.subplots(figsize=(7, 3.2))
         ax.bar(names, [res[n][metric] for n in names],
                color=["#c0392b" if n.startswith("jobgate") else "#7f8c8d" for n in names])
@@ -1316,8 +1338,10 @@ def main(argv):
         except ImportError:
             raise BenchError("python3-websockets is missing (`scripts/install-deps bench`)")
     os.makedirs(a.out, exist_ok=True)
+    shutil.rmtree(os.path.join(a.out, "logs"), ignore_errors=True)
     h = Harness(a)
     h.results_meta = {}
+    h.failures = []
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
     results = {}
@@ -1341,12 +1365,18 @@ def main(argv):
             c = cls(h)
             t0 = time.monotonic()
             try:
-                c.start()
-                c.check()
-            except BenchError:
-                raise
-            except Exception as e:
-                raise BenchError(f"{name} did not start: {e!r}")
+                try:
+                    c.start()
+                    c.check()
+                except BenchError:
+                    raise
+                except Exception as e:
+                    raise BenchError(f"{name} did not start: {e!r}")
+            except BenchError as e:
+                fail(h, "start", name, e)
+                with contextlib.suppress(Exception):
+                    c.stop()
+                continue
             log(f"{name}: up in {time.monotonic() - t0:.1f} s at {c.url()}")
             if "agent_idle_rss_kb" in c.extra:
                 h.results_meta["agent_idle_rss_kb"] = c.extra["agent_idle_rss_kb"]
@@ -1363,8 +1393,11 @@ def main(argv):
                 results["T-B"] = scenario_B(h, tunnel, "T-B")
                 results["T-E"] = scenario_E(h, tunnel, "T-E")
             elif s == "R":
-                results["R"] = scenario_R(h)
-                log(f"R: {results['R']}")
+                try:
+                    results["R"] = scenario_R(h)
+                    log(f"R: {results['R']}")
+                except BenchError as e:
+                    fail(h, "R", "jobgate", e)
             else:
                 continue
             log(f"scenario {s} done in {time.monotonic() - t0:.1f} s")
@@ -1393,6 +1426,10 @@ def main(argv):
         log(f"done in {time.monotonic() - t_start:.0f} s; summary in {a.out}/summary.md")
     finally:
         h.cleanup()
+    if h.failures:
+        for label, name, msg in h.failures:
+            log(f"FAILED: {label}: {name}: {msg}")
+        return 1
     return 0
 
 
