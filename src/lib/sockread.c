@@ -8,6 +8,7 @@
 #include <event2/event.h>
 
 #define READ_AHEAD_CHUNK (64 * 1024) /* one readv at most */
+#define LIBEVENT_READ_MAX 4096       /* what evbuffer_read takes per wakeup in libevent 2.1 */
 
 static int read_into(struct evbuffer *in, evutil_socket_t fd, size_t budget)
 {
@@ -54,6 +55,11 @@ static int read_into(struct evbuffer *in, evutil_socket_t fd, size_t budget)
 int sockread_ahead(struct bufferevent *bev, size_t budget)
 {
     if (!(bufferevent_get_enabled(bev) & EV_READ))
+        return 0;
+    /* libevent read less than its 4 KiB: the socket had no more a moment
+     * ago, and a readv now would most likely only say EAGAIN (a syscall per
+     * small request for nothing). */
+    if (evbuffer_get_length(bufferevent_get_input(bev)) < LIBEVENT_READ_MAX)
         return 0;
     /* A socket bufferevent keeps its input's end frozen outside its own
      * reads, so that nobody else adds to it; this read is one of its own. */

@@ -119,6 +119,23 @@ static void test_end_is_left_to_the_bufferevent(void **state)
     teardown_pair(&f);
 }
 
+static void test_a_short_read_costs_no_extra_syscall(void **state)
+{
+    /* Less than libevent's 4 KiB came in: the socket was drained, so the
+     * read-ahead does not ask again (it would only get EAGAIN). Bytes that
+     * arrive afterwards wait for the next wakeup. */
+    struct fx f;
+    setup_pair(&f, 1 << 20);
+    assert_int_equal(put(f.peer, 1000), 1000);
+    event_base_loop(f.base, EVLOOP_ONCE);
+    assert_int_equal(f.calls, 1);
+    assert_int_equal(f.after_first, 1000);
+    assert_int_equal(put(f.peer, 1000), 1000);
+    assert_int_equal(sockread_ahead(f.bev, 1 << 20), 0);
+    assert_int_equal(evbuffer_get_length(bufferevent_get_input(f.bev)), 1000);
+    teardown_pair(&f);
+}
+
 static void test_nothing_when_reading_is_off(void **state)
 {
     struct fx f;
@@ -136,6 +153,7 @@ int main(void)
         cmocka_unit_test(test_one_wakeup_takes_what_is_there),
         cmocka_unit_test(test_budget_is_a_ceiling),
         cmocka_unit_test(test_end_is_left_to_the_bufferevent),
+        cmocka_unit_test(test_a_short_read_costs_no_extra_syscall),
         cmocka_unit_test(test_nothing_when_reading_is_off),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
