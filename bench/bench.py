@@ -235,6 +235,17 @@ class Harness:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.nofile = hard
         self.app_proc = None
+        # Copies of the binaries under names of their own, so that a `pkill jobgated` or
+        # `pkill -f build/jobgate` run by someone else on the machine (a profiling session,
+        # say) does not stop a contender in the middle of a run.
+        os.makedirs(self.path("bin"), mode=0o755)
+        for exe, alias in (("jobgated", "bench-gw"), ("jobgate", "bench-agent")):
+            src = os.path.join(self.build, exe)
+            if not os.access(src, os.X_OK):
+                raise BenchError(f"{src} not built (make)")
+            shutil.copy2(src, self.path("bin", alias))
+        self.jobgated = self.path("bin", "bench-gw")
+        self.jobgate = self.path("bin", "bench-agent")
 
     def logf(self, name):
         return os.path.join(self.tmp, "logs", name + ".log")
@@ -249,11 +260,16 @@ class Harness:
             os.makedirs(os.path.join(out, "logs"), exist_ok=True)
             for name in os.listdir(self.path("logs")):
                 src = self.path("logs", name)
+                # jobgated logs every request: keep its other lines, and the end of each log.
+                notes = []
                 with open(src, "rb") as f:
+                    for ln in f:
+                        if b" info: req " not in ln and len(notes) < 1000:
+                            notes.append(ln)
                     f.seek(max(0, os.path.getsize(src) - 20000))
                     data = f.read()
                 with open(os.path.join(out, "logs", name), "wb") as f:
-                    f.write(data)
+                    f.write(b"".join(notes) + b"\n--- the end of the log:\n" + data)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def make_certs(self):
@@ -514,9 +530,7 @@ class Jobgated:
         self.proc = None
 
     def start(self):
-        exe = os.path.join(self.h.build, "jobgated")
-        if not os.access(exe, os.X_OK):
-            raise BenchError(f"{exe} not built (make)")
+        exe = self.h.jobgated
         t0 = time.monotonic()
         self.proc = self.h.procs.spawn([exe, "-f", "-l", f"127.0.0.1:{self.port}"],
                                        self.h.logf(self.name), env=self.env)
@@ -582,7 +596,7 @@ sed "s|__SOCK__|$1|" {tmpl} > {h.tmp}/tapp.conf
 exec {which('nginx')} -p {h.tmp} -c {h.tmp}/tapp.conf -g 'daemon off;'
 """)
         os.chmod(wrapper, 0o700)
-        argv = [os.path.join(h.build, "jobgate"), "run", "--json", "-n", "bench",
+        argv = [h.jobgate, "run", "--json", "-n", "bench",
                 "-g", f"https://127.0.0.1:{self.gw.port}", "--ca", self.gw.cert,
                 "--", "/bin/sh", wrapper, "{socket}"]
         out = h.path("agent.out")
@@ -947,10 +961,17 @@ def rounds(h, contenders, fn, label):
 
 def scenario_A(h, cs, label="A"):
     a = h.args
+    failed = {}
     if a.warmup:
         for c in cs:
-            run_wrk(h, c, a.warmup, a.connections, tag=f"{label} warm-up")
-    return rounds(h, cs, lambda c: run_wrk(h, c, a.seconds, a.connections, tag=label), label)
+            try:
+                run_wrk(h, c, a.warmup, a.connections, tag=f"{label} warm-up")
+            except BenchError as e:
+                fail(h, label, c.name, e)
+                failed[c.name] = "failed: " + str(e).strip().splitlines()[0]
+    res = rounds(h, [c for c in cs if c.name not in failed],
+                 lambda c: run_wrk(h, c, a.seconds, a.connections, tag=label), label)
+    return {c.name: failed.get(c.name) or res[c.name] for c in cs}
 
 
 def scenario_N(h, cs):
@@ -1037,7 +1058,7 @@ def scenario_R(h):
     full = run_wrk(h, c, secs, h.args.connections, tag=f"R ({n} routes)")
     gw.stop()
     t0 = time.monotonic()
-    gw.proc = h.procs.spawn([os.path.join(h.build, "jobgated"), "-f", "-l",
+    gw.proc = h.procs.spawn([h.jobgated, "-f", "-l",
                              f"127.0.0.1:{gw.port}"], h.logf(gw.name), env=gw.env)
     wait_until(lambda: control(gw.ctl, [{"op": "hello"}], 2)[0]["ok"], 120,
                "jobgated (restart with the routes)", gw.proc, h.logf(gw.name))
