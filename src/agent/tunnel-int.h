@@ -156,6 +156,7 @@ struct agent_tunnel {
     pthread_t thread;
     struct event_base *base;
     struct event *cmd_ev, *retry_ev;
+    int cmd_fd;                     /* eventfd: the caller's wake-up for cmd_ev */
 
     /* Under mu. */
     pthread_mutex_t mu;
