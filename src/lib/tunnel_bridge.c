@@ -43,7 +43,11 @@ int tunnel_bridge_pump_in(nghttp2_session *h2, struct evbuffer *in, const int *s
 void tunnel_bridge_attach(struct tunnel_bridge *b, struct bufferevent *bev)
 {
     b->bev = bev;
-    bufferevent_setwatermark(bev, EV_READ, 0, TUNNEL_STREAM_WINDOW);
+    /* No read high-water mark: libevent 2.1.12 re-runs the read callback
+     * (deferred) for as long as the input stays at that mark with reading
+     * enabled, which is the whole time a stream waits for its window: 24
+     * million empty callbacks per GiB. The bridge pauses reading itself. */
+    bufferevent_setwatermark(bev, EV_READ, 0, 0);
     bufferevent_setwatermark(bev, EV_WRITE, TUNNEL_STREAM_WINDOW / 4, 0);
     (void)bufferevent_set_max_single_read(bev, BRIDGE_IO_CHUNK);
     (void)bufferevent_set_max_single_write(bev, BRIDGE_IO_CHUNK);
@@ -74,6 +78,10 @@ ssize_t tunnel_bridge_read_cb(nghttp2_session *h2, int32_t sid, uint8_t *buf, si
         n = len;
     if (n > 0 && evbuffer_remove(in, buf, n) != (int)n)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (b->paused && evbuffer_get_length(in) < TUNNEL_STREAM_WINDOW) {
+        b->paused = 0;
+        (void)bufferevent_enable(b->bev, EV_READ);
+    }
     if (b->far_eof && evbuffer_get_length(in) == 0)
         *flags |= NGHTTP2_DATA_FLAG_EOF;
     return (ssize_t)n;
@@ -92,6 +100,11 @@ void tunnel_bridge_read(struct tunnel_bridge *b)
     int r = b->bev ? sockread_ahead(b->bev, TUNNEL_STREAM_WINDOW) : 0;
     if (r < 0)
         b->far_err = -r;
+    if (b->bev && evbuffer_get_length(bufferevent_get_input(b->bev)) >= TUNNEL_STREAM_WINDOW &&
+        (bufferevent_get_enabled(b->bev) & EV_READ)) {
+        b->paused = 1; /* a window ahead: the data provider resumes reading */
+        (void)bufferevent_disable(b->bev, EV_READ);
+    }
     tunnel_bridge_resume(b);
 }
 

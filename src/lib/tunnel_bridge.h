@@ -11,7 +11,9 @@
  * (tunnel_bridge_drained from the bufferevent's write callback). A stream
  * therefore buffers at most its window, and a slow reader slows only its
  * own stream. Toward the peer, the bufferevent's input is read no further
- * than one window ahead.
+ * than one window ahead: tunnel_bridge_read turns bev's reading off there
+ * and the data provider turns it on again (no read high-water mark, see
+ * tunnel_bridge_attach).
  *
  * Everything here runs on the thread that owns the session; no locks.
  */
@@ -42,6 +44,8 @@ struct tunnel_bridge {
     int far_eof;              /* bev sent its last byte: END_STREAM once buffered bytes are out */
     int far_err;              /* errno of a failure tunnel_bridge_read saw: the EOF that
                                * follows is a reset, not an end */
+    int paused;               /* bev's reading is off: a window is buffered (the data
+                               * provider turns it on again) */
 };
 
 /* Frames the session's output into out while out holds less than high.

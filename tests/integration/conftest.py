@@ -210,6 +210,13 @@ def vmhwm(pid):
     raise AssertionError("no VmHWM in /proc/PID/status")
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of process pid (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def script_app(script, sock, *args, prefix=()):
     """A one-off app for one test: `PY -c script SOCK ARGS...` (after prefix, e.g.

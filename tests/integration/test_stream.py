@@ -8,11 +8,12 @@ an app's flood of interim (1xx) responses.
 import hashlib
 import json
 import socket
+import threading
 import time
 
 import pytest
 
-from conftest import BLOCK, MiB, RawConn, build_request, mkdtemp, script_app
+from conftest import BLOCK, MiB, RawConn, build_request, cpu_seconds, mkdtemp, script_app
 
 GiB = 1 << 30
 RSS_LIMIT = 64 * MiB
@@ -152,6 +153,39 @@ def test_slow_reader_does_not_stall_others(streaming):
         assert gw.vmhwm() < RSS_LIMIT
     finally:
         stalled.close()
+
+
+@pytest.mark.parametrize("direction", ["download", "upload"])
+def test_a_stalled_transfer_costs_no_cpu(streaming, direction):
+    """A client that stops reading a download, or an app that does not read an upload yet:
+    the buffers fill, nothing moves, and the gateway must not spin meanwhile (libevent 2.1.12
+    re-runs a read callback while its input sits at a read high-water mark with reading on;
+    test_tunnel.py has the same through the tunnel)."""
+    gw, s = streaming
+    c = s.conn(timeout=30)
+    try:
+        if direction == "download":
+            c.send(build_request("GET", f"/bytes?n={GiB}", s.host, cookie=s.cookie))
+            assert c.read_head().status == 200  # and then never read again
+        else:
+            c.send(build_request("POST", "/sink?delay=60", s.host, cookie=s.cookie,
+                                 headers=[("Content-Length", str(GiB))]))
+
+            def send_body():
+                try:
+                    for _ in range(GiB // len(BLOCK * 16)):
+                        c.sock.sendall(BLOCK * 16)
+                except OSError:
+                    pass  # closed below
+
+            threading.Thread(target=send_body, daemon=True).start()
+        time.sleep(2)  # the buffers fill
+        cpu0 = cpu_seconds(gw.proc.pid)
+        time.sleep(3)
+        cpu = cpu_seconds(gw.proc.pid) - cpu0
+        assert cpu < 0.5, f"jobgated used {cpu:.2f} s of CPU over 3 s of a stalled {direction}"
+    finally:
+        c.close()
 
 
 @pytest.mark.rss

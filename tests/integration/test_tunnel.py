@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from conftest import HTTPAPP, PY, Closed, build_request, need_second_user, vmhwm, wait_for
+from conftest import (HTTPAPP, PY, Closed, build_request, cpu_seconds, need_second_user, vmhwm,
+                      wait_for)
 
 
 def gw_url(gw):
@@ -149,6 +150,44 @@ def test_stopped_reader_does_not_slow_the_other_99(gateway):
     stalled.close()
     assert not errors, errors[:3]
     assert results == [size] * 99
+    app.stop()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("direction", ["download", "upload"])
+def test_a_stalled_transfer_costs_no_cpu(gateway, direction):
+    """A browser that stops reading (or an app that does not read the body yet) fills its
+    stream's window and the buffers behind it; from then on nothing moves, and neither end may
+    spin. (libevent 2.1.12 re-runs a read callback for as long as its input sits at a read
+    high-water mark: a stream waiting for its window cost a whole core until the bridge paused
+    its reading itself.)"""
+    app = publish_remote(gateway, name="stall")
+    s = gateway.login(app.alias, app.link)
+    c = s.conn()
+    n = 1 << 30
+    if direction == "download":
+        c.send(build_request("GET", f"/bytes?n={n}", s.host, cookie=s.cookie))
+        assert c.read_head().status == 200  # and then never read again
+    else:
+        c.send(build_request("POST", "/sink?delay=60", s.host, cookie=s.cookie,
+                             headers=[("Content-Length", str(n))]))
+
+        def send_body():
+            chunk = b"u" * (1 << 20)
+            try:
+                for _ in range(n >> 20):
+                    c.sock.sendall(chunk)
+            except OSError:
+                pass  # closed below
+
+        threading.Thread(target=send_body, daemon=True).start()
+    time.sleep(2)  # windows and socket buffers fill
+    agent0, gw0 = cpu_seconds(app.proc.pid), cpu_seconds(gateway.proc.pid)
+    time.sleep(3)
+    agent, gw = cpu_seconds(app.proc.pid) - agent0, cpu_seconds(gateway.proc.pid) - gw0
+    c.close()
+    assert agent < 0.5 and gw < 0.5, \
+        f"CPU over 3 s of a stalled {direction}: agent {agent:.2f} s, gateway {gw:.2f} s"
     app.stop()
 
 
