@@ -183,6 +183,7 @@ int main(int argc, char **argv)
     };
     int c;
 
+    malloc_tune();
     /* Options after COMMAND belong to the command: stop at the first word. */
     opterr = 0;
     while ((c = getopt_long(argc, argv, "+:s:hV", longopts, NULL)) != -1) {

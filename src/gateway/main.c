@@ -78,6 +78,7 @@ int main(int argc, char **argv)
     int check = 0, fg = 0, verbose = 0, ch;
     char err[1024];
 
+    malloc_tune();
     while ((ch = getopt_long(argc, argv, "c:l:fvh", opts, NULL)) != -1) {
         switch (ch) {
         case 'c': file = optarg; break;
