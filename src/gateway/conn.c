@@ -149,7 +149,7 @@ static void access_log(struct conn *c)
 static void be_drop(struct conn *c)
 {
     if (c->be) {
-        bufferevent_free(c->be);
+        xprt_free(c->be);
         c->be = NULL;
     }
     c->be_connected = 0;
@@ -372,7 +372,7 @@ static void be_start(struct conn *c, const struct route *r)
     bufferevent_setwatermark(c->be, EV_WRITE, CONN_LOW_WATER, 0);
     bufferevent_enable(c->be, EV_READ | EV_WRITE);
     timer_set(c, TK_CONNECT);
-    if (ready) /* a socketpair to a tunnel, say: the peer is checked all the same */
+    if (ready) /* a tunnel stream's end, say: the peer is checked all the same */
         bufferevent_trigger_event(c->be, BEV_EVENT_CONNECTED, BEV_TRIG_DEFER_CALLBACKS);
 }
 

@@ -2,6 +2,7 @@
 #include "gateway.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,7 +116,10 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
         return errmsg(err, errlen, -ENOSYS, "libevent has no thread support");
     gw->nworkers = cfg->workers;
     if (gw->nworkers == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        /* The CPUs it may run on (taskset, a cgroup's cpuset), not all online. */
+        cpu_set_t set;
+        long n = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set)
+                                                               : sysconf(_SC_NPROCESSORS_ONLN);
         gw->nworkers = n < 1 ? 1 : n > 8 ? 8 : (unsigned)n;
     }
     gw->workers = xcalloc(gw->nworkers, sizeof(*gw->workers));

@@ -194,6 +194,12 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t id, const uint8_t
         nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, id, NGHTTP2_STREAM_CLOSED);
         return 0;
     }
+    if (xprt_peer_closed(s->br.bev)) {
+        /* conn closed its end for good: the app's bytes have no reader (EPIPE). */
+        nghttp2_session_consume_connection(h2, len);
+        tstream_abort(s);
+        return 0;
+    }
     /* The window rule of tunnel_bridge.h: the stream's opens as conn drains. */
     if (tunnel_bridge_data(&s->br, data, len) < 0)
         tstream_abort(s);
@@ -332,7 +338,10 @@ static void t_free(struct tunnel *t)
     pthread_mutex_unlock(&hub->mu);
     while (p) {
         struct post *n = p->next;
-        close(p->fd);
+        if (p->bev)
+            xprt_free(p->bev);
+        else
+            close(p->fd);
         free(p);
         p = n;
     }

@@ -17,9 +17,10 @@
  *
  * How a browser request reaches an app behind a tunnel without conn.c
  * knowing: backend_connect() for a ROUTE_TUNNEL route calls
- * tunnel_stream_open(), which makes a socketpair, posts one end to the
- * tunnel's worker and returns a bufferevent on the other. The tunnel's
- * worker opens a CONNECT stream for it and pumps socketpair <-> stream.
+ * tunnel_stream_open(), which makes a link (in memory when the caller is the
+ * tunnel's worker, else a socketpair), posts one end to the tunnel's worker
+ * and returns a bufferevent on the other. The tunnel's worker opens a
+ * CONNECT stream for it and pumps link <-> stream.
  *
  * Invariants:
  *  - I2: routes are owned by the uid that the hello proved (MUNGE, the
@@ -29,7 +30,7 @@
  *  - nothing is registered before a welcome;
  *  - backpressure end to end: received DATA is acknowledged at the
  *    connection level at once and at the stream level only as the
- *    socketpair drains, so a stream holds at most its window and a stalled
+ *    link drains, so a stream holds at most its window and a stalled
  *    browser stalls only its own stream;
  *  - a malformed or oversize control message, a refused hello, a PING left
  *    unanswered: that tunnel ends (GOAWAY, logged reason), never the gateway;
@@ -68,7 +69,8 @@ void tunnel_adopt_tls(struct worker *w, struct bufferevent *bev, const char *ip)
 int tunnel_adopt_stdio(struct worker *w, int in_fd, int out_fd, int hold_fd, uid_t uid);
 
 /* backend_connect() for ROUTE_TUNNEL: a bufferevent on one end of a
- * socketpair whose other end becomes a CONNECT stream on the route's tunnel.
+ * link (xprt_pair on the tunnel's own worker, else a socketpair) whose other
+ * end becomes a CONNECT stream on the route's tunnel.
  * It is connected already (backend_connect's caller raises CONNECTED once
  * its callbacks are set). NULL with errno when the route has no live tunnel. */
 struct bufferevent *tunnel_stream_open(struct tunnel_hub *hub, struct event_base *base,

@@ -1,9 +1,9 @@
 /*
  * tunnel_stream — the CONNECT streams of a gateway tunnel: each backend
- * connection of a tunnel route (a socketpair end handed over by
- * tunnel_stream_open on any worker) becomes one HTTP/2 stream to the agent,
- * pumped both ways with end-to-end backpressure. See tunnel-int.h for who
- * may touch what.
+ * connection of a tunnel route (handed over by tunnel_stream_open: an
+ * in-memory pair when conn runs on the tunnel's worker, a socketpair from
+ * any other worker) becomes one HTTP/2 stream to the agent, pumped both ways
+ * with end-to-end backpressure. See tunnel-int.h for who may touch what.
  */
 #include "tunnel.h"
 #include "tunnel-int.h"
@@ -34,13 +34,13 @@ void tstream_free(struct tstream *s)
     if (s->br.sid > 0 && t->h2)
         nghttp2_session_set_stream_user_data(t->h2, s->br.sid, NULL);
     if (s->br.bev)
-        bufferevent_free(s->br.bev);
+        xprt_free(s->br.bev);
     LIST_REMOVE(s, link);
     t->nstreams--;
     free(s);
 }
 
-/* Aborts a stream: RST to the agent, socketpair closed (conn sees the app gone). */
+/* Aborts a stream: RST to the agent, our end closed (conn sees the app gone). */
 void tstream_abort(struct tstream *s)
 {
     if (s->br.sid > 0 && s->t->h2)
@@ -114,6 +114,12 @@ static void open_stream(struct tunnel *t, struct post *p)
         strcmp(t->reg[i].local, p->local) != 0 || t->nstreams >= TUN_MAX_STREAMS) {
         log_warn("tunnel=%" PRIx64 " refusing a stream for %s: %s", t->id, p->alias,
                  t->nstreams >= TUN_MAX_STREAMS ? "too many streams" : "not this tunnel's route");
+        if (p->bev) {
+            if (t->nstreams >= TUN_MAX_STREAMS)
+                answer_busy(bufferevent_get_output(p->bev));
+            xprt_free(p->bev); /* the page, then EOF */
+            return;
+        }
         if (t->nstreams >= TUN_MAX_STREAMS) {
             /* The socketpair is new and empty: a short page fits at once. */
             struct evbuffer *page = evbuffer_new();
@@ -126,7 +132,7 @@ static void open_stream(struct tunnel *t, struct post *p)
     }
     struct tstream *s = xcalloc(1, sizeof(*s));
     s->t = t;
-    s->br.bev = xprt_socket(t->w->base, p->fd);
+    s->br.bev = p->bev ? p->bev : xprt_socket(t->w->base, p->fd);
     if (!s->br.bev) {
         free(s);
         return;
@@ -140,11 +146,13 @@ static void open_stream(struct tunnel *t, struct post *p)
     s->br.sid = nghttp2_submit_request(t->h2, NULL, nv, 2, &dp, s);
     if (s->br.sid < 0) {
         log_warn("tunnel=%" PRIx64 " cannot open a stream: %s", t->id, nghttp2_strerror(s->br.sid));
-        bufferevent_free(s->br.bev);
+        xprt_free(s->br.bev);
         free(s);
         return;
     }
     s->opened = now_mono_ms();
+    log_debug("tunnel=%" PRIx64 " stream=%d for %s (%s)", t->id, s->br.sid, p->alias,
+              p->bev ? "in memory" : "socketpair");
     LIST_INSERT_HEAD(&t->streams, s, link);
     t->nstreams++;
     bufferevent_setcb(s->br.bev, s_read, s_write, s_event, s);
@@ -182,33 +190,44 @@ void tstream_on_post(evutil_socket_t fd, short what, void *arg)
 struct bufferevent *tunnel_stream_open(struct tunnel_hub *hub, struct event_base *base,
                                        const struct route *r)
 {
-    int sv[2];
     if (r->kind != ROUTE_TUNNEL || r->tunnel == 0) {
         errno = ECONNREFUSED;
         return NULL;
     }
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
-        return NULL;
     struct post *p = xcalloc(1, sizeof(*p));
-    p->fd = sv[1];
+    p->fd = -1;
     p->uid = r->uid;
     snprintf(p->alias, sizeof(p->alias), "%s", r->alias);
     snprintf(p->local, sizeof(p->local), "%.*s", TUN_LOCAL_MAX, r->path);
+    struct bufferevent *ends[2] = {NULL, NULL};
+    int sv[2] = {-1, -1}, err = 0;
     pthread_mutex_lock(&hub->mu);
     struct tunnel *t = hmap_get(hub->byid, &r->tunnel, sizeof(r->tunnel));
-    if (t) {
+    if (!t) {
+        err = ECONNREFUSED;
+    } else if (t->w->base == base) {
+        /* conn runs on the tunnel's worker: the bytes need not leave memory. */
+        if (xprt_pair(base, ends) < 0)
+            err = ENOMEM;
+        p->bev = ends[1];
+    } else if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
+        err = errno;
+    } else {
+        p->fd = sv[1];
+    }
+    if (!err) {
         p->next = t->posted;
         t->posted = p;
         event_active(t->ev_post, EV_READ, 0);
     }
     pthread_mutex_unlock(&hub->mu);
-    if (!t) {
+    if (err) {
         free(p);
-        close(sv[0]);
-        close(sv[1]);
-        errno = ECONNREFUSED;
+        errno = err;
         return NULL;
     }
+    if (ends[0])
+        return ends[0];
     struct bufferevent *bev = xprt_socket(base, sv[0]);
     if (!bev) { /* sv[0] closed: the tunnel sees EOF on the other end and drops the stream */
         errno = ENOMEM;
@@ -239,9 +258,11 @@ void tstream_tick(struct tunnel *t, int64_t now)
             bufferevent_setwatermark(s->br.bev, EV_WRITE, 0, 0); /* s_write frees it once flushed */
             continue;
         }
-        struct pollfd p = {.fd = bufferevent_getfd(s->br.bev), .events = POLLRDHUP};
-        if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
-            continue;
+        if (!xprt_peer_closed(s->br.bev)) { /* an in-memory pair says so at once */
+            struct pollfd p = {.fd = bufferevent_getfd(s->br.bev), .events = POLLRDHUP};
+            if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+                continue; /* (a pair's fd is -1: poll reports nothing) */
+        }
         size_t in = evbuffer_get_length(bufferevent_get_input(s->br.bev));
         if (s->br.ready && s->br.sid > 0 && (s->gone_ticks == 0 || in != s->gone_in)) {
             s->gone_ticks = 1;

@@ -84,18 +84,50 @@ const char *xprt_version(struct bufferevent *bev)
     return ssl ? SSL_get_version(ssl) : "plain";
 }
 
+int xprt_pair(struct event_base *base, struct bufferevent *ends[2])
+{
+    return bufferevent_pair_new(base, 0, ends);
+}
+
 void xprt_close_write(struct bufferevent *bev)
 {
+    if (bufferevent_pair_get_partner(bev)) {
+        (void)bufferevent_flush(bev, EV_WRITE, BEV_FINISHED);
+        return;
+    }
     SSL *ssl = bufferevent_openssl_get_ssl(bev);
     if (ssl)
         SSL_shutdown(ssl);
     shutdown(bufferevent_getfd(bev), SHUT_WR);
 }
 
+void xprt_free(struct bufferevent *bev)
+{
+    struct bufferevent *peer = bufferevent_pair_get_partner(bev);
+    if (peer) {
+        /* As a socket's close: bytes left unread either way reset the
+         * connection; otherwise the peer reads our last bytes, then EOF (and
+         * xprt_peer_closed tells it that writing more would fail). */
+        if (evbuffer_get_length(bufferevent_get_input(bev)) > 0 ||
+            evbuffer_get_length(bufferevent_get_output(peer)) > 0)
+            bufferevent_trigger_event(peer, BEV_EVENT_ERROR | BEV_EVENT_READING, 0);
+        else
+            (void)bufferevent_flush(bev, EV_WRITE, BEV_FINISHED);
+    }
+    bufferevent_free(bev);
+}
+
+int xprt_peer_closed(struct bufferevent *bev)
+{
+    /* Only pair ends have no socket; one without a partner lost it to xprt_free. */
+    return bufferevent_getfd(bev) < 0 && !bufferevent_openssl_get_ssl(bev) &&
+           !bufferevent_pair_get_partner(bev);
+}
+
 int xprt_read_ahead(struct bufferevent *bev, size_t budget)
 {
-    if (bufferevent_openssl_get_ssl(bev))
-        return 0; /* OpenSSL reads its records itself */
+    if (bufferevent_openssl_get_ssl(bev) || bufferevent_getfd(bev) < 0)
+        return 0; /* OpenSSL reads its records itself; a pair has no socket */
     return sockread_ahead(bev, budget);
 }
 
@@ -103,7 +135,8 @@ void xprt_send(struct bufferevent *bev, int connected, const void *p, size_t n)
 {
     struct evbuffer *out = bufferevent_get_output(bev);
     size_t done = 0;
-    if (connected && !bufferevent_openssl_get_ssl(bev) && evbuffer_get_length(out) == 0) {
+    if (connected && !bufferevent_openssl_get_ssl(bev) && bufferevent_getfd(bev) >= 0 &&
+        evbuffer_get_length(out) == 0) {
         ssize_t w = send(bufferevent_getfd(bev), p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w > 0)
             done = (size_t)w;

@@ -1,9 +1,10 @@
 /*
  * xprt — the byte transport under a connection: how a browser's TLS
- * connection, a backend's socket and a tunnel stream's socketpair are made,
- * and the few things the request pipeline asks of them beyond reading and
- * writing (the ALPN the handshake chose, closing the write side, sending a
- * small head at once).
+ * connection, a backend's socket and the link between a browser connection
+ * and its tunnel stream (an in-memory pair on one worker, a socketpair
+ * between two) are made, and the few things the request pipeline asks of
+ * them beyond reading and writing (the ALPN the handshake chose, closing the
+ * write side or the whole connection, sending a small head at once).
  *
  * Above this seam conn, backend and tunnel see only the generic bufferevent
  * interface (input and output buffers, watermarks, enable/disable, events);
@@ -30,6 +31,13 @@ struct bufferevent *xprt_tls_accept(struct event_base *base, evutil_socket_t fd,
 /* A plain connection on a connected (or connecting) socket. NULL (fd closed). */
 struct bufferevent *xprt_socket(struct event_base *base, evutil_socket_t fd);
 
+/* Two connected ends in memory on one loop (bufferevent_pair): bytes move
+ * between them without a system call. Both ends keep socket semantics here:
+ * xprt_close_write gives the other end an EOF after the bytes written,
+ * xprt_free an EOF (or an error, when unread input is left, as a socket
+ * close with unread data resets). 0, or -1 when out of memory. */
+int xprt_pair(struct event_base *base, struct bufferevent *ends[2]);
+
 /* Starts a non-blocking connect to ss. NULL with errno when it fails at once. */
 struct bufferevent *xprt_connect(struct event_base *base, const struct sockaddr_storage *ss,
                                  socklen_t sl, int nodelay);
@@ -39,8 +47,16 @@ int xprt_alpn_is(struct bufferevent *bev, const char *proto);
 /* "TLSv1.3", or "plain". */
 const char *xprt_version(struct bufferevent *bev);
 
-/* No more bytes from us: TLS close_notify where there is TLS, then FIN. */
+/* No more bytes from us: TLS close_notify where there is TLS, then FIN
+ * (on a pair: the other end's EOF after what we wrote). */
 void xprt_close_write(struct bufferevent *bev);
+
+/* Frees a connection made here; the peer learns as from a socket's close. */
+void xprt_free(struct bufferevent *bev);
+
+/* 1 when bev is a pair end whose other end was freed: what is written to it
+ * has no reader (a socket would fail the write with EPIPE). */
+int xprt_peer_closed(struct bufferevent *bev);
 
 /*
  * From a read callback: reads what else a plain socket holds now, until

@@ -54,8 +54,8 @@ static int read_into(struct evbuffer *in, evutil_socket_t fd, size_t budget)
 
 int sockread_ahead(struct bufferevent *bev, size_t budget)
 {
-    if (!(bufferevent_get_enabled(bev) & EV_READ))
-        return 0;
+    if (!(bufferevent_get_enabled(bev) & EV_READ) || bufferevent_getfd(bev) < 0)
+        return 0; /* not reading, or no socket (an in-memory pair) */
     /* libevent read less than its 4 KiB: the socket had no more a moment
      * ago, and a readv now would most likely only say EAGAIN (a syscall per
      * small request for nothing). */

@@ -3,7 +3,7 @@
  * libevent buffers, for both ends: the session's transport pump (frames out
  * under a high-water mark, input fed chunk by chunk without a pullup) and
  * one data stream joined to a bufferevent on its far side (the app's socket
- * in the agent, the browser connection's socketpair in the gateway).
+ * in the agent, the link to the browser's connection in the gateway).
  *
  * ONE flow-control rule for both ends: DATA from the peer gives its
  * connection-level window back at once, so a stalled stream never blocks the

@@ -986,6 +986,18 @@ def start_gateway(gw):
     return gw
 
 
+@contextlib.contextmanager
+def one_cpu():
+    """Processes started inside run on one CPU (they inherit the affinity): a jobgated
+    started so has one worker."""
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(old)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
 def _gateway(config=None, name="personal", verbose=False):
     return start_gateway(Gateway(config=config, name=name, verbose=verbose))
 

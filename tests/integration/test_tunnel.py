@@ -3,14 +3,30 @@ against the real gateway (src/gateway/tunnel*.c), on loopback. Multi-host runs (
 namespaces, MUNGE, SSH) are in test_tunnel_hosts.py; each side alone is in
 test_agent_tunnel.py and test_tunnel_gateway.py."""
 import os
+import re
 import signal
 import threading
 import time
 
 import pytest
 
-from conftest import (HTTPAPP, PY, Closed, build_request, cpu_seconds, need_second_user, vmhwm,
-                      wait_for)
+from conftest import (HTTPAPP, PY, Closed, Gateway, _finish, build_request, cpu_seconds,
+                      need_second_user, one_cpu, start_gateway, vmhwm, wait_for)
+
+
+@pytest.fixture(scope="module", params=["workers", "one-worker"])
+def gateway(request, binaries):
+    """The module's personal gateway, twice: with its default workers (a browser connection
+    reaches its tunnel stream in memory on the tunnel's worker, through a socketpair from
+    another) and with one worker (every stream in memory)."""
+    if request.param == "one-worker":
+        with one_cpu():
+            gw = start_gateway(Gateway(name="one-worker"))
+        assert "with 1 worker" in gw.log_path.read_text()
+    else:
+        gw = start_gateway(Gateway())
+    yield gw
+    _finish(gw)
 
 
 def gw_url(gw):
@@ -188,6 +204,41 @@ def test_a_stalled_transfer_costs_no_cpu(gateway, direction):
     c.close()
     assert agent < 0.5 and gw < 0.5, \
         f"CPU over 3 s of a stalled {direction}: agent {agent:.2f} s, gateway {gw:.2f} s"
+    app.stop()
+
+
+def test_streams_in_memory_and_across_workers(make_gateway):
+    """A browser connection on the tunnel's own worker reaches its stream through an in-memory
+    pair, one on another worker through a socketpair (each new TLS connection lands on a worker
+    the kernel picks). Both carry a body each way, and both learn when the other side leaves:
+    downloads the browser abandons after the head end their streams and the agent's app
+    connections, whichever way they went."""
+    gw = make_gateway(None, name="kinds", verbose=True)
+    app = publish_remote(gw, name="kinds")
+    s = gw.login(app.alias, app.link)
+
+    def agent_fds():
+        return len(os.listdir(f"/proc/{app.proc.pid}/fd"))
+
+    base = agent_fds()
+    for i in range(24):
+        body = bytes([i]) * 200_000
+        r = s.request("POST", "/echo", body=body)  # a connection of its own each time
+        assert r.status == 200 and r.body == body, (i, r.status, len(r.body))
+        c = s.conn()
+        c.send(build_request("GET", f"/bytes?n={64 << 20}", s.host, cookie=s.cookie))
+        assert c.read_head().status == 200
+        c.close()  # the app is still writing
+    log = gw.log_path.read_text()
+    workers = int(re.search(r"with (\d+) workers?", log).group(1))
+    kinds = re.findall(r"stream=\d+ for \S+ \((in memory|socketpair)\)", log)
+    assert len(kinds) == 48, len(kinds)
+    assert "in memory" in kinds, "no stream on the tunnel's own worker in 48 connections"
+    if workers > 1:
+        assert "socketpair" in kinds, "no stream from another worker in 48 connections"
+    # Every abandoned download let its app connection go in the agent.
+    wait_for(lambda: agent_fds() <= base, 10,
+             what=f"the agent's app connections to close ({agent_fds()} fds, {base} before)")
     app.stop()
 
 
