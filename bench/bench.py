@@ -156,6 +156,15 @@ def status_kb(pids, field):
     return total
 
 
+def rollup_kb(pid, field):
+    """A field of /proc/PID/smaps_rollup in KiB (0 when unreadable)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as f:
+        for ln in f:
+            if ln.startswith(field + ":"):
+                return int(ln.split()[1])
+    return 0
+
+
 class Procs:
     """Every process the benchmark starts; stop_all() stops them by pid (descendants
     first, found through /proc), TERM then KILL."""
@@ -586,22 +595,23 @@ class JobgateTunnel(Contender):
         self.gw.start()
         self.popens.append(self.gw.proc)
         # The agent's app: the same nginx, on the socket that `jobgate run` chooses.
-        v = h.nginx_values("tapp")
+        app = f"{self.tag}-app"  # each instance its own (D starts a second beside the first)
+        v = h.nginx_values(app)
         v.update(APP_SOCK="__SOCK__", TCP_LISTEN="", TLS_LISTEN="")
-        tmpl = render("nginx-app.conf.in", h.path("tapp.conf.in"), v)
-        wrapper = h.path("tapp.sh")
+        tmpl = render("nginx-app.conf.in", h.path(f"{app}.conf.in"), v)
+        wrapper = h.path(f"{app}.sh")
         with open(wrapper, "w") as f:
             f.write(f"""#!/bin/sh
-sed "s|__SOCK__|$1|" {tmpl} > {h.tmp}/tapp.conf
-exec {which('nginx')} -p {h.tmp} -c {h.tmp}/tapp.conf -g 'daemon off;'
+sed "s|__SOCK__|$1|" {tmpl} > {h.tmp}/{app}.conf
+exec {which('nginx')} -p {h.tmp} -c {h.tmp}/{app}.conf -g 'daemon off;'
 """)
         os.chmod(wrapper, 0o700)
         argv = [h.jobgate, "run", "--json", "-n", "bench",
                 "-g", f"https://127.0.0.1:{self.gw.port}", "--ca", self.gw.cert,
                 "--", "/bin/sh", wrapper, "{socket}"]
-        out = h.path("agent.out")
+        out = h.path(f"{self.tag}-agent.out")
         with open(out, "wb") as o:
-            self.agent = self.spawn(argv, "agent", env=self.gw.env, stdout=o)
+            self.agent = self.spawn(argv, f"{self.tag}-agent", env=self.gw.env, stdout=o)
         ready = {}
 
         def is_ready():
@@ -613,11 +623,17 @@ exec {which('nginx')} -p {h.tmp} -c {h.tmp}/tapp.conf -g 'daemon off;'
                             ready.update(ev)
                             return True
             return False
-        wait_until(is_ready, 30, "jobgate run -g (the tunnel agent)", self.agent, h.logf("agent"))
+        wait_until(is_ready, 30, "jobgate run -g (the tunnel agent)", self.agent,
+                   h.logf(f"{self.tag}-agent"))
         self.host, self.port = f"{ready['alias']}.localhost", self.gw.port
         self.cookie = self.gw.redeem(ready["alias"], ready["link"])
         time.sleep(0.5)
         self.extra["agent_idle_rss_kb"] = status_kb([self.agent.pid], "VmRSS")
+        # RSS counts every page of the shared libraries the agent touched (libcrypto
+        # alone is about 4 MiB of them), which every process on the node that uses
+        # them shares: its own memory is the anonymous part; Pss splits the shared.
+        self.extra["agent_idle_anon_kb"] = status_kb([self.agent.pid], "RssAnon")
+        self.extra["agent_idle_pss_kb"] = rollup_kb(self.agent.pid, "Pss")
 
     def pids(self):
         return [self.gw.proc.pid, self.agent.pid]
@@ -633,7 +649,7 @@ class Ssh(Contender):
 
     def start(self):
         h = self.h
-        d = h.path("ssh")
+        d = h.path(self.tag)  # each instance its own (D starts a second beside the first)
         os.makedirs(d, mode=0o700)
         for key in ("host_ed25519", "id_ed25519"):
             subprocess.run([which("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f",
@@ -648,15 +664,15 @@ class Ssh(Contender):
         import pwd
         user = pwd.getpwuid(os.geteuid()).pw_name
         conf = render("sshd_config.in", os.path.join(d, "sshd_config"),
-                      {"PREFIX": h.tmp, "PORT": sport, "USER": user})
+                      {"PREFIX": h.tmp, "DIR": d, "PORT": sport, "USER": user})
         os.chmod(conf, 0o600)
         if h.root:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         r = subprocess.run([which("sshd"), "-t", "-f", conf], capture_output=True, text=True)
         if r.returncode:
             raise BenchError(f"sshd -t refused its configuration: {r.stderr}")
-        sshd = h.procs.spawn([which("sshd"), "-D", "-e", "-f", conf], h.logf("sshd"))
-        wait_until(lambda: tcp_open(sport), 10, "sshd", sshd, h.logf("sshd"))
+        sshd = h.procs.spawn([which("sshd"), "-D", "-e", "-f", conf], h.logf(f"{self.tag}-sshd"))
+        wait_until(lambda: tcp_open(sport), 10, "sshd", sshd, h.logf(f"{self.tag}-sshd"))
         self.port = free_port()
         # The way a user forwards a port: with a login session (a terminal), which makes
         # both ends "interactive" (TCP_NODELAY); `ssh -N` leaves Nagle on, and keep-alive
@@ -669,9 +685,9 @@ class Ssh(Contender):
                              "-o", "Ciphers=aes128-gcm@openssh.com",
                              "-o", "KexAlgorithms=curve25519-sha256", "-o", "Compression=no",
                              "-L", f"127.0.0.1:{self.port}:{h.app_sock}",
-                             f"{user}@127.0.0.1", "exec sleep 86400"], h.logf("ssh"))
+                             f"{user}@127.0.0.1", "exec sleep 86400"], h.logf(self.tag))
         self.roots = [sshd.pid, cli.pid]
-        wait_until(lambda: tcp_open(self.port), 15, "ssh -L", cli, h.logf("ssh"))
+        wait_until(lambda: tcp_open(self.port), 15, "ssh -L", cli, h.logf(self.tag))
 
 
 class Stunnel(Contender):
@@ -684,15 +700,17 @@ class Stunnel(Contender):
     def start(self):
         h = self.h
         sp, cp = free_port(), free_port()
-        v = {"PREFIX": h.tmp, "SERVER_PORT": sp, "CLIENT_PORT": cp, "APP_SOCK": h.app_sock}
+        t = self.tag  # each instance its own files (D starts a second beside the first)
+        v = {"PREFIX": h.tmp, "NAME": t, "SERVER_PORT": sp, "CLIENT_PORT": cp,
+             "APP_SOCK": h.app_sock}
         srv = h.procs.spawn([which("stunnel4"), render("stunnel-server.conf.in",
-                                                        h.path("stunnel-server.conf"), v)],
-                            h.logf("stunnel-server"))
-        wait_until(lambda: tcp_open(sp), 10, "stunnel (server)", srv, h.path("stunnel-server.log"))
+                                                        h.path(f"{t}-server.conf"), v)],
+                            h.logf(f"{t}-server"))
+        wait_until(lambda: tcp_open(sp), 10, "stunnel (server)", srv, h.path(f"{t}-server.log"))
         cli = h.procs.spawn([which("stunnel4"), render("stunnel-client.conf.in",
-                                                        h.path("stunnel-client.conf"), v)],
-                            h.logf("stunnel-client"))
-        wait_until(lambda: tcp_open(cp), 10, "stunnel (client)", cli, h.path("stunnel-client.log"))
+                                                        h.path(f"{t}-client.conf"), v)],
+                            h.logf(f"{t}-client"))
+        wait_until(lambda: tcp_open(cp), 10, "stunnel (client)", cli, h.path(f"{t}-client.log"))
         self.port = cp
         self.roots = [srv.pid, cli.pid]
 
@@ -1001,14 +1019,16 @@ def scenario_E(h, cs, label="E"):
     return rounds(h, cs, one, label)
 
 
-def scenario_D(h, cs):
+def scenario_D(h, cs, label="D", fds=2):
     # An idle connection may hold two descriptors in a proxy (client and app side; always for
-    # a WebSocket), and the app's nginx holds both ends of a WebSocket's path to wsapp.
-    n = n_ws = min(h.args.idle, max(10, (h.nofile - 1000) // 2))
+    # a WebSocket), and the app's nginx holds both ends of a WebSocket's path to wsapp. Through
+    # the tunnel (fds=3) jobgated holds three for a browser connection on another worker than
+    # the tunnel's (its socket and a socketpair to the stream).
+    n = n_ws = min(h.args.idle, max(10, (h.nofile - 1000) // fds))
     if n < h.args.idle:
-        log(f"D: {n} idle connections instead of {h.args.idle}: the file-descriptor limit is "
-            f"{h.nofile}")
-    h.results_meta["D_n"] = (n, n_ws)
+        log(f"{label}: {n} idle connections instead of {h.args.idle}: the file-descriptor "
+            f"limit is {h.nofile}")
+    h.results_meta[f"{label}_n"] = (n, n_ws)
 
     def fresh(c, fn):
         """Memory that a process freed is seldom given back to the system, so each count
@@ -1029,7 +1049,7 @@ def scenario_D(h, cs):
         w = fresh(c, lambda x: run_idle(h, x, n_ws, ws=True))
         return {"kib_keepalive": k["kib_conn"], "kib_ws": w["kib_conn"],
                 "rss_mib": w["rss_mib"]}
-    return rounds(h, cs, one, "D")
+    return rounds(h, cs, one, label)
 
 
 def scenario_R(h):
@@ -1174,6 +1194,8 @@ TITLES = {
     "T-A": "T/A — through the tunnel: 1 KiB responses over keep-alive",
     "T-B": "T/B — through the tunnel: big download and upload",
     "T-E": "T/E — through the tunnel: WebSocket echo round trips",
+    "T-D": "T/D — through the tunnel: memory per idle connection (gateway and agent, or both "
+           "ends of the peer)",
 }
 
 
@@ -1196,7 +1218,9 @@ def report(h, results, contenders, started, load_before):
            f"{a.seconds} s per timed run, wrk -t{a.threads} -c{a.connections}; "
            f"B: {human_bytes(a.big_bytes)}; E: 1 and {a.ws_sockets} sockets; D: "
            + (f"{h.results_meta['D_n'][0]} keep-alive connections, {h.results_meta['D_n'][1]} "
-              "WebSockets" if "D_n" in h.results_meta else "-") + ".",
+              "WebSockets" if "D_n" in h.results_meta else "-")
+           + (f"; T/D: {h.results_meta['T-D_n'][0]} of each" if "T-D_n" in h.results_meta
+              else "") + ".",
            "",
            "CPU figures (the proxy's own processes, from /proc/PID/stat) lead: they hold on a "
            "busy machine; rates and latencies are shared with the load generator and the app "
@@ -1212,7 +1236,7 @@ def report(h, results, contenders, started, load_before):
                 + (f"{r['aes_mb_s']:.0f} MB/s" if r["aes_mb_s"] else "n/a"),
                 f"- a plain loopback TCP copy (one Python sender and receiver): "
                 f"{r['loopback_mb_s']:.0f} MB/s"]
-    for key in ("A", "N", "B", "E", "D", "T-A", "T-B", "T-E"):
+    for key in ("A", "N", "B", "E", "D", "T-A", "T-B", "T-E", "T-D"):
         if key not in results:
             continue
         base = key.split("-")[-1]
@@ -1230,8 +1254,12 @@ def report(h, results, contenders, started, load_before):
                 f"| scenario A CPU per request, 1 route → all (lookup cost) | {r['cpu_us_req_1']:.1f} → {r['cpu_us_req_n']:.1f} µs |",
                 f"| scenario A req/s, 1 route → all | {r['rps_1']:.0f} → {r['rps_n']:.0f} |"]
         if "agent_idle_rss_kb" in h.results_meta:
-            out.append(f"| an idle agent's RSS (`jobgate run -g`, after start) | "
-                       f"{h.results_meta['agent_idle_rss_kb'] / 1024:.1f} MiB |")
+            m = h.results_meta
+            out.append(f"| an idle agent (`jobgate run -g`, after start): RSS; its own (anonymous) "
+                       f"memory; PSS (shared library pages split among their users) | "
+                       f"{m['agent_idle_rss_kb'] / 1024:.1f}; "
+                       f"{m.get('agent_idle_anon_kb', 0) / 1024:.1f}; "
+                       f"{m.get('agent_idle_pss_kb', 0) / 1024:.1f} MiB |")
     if h.failures:
         out += ["", "## Failures", ""] + [f"- {label}: **{name}**: {msg}"
                                           for label, name, msg in h.failures]
@@ -1399,8 +1427,9 @@ def main(argv):
                     c.stop()
                 continue
             log(f"{name}: up in {time.monotonic() - t0:.1f} s at {c.url()}")
-            if "agent_idle_rss_kb" in c.extra:
-                h.results_meta["agent_idle_rss_kb"] = c.extra["agent_idle_rss_kb"]
+            for k, v in c.extra.items():
+                if k.startswith("agent_idle_"):
+                    h.results_meta[k] = v
             cs.append(c)
         front = [c for c in cs if c.group == "front"]
         tunnel = [c for c in cs if c.group == "tunnel"]
@@ -1413,6 +1442,7 @@ def main(argv):
                 results["T-A"] = scenario_A(h, tunnel, "T-A")
                 results["T-B"] = scenario_B(h, tunnel, "T-B")
                 results["T-E"] = scenario_E(h, tunnel, "T-E")
+                results["T-D"] = scenario_D(h, tunnel, "T-D", fds=3)
             elif s == "R":
                 try:
                     results["R"] = scenario_R(h)
