@@ -370,8 +370,7 @@ int agent_tunnel_open(const struct agent_tunnel_opts *o, struct agent_tunnel **o
     }
 
     /* Only the tunnel thread touches the loop: the caller wakes it through
-     * an eventfd, so libevent needs no locks (they cost a tenth of the
-     * agent's CPU on a bulk transfer). */
+     * an eventfd, so the loop runs without libevent's locks. */
     struct event_config *ecfg = event_config_new();
     if (ecfg && event_config_set_flag(ecfg, EVENT_BASE_FLAG_NOLOCK) == 0)
         t->base = event_base_new_with_config(ecfg);

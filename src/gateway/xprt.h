@@ -34,8 +34,8 @@ struct bufferevent *xprt_socket(struct event_base *base, evutil_socket_t fd);
 /* Two connected ends in memory on one loop (bufferevent_pair): bytes move
  * between them without a system call. Both ends keep socket semantics here:
  * xprt_close_write gives the other end an EOF after the bytes written,
- * xprt_free an EOF (or an error, when unread input is left, as a socket
- * close with unread data resets). 0, or -1 when out of memory. */
+ * xprt_free an EOF (or an error when bytes are left unread either way, as a
+ * socket's close with unread data resets). 0, or -1 when out of memory. */
 int xprt_pair(struct event_base *base, struct bufferevent *ends[2]);
 
 /* Starts a non-blocking connect to ss. NULL with errno when it fails at once. */
