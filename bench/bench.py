@@ -1019,12 +1019,10 @@ def scenario_E(h, cs, label="E"):
     return rounds(h, cs, one, label)
 
 
-def scenario_D(h, cs, label="D", fds=2):
+def scenario_D(h, cs, label="D"):
     # An idle connection may hold two descriptors in a proxy (client and app side; always for
-    # a WebSocket), and the app's nginx holds both ends of a WebSocket's path to wsapp. Through
-    # the tunnel (fds=3) jobgated holds three for a browser connection on another worker than
-    # the tunnel's (its socket and a socketpair to the stream).
-    n = n_ws = min(h.args.idle, max(10, (h.nofile - 1000) // fds))
+    # a WebSocket), and the app's nginx holds both ends of a WebSocket's path to wsapp.
+    n = n_ws = min(h.args.idle, max(10, (h.nofile - 1000) // 2))
     if n < h.args.idle:
         log(f"{label}: {n} idle connections instead of {h.args.idle}: the file-descriptor "
             f"limit is {h.nofile}")
@@ -1442,7 +1440,7 @@ def main(argv):
                 results["T-A"] = scenario_A(h, tunnel, "T-A")
                 results["T-B"] = scenario_B(h, tunnel, "T-B")
                 results["T-E"] = scenario_E(h, tunnel, "T-E")
-                results["T-D"] = scenario_D(h, tunnel, "T-D", fds=3)
+                results["T-D"] = scenario_D(h, tunnel, "T-D")
             elif s == "R":
                 try:
                     results["R"] = scenario_R(h)

@@ -1,8 +1,7 @@
 /*
  * backend_tunnel — routes through the owner's agent tunnel: the connection
- * is one end of a link (in memory on the tunnel's own worker, else a
- * socketpair) whose other end becomes a CONNECT stream on the tunnel's
- * worker (tunnel_stream.c). The tunnel proved its owner at its
+ * is one end of an in-memory link whose other end becomes a CONNECT stream
+ * on the tunnel's worker (tunnel_stream.c), where conn has moved first. The tunnel proved its owner at its
  * hello and registered the target itself, and the agent connects only
  * targets it registered (I2), so there is nothing to check here. Owns
  * nothing; no lock.
@@ -20,7 +19,7 @@ static int check(const struct backend_env *env, struct route *r, int starting, c
 static struct bufferevent *connect_tunnel(const struct backend_env *env, struct event_base *base,
                                           const struct route *r, int *ready)
 {
-    *ready = 1; /* a pair or socketpair: connected at once */
+    *ready = 1; /* an in-memory pair: connected at once */
     return tunnel_stream_open(env->hub, base, r);
 }
 

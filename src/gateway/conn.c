@@ -1,13 +1,16 @@
 /* conn — see conn.h. */
 #include "conn.h"
+#include "conn-int.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -26,72 +29,9 @@
 #include "worker-t.h"
 #include "xprt.h"
 
-enum cstate {
-    CS_HANDSHAKE, /* TLS handshake in progress */
-    CS_HEAD,      /* waiting for a request head */
-    CS_WAIT,      /* a head for a tunnel route whose agent reconnects: checked again shortly */
-    CS_EXCHANGE,  /* a request is being forwarded and/or its response streamed */
-    CS_UPGRADED,  /* after 101: bytes both ways */
-    CS_CLOSING,   /* flushing the last response */
-    CS_LINGER,    /* write side shut; discarding input until EOF or timeout */
-};
-
-enum timer_kind { TK_HANDSHAKE, TK_HEAD, TK_IDLE, TK_CONNECT, TK_IO, TK_TUNNEL, TK_CLOSE, TK_WAIT };
-
 #define LINGER_SECS 2
 #define PIPELINE_BATCH 32 /* requests handled per read event before yielding */
 #define WAIT_POLL_MS 100  /* how often a request waiting for its agent looks again */
-
-struct conn {
-    struct worker *w;
-    LIST_ENTRY(conn) link;   /* w->conns */
-    uint64_t id;
-    enum cstate st;
-    struct bufferevent *cli;
-    struct bufferevent *be;
-    char be_alias[ROUTE_ALIAS_MAX + 1]; /* the route the backend connection belongs to */
-    struct route be_route; /* its copy, to prove the peer on connect */
-    int be_connected;
-    int be_err;         /* a socket error the read-ahead consumed (errno), reported at EOF */
-    int be_reused;      /* this request went out on a kept-alive backend connection */
-    int be_reusable;    /* the backend may take another request after this exchange */
-    struct event *timer;
-    enum timer_kind tk;
-    int64_t last_active; /* ms, for the no-progress timers */
-    char ip[INET6_ADDRSTRLEN];
-    size_t scan;         /* head scan cursor (request, then response) */
-    int in_head_loop;
-    int revoked;         /* marked by the sweep, acted on after the lock */
-    int64_t wait_until;  /* CS_WAIT: when the agent's reconnect wait ends (ms), 0 if not waiting */
-
-    /* the session that let the current exchange (or tunnel) through */
-    int has_session;
-    char sess_alias[ROUTE_ALIAS_MAX + 1];
-    uint8_t sess_hash[TOKEN_HASH_LEN];
-
-    /* the exchange in flight */
-    char alias[ROUTE_ALIAS_MAX + 1];
-    uid_t uid;
-    int head_req, upgrade_req, client_close;
-    enum http1_body req_body;
-    uint64_t req_left;
-    struct http1_chunked req_ch;
-    int req_done;
-    int resp_started;
-    enum http1_body resp_body;
-    uint64_t resp_left;
-    struct http1_chunked resp_ch;
-    int resp_done;
-    int retried;
-    struct evbuffer *reqhead; /* the forwarded head, kept to retry on a fresh backend connection */
-
-    /* for the access log */
-    char method[16];
-    char path[160];
-    int status;
-    uint64_t bytes_out;
-    int64_t t_start;
-};
 
 static void cli_read(struct bufferevent *bev, void *arg);
 static void cli_write(struct bufferevent *bev, void *arg);
@@ -99,7 +39,6 @@ static void cli_event(struct bufferevent *bev, short what, void *arg);
 static void be_read(struct bufferevent *bev, void *arg);
 static void be_write(struct bufferevent *bev, void *arg);
 static void be_event(struct bufferevent *bev, short what, void *arg);
-static void on_head(struct conn *c);
 static void pump_request(struct conn *c);
 static void pump_response(struct conn *c);
 static void exchange_done(struct conn *c);
@@ -123,11 +62,12 @@ static int64_t timer_secs(struct conn *c, enum timer_kind k)
     case TK_TUNNEL: return cf->t_tunnel;
     case TK_CLOSE: return LINGER_SECS;
     case TK_WAIT: return 0;
+    case TK_MOVE: return 0;
     }
     return 10;
 }
 
-static void timer_set(struct conn *c, enum timer_kind k)
+void conn_timer_set(struct conn *c, enum timer_kind k)
 {
     struct timeval tv = {(time_t)timer_secs(c, k), k == TK_WAIT ? WAIT_POLL_MS * 1000 : 0};
     c->tk = k;
@@ -146,7 +86,7 @@ static void access_log(struct conn *c)
     c->method[0] = '\0';
 }
 
-static void be_drop(struct conn *c)
+void conn_be_drop(struct conn *c)
 {
     if (c->be) {
         xprt_free(c->be);
@@ -157,15 +97,15 @@ static void be_drop(struct conn *c)
     c->be_alias[0] = '\0';
 }
 
-static void conn_free(struct conn *c)
+void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
     if (c->st == CS_EXCHANGE && c->method[0] && !c->status)
         c->status = 499; /* nginx's "client closed request", for the log */
     access_log(c);
-    be_drop(c);
+    conn_be_drop(c);
     if (c->cli)
-        bufferevent_free(c->cli);
+        xprt_free(c->cli);
     event_free(c->timer);
     if (c->reqhead)
         evbuffer_free(c->reqhead);
@@ -184,25 +124,25 @@ static void linger(struct conn *c)
     xprt_close_write(c->cli);
     evbuffer_drain(bufferevent_get_input(c->cli), evbuffer_get_length(bufferevent_get_input(c->cli)));
     bufferevent_enable(c->cli, EV_READ);
-    timer_set(c, TK_CLOSE);
+    conn_timer_set(c, TK_CLOSE);
 }
 
 static void start_closing(struct conn *c)
 {
     c->st = CS_CLOSING;
-    be_drop(c);
+    conn_be_drop(c);
     bufferevent_disable(c->cli, EV_READ);
     if (evbuffer_get_length(bufferevent_get_output(c->cli)) == 0) {
         linger(c);
         return;
     }
     /* cli_write finishes the job once the output is flushed. */
-    timer_set(c, TK_IO);
+    conn_timer_set(c, TK_IO);
 }
 
 /* Answers from the gateway itself (error page etc.) while in CS_HEAD or
  * before the response started. must_close: the connection ends after it. */
-static void local_reply(struct conn *c, int status, const char *detail, int must_close,
+void conn_local_reply(struct conn *c, int status, const char *detail, int must_close,
                         const char *extra)
 {
     struct evbuffer *out = bufferevent_get_output(c->cli);
@@ -247,7 +187,7 @@ static void exchange_done(struct conn *c)
         c->be_reusable = 0;
     }
     if (!c->be_reusable)
-        be_drop(c);
+        conn_be_drop(c);
     if (c->client_close) {
         start_closing(c);
         return;
@@ -255,9 +195,9 @@ static void exchange_done(struct conn *c)
     reset_exchange(c);
     c->st = CS_HEAD;
     bufferevent_enable(c->cli, EV_READ);
-    timer_set(c, TK_IDLE);
+    conn_timer_set(c, TK_IDLE);
     if (!c->in_head_loop && evbuffer_get_length(bufferevent_get_input(c->cli)) > 0)
-        on_head(c);
+        conn_on_head(c);
 }
 
 /* Moves up to n bytes from src to dst's output; pauses src if dst is full. */
@@ -317,8 +257,8 @@ static void pump_request(struct conn *c)
         log_info("conn=%llu alias=%s malformed chunked request body", (unsigned long long)c->id,
                  c->alias);
         if (!c->resp_started) {
-            be_drop(c);
-            local_reply(c, 400, "The chunked request body was malformed.", 1, NULL);
+            conn_be_drop(c);
+            conn_local_reply(c, 400, "The chunked request body was malformed.", 1, NULL);
         } else {
             conn_free(c);
         }
@@ -361,7 +301,7 @@ static void be_start(struct conn *c, const struct route *r)
     if (!c->be) {
         log_info("conn=%llu alias=%s cannot reach the app: %s", (unsigned long long)c->id,
                  c->alias, strerror(errno));
-        local_reply(c, 502, NULL, c->req_body != HTTP1_BODY_NONE, NULL);
+        conn_local_reply(c, 502, NULL, c->req_body != HTTP1_BODY_NONE, NULL);
         return;
     }
     snprintf(c->be_alias, sizeof(c->be_alias), "%s", r->alias);
@@ -371,7 +311,7 @@ static void be_start(struct conn *c, const struct route *r)
     bufferevent_setwatermark(c->be, EV_READ, 0, CONN_HIGH_WATER);
     bufferevent_setwatermark(c->be, EV_WRITE, CONN_LOW_WATER, 0);
     bufferevent_enable(c->be, EV_READ | EV_WRITE);
-    timer_set(c, TK_CONNECT);
+    conn_timer_set(c, TK_CONNECT);
     if (ready) /* a tunnel stream's end, say: the peer is checked all the same */
         bufferevent_trigger_event(c->be, BEV_EVENT_CONNECTED, BEV_TRIG_DEFER_CALLBACKS);
 }
@@ -403,12 +343,12 @@ static void forward(struct conn *c, const struct route *r, const struct http1_he
 
     if (c->be && c->be_connected && strcmp(c->be_alias, r->alias) == 0) {
         c->be_reused = 1;
-        timer_set(c, TK_IO);
+        conn_timer_set(c, TK_IO);
         be_send_head(c);
         pump_request(c);
     } else {
         /* The head goes out once the peer is proven to be the owner's (be_event). */
-        be_drop(c);
+        conn_be_drop(c);
         be_start(c, r);
     }
 }
@@ -429,14 +369,14 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
     if (reqhead_absolute_form(h) < 0) {
         snprintf(c->path, sizeof(c->path), "[invalid target]"); /* it could hold a token */
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
-        local_reply(c, 400, "The request target must be a path or an http(s) URL.", 1, NULL);
+        conn_local_reply(c, 400, "The request target must be a path or an http(s) URL.", 1, NULL);
         return;
     }
     reqhead_log_path(&h->target, c->path, sizeof(c->path)); /* after the rewrite: redaction sees the path */
     if (reqhead_alias(&h->host, w->cfg->domain, c->alias, sizeof(c->alias)) < 0) {
         c->alias[0] = '\0';
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
-        local_reply(c, 404, "There is no app at this address.", has_body, NULL);
+        conn_local_reply(c, 404, "There is no app at this address.", has_body, NULL);
         return;
     }
     if (reserved_match(&h->target)) {
@@ -456,12 +396,12 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
     enum admit verdict = registry_admit(w->reg, c->alias, vals, n, &a);
     if (verdict == ADMIT_UNKNOWN) {
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
-        local_reply(c, 404, NULL, has_body, NULL);
+        conn_local_reply(c, 404, NULL, has_body, NULL);
         return;
     }
     if (verdict == ADMIT_FORBIDDEN) {
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
-        local_reply(c, 403, NULL, has_body, NULL);
+        conn_local_reply(c, 403, NULL, has_body, NULL);
         return;
     }
     c->uid = a.uid;
@@ -478,31 +418,33 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
             c->st = CS_WAIT;
             c->method[0] = '\0'; /* logged when it is answered */
             bufferevent_disable(c->cli, EV_READ);
-            timer_set(c, TK_WAIT);
+            conn_timer_set(c, TK_WAIT);
             return;
         }
         c->wait_until = 0;
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
-        local_reply(c, 503, "The app's agent is reconnecting; try again in a moment.", has_body,
+        conn_local_reply(c, 503, "The app's agent is reconnecting; try again in a moment.", has_body,
                     "Retry-After: 5\r\n");
         return;
     }
     c->wait_until = 0;
     if (verdict == ADMIT_STARTING) {
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
-        local_reply(c, 503, NULL, has_body, "Retry-After: 3\r\n");
+        conn_local_reply(c, 503, NULL, has_body, "Retry-After: 3\r\n");
         return;
     }
     if (h->flags & HTTP1_F_EXPECT_OTHER) {
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
-        local_reply(c, 417, "Only 'Expect: 100-continue' is supported.", has_body, NULL);
+        conn_local_reply(c, 417, "Only 'Expect: 100-continue' is supported.", has_body, NULL);
         return;
     }
+    if (a.route.kind == ROUTE_TUNNEL && conn_start_move(c, &a.route, head_len, has_body))
+        return;
     forward(c, &a.route, h, head_len);
 }
 
 /* Reads request heads from the browser while the connection waits for one. */
-static void on_head(struct conn *c)
+void conn_on_head(struct conn *c)
 {
     const struct http1_limits *lim = c->w->limits;
     if (*c->w->stopping) {
@@ -512,7 +454,7 @@ static void on_head(struct conn *c)
     struct evbuffer *in = bufferevent_get_input(c->cli);
     int batch = 0;
     c->in_head_loop = 1;
-    for (; c->st == CS_HEAD && batch < PIPELINE_BATCH; batch++) {
+    for (; c->st == CS_HEAD && !c->move_wait && batch < PIPELINE_BATCH; batch++) {
         size_t len = evbuffer_get_length(in);
         if (len == 0)
             break;
@@ -523,7 +465,7 @@ static void on_head(struct conn *c)
             break;
         }
         if (c->tk == TK_IDLE)
-            timer_set(c, TK_HEAD); /* the head's deadline runs from its first byte */
+            conn_timer_set(c, TK_HEAD); /* the head's deadline runs from its first byte */
         size_t want = len < lim->max_head + 1 ? len : lim->max_head + 1;
         const char *p = (const char *)evbuffer_pullup(in, (ssize_t)want);
         ssize_t r = http1_scan_head(p, want, lim, &c->scan);
@@ -542,13 +484,13 @@ static void on_head(struct conn *c)
             c->t_start = now_mono_ms();
             log_info("conn=%llu ip=%s bad request: %s", (unsigned long long)c->id, c->ip,
                      http1_err_str(err));
-            local_reply(c, http1_err_status(err), http1_err_str(err), 1, NULL);
+            conn_local_reply(c, http1_err_status(err), http1_err_str(err), 1, NULL);
             break;
         }
         handle_request(c, &c->w->scratch, (size_t)r);
     }
     c->in_head_loop = 0;
-    if (batch == PIPELINE_BATCH && c->st == CS_HEAD && evbuffer_get_length(in) > 0)
+    if (batch == PIPELINE_BATCH && c->st == CS_HEAD && !c->move_wait && evbuffer_get_length(in) > 0)
         bufferevent_trigger(c->cli, EV_READ, BEV_TRIG_DEFER_CALLBACKS); /* more pipelined heads */
 }
 
@@ -571,16 +513,16 @@ static void on_resp_head(struct conn *c)
         if (err) {
             log_warn("conn=%llu alias=%s bad response from the app: %s", (unsigned long long)c->id,
                      c->alias, http1_err_str(err));
-            be_drop(c);
-            local_reply(c, 502, "The app sent a malformed response.", !c->req_done, NULL);
+            conn_be_drop(c);
+            conn_local_reply(c, 502, "The app sent a malformed response.", !c->req_done, NULL);
             return;
         }
         c->scan = 0;
         struct evbuffer *out = bufferevent_get_output(c->cli);
         if (h->status == 101) {
             if (!c->upgrade_req) {
-                be_drop(c);
-                local_reply(c, 502, "The app switched protocols without being asked to.", 1, NULL);
+                conn_be_drop(c);
+                conn_local_reply(c, 502, "The app switched protocols without being asked to.", 1, NULL);
                 return;
             }
             reqhead_forward_response(out, h, 0);
@@ -589,7 +531,7 @@ static void on_resp_head(struct conn *c)
             c->resp_started = 1;
             c->st = CS_UPGRADED;
             access_log(c);
-            timer_set(c, TK_TUNNEL);
+            conn_timer_set(c, TK_TUNNEL);
             bufferevent_enable(c->cli, EV_READ);
             pump_tunnel(c);
             return;
@@ -626,7 +568,7 @@ static void cli_read(struct bufferevent *bev, void *arg)
     struct conn *c = arg;
     c->last_active = now_ms(c);
     switch (c->st) {
-    case CS_HEAD: on_head(c); break;
+    case CS_HEAD: conn_on_head(c); break;
     case CS_EXCHANGE: pump_request(c); break;
     case CS_UPGRADED: pump_tunnel(c); break;
     case CS_LINGER:
@@ -647,9 +589,14 @@ static void cli_write(struct bufferevent *bev, void *arg)
         return;
     }
     if (c->st == CS_HEAD) {
+        if (c->move_wait) {
+            if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+                return;
+            c->move_wait = 0; /* all out: the waiting head can move now */
+        }
         bufferevent_enable(bev, EV_READ);
         if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
-            on_head(c);
+            conn_on_head(c);
         return;
     }
     if (c->be && (c->st == CS_EXCHANGE || c->st == CS_UPGRADED)) {
@@ -675,12 +622,12 @@ static void cli_event(struct bufferevent *bev, short what, void *arg)
             return;
         }
         c->st = CS_HEAD;
-        timer_set(c, TK_IDLE);
+        conn_timer_set(c, TK_IDLE);
         log_debug("conn=%llu ip=%s TLS %s established", (unsigned long long)c->id, c->ip,
                   xprt_version(bev));
         /* A request that came with the handshake's last flight raised no read event of its own. */
         if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
-            on_head(c);
+            conn_on_head(c);
         return;
     }
     if ((what & BEV_EVENT_ERROR) && c->st == CS_HANDSHAKE)
@@ -707,7 +654,7 @@ static void be_read(struct bufferevent *bev, void *arg)
     case CS_UPGRADED: pump_tunnel(c); break;
     default:
         /* Bytes from an idle backend connection: it is out of step; drop it. */
-        be_drop(c);
+        conn_be_drop(c);
         break;
     }
 }
@@ -740,14 +687,14 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
                                 sizeof(why)) < 0) {
             log_warn("conn=%llu alias=%s refusing the app's connection: %s",
                      (unsigned long long)c->id, c->alias, why);
-            be_drop(c);
-            local_reply(c, 502, "The app's address is not held by the app's owner.", !c->req_done,
+            conn_be_drop(c);
+            conn_local_reply(c, 502, "The app's address is not held by the app's owner.", !c->req_done,
                         NULL);
             return;
         }
         c->be_connected = 1;
         if (c->tk == TK_CONNECT)
-            timer_set(c, TK_IO);
+            conn_timer_set(c, TK_IO);
         be_send_head(c);
         pump_request(c);
         return;
@@ -760,12 +707,12 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
     }
     if (c->st == CS_UPGRADED) {
         pump_tunnel(c);
-        be_drop(c);
+        conn_be_drop(c);
         start_closing(c);
         return;
     }
     if (c->st != CS_EXCHANGE) {
-        be_drop(c); /* an idle kept-alive connection went away */
+        conn_be_drop(c); /* an idle kept-alive connection went away */
         return;
     }
     if (!c->resp_started && c->be_reused && !c->retried && c->req_body == HTTP1_BODY_NONE &&
@@ -774,9 +721,9 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
         struct route rc;
         int found = registry_route_get(c->w->reg, c->alias, &rc) == 0;
         c->retried = 1;
-        be_drop(c);
+        conn_be_drop(c);
         if (!found) {
-            local_reply(c, 404, NULL, 0, NULL);
+            conn_local_reply(c, 404, NULL, 0, NULL);
             return;
         }
         c->be_reused = 0;
@@ -787,7 +734,7 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
         if ((what & BEV_EVENT_EOF) && c->resp_body == HTTP1_BODY_EOF) {
             pump_response(c);
             c->resp_done = 1;
-            be_drop(c);
+            conn_be_drop(c);
             exchange_done(c);
             return;
         }
@@ -804,18 +751,22 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
     else
         log_info("conn=%llu alias=%s the app closed without answering", (unsigned long long)c->id,
                  c->alias);
-    be_drop(c);
-    local_reply(c, 502, NULL, !c->req_done, NULL);
+    conn_be_drop(c);
+    conn_local_reply(c, 502, NULL, !c->req_done, NULL);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
+    if (c->tk == TK_MOVE) {
+        conn_move(c);
+        return;
+    }
     if (c->tk == TK_WAIT) { /* look at the route again */
         c->st = CS_HEAD;
-        timer_set(c, TK_HEAD);
+        conn_timer_set(c, TK_HEAD);
         bufferevent_enable(c->cli, EV_READ);
-        on_head(c);
+        conn_on_head(c);
         return;
     }
     if (c->tk == TK_IO || c->tk == TK_TUNNEL) {
@@ -834,15 +785,15 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         snprintf(c->method, sizeof(c->method), "-");
         snprintf(c->path, sizeof(c->path), "-");
         c->t_start = now_mono_ms();
-        local_reply(c, 408, "The request did not arrive in time.", 1, NULL);
+        conn_local_reply(c, 408, "The request did not arrive in time.", 1, NULL);
         return;
     case TK_CONNECT:
     case TK_IO:
         if (c->st == CS_EXCHANGE && !c->resp_started) {
             log_info("conn=%llu alias=%s the app did not answer in time", (unsigned long long)c->id,
                      c->alias);
-            be_drop(c);
-            local_reply(c, 504, NULL, 1, NULL);
+            conn_be_drop(c);
+            conn_local_reply(c, 504, NULL, 1, NULL);
             return;
         }
         break;
@@ -851,13 +802,35 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     conn_free(c);
 }
 
-void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
+struct conn *conn_new(struct worker *w)
 {
     struct conn *c = xcalloc(1, sizeof(*c));
     c->w = w;
     /* Unique across workers: the worker's index in the low byte. */
     c->id = (++w->next_conn_id << 8) | w->idx;
     c->uid = (uid_t)-1;
+    return c;
+}
+
+/* c->cli is set: the connection joins w's loop in state st. */
+void conn_start(struct conn *c, enum cstate st, enum timer_kind tk)
+{
+    struct worker *w = c->w;
+    c->timer = evtimer_new(w->base, on_timer, c);
+    LIST_INSERT_HEAD(&w->conns, c, link);
+    w->nconns++;
+    size_t high = w->limits->max_head + 16384;
+    bufferevent_setwatermark(c->cli, EV_READ, 0, high > CONN_HIGH_WATER ? high : CONN_HIGH_WATER);
+    bufferevent_setwatermark(c->cli, EV_WRITE, CONN_LOW_WATER, 0);
+    bufferevent_setcb(c->cli, cli_read, cli_write, cli_event, c);
+    bufferevent_enable(c->cli, EV_READ | EV_WRITE);
+    c->st = st;
+    conn_timer_set(c, tk);
+}
+
+void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
+{
+    struct conn *c = conn_new(w);
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->ip, sizeof(c->ip));
     else if (sa->sa_family == AF_INET6)
@@ -869,16 +842,7 @@ void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa
         free(c);
         return;
     }
-    c->timer = evtimer_new(w->base, on_timer, c);
-    LIST_INSERT_HEAD(&w->conns, c, link);
-    w->nconns++;
-    size_t high = w->limits->max_head + 16384;
-    bufferevent_setwatermark(c->cli, EV_READ, 0, high > CONN_HIGH_WATER ? high : CONN_HIGH_WATER);
-    bufferevent_setwatermark(c->cli, EV_WRITE, CONN_LOW_WATER, 0);
-    bufferevent_setcb(c->cli, cli_read, cli_write, cli_event, c);
-    bufferevent_enable(c->cli, EV_READ | EV_WRITE);
-    c->st = CS_HANDSHAKE;
-    timer_set(c, TK_HANDSHAKE);
+    conn_start(c, CS_HANDSHAKE, TK_HANDSHAKE);
 }
 
 void conn_revoke_sweep(struct worker *w)
@@ -897,7 +861,7 @@ void conn_revoke_sweep(struct worker *w)
                      (unsigned long long)c->id, c->sess_alias);
             conn_free(c);
         } else {
-            be_drop(c); /* idle: the next request is checked anyway */
+            conn_be_drop(c); /* idle: the next request is checked anyway */
         }
     }
 }

@@ -10,7 +10,11 @@
  * kept across requests to the same app) and one timer. A connection lives
  * on the worker that accepted it and is touched only on its thread; it
  * takes no lock (what it needs from shared state comes from registry_*
- * calls, which lock inside, as copies).
+ * calls, which lock inside, as copies). One exception: a request for a
+ * tunnel route whose tunnel lives on another worker moves the connection
+ * there (its TLS state, socket and unread bytes, through that worker's
+ * moves queue under its moves_mu), so that the link to the stream stays in
+ * memory; the head is handled again there.
  *
  * Invariants:
  *  - one exchange at a time; pipelined requests wait in the input buffer;
@@ -46,5 +50,12 @@ void conn_drain(struct worker *w);
 
 /* Closes every browser connection of worker w (shutdown, on w's thread). */
 void conn_close_all(struct worker *w);
+
+/* w->ev_moves: takes the browser connections other workers moved to w
+ * (a request for a tunnel route whose tunnel lives on w), on w's thread. */
+void conn_take_moves(evutil_socket_t fd, short what, void *arg);
+
+/* Frees the moves still queued for w (its loop has ended). */
+void conn_drop_moves(struct worker *w);
 
 #endif

@@ -3,7 +3,7 @@
  * the types shared by tunnel.c (the session: hub, transport, nghttp2
  * callbacks, life and death), tunnel_ctl.c (the control stream: hello,
  * register, unregister, link) and tunnel_stream.c (CONNECT streams and the
- * in-memory pairs or socketpairs that carry them from conn).
+ * in-memory pairs that carry them from conn).
  *
  * Who touches what: a struct tunnel and everything it points to belong to
  * the worker whose loop accepted it and are touched only on that worker's
@@ -56,7 +56,7 @@ enum tstate {
 
 struct tstream {
     /* First: the stream user data. br.sid is -1 once nghttp2 closed the
-     * stream, br.bev our end of the link with conn (xprt_pair or socketpair), br.ready set when
+     * stream, br.bev our end of the in-memory link with conn, br.ready set when
      * the agent answered 200, br.far_eof when conn shut its side. */
     struct tunnel_bridge br;
     struct tunnel *t;
@@ -69,13 +69,11 @@ struct tstream {
                               * within t_connect, or the browser gets a 503 */
 };
 
-/* A browser connection's backend end, posted to the tunnel's worker: an
- * in-memory pair end when conn runs on that worker too, else one end of a
- * socketpair (fd, with bev NULL). */
+/* A browser connection's backend end (an in-memory pair end: conn runs on
+ * the tunnel's worker), posted to the tunnel for its next loop turn. */
 struct post {
     struct post *next;
     struct bufferevent *bev;
-    int fd;
     uid_t uid;
     char alias[ROUTE_ALIAS_MAX + 1];
     char local[TUN_LOCAL_MAX + 1];

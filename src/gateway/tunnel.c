@@ -338,10 +338,7 @@ static void t_free(struct tunnel *t)
     pthread_mutex_unlock(&hub->mu);
     while (p) {
         struct post *n = p->next;
-        if (p->bev)
-            xprt_free(p->bev);
-        else
-            close(p->fd);
+        xprt_free(p->bev);
         free(p);
         p = n;
     }
@@ -353,9 +350,9 @@ static void t_free(struct tunnel *t)
         nghttp2_session_del(t->h2);
     t->h2 = NULL;
     if (t->rd != t->wr && t->wr)
-        bufferevent_free(t->wr);
+        xprt_free(t->wr);
     if (t->rd)
-        bufferevent_free(t->rd);
+        xprt_free(t->rd);
     if (t->ev_post)
         event_free(t->ev_post);
     if (t->ev_tick)
@@ -469,7 +466,7 @@ void tunnel_adopt_tls(struct worker *w, struct bufferevent *bev, const char *ip)
 {
     struct tunnel *t = t_new(w, ip);
     if (!t) {
-        bufferevent_free(bev);
+        xprt_free(bev);
         return;
     }
     t->rd = t->wr = bev;

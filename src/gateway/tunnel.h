@@ -17,10 +17,10 @@
  *
  * How a browser request reaches an app behind a tunnel without conn.c
  * knowing: backend_connect() for a ROUTE_TUNNEL route calls
- * tunnel_stream_open(), which makes a link (in memory when the caller is the
- * tunnel's worker, else a socketpair), posts one end to the tunnel's worker
- * and returns a bufferevent on the other. The tunnel's worker opens a
- * CONNECT stream for it and pumps link <-> stream.
+ * tunnel_stream_open(), which makes an in-memory link (conn has moved to the
+ * tunnel's worker first: tunnel_worker), posts one end to the tunnel and
+ * returns a bufferevent on the other. The tunnel opens a CONNECT stream for
+ * it and pumps link <-> stream.
  *
  * Invariants:
  *  - I2: routes are owned by the uid that the hello proved (MUNGE, the
@@ -69,12 +69,17 @@ void tunnel_adopt_tls(struct worker *w, struct bufferevent *bev, const char *ip)
 int tunnel_adopt_stdio(struct worker *w, int in_fd, int out_fd, int hold_fd, uid_t uid);
 
 /* backend_connect() for ROUTE_TUNNEL: a bufferevent on one end of a
- * link (xprt_pair on the tunnel's own worker, else a socketpair) whose other
- * end becomes a CONNECT stream on the route's tunnel.
+ * link (xprt_pair) whose other end becomes a CONNECT stream on the route's
+ * tunnel; called on the tunnel's worker (else NULL with EXDEV).
  * It is connected already (backend_connect's caller raises CONNECTED once
  * its callbacks are set). NULL with errno when the route has no live tunnel. */
 struct bufferevent *tunnel_stream_open(struct tunnel_hub *hub, struct event_base *base,
                                        const struct route *r);
+
+/* The worker whose loop holds tunnel id, or NULL (any thread; the hub's
+ * mutex inside). Workers outlive tunnels: the answer may be stale, never
+ * dangling. */
+struct worker *tunnel_worker(struct tunnel_hub *hub, uint64_t id);
 
 /* Worker w is stopping: GOAWAY to its tunnels and free them (on w's thread). */
 void tunnel_close_all(struct worker *w);

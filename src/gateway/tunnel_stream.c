@@ -1,9 +1,9 @@
 /*
  * tunnel_stream — the CONNECT streams of a gateway tunnel: each backend
- * connection of a tunnel route (handed over by tunnel_stream_open: an
- * in-memory pair when conn runs on the tunnel's worker, a socketpair from
- * any other worker) becomes one HTTP/2 stream to the agent, pumped both ways
- * with end-to-end backpressure. See tunnel-int.h for who may touch what.
+ * connection of a tunnel route (an in-memory pair end handed over by
+ * tunnel_stream_open; conn moves a browser connection to the tunnel's worker
+ * first) becomes one HTTP/2 stream to the agent, pumped both ways with
+ * end-to-end backpressure. See tunnel-int.h for who may touch what.
  */
 #include "tunnel.h"
 #include "tunnel-int.h"
@@ -13,9 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -114,29 +111,14 @@ static void open_stream(struct tunnel *t, struct post *p)
         strcmp(t->reg[i].local, p->local) != 0 || t->nstreams >= TUN_MAX_STREAMS) {
         log_warn("tunnel=%" PRIx64 " refusing a stream for %s: %s", t->id, p->alias,
                  t->nstreams >= TUN_MAX_STREAMS ? "too many streams" : "not this tunnel's route");
-        if (p->bev) {
-            if (t->nstreams >= TUN_MAX_STREAMS)
-                answer_busy(bufferevent_get_output(p->bev));
-            xprt_free(p->bev); /* the page, then EOF */
-            return;
-        }
-        if (t->nstreams >= TUN_MAX_STREAMS) {
-            /* The socketpair is new and empty: a short page fits at once. */
-            struct evbuffer *page = evbuffer_new();
-            answer_busy(page);
-            (void)evbuffer_write(page, p->fd);
-            evbuffer_free(page);
-        }
-        close(p->fd);
+        if (t->nstreams >= TUN_MAX_STREAMS)
+            answer_busy(bufferevent_get_output(p->bev));
+        xprt_free(p->bev); /* the page, if any, then EOF */
         return;
     }
     struct tstream *s = xcalloc(1, sizeof(*s));
     s->t = t;
-    s->br.bev = p->bev ? p->bev : xprt_socket(t->w->base, p->fd);
-    if (!s->br.bev) {
-        free(s);
-        return;
-    }
+    s->br.bev = p->bev;
     nghttp2_nv nv[] = {
         {(uint8_t *)":method", (uint8_t *)"CONNECT", 7, 7, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)":authority", (uint8_t *)p->local, 10, strlen(p->local), NGHTTP2_NV_FLAG_NONE},
@@ -151,8 +133,7 @@ static void open_stream(struct tunnel *t, struct post *p)
         return;
     }
     s->opened = now_mono_ms();
-    log_debug("tunnel=%" PRIx64 " stream=%d for %s (%s)", t->id, s->br.sid, p->alias,
-              p->bev ? "in memory" : "socketpair");
+    log_debug("tunnel=%" PRIx64 " stream=%d for %s", t->id, s->br.sid, p->alias);
     LIST_INSERT_HEAD(&t->streams, s, link);
     t->nstreams++;
     bufferevent_setcb(s->br.bev, s_read, s_write, s_event, s);
@@ -187,6 +168,15 @@ void tstream_on_post(evutil_socket_t fd, short what, void *arg)
     tunnel_leave(t);
 }
 
+struct worker *tunnel_worker(struct tunnel_hub *hub, uint64_t id)
+{
+    pthread_mutex_lock(&hub->mu);
+    struct tunnel *t = id ? hmap_get(hub->byid, &id, sizeof(id)) : NULL;
+    struct worker *w = t ? t->w : NULL;
+    pthread_mutex_unlock(&hub->mu);
+    return w;
+}
+
 struct bufferevent *tunnel_stream_open(struct tunnel_hub *hub, struct event_base *base,
                                        const struct route *r)
 {
@@ -194,52 +184,38 @@ struct bufferevent *tunnel_stream_open(struct tunnel_hub *hub, struct event_base
         errno = ECONNREFUSED;
         return NULL;
     }
-    struct post *p = xcalloc(1, sizeof(*p));
-    p->fd = -1;
-    p->uid = r->uid;
-    snprintf(p->alias, sizeof(p->alias), "%s", r->alias);
-    snprintf(p->local, sizeof(p->local), "%.*s", TUN_LOCAL_MAX, r->path);
     struct bufferevent *ends[2] = {NULL, NULL};
-    int sv[2] = {-1, -1}, err = 0;
+    int err = 0;
     pthread_mutex_lock(&hub->mu);
     struct tunnel *t = hmap_get(hub->byid, &r->tunnel, sizeof(r->tunnel));
-    if (!t) {
+    if (!t)
         err = ECONNREFUSED;
-    } else if (t->w->base == base) {
-        /* conn runs on the tunnel's worker: the bytes need not leave memory. */
-        if (xprt_pair(base, ends) < 0)
-            err = ENOMEM;
-        p->bev = ends[1];
-    } else if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
-        err = errno;
-    } else {
-        p->fd = sv[1];
-    }
+    else if (t->w->base != base)
+        err = EXDEV; /* conn moves to the tunnel's worker first; the tunnel moved since */
+    else if (xprt_pair(base, ends) < 0)
+        err = ENOMEM;
     if (!err) {
+        struct post *p = xcalloc(1, sizeof(*p));
+        p->bev = ends[1];
+        p->uid = r->uid;
+        snprintf(p->alias, sizeof(p->alias), "%s", r->alias);
+        snprintf(p->local, sizeof(p->local), "%.*s", TUN_LOCAL_MAX, r->path);
         p->next = t->posted;
         t->posted = p;
         event_active(t->ev_post, EV_READ, 0);
     }
     pthread_mutex_unlock(&hub->mu);
     if (err) {
-        free(p);
         errno = err;
         return NULL;
     }
-    if (ends[0])
-        return ends[0];
-    struct bufferevent *bev = xprt_socket(base, sv[0]);
-    if (!bev) { /* sv[0] closed: the tunnel sees EOF on the other end and drops the stream */
-        errno = ENOMEM;
-        return NULL;
-    }
-    return bev;
+    return ends[0];
 }
 
 /* Streams whose conn closed its end (conn never half-closes: its close is
- * final) while their input sits above the read watermark or waits for the
- * agent's window: no read event will ever report it. Unanswered ones go at
- * once, as in s_event; others once they have stalled for a few ticks.
+ * final; xprt_peer_closed) while their input waits for the agent's window:
+ * no read will ever report it. Unanswered ones go at once, as in s_event;
+ * others once they have stalled for a few ticks.
  * Streams the agent has not answered within t_connect (it is slow, or has
  * no room: nghttp2 queues what exceeds its concurrency) get a 503 page. */
 void tstream_tick(struct tunnel *t, int64_t now)
@@ -258,11 +234,8 @@ void tstream_tick(struct tunnel *t, int64_t now)
             bufferevent_setwatermark(s->br.bev, EV_WRITE, 0, 0); /* s_write frees it once flushed */
             continue;
         }
-        if (!xprt_peer_closed(s->br.bev)) { /* an in-memory pair says so at once */
-            struct pollfd p = {.fd = bufferevent_getfd(s->br.bev), .events = POLLRDHUP};
-            if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
-                continue; /* (a pair's fd is -1: poll reports nothing) */
-        }
+        if (!xprt_peer_closed(s->br.bev))
+            continue;
         size_t in = evbuffer_get_length(bufferevent_get_input(s->br.bev));
         if (s->br.ready && s->br.sid > 0 && (s->gone_ticks == 0 || in != s->gone_in)) {
             s->gone_ticks = 1;

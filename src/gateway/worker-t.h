@@ -29,6 +29,7 @@ struct jg_config;
 struct registry;
 struct tunnel_hub;
 struct conn;
+struct conn_move;
 struct tunnel;
 
 struct worker {
@@ -63,6 +64,12 @@ struct worker {
     /* A head is parsed and used within one callback, never kept: one per
      * worker instead of 8 KiB per connection. */
     struct http1_head scratch;
+
+    /* Browser connections other workers move here (conn.c): any worker
+     * appends under moves_mu and activates ev_moves; this worker empties it. */
+    pthread_mutex_t moves_mu;
+    struct conn_move *moves;
+    struct event *ev_moves;
 };
 
 #endif

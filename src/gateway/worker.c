@@ -137,6 +137,10 @@ int worker_init(struct worker *w, unsigned nworkers, char *err, size_t errlen)
     w->ev_flush = event_new(w->base, -1, EV_PERSIST, on_flush, w);
     struct timeval sec = {1, 0};
     event_add(w->ev_flush, &sec);
+    pthread_mutex_init(&w->moves_mu, NULL);
+    w->ev_moves = event_new(w->base, -1, 0, conn_take_moves, w);
+    if (!w->ev_flush || !w->ev_moves)
+        return errmsg(err, errlen, -ENOMEM, "cannot create an event loop");
     return 0;
 }
 
@@ -210,6 +214,11 @@ void worker_free(struct worker *w)
     }
     if (w->ev_flush)
         event_free(w->ev_flush);
+    if (w->ev_moves) {
+        conn_drop_moves(w);
+        event_free(w->ev_moves);
+        pthread_mutex_destroy(&w->moves_mu);
+    }
     if (w->listener)
         evconnlistener_free(w->listener);
     if (w->base)

@@ -13,6 +13,24 @@
 
 #include "sockread.h"
 
+/* A TLS bufferevent that owns neither ssl nor fd (no BEV_OPT_CLOSE_ON_FREE):
+ * libevent would free and close them only in a finalizer on a later loop
+ * turn, and a connection that moves to another worker must keep both.
+ * xprt_free and xprt_tls_release say what becomes of them. */
+static struct bufferevent *tls_bev(struct event_base *base, SSL *ssl, evutil_socket_t fd,
+                                   enum bufferevent_ssl_state state)
+{
+    struct bufferevent *bev = bufferevent_openssl_socket_new(base, fd, ssl, state, 0);
+    if (!bev) {
+        SSL_free(ssl);
+        close(fd);
+        return NULL;
+    }
+    /* OpenSSL 3 calls a TCP close without close_notify an error; browsers do it all the time. */
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    return bev;
+}
+
 struct bufferevent *xprt_tls_accept(struct event_base *base, evutil_socket_t fd, SSL_CTX *ctx)
 {
     SSL *ssl = SSL_new(ctx);
@@ -22,17 +40,19 @@ struct bufferevent *xprt_tls_accept(struct event_base *base, evutil_socket_t fd,
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    struct bufferevent *bev = bufferevent_openssl_socket_new(base, fd, ssl,
-                                                             BUFFEREVENT_SSL_ACCEPTING,
-                                                             BEV_OPT_CLOSE_ON_FREE);
-    if (!bev) {
-        SSL_free(ssl);
-        close(fd);
-        return NULL;
-    }
-    /* OpenSSL 3 calls a TCP close without close_notify an error; browsers do it all the time. */
-    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-    return bev;
+    return tls_bev(base, ssl, fd, BUFFEREVENT_SSL_ACCEPTING);
+}
+
+struct bufferevent *xprt_tls_resume(struct event_base *base, SSL *ssl, evutil_socket_t fd)
+{
+    return tls_bev(base, ssl, fd, BUFFEREVENT_SSL_OPEN);
+}
+
+void xprt_tls_release(struct bufferevent *bev, SSL **ssl, evutil_socket_t *fd)
+{
+    *ssl = bufferevent_openssl_get_ssl(bev);
+    *fd = bufferevent_getfd(bev);
+    bufferevent_free(bev); /* without BEV_OPT_CLOSE_ON_FREE: both stay ours */
 }
 
 struct bufferevent *xprt_socket(struct event_base *base, evutil_socket_t fd)
@@ -103,6 +123,17 @@ void xprt_close_write(struct bufferevent *bev)
 
 void xprt_free(struct bufferevent *bev)
 {
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    if (ssl) {
+        /* Ours (tls_bev). Closing now is safe with the epoll changelist: an
+         * add for a reused descriptor number replaces the pending delete. */
+        evutil_socket_t fd = bufferevent_getfd(bev);
+        bufferevent_free(bev);
+        SSL_free(ssl);
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
     struct bufferevent *peer = bufferevent_pair_get_partner(bev);
     if (peer) {
         /* As a socket's close: bytes left unread either way reset the

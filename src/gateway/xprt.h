@@ -1,8 +1,8 @@
 /*
  * xprt — the byte transport under a connection: how a browser's TLS
- * connection, a backend's socket and the link between a browser connection
- * and its tunnel stream (an in-memory pair on one worker, a socketpair
- * between two) are made, and the few things the request pipeline asks of
+ * connection (and its hand-over to another worker), a backend's socket and
+ * the in-memory link between a browser connection and its tunnel stream are
+ * made, and the few things the request pipeline asks of
  * them beyond reading and writing (the ALPN the handshake chose, closing the
  * write side or the whole connection, sending a small head at once).
  *
@@ -25,8 +25,19 @@
 #include <openssl/ssl.h>
 
 /* A TLS server connection on an accepted socket (the handshake runs; a
- * connected event follows). NULL (fd closed) when out of memory. */
+ * connected event follows). NULL (fd closed) when out of memory. Free it
+ * with xprt_free (which frees the SSL and closes the socket). */
 struct bufferevent *xprt_tls_accept(struct event_base *base, evutil_socket_t fd, SSL_CTX *ctx);
+
+/* A TLS connection moving to another worker: frees the bufferevent and hands
+ * back its SSL and socket, which the caller owns from here on. Bytes already
+ * read (bev's input) are the caller's to take first; bev's output must be
+ * empty. */
+void xprt_tls_release(struct bufferevent *bev, SSL **ssl, evutil_socket_t *fd);
+
+/* ... and on the new worker's loop: the established connection again. NULL
+ * (ssl freed, fd closed) when out of memory. */
+struct bufferevent *xprt_tls_resume(struct event_base *base, SSL *ssl, evutil_socket_t fd);
 
 /* A plain connection on a connected (or connecting) socket. NULL (fd closed). */
 struct bufferevent *xprt_socket(struct event_base *base, evutil_socket_t fd);
@@ -51,7 +62,8 @@ const char *xprt_version(struct bufferevent *bev);
  * (on a pair: the other end's EOF after what we wrote). */
 void xprt_close_write(struct bufferevent *bev);
 
-/* Frees a connection made here; the peer learns as from a socket's close. */
+/* Frees a connection made here (TLS: its SSL and socket too); the peer
+ * learns as from a socket's close. */
 void xprt_free(struct bufferevent *bev);
 
 /* 1 when bev is a pair end whose other end was freed: what is written to it

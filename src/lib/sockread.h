@@ -7,7 +7,7 @@
  * holds at that moment, so that a transfer costs one wakeup per budget.
  *
  * Used for every plain socket that carries bodies: the gateway's backend
- * connections and tunnel socketpairs (an in-memory pair has no socket: a
+ * connections (an in-memory pair to a tunnel stream has no socket: a
  * no-op), the agent's app sockets. Owns
  * nothing; runs on the thread that owns the bufferevent.
  */
