@@ -188,6 +188,11 @@ static void exchange_done(struct conn *c)
     }
     if (!c->be_reusable)
         conn_be_drop(c);
+    else if (c->be)
+        /* The answer's last bytes may have filled the browser's buffer and
+         * paused the backend (move_bytes): a kept backend reads again, to
+         * take the next answer and to hear the app close it meanwhile. */
+        bufferevent_enable(c->be, EV_READ);
     if (c->client_close) {
         start_closing(c);
         return;

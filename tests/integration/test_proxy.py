@@ -540,3 +540,23 @@ def test_absolute_form_target_accepted(client):
     assert r.header("X-Request-Target") == "/headers?abs=1"
     hosts = [v for k, v in json.loads(r.body) if k.lower() == "host"]
     assert hosts == [client.host], hosts
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_keepalive_after_a_response_that_filled_the_browsers_buffer(client, chunked):
+    """A slow reader: the app has written the whole answer long before the browser takes its
+    tail, so the gateway's last read from the app fills the browser's buffer and pauses that
+    backend connection at the very moment the answer ends. The next request on the same
+    connection reuses the backend and must find it reading again (it timed out before)."""
+    n = 4 << 20
+    q = f"/bytes?n={n}" + ("&chunked=1" if chunked else "")
+    with client.conn(timeout=20) as c:
+        c.send(build_request("GET", q, client.host, cookie=client.cookie))
+        r = c.read_head()
+        assert r.status == 200, r
+        got = 0
+        for d in c.iter_body(r):
+            got += len(d)
+            time.sleep(0.002)  # slower than the app: its tail waits in the socket buffers
+        assert got == n
+        assert client.get("/hello", conn=c).body == b"hello\n"
