@@ -7,9 +7,11 @@
  *
  * Who touches what: a struct tunnel and everything it points to belong to
  * the worker whose loop accepted it and are touched only on that worker's
- * thread, with one exception: its `posted` list, which any worker appends
- * to under the hub's mutex (tunnel_stream_open) and the owner empties under
- * it (tstream_on_post). The hub's id map is under the same mutex. A tunnel
+ * thread. Other workers look it up by id in the hub (under the hub's mutex)
+ * only to learn its worker (tunnel_worker): a browser connection moves there
+ * before it opens a stream, so tunnel_stream_open appends to `posted` on
+ * the tunnel's own thread (still under the mutex that covers the lookup,
+ * as tstream_on_post takes the list). A tunnel
  * is freed only when nothing on the stack uses it: every callback raises
  * `busy` on entry and calls tunnel_leave() on exit, which frees a tunnel
  * that tunnel_kill() marked dead meanwhile.
