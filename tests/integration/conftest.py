@@ -210,6 +210,31 @@ def vmhwm(pid):
     raise AssertionError("no VmHWM in /proc/PID/status")
 
 
+def start_stalled_transfer(s, direction, n=1 << 30, timeout=30):
+    """On a new connection of session s, a transfer that stalls once the buffers are full:
+    a download of n bytes whose body is never read, or an upload of n bytes to an app that
+    does not read it for a minute (sent from a thread until the connection closes). Returns
+    the connection; the caller closes it."""
+    c = s.conn(timeout=timeout)
+    if direction == "download":
+        c.send(build_request("GET", f"/bytes?n={n}", s.host, cookie=s.cookie))
+        assert c.read_head().status == 200  # and then never read again
+        return c
+    c.send(build_request("POST", "/sink?delay=60", s.host, cookie=s.cookie,
+                         headers=[("Content-Length", str(n))]))
+
+    def send_body():
+        chunk = b"u" * (1 << 20)
+        try:
+            for _ in range(n >> 20):
+                c.sock.sendall(chunk)
+        except OSError:
+            pass  # the caller closed it
+
+    threading.Thread(target=send_body, daemon=True).start()
+    return c
+
+
 def cpu_seconds(pid):
     """User + system CPU time of process pid (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat") as f:

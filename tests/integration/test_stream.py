@@ -8,12 +8,12 @@ an app's flood of interim (1xx) responses.
 import hashlib
 import json
 import socket
-import threading
 import time
 
 import pytest
 
-from conftest import BLOCK, MiB, RawConn, build_request, cpu_seconds, mkdtemp, script_app
+from conftest import (BLOCK, MiB, RawConn, build_request, cpu_seconds, mkdtemp, script_app,
+                      start_stalled_transfer)
 
 GiB = 1 << 30
 RSS_LIMIT = 64 * MiB
@@ -162,23 +162,8 @@ def test_a_stalled_transfer_costs_no_cpu(streaming, direction):
     re-runs a read callback while its input sits at a read high-water mark with reading on;
     test_tunnel.py has the same through the tunnel)."""
     gw, s = streaming
-    c = s.conn(timeout=30)
+    c = start_stalled_transfer(s, direction)
     try:
-        if direction == "download":
-            c.send(build_request("GET", f"/bytes?n={GiB}", s.host, cookie=s.cookie))
-            assert c.read_head().status == 200  # and then never read again
-        else:
-            c.send(build_request("POST", "/sink?delay=60", s.host, cookie=s.cookie,
-                                 headers=[("Content-Length", str(GiB))]))
-
-            def send_body():
-                try:
-                    for _ in range(GiB // len(BLOCK * 16)):
-                        c.sock.sendall(BLOCK * 16)
-                except OSError:
-                    pass  # closed below
-
-            threading.Thread(target=send_body, daemon=True).start()
         time.sleep(2)  # the buffers fill
         cpu0 = cpu_seconds(gw.proc.pid)
         time.sleep(3)

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import (HTTPAPP, PY, Closed, Gateway, _finish, build_request, cpu_seconds,
-                      need_second_user, one_cpu, start_gateway, vmhwm, wait_for)
+                      need_second_user, one_cpu, start_gateway, start_stalled_transfer, vmhwm,
+                      wait_for)
 
 
 @pytest.fixture(scope="module", params=["workers", "one-worker"])
@@ -179,24 +180,7 @@ def test_a_stalled_transfer_costs_no_cpu(gateway, direction):
     its reading itself.)"""
     app = publish_remote(gateway, name="stall")
     s = gateway.login(app.alias, app.link)
-    c = s.conn()
-    n = 1 << 30
-    if direction == "download":
-        c.send(build_request("GET", f"/bytes?n={n}", s.host, cookie=s.cookie))
-        assert c.read_head().status == 200  # and then never read again
-    else:
-        c.send(build_request("POST", "/sink?delay=60", s.host, cookie=s.cookie,
-                             headers=[("Content-Length", str(n))]))
-
-        def send_body():
-            chunk = b"u" * (1 << 20)
-            try:
-                for _ in range(n >> 20):
-                    c.sock.sendall(chunk)
-            except OSError:
-                pass  # closed below
-
-        threading.Thread(target=send_body, daemon=True).start()
+    c = start_stalled_transfer(s, direction)
     time.sleep(2)  # windows and socket buffers fill
     agent0, gw0 = cpu_seconds(app.proc.pid), cpu_seconds(gateway.proc.pid)
     time.sleep(3)
