@@ -39,7 +39,7 @@ GIB = 1 << 30
 FRONT = ["jobgate", "nginx", "haproxy", "apache", "chp", "direct"]
 TUNNEL = ["jobgate-tunnel", "ssh", "stunnel"]
 ALL_CONTENDERS = FRONT + TUNNEL
-ALL_SCENARIOS = ["C", "A", "N", "B", "E", "D", "T", "R"]
+ALL_SCENARIOS = ["C", "A", "N", "B", "E", "D", "T", "R", "P"]
 COOKIE = "__Host-jobgate"
 
 
@@ -873,7 +873,13 @@ def run_ws(h, c, sockets, seconds):
 
 # -- idle connections (D) -------------------------------------------------------------
 
+IDLE_OPENERS = 8   # threads opening D's connections: a TLS handshake waits on the proxy
+
+
 def _open_idle(c, n, ws):
+    """Opens n idle connections (or WebSockets) to c, each after one answered request, from
+    IDLE_OPENERS threads (the handshakes release the GIL): ten thousand one after another
+    took most of the suite's time."""
     ctx = tls_client_ctx() if c.tls else None
     cookie = "".join(f"{k}: {v}\r\n" for k, v in c.headers())
     host = f"{c.host}:{c.port}"
@@ -883,43 +889,63 @@ def _open_idle(c, n, ws):
                f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
     else:
         req = f"GET / HTTP/1.1\r\nHost: {host}\r\n{cookie}\r\n".encode()
+    what = "WebSocket" if ws else "idle connection"
     socks = []
-    try:
-        for i in range(n):
-            s = socket.create_connection(("127.0.0.1", c.port), timeout=20)
+    lock = threading.Lock()
+    errors = []
+    left = [n]
+
+    def one():
+        s = socket.create_connection(("127.0.0.1", c.port), timeout=20)
+        try:
             if ctx:
                 s = ctx.wrap_socket(s, server_hostname=c.host)
-            socks.append(s)
             s.sendall(req)
             buf = b""
             while b"\r\n\r\n" not in buf:
                 d = s.recv(65536)
                 if not d:
-                    raise BenchError(f"{c.name}: idle connection {i + 1} of {n} closed early")
+                    raise BenchError(f"{c.name}: an {what} was closed before its answer")
                 buf += d
             head, _, rest = buf.partition(b"\r\n\r\n")
-            status = head.split(b" ", 2)[1:2]
-            if ws and status != [b"101"]:
-                raise BenchError(f"{c.name}: WebSocket upgrade {i + 1} of {n}: {head[:200]!r}")
-            if not ws:
-                if status != [b"200"]:
-                    raise BenchError(f"{c.name}: idle connection {i + 1} of {n}: {head[:200]!r}")
-                while len(rest) < 1024:
-                    d = s.recv(65536)
-                    if not d:
-                        raise BenchError(f"{c.name}: idle connection {i + 1} closed early")
-                    rest += d
-    except OSError as e:
+            if head.split(b" ", 2)[1:2] != ([b"101"] if ws else [b"200"]):
+                raise BenchError(f"{c.name}: {what}: {head[:200]!r}")
+            while not ws and len(rest) < 1024:
+                d = s.recv(65536)
+                if not d:
+                    raise BenchError(f"{c.name}: an {what} was closed in its answer")
+                rest += d
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def opener():
+        while True:
+            with lock:
+                if errors or not left[0]:
+                    return
+                left[0] -= 1
+            try:
+                s = one()
+            except (OSError, BenchError) as e:
+                with lock:
+                    errors.append(e)
+                return
+            with lock:
+                socks.append(s)
+
+    threads = [threading.Thread(target=opener, daemon=True) for _ in range(min(IDLE_OPENERS, n))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
         for s in socks:
             with contextlib.suppress(OSError):
                 s.close()
-        raise BenchError(f"{c.name}: opening idle {'WebSocket' if ws else 'connection'} "
-                         f"{len(socks) + 1} of {n}: {e}") from e
-    except BaseException:
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.close()
-        raise
+        e = errors[0]
+        raise BenchError(f"{c.name}: opening {what} {len(socks) + 1} of {n}: {e}") from e
     return socks
 
 
@@ -927,10 +953,13 @@ def run_idle(h, c, n, ws):
     pids = c.pids()
     time.sleep(0.3)
     before = status_kb(pids, "VmRSS")
+    t0 = time.monotonic()
     try:
         socks = _open_idle(c, n, ws)
     except OSError as e:
         raise BenchError(f"{c.name}: opening {n} idle {'WebSockets' if ws else 'connections'}: {e}")
+    log(f"{c.name}: {n} idle {'WebSockets' if ws else 'connections'} open in "
+        f"{time.monotonic() - t0:.1f} s")
     try:
         time.sleep(1.0)
         after = status_kb(c.pids(), "VmRSS")
@@ -1048,6 +1077,132 @@ def scenario_D(h, cs, label="D"):
         return {"kib_keepalive": k["kib_conn"], "kib_ws": w["kib_conn"],
                 "rss_mib": w["rss_mib"]}
     return rounds(h, cs, one, label)
+
+
+# -- where the CPU goes (P) ----------------------------------------------------------
+
+# What P profiles: the runs behind the targets (A, B, T/A, T/B), jobgate beside the peer
+# its target names.
+PROFILE_RUNS = [
+    ("A", "A", ("jobgate", "haproxy")),
+    ("B down", "B-down", ("jobgate", "haproxy")),
+    ("B up", "B-up", ("jobgate", "haproxy")),
+    ("T/A", "A", ("jobgate-tunnel", "ssh")),
+    ("T/B down", "B-down", ("jobgate-tunnel", "ssh")),
+    ("T/B up", "B-up", ("jobgate-tunnel", "ssh")),
+]
+CATEGORIES = ["kernel", "OpenSSL", "libevent", "nghttp2", "libc", "program", "other"]
+
+
+def dso_category(dso, comm):
+    d = dso.strip("[]")
+    if d.startswith("kernel"):
+        return "kernel"
+    for prefix, cat in (("libcrypto", "OpenSSL"), ("libssl", "OpenSSL"), ("libevent", "libevent"),
+                        ("libnghttp2", "nghttp2"), ("libc.so", "libc"), ("libc-", "libc"),
+                        ("ld-linux", "libc")):
+        if d.startswith(prefix):
+            return cat
+    return "program" if d == comm else "other"
+
+
+def perf_report(data, *sort):
+    """[(percent, fields...)] from `perf report --sort ...` of a recording."""
+    r = subprocess.run([which("perf"), "report", "-i", data, "--stdio", "-q", "-g", "none",
+                        "--percent-limit", "0.3", "--sort", ",".join(sort)],
+                       capture_output=True, text=True, timeout=300)
+    rows = []
+    for line in r.stdout.splitlines():
+        f = line.split(None, len(sort))
+        if len(f) == len(sort) + 1 and f[0].endswith("%"):
+            rows.append((float(f[0][:-1]),) + tuple(x.strip() for x in f[1:]))
+    return rows
+
+
+def profile_one(h, c, kind, data):
+    """Runs kind (A, B-down, B-up) against c under `perf record` of its processes; returns
+    the run's CPU figure and its split by process and library."""
+    perf = h.procs.spawn([which("perf"), "record", "-q", "-F", "499", "-o", data,
+                          "-p", ",".join(str(p) for p in c.pids())], h.logf("perf"),
+                         stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        if perf.poll() is not None:
+            raise BenchError(f"perf record exited with {perf.returncode} "
+                             f"(see {h.logf('perf')})")
+        if kind == "A":
+            r = run_wrk(h, c, h.args.seconds, h.args.connections, tag="P")
+            fig, unit = r["cpu_us_req"], "µs/req"
+        else:
+            r = run_curl_big(h, c, upload=kind == "B-up")
+            fig, unit = r["cpu_s_gib"], "s/GiB"
+    finally:
+        h.procs.stop(perf, timeout=30)
+    split = {}
+    for pct, comm, dso in perf_report(data, "comm", "dso"):
+        per = split.setdefault(comm, dict.fromkeys(CATEGORIES, 0.0))
+        per[dso_category(dso, comm)] += pct
+    syms = [(pct, comm, dso, sym) for pct, comm, dso, sym in
+            perf_report(data, "comm", "dso", "sym")[:12]]
+    return {"cpu": fig, "unit": unit, "split": split, "symbols": syms}
+
+
+def scenario_P(h, cs):
+    """Where the CPU goes in the runs behind the targets (perf from Debian's linux-perf)."""
+    if not shutil.which("perf"):
+        return {"skipped": "perf is not installed (Debian's linux-perf)"}
+    by_name = {c.name: c for c in cs}
+    out = {}
+    for label, kind, names in PROFILE_RUNS:
+        for name in names:
+            if name not in by_name:
+                continue
+            data = h.path("tmp", f"perf-{len(out)}.data")
+            try:
+                out[f"{label}|{name}"] = profile_one(h, by_name[name], kind, data)
+            except (BenchError, OSError, subprocess.SubprocessError) as e:
+                log(f"P: {label} {name}: no profile: {e}")
+                out[f"{label}|{name}"] = {"failed": str(e).splitlines()[0]}
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(data)
+    return out
+
+
+def profile_section(res):
+    if "skipped" in res:
+        return ["", "## P — where the CPU goes", "", f"Not profiled: {res['skipped']}."]
+    out = ["", "## P — where the CPU goes", "",
+           "One more run of each scenario behind a target under `perf record -F 499` of the "
+           "contender's processes; its CPU figure (perf's own cost included, so a little above "
+           "the tables') split by process and by where the samples fell: the kernel "
+           "(system calls, TCP, epoll, copies), OpenSSL (libcrypto, libssl), libevent, "
+           "nghttp2, libc (memcpy, malloc), the program's own code, other libraries.", "",
+           "| run | contender | process | CPU | " + " | ".join(CATEGORIES) + " |",
+           "|---|---|---|---:|" + "---:|" * len(CATEGORIES)]
+    for key, r in res.items():
+        label, name = key.split("|")
+        if "failed" in r:
+            out.append(f"| {label} | {name} | failed: {r['failed']} |" + " |" * (len(CATEGORIES) + 1))
+            continue
+        total = sum(sum(v.values()) for v in r["split"].values()) or 1.0
+        for comm, per in sorted(r["split"].items(), key=lambda kv: -sum(kv[1].values())):
+            share = sum(per.values()) / total
+            if share < 0.02:
+                continue
+            fig = r["cpu"] * share
+            out.append(f"| {label} | {name} | {comm} | {fig:.2f} {r['unit']} | " +
+                       " | ".join(f"{fig * per[k] / max(sum(per.values()), 1e-9):.2f}"
+                                  for k in CATEGORIES) + " |")
+    out += ["", "The hottest symbols of each run (share of its samples):", ""]
+    for key, r in res.items():
+        if "failed" in r or not r["symbols"]:
+            continue
+        label, name = key.split("|")
+        out.append(f"- {label}, {name}: " + "; ".join(
+            f"{sym.replace('[.] ', '').replace('[k] ', '')} ({comm}, {dso.strip('[]')}) {pct:.1f}%"
+            for pct, comm, dso, sym in r["symbols"][:8]))
+    return out
 
 
 def scenario_R(h):
@@ -1197,6 +1352,119 @@ TITLES = {
 }
 
 
+# -- the targets ------------------------------------------------------------------------
+
+# (what, scenario, figure, jobgate's contender, peer, "ge"/"le", bound, profile run)
+RATIO_TARGETS = [
+    ("A: req/s ≥ 1.0× HAProxy", "A", "rps", "jobgate", "haproxy", "ge", 1.0, "A"),
+    ("A: req/s ≥ 1.3× nginx", "A", "rps", "jobgate", "nginx", "ge", 1.3, "A"),
+    ("A: p99 ≤ HAProxy's", "A", "p99_ms", "jobgate", "haproxy", "le", 1.0, "A"),
+    ("A: CPU per request ≤ 0.9× HAProxy's", "A", "cpu_us_req", "jobgate", "haproxy", "le", 0.9,
+     "A"),
+    ("N: req/s ≥ 1.0× HAProxy", "N", "rps", "jobgate", "haproxy", "ge", 1.0, None),
+    ("B: download MB/s ≥ 1.0× HAProxy", "B", "down_mb_s", "jobgate", "haproxy", "ge", 1.0,
+     "B down"),
+    ("B: upload MB/s ≥ 1.0× HAProxy", "B", "up_mb_s", "jobgate", "haproxy", "ge", 1.0, "B up"),
+    ("B: download CPU per GiB ≤ HAProxy's", "B", "down_cpu_s_gib", "jobgate", "haproxy", "le",
+     1.0, "B down"),
+    ("B: upload CPU per GiB ≤ HAProxy's", "B", "up_cpu_s_gib", "jobgate", "haproxy", "le", 1.0,
+     "B up"),
+    ("T: req/s ≥ 1.0× ssh", "T-A", "rps", "jobgate-tunnel", "ssh", "ge", 1.0, "T/A"),
+    ("T: CPU per request ≤ ssh's", "T-A", "cpu_us_req", "jobgate-tunnel", "ssh", "le", 1.0,
+     "T/A"),
+    ("T: download MB/s ≥ 1.0× ssh", "T-B", "down_mb_s", "jobgate-tunnel", "ssh", "ge", 1.0,
+     "T/B down"),
+    ("T: upload MB/s ≥ 1.0× ssh", "T-B", "up_mb_s", "jobgate-tunnel", "ssh", "ge", 1.0,
+     "T/B up"),
+    ("T: download CPU per GiB ≤ ssh's", "T-B", "down_cpu_s_gib", "jobgate-tunnel", "ssh", "le",
+     1.0, "T/B down"),
+    ("T: upload CPU per GiB ≤ ssh's", "T-B", "up_cpu_s_gib", "jobgate-tunnel", "ssh", "le", 1.0,
+     "T/B up"),
+    ("T: req/s ≥ 2× the stunnel chain", "T-A", "rps", "jobgate-tunnel", "stunnel", "ge", 2.0,
+     "T/A"),
+    ("T: download MB/s ≥ 2× the stunnel chain", "T-B", "down_mb_s", "jobgate-tunnel", "stunnel",
+     "ge", 2.0, "T/B down"),
+    ("T: upload MB/s ≥ 2× the stunnel chain", "T-B", "up_mb_s", "jobgate-tunnel", "stunnel", "ge",
+     2.0, "T/B up"),
+]
+
+
+def _fig(results, key, name, metric):
+    r = results.get(key, {}).get(name)
+    return r.get(metric) if isinstance(r, dict) else None
+
+
+def targets(h, results):
+    """[(target, measured, met, profile run)] for every target the run has figures for."""
+    rows = []
+    for what, key, metric, ours, peer, op, bound, prof in RATIO_TARGETS:
+        a, b = _fig(results, key, ours, metric), _fig(results, key, peer, metric)
+        if a is None or not b:
+            continue
+        v = a / b
+        val = f"{v:.2f}×"
+        front = _fig(results, key[2:], "jobgate", metric) if key.startswith("T-") else None
+        if front is not None and metric.startswith(("cpu", "down_cpu", "up_cpu")) and a > front:
+            # jobgate-tunnel also terminates the browser's HTTPS, which ssh and stunnel leave
+            # to nobody: what the tunnel itself costs is the rest.
+            val += f" (the tunnel alone, less jobgate's cost at the front: {(a - front) / b:.2f}×)"
+        rows.append((what, val, v >= bound if op == "ge" else v <= bound, prof))
+    for n, label in (("1", "1 socket"), ("n", f"{h.args.ws_sockets} sockets")):
+        m = f"p50_ms_{n}"
+        jg, hp, d = (_fig(results, "E", x, m) for x in ("jobgate", "haproxy", "direct"))
+        if None not in (jg, hp, d):
+            rows.append((f"E: added round trip over direct TLS ≤ HAProxy's ({label})",
+                         f"{(jg - d) * 1000:+.0f} µs (HAProxy {(hp - d) * 1000:+.0f} µs)",
+                         jg - d <= max(hp - d, 0.0), None))
+    for key, where in (("D", "at the front"), ("T-D", "through the tunnel")):
+        ours = "jobgate-tunnel" if key == "T-D" else "jobgate"
+        r = results.get(key, {}).get(ours)
+        if isinstance(r, str):
+            rows.append((f"D: idle connections held {where}", r[:120], False, None))
+        if not isinstance(r, dict):
+            continue
+        if key == "D":
+            for m, label in (("kib_keepalive", "idle keep-alive"), ("kib_ws", "idle WebSocket")):
+                rows.append((f"D: ≤ 8 KiB of gateway memory per {label}", f"{r[m]:.1f} KiB",
+                             r[m] <= 8.0, None))
+        n = h.results_meta.get(f"{key}_n", (0, 0))[1]
+        why = ""
+        if n < min(h.args.idle, 10000):
+            why = f" (the descriptor limit, {h.nofile:,}, allows no more)"
+        elif n < 10000:
+            why = f" (BENCH_IDLE={h.args.idle})"
+        rows.append((f"D: 10,000 idle WebSockets held {where}, none refused or timed out",
+                     f"{n:,} held{why}", n >= 10000, None))
+    m = h.results_meta
+    if "agent_idle_rss_kb" in m:
+        rss = m["agent_idle_rss_kb"] / 1024
+        rows.append(("T: an idle agent ≤ 4 MiB RSS",
+                     f"{rss:.1f} MiB (its own memory {m.get('agent_idle_anon_kb', 0) / 1024:.1f}, "
+                     f"PSS {m.get('agent_idle_pss_kb', 0) / 1024:.1f})", rss <= 4.0, None))
+    r = results.get("R")
+    if r:
+        rows.append((f"R: start-up with {r['routes']:,} routes < 1 s", f"{r['restart_s']:.2f} s",
+                     r["restart_s"] < 1.0, None))
+        rows.append(("R: registration < 1 ms", f"{r['register_us']:.0f} µs",
+                     r["register_us"] < 1000, None))
+    return rows
+
+
+def targets_section(h, results):
+    rows = targets(h, results)
+    if not rows:
+        return []
+    met = sum(1 for r in rows if r[2])
+    out = ["", "## Targets", "",
+           f"{met} of {len(rows)} met. Ratios are jobgate ÷ peer; a missed target names the "
+           "profile run (section P) that shows where its CPU goes.", "",
+           "| target | measured | met | profile |", "|---|---:|:---:|---|"]
+    for what, val, ok, prof in rows:
+        out.append(f"| {what} | {val} | {'yes' if ok else '**no**'} | "
+                   f"{prof if prof and not ok and 'P' in results else ''} |")
+    return out
+
+
 def human_bytes(n):
     return f"{n / GIB:g} GiB" if n >= GIB else f"{n / (1 << 20):g} MiB"
 
@@ -1227,6 +1495,7 @@ def report(h, results, contenders, started, load_before):
            "", "## Contenders", ""]
     for c in contenders:
         out.append(f"- **{c.name}**: {c.describe}")
+    out += targets_section(h, results)
     if "C" in results:
         r = results["C"]
         out += ["", "## C — the machine", "",
@@ -1258,6 +1527,8 @@ def report(h, results, contenders, started, load_before):
                        f"{m['agent_idle_rss_kb'] / 1024:.1f}; "
                        f"{m.get('agent_idle_anon_kb', 0) / 1024:.1f}; "
                        f"{m.get('agent_idle_pss_kb', 0) / 1024:.1f} MiB |")
+    if "P" in results:
+        out += profile_section(results["P"])
     if h.failures:
         out += ["", "## Failures", ""] + [f"- {label}: **{name}**: {msg}"
                                           for label, name, msg in h.failures]
@@ -1348,7 +1619,7 @@ def parse_args(argv):
                     help="do not write bench/results/DATE.md nor update README.md")
     a = ap.parse_args(argv)
     s = a.smoke
-    a.seconds = env_int("BENCH_SECONDS", 1 if s else 10)
+    a.seconds = env_int("BENCH_SECONDS", 1 if s else 5)
     a.rounds = env_int("BENCH_ROUNDS", 1 if s else 3)
     a.warmup = env_int("BENCH_WARMUP", 0 if s else 2)
     a.connections = env_int("BENCH_CONNECTIONS", 4 if s else 64)
@@ -1402,8 +1673,8 @@ def main(argv):
         if "C" in a.scenarios:
             results["C"] = scenario_C(h)
             log(f"C: {results['C']}")
-        need_front = any(s in a.scenarios for s in "ANBED")
-        need_tunnel = "T" in a.scenarios
+        need_front = any(s in a.scenarios for s in "ANBEDP")
+        need_tunnel = "T" in a.scenarios or "P" in a.scenarios
         cs = []
         for name in a.contenders:
             cls = CLASSES[name]
@@ -1441,6 +1712,8 @@ def main(argv):
                 results["T-B"] = scenario_B(h, tunnel, "T-B")
                 results["T-E"] = scenario_E(h, tunnel, "T-E")
                 results["T-D"] = scenario_D(h, tunnel, "T-D")
+            elif s == "P":
+                results["P"] = scenario_P(h, cs)
             elif s == "R":
                 try:
                     results["R"] = scenario_R(h)
