@@ -1,30 +1,16 @@
 /* jobdir — see jobdir.h. */
 #include "jobdir.h"
+#include "plugerr.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 /* Makes base and its missing parents (0755), then opens it as a directory that this
  * process's user owns and no one else may write. A descriptor, or -errno. */
@@ -32,13 +18,13 @@ static int open_base(const char *base, char *err, size_t errlen)
 {
     char p[4096];
     if (snprintf(p, sizeof(p), "%s", base) >= (int)sizeof(p))
-        return fail(err, errlen, -ENAMETOOLONG, "%s: path too long", base);
+        return plug_err(err, errlen, -ENAMETOOLONG, "%s: path too long", base);
     for (char *s = p + 1; ; s++) {
         if (*s == '/' || *s == '\0') {
             char c = *s;
             *s = '\0';
             if (mkdir(p, 0755) < 0 && errno != EEXIST)
-                return fail(err, errlen, -errno, "cannot make %s: %s", p, strerror(errno));
+                return plug_err(err, errlen, -errno, "cannot make %s: %s", p, strerror(errno));
             *s = c;
             if (!c)
                 break;
@@ -46,16 +32,16 @@ static int open_base(const char *base, char *err, size_t errlen)
     }
     int fd = open(base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
-        return fail(err, errlen, -errno, "cannot open %s: %s", base, strerror(errno));
+        return plug_err(err, errlen, -errno, "cannot open %s: %s", base, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) < 0) {
         int e = errno;
         close(fd);
-        return fail(err, errlen, -e, "%s: %s", base, strerror(e));
+        return plug_err(err, errlen, -e, "%s: %s", base, strerror(e));
     }
     if (st.st_uid != geteuid() || (st.st_mode & 022)) {
         close(fd);
-        return fail(err, errlen, -EPERM, "%s: must belong to uid %u and be writable by it "
+        return plug_err(err, errlen, -EPERM, "%s: must belong to uid %u and be writable by it "
                     "alone (it is uid %u, mode %04o)", base, (unsigned)geteuid(),
                     (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
     }
@@ -68,31 +54,31 @@ int jobdir_make(const char *base, uint32_t jobid, uid_t uid, gid_t gid,
     char name[16];
     snprintf(name, sizeof(name), "%u", (unsigned)jobid);
     if (snprintf(path, pathlen, "%s/%s", base, name) >= (int)pathlen)
-        return fail(err, errlen, -ENAMETOOLONG, "%s/%s: path too long", base, name);
+        return plug_err(err, errlen, -ENAMETOOLONG, "%s/%s: path too long", base, name);
     int bfd = open_base(base, err, errlen);
     if (bfd < 0)
         return bfd;
     int rc = 0;
     bool made = mkdirat(bfd, name, 0700) == 0;
     if (!made && errno != EEXIST) {
-        rc = fail(err, errlen, -errno, "cannot make %s: %s", path, strerror(errno));
+        rc = plug_err(err, errlen, -errno, "cannot make %s: %s", path, strerror(errno));
         goto out;
     }
     int fd = openat(bfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
-        rc = fail(err, errlen, -errno, "cannot open %s: %s", path,
+        rc = plug_err(err, errlen, -errno, "cannot open %s: %s", path,
                   errno == ENOTDIR || errno == ELOOP ? "not a directory" : strerror(errno));
         goto out;
     }
     struct stat st;
     if (made && (fchown(fd, uid, gid) < 0 || fchmod(fd, 0700) < 0)) {
-        rc = fail(err, errlen, -errno, "cannot give %s to uid %u: %s", path, (unsigned)uid,
+        rc = plug_err(err, errlen, -errno, "cannot give %s to uid %u: %s", path, (unsigned)uid,
                   strerror(errno));
         unlinkat(bfd, name, AT_REMOVEDIR);
     } else if (fstat(fd, &st) < 0) {
-        rc = fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+        rc = plug_err(err, errlen, -errno, "%s: %s", path, strerror(errno));
     } else if (st.st_uid != uid || (st.st_mode & 077)) {
-        rc = fail(err, errlen, -EPERM, "%s exists and is not the job's (uid %u, mode %04o; "
+        rc = plug_err(err, errlen, -EPERM, "%s exists and is not the job's (uid %u, mode %04o; "
                   "the job's user is uid %u)", path, (unsigned)st.st_uid,
                   (unsigned)(st.st_mode & 07777), (unsigned)uid);
     }
@@ -143,7 +129,7 @@ int jobdir_remove(const char *base, uint32_t jobid, int timeout_ms, char *err, s
     snprintf(name, sizeof(name), "%u", (unsigned)jobid);
     int bfd = open(base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (bfd < 0)
-        return errno == ENOENT ? 0 : fail(err, errlen, -errno, "cannot open %s: %s", base,
+        return errno == ENOENT ? 0 : plug_err(err, errlen, -errno, "cannot open %s: %s", base,
                                           strerror(errno));
     int rc;
     for (int waited = 0; ; waited += 100) {
@@ -155,6 +141,6 @@ int jobdir_remove(const char *base, uint32_t jobid, int timeout_ms, char *err, s
     }
     close(bfd);
     if (rc < 0)
-        return fail(err, errlen, rc, "cannot remove %s/%s: %s", base, name, strerror(-rc));
+        return plug_err(err, errlen, rc, "cannot remove %s/%s: %s", base, name, strerror(-rc));
     return 0;
 }

@@ -1,43 +1,32 @@
 /* plugconf — see plugconf.h. */
 #include "plugconf.h"
+#include "plugerr.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #define KNOWN "gateway=, dir=, munge_socket=, ca="
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -EINVAL;
-}
+/* Every error here is a bad argument. */
+#define BAD(...) plug_err(err, errlen, -EINVAL, __VA_ARGS__)
 
 /* https://HOST[:PORT] with an optional trailing slash: the node channel adds its own paths. */
 static int check_gateway(const char *v, char *err, size_t errlen)
 {
     if (strncmp(v, "https://", 8) != 0)
-        return fail(err, errlen, "argument gateway=%s: must start with https://", v);
+        return BAD("argument gateway=%s: must start with https://", v);
     const char *host = v + 8;
     size_t n = strcspn(host, "/?#@");
     if (n == 0)
-        return fail(err, errlen, "argument gateway=%s: no host name", v);
+        return BAD("argument gateway=%s: no host name", v);
     if (host[n] != '\0' && !(host[n] == '/' && host[n + 1] == '\0'))
-        return fail(err, errlen, "argument gateway=%s: only https://HOST[:PORT], no path, "
+        return BAD("argument gateway=%s: only https://HOST[:PORT], no path, "
                     "query or user name", v);
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)host[i];
         if (ch <= ' ' || ch >= 0x7f)
-            return fail(err, errlen, "argument gateway=: a space or control character in "
+            return BAD("argument gateway=: a space or control character in "
                         "the host name");
     }
     return 0;
@@ -46,10 +35,10 @@ static int check_gateway(const char *v, char *err, size_t errlen)
 static int check_path(const char *key, const char *v, char *err, size_t errlen)
 {
     if (v[0] != '/')
-        return fail(err, errlen, "argument %s=%s: must be an absolute path", key, v);
+        return BAD("argument %s=%s: must be an absolute path", key, v);
     for (const char *p = v; *p; p++)
         if ((unsigned char)*p < ' ')
-            return fail(err, errlen, "argument %s=: a control character in the path", key);
+            return BAD("argument %s=: a control character in the path", key);
     return 0;
 }
 
@@ -61,7 +50,7 @@ int plugconf_parse(int argc, char *const argv[], struct plugconf *c, char *err, 
         const char *a = argv[i];
         const char *eq = strchr(a, '=');
         if (!eq || eq == a)
-            return fail(err, errlen, "argument \"%s\": not KEY=VALUE (known: " KNOWN ")", a);
+            return BAD("argument \"%s\": not KEY=VALUE (known: " KNOWN ")", a);
         size_t klen = (size_t)(eq - a);
         const char *v = eq + 1;
         char *dst;
@@ -74,17 +63,17 @@ int plugconf_parse(int argc, char *const argv[], struct plugconf *c, char *err, 
         else if (klen == 2 && memcmp(a, "ca", 2) == 0)
             dst = c->ca;
         else
-            return fail(err, errlen, "unknown argument \"%.*s\" (known: " KNOWN ")",
+            return BAD("unknown argument \"%.*s\" (known: " KNOWN ")",
                         (int)(klen > 64 ? 64 : klen), a);
         if (!*v)
-            return fail(err, errlen, "argument %.*s=: empty value", (int)klen, a);
+            return BAD("argument %.*s=: empty value", (int)klen, a);
         if (strlen(v) >= PLUGCONF_VALUE_MAX)
-            return fail(err, errlen, "argument %.*s=: longer than %d bytes", (int)klen, a,
+            return BAD("argument %.*s=: longer than %d bytes", (int)klen, a,
                         PLUGCONF_VALUE_MAX - 1);
         memcpy(dst, v, strlen(v) + 1);
     }
     if (!c->gateway[0])
-        return fail(err, errlen, "argument gateway= is missing (the gateway's URL, "
+        return BAD("argument gateway= is missing (the gateway's URL, "
                     "https://HOST[:PORT])");
     int rc = check_gateway(c->gateway, err, errlen);
     if (rc == 0)

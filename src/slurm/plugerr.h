@@ -1,0 +1,28 @@
+/*
+ * plugerr — errmsg() (src/lib/util.h) for the plugin's modules, which link
+ * nothing of src/lib (util.c brings the log and abort-on-failure allocation
+ * that have no place inside Slurm's processes): writes a message into err
+ * and returns rc, to keep error paths to one line.
+ */
+#ifndef JG_PLUGERR_H
+#define JG_PLUGERR_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+
+static inline int plug_err(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static inline int plug_err(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+#endif
