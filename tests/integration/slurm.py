@@ -116,7 +116,7 @@ PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP OverSubsc
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=open(self.dir / "slurmd.err", "wb"))
         try:
-            wait_for(lambda: self.node_state() in ("IDLE", "MIXED", "ALLOCATED")
+            wait_for(lambda: (self.node_state() or "").split("+")[0] in ("IDLE", "MIXED", "ALLOCATED")
                      or self.ctld.poll() is not None or self.slurmd.poll() is not None,
                      60, interval=0.5, what="the Slurm node to come up")
             assert self.ctld.poll() is None and self.slurmd.poll() is None, self.logs()
@@ -146,9 +146,16 @@ PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP OverSubsc
         return p
 
     def node_state(self):
+        """The node's state with its flags, as scontrol shows it: IDLE, IDLE+COMPLETING…"""
         p = self.run(SCONTROL, "show", "node", NODE, check=False, timeout=10)
-        m = re.search(r"\bState=(\w+)", p.stdout)
+        m = re.search(r"\bState=(\S+)", p.stdout)
         return m.group(1) if m else None
+
+    def wait_idle(self, timeout=30):
+        """Until no job is left on the node, epilogs included (a test that rewrites
+        plugstack.conf must not change it under another job's epilog)."""
+        wait_for(lambda: self.node_state() == "IDLE", timeout, interval=0.3,
+                 what=f"the node to be idle (it is {self.node_state()})")
 
     def sbatch(self, user, *args):
         """Submits a job as user; its id."""

@@ -3,8 +3,6 @@ slurmctld, slurmd and the jobs' slurmstepd load build/spank_jobgate.so from the 
 cluster's plugstack.conf; jobs run as a test user."""
 import os
 import re
-import stat
-
 import pytest
 
 from conftest import wait_for
@@ -62,8 +60,25 @@ def test_the_steps_of_one_job_share_its_directory(slurm_cluster):
     assert f"batch={c.jobs_dir}/{job}" in out and f"step={c.jobs_dir}/{job}" in out, out
 
 
+@pytest.mark.parametrize("cmd", ["srun", "salloc"])
+def test_srun_and_salloc_know_jobgate_too(slurm_cluster, cmd):
+    """--jobgate on an interactive allocation (salloc, then a step in it) and on a bare srun."""
+    c = slurm_cluster
+    show = ["sh", "-c", "echo dir=$JOBGATE_DIR id=$JOBGATE_JOB_ID"]
+    args = [cmd, "--jobgate"] + (["srun"] if cmd == "salloc" else []) + show
+    p = c.run(*args, user=USER, timeout=60)
+    m = re.search(r"^dir=(\S+) id=(\d+)$", p.stdout, re.M)
+    assert m, p.stdout + p.stderr
+    assert m.group(1) == f"{c.jobs_dir}/{m.group(2)}"
+    wait_for(lambda: not os.path.exists(m.group(1)), 10, what="the job directory to go")
+    # Without the option, nothing.
+    p = c.run(*[a for a in args if a != "--jobgate"], user=USER, timeout=60)
+    assert re.search(r"^dir= id=$", p.stdout, re.M), p.stdout + p.stderr
+
+
 def test_a_bad_plugin_argument_is_named_and_fails_jobs_only_when_required(slurm_cluster):
     c = slurm_cluster
+    c.wait_idle()
     try:
         # required: sbatch (which loads the plugin too) refuses, naming the argument.
         c.write_plugstack("gateway=https://gateway.test:8443 bogus=1", required=True)
@@ -77,5 +92,6 @@ def test_a_bad_plugin_argument_is_named_and_fails_jobs_only_when_required(slurm_
         assert job_env(c.output(job)) == {}
         wait_for(lambda: 'unknown argument "bogus"' in c.slurmd_log.read_text(errors="replace"),
                  10, what="slurmd's log to name the bad argument")
+        c.wait_idle()
     finally:
         c.write_plugstack("gateway=https://gateway.test:8443")
