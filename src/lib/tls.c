@@ -73,16 +73,28 @@ fail:
     return NULL;
 }
 
-static int add_ext(X509 *crt, int nid, const char *value)
+int tls_add_ext(X509 *crt, X509 *issuer, int nid, const char *value)
 {
     X509V3_CTX v3;
     X509V3_set_ctx_nodb(&v3);
-    X509V3_set_ctx(&v3, crt, crt, NULL, NULL, 0);
+    X509V3_set_ctx(&v3, issuer ? issuer : crt, crt, NULL, NULL, 0);
     X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
     if (!ext)
         return -1;
     int ok = X509_add_ext(crt, ext, -1);
     X509_EXTENSION_free(ext);
+    return ok ? 0 : -1;
+}
+
+int tls_random_serial(X509 *crt)
+{
+    unsigned char serial[16];
+    if (RAND_bytes(serial, sizeof(serial)) != 1)
+        return -1;
+    serial[0] &= 0x7f; /* positive */
+    BIGNUM *bn = BN_bin2bn(serial, sizeof(serial), NULL);
+    int ok = bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(crt));
+    BN_free(bn);
     return ok ? 0 : -1;
 }
 
@@ -102,16 +114,50 @@ static FILE *open_new(const char *path, mode_t mode)
     return f;
 }
 
+int tls_write_pair(const char *key_path, const char *crt_path, EVP_PKEY *pkey, X509 *crt,
+                   char *err, size_t errlen)
+{
+    char tmp_key[4096], tmp_crt[4096];
+    if (xsnprintf(tmp_key, sizeof(tmp_key), "%s.tmp", key_path) < 0 ||
+        xsnprintf(tmp_crt, sizeof(tmp_crt), "%s.tmp", crt_path) < 0)
+        return errmsg(err, errlen, -ENAMETOOLONG, "%s: path too long", key_path);
+    int rc = -EIO;
+    FILE *f = open_new(tmp_key, 0600);
+    if (!f || !PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL) || fclose(f) != 0) {
+        f = NULL;
+        errmsg(err, errlen, rc, "%s: cannot write: %s", tmp_key, strerror(errno));
+        goto out;
+    }
+    f = open_new(tmp_crt, 0644);
+    if (!f || !PEM_write_X509(f, crt) || fclose(f) != 0) {
+        f = NULL;
+        errmsg(err, errlen, rc, "%s: cannot write: %s", tmp_crt, strerror(errno));
+        goto out;
+    }
+    f = NULL;
+    if (rename(tmp_key, key_path) < 0 || rename(tmp_crt, crt_path) < 0) {
+        errmsg(err, errlen, rc, "%s: cannot rename: %s", key_path, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    if (f)
+        fclose(f);
+    if (rc < 0) {
+        unlink(tmp_key);
+        unlink(tmp_crt);
+    }
+    return rc;
+}
+
 int tls_selfsigned_ensure(const char *dir, const char *domain, char *err, size_t errlen)
 {
-    char crt_path[4096], key_path[4096], tmp_crt[4096], tmp_key[4096], san[600];
+    char crt_path[4096], key_path[4096], san[600];
     struct stat st;
     int rc = -EIO;
 
     if (xsnprintf(crt_path, sizeof(crt_path), "%s/tls.crt", dir) < 0 ||
         xsnprintf(key_path, sizeof(key_path), "%s/tls.key", dir) < 0 ||
-        xsnprintf(tmp_crt, sizeof(tmp_crt), "%s/tls.crt.tmp", dir) < 0 ||
-        xsnprintf(tmp_key, sizeof(tmp_key), "%s/tls.key.tmp", dir) < 0 ||
         xsnprintf(san, sizeof(san), "DNS:%s,DNS:*.%s,IP:127.0.0.1,IP:::1", domain, domain) < 0) {
         snprintf(err, errlen, "%s: path too long", dir);
         return -ENAMETOOLONG;
@@ -127,19 +173,8 @@ int tls_selfsigned_ensure(const char *dir, const char *domain, char *err, size_t
 
     EVP_PKEY *pkey = EVP_EC_gen("P-256");
     X509 *crt = X509_new();
-    FILE *f = NULL;
-    if (!pkey || !crt)
+    if (!pkey || !crt || tls_random_serial(crt) < 0)
         goto ossl_fail;
-    unsigned char serial[16];
-    if (RAND_bytes(serial, sizeof(serial)) != 1)
-        goto ossl_fail;
-    serial[0] &= 0x7f; /* positive */
-    BIGNUM *bn = BN_bin2bn(serial, sizeof(serial), NULL);
-    if (!bn || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(crt))) {
-        BN_free(bn);
-        goto ossl_fail;
-    }
-    BN_free(bn);
     X509_set_version(crt, 2);
     X509_gmtime_adj(X509_getm_notBefore(crt), -3600);
     X509_gmtime_adj(X509_getm_notAfter(crt), 825L * 24 * 3600);
@@ -149,44 +184,20 @@ int tls_selfsigned_ensure(const char *dir, const char *domain, char *err, size_t
         !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)domain, -1, -1, 0) ||
         !X509_set_issuer_name(crt, name) || !X509_set_pubkey(crt, pkey))
         goto ossl_fail;
-    if (add_ext(crt, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
-        add_ext(crt, NID_key_usage, "critical,digitalSignature") < 0 ||
-        add_ext(crt, NID_ext_key_usage, "serverAuth") < 0 ||
-        add_ext(crt, NID_subject_alt_name, san) < 0 ||
-        add_ext(crt, NID_subject_key_identifier, "hash") < 0)
+    if (tls_add_ext(crt, NULL, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
+        tls_add_ext(crt, NULL, NID_key_usage, "critical,digitalSignature") < 0 ||
+        tls_add_ext(crt, NULL, NID_ext_key_usage, "serverAuth") < 0 ||
+        tls_add_ext(crt, NULL, NID_subject_alt_name, san) < 0 ||
+        tls_add_ext(crt, NULL, NID_subject_key_identifier, "hash") < 0)
         goto ossl_fail;
     if (!X509_sign(crt, pkey, EVP_sha256()))
         goto ossl_fail;
-
-    /* Write to temporary names and rename, so that a crash never leaves half a pair. */
-    f = open_new(tmp_key, 0600);
-    if (!f || !PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL) || fclose(f) != 0) {
-        f = NULL;
-        snprintf(err, errlen, "%s: cannot write: %s", tmp_key, strerror(errno));
-        goto out;
-    }
-    f = open_new(tmp_crt, 0644);
-    if (!f || !PEM_write_X509(f, crt) || fclose(f) != 0) {
-        f = NULL;
-        snprintf(err, errlen, "%s: cannot write: %s", tmp_crt, strerror(errno));
-        goto out;
-    }
-    f = NULL;
-    if (rename(tmp_key, key_path) < 0 || rename(tmp_crt, crt_path) < 0) {
-        snprintf(err, errlen, "%s: cannot rename: %s", dir, strerror(errno));
-        goto out;
-    }
-    rc = 0;
+    /* Temporary names and a rename: a crash never leaves half a pair. */
+    rc = tls_write_pair(key_path, crt_path, pkey, crt, err, errlen);
     goto out;
 ossl_fail:
     snprintf(err, errlen, "cannot make a self-signed certificate: %s", tls_errstr());
 out:
-    if (f)
-        fclose(f);
-    if (rc < 0) {
-        unlink(tmp_key);
-        unlink(tmp_crt);
-    }
     X509_free(crt);
     EVP_PKEY_free(pkey);
     return rc;

@@ -27,6 +27,19 @@ SSL_CTX *tls_server_ctx(const char *cert_file, const char *key_file, char *err, 
  */
 int tls_selfsigned_ensure(const char *dir, const char *domain, char *err, size_t errlen);
 
+/* Adds extension nid (OpenSSL's config syntax in value) to crt; issuer is
+ * the signing certificate (NULL: crt signs itself). 0 or -1. */
+int tls_add_ext(X509 *crt, X509 *issuer, int nid, const char *value);
+
+/* Gives crt a random positive 127-bit serial number. 0 or -1. */
+int tls_random_serial(X509 *crt);
+
+/* Writes a key (mode 0600) and its certificate (0644) under temporary names
+ * and renames them, so that a crash never leaves half a pair; never follows
+ * a link. 0 or a negative errno; reason in err. */
+int tls_write_pair(const char *key_path, const char *crt_path, EVP_PKEY *pkey, X509 *crt,
+                   char *err, size_t errlen);
+
 /* Last OpenSSL error as text (thread-local static buffer) for log lines. */
 const char *tls_errstr(void);
 
