@@ -42,19 +42,9 @@ static int user_ok(const char *u)
 static int make_ca(const char *key_path, const char *crt_path, char *err, size_t errlen)
 {
     int rc = -EIO;
-    EVP_PKEY *key = EVP_EC_gen("P-256");
-    X509 *crt = X509_new();
-    if (!key || !crt || tls_random_serial(crt) < 0)
-        goto ossl_fail;
-    X509_set_version(crt, 2);
-    X509_gmtime_adj(X509_getm_notBefore(crt), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(crt), (long)CA_DAYS * 24 * 3600);
-    X509_NAME *name = X509_get_subject_name(crt);
-    if (!X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"jobgate",
-                                    -1, -1, 0) ||
-        !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                                    (const unsigned char *)"jobgate agent CA", -1, -1, 0) ||
-        !X509_set_issuer_name(crt, name) || !X509_set_pubkey(crt, key))
+    EVP_PKEY *key;
+    X509 *crt = tls_selfissued_new("jobgate", "jobgate agent CA", CA_DAYS, &key);
+    if (!crt)
         goto ossl_fail;
     if (tls_add_ext(crt, NULL, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") < 0 ||
         tls_add_ext(crt, NULL, NID_key_usage, "critical,keyCertSign,cRLSign") < 0 ||

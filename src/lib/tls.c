@@ -98,6 +98,27 @@ int tls_random_serial(X509 *crt)
     return ok ? 0 : -1;
 }
 
+X509 *tls_selfissued_new(const char *org, const char *cn, long days, EVP_PKEY **key)
+{
+    *key = EVP_EC_gen("P-256");
+    X509 *crt = X509_new();
+    if (!*key || !crt || tls_random_serial(crt) < 0 || !X509_set_version(crt, 2) ||
+        !X509_gmtime_adj(X509_getm_notBefore(crt), -3600) ||
+        !X509_gmtime_adj(X509_getm_notAfter(crt), days * 24 * 3600))
+        goto fail;
+    X509_NAME *name = X509_get_subject_name(crt);
+    if (!X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)org, -1, -1, 0) ||
+        !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0) ||
+        !X509_set_issuer_name(crt, name) || !X509_set_pubkey(crt, *key))
+        goto fail;
+    return crt;
+fail:
+    X509_free(crt);
+    EVP_PKEY_free(*key);
+    *key = NULL;
+    return NULL;
+}
+
 /* Opens path for writing with the given mode, refusing to follow links. */
 static FILE *open_new(const char *path, mode_t mode)
 {
@@ -171,18 +192,9 @@ int tls_selfsigned_ensure(const char *dir, const char *domain, char *err, size_t
         return -EEXIST;
     }
 
-    EVP_PKEY *pkey = EVP_EC_gen("P-256");
-    X509 *crt = X509_new();
-    if (!pkey || !crt || tls_random_serial(crt) < 0)
-        goto ossl_fail;
-    X509_set_version(crt, 2);
-    X509_gmtime_adj(X509_getm_notBefore(crt), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(crt), 825L * 24 * 3600);
-    X509_NAME *name = X509_get_subject_name(crt);
-    if (!X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"jobgate personal gateway",
-                                    -1, -1, 0) ||
-        !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)domain, -1, -1, 0) ||
-        !X509_set_issuer_name(crt, name) || !X509_set_pubkey(crt, pkey))
+    EVP_PKEY *pkey;
+    X509 *crt = tls_selfissued_new("jobgate personal gateway", domain, 825, &pkey);
+    if (!crt)
         goto ossl_fail;
     if (tls_add_ext(crt, NULL, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
         tls_add_ext(crt, NULL, NID_key_usage, "critical,digitalSignature") < 0 ||

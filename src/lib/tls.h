@@ -31,6 +31,12 @@ int tls_selfsigned_ensure(const char *dir, const char *domain, char *err, size_t
  * the signing certificate (NULL: crt signs itself). 0 or -1. */
 int tls_add_ext(X509 *crt, X509 *issuer, int nid, const char *value);
 
+/* A new P-256 key in *key and a certificate for it, not yet signed: version
+ * 3, random serial, valid from an hour ago for days, subject and issuer
+ * O=org, CN=cn. The caller adds extensions and signs it with *key. NULL (and
+ * *key NULL) on error. */
+X509 *tls_selfissued_new(const char *org, const char *cn, long days, EVP_PKEY **key);
+
 /* Gives crt a random positive 127-bit serial number. 0 or -1. */
 int tls_random_serial(X509 *crt);
 
