@@ -99,7 +99,7 @@ static void fmt_age(int64_t secs, char *out, size_t outlen)
         (void)xsnprintf(out, outlen, "%" PRId64 "d", secs / 86400);
 }
 
-enum { COL_ALIAS, COL_NAME, COL_BACKEND, COL_AGE, COL_URL, NCOLS };
+enum { COL_ALIAS, COL_NAME, COL_JOB, COL_BACKEND, COL_AGE, COL_URL, NCOLS };
 
 /* Field of a route as a printable string; unknown or odd values print as "-". */
 static char *route_field(const json_t *r, const char *key)
@@ -110,7 +110,7 @@ static char *route_field(const json_t *r, const char *key)
 
 static int print_table(const json_t *routes)
 {
-    static const char *const head[NCOLS] = {"ALIAS", "NAME", "BACKEND", "AGE", "URL"};
+    static const char *const head[NCOLS] = {"ALIAS", "NAME", "JOB", "BACKEND", "AGE", "URL"};
     size_t n = json_array_size(routes);
     size_t width[NCOLS];
     char *(*cell)[NCOLS] = xcalloc(n ? n : 1, sizeof(*cell));
@@ -126,6 +126,11 @@ static int print_table(const json_t *routes)
             fmt_age(now - (int64_t)json_integer_value(created), age, sizeof(age));
         cell[i][COL_ALIAS] = route_field(r, "alias");
         cell[i][COL_NAME] = route_field(r, "name");
+        json_t *job = json_object_get(r, "job");
+        char jobs[24] = "-";
+        if (json_is_integer(job))
+            (void)xsnprintf(jobs, sizeof(jobs), "%" JSON_INTEGER_FORMAT, json_integer_value(job));
+        cell[i][COL_JOB] = xstrdup(jobs);
         cell[i][COL_BACKEND] = route_field(r, "backend");
         cell[i][COL_AGE] = xstrdup(age);
         cell[i][COL_URL] = route_field(r, "url");
@@ -136,12 +141,13 @@ static int print_table(const json_t *routes)
         }
     }
     /* Widths come from strings that are at most 64 KiB, the answer's limit. */
-    int bad = printf("%-*s  %-*s  %-*s  %-*s  %s\n", (int)width[0], head[0], (int)width[1],
-                     head[1], (int)width[2], head[2], (int)width[3], head[3], head[4]) < 0;
+    int bad = printf("%-*s  %-*s  %-*s  %-*s  %-*s  %s\n", (int)width[0], head[0],
+                     (int)width[1], head[1], (int)width[2], head[2], (int)width[3], head[3],
+                     (int)width[4], head[4], head[5]) < 0;
     for (size_t i = 0; i < n; i++) {
-        bad |= printf("%-*s  %-*s  %-*s  %-*s  %s\n", (int)width[0], cell[i][0], (int)width[1],
-                      cell[i][1], (int)width[2], cell[i][2], (int)width[3], cell[i][3],
-                      cell[i][4]) < 0;
+        bad |= printf("%-*s  %-*s  %-*s  %-*s  %-*s  %s\n", (int)width[0], cell[i][0],
+                      (int)width[1], cell[i][1], (int)width[2], cell[i][2], (int)width[3],
+                      cell[i][3], (int)width[4], cell[i][4], cell[i][5]) < 0;
         for (int k = 0; k < NCOLS; k++)
             free(cell[i][k]);
     }

@@ -66,9 +66,11 @@ static void usage_run(FILE *f)
           "  -g, --gateway https://HOST[:PORT]\n"
           "                        publish through the gateway at HOST (port 443 by default)\n"
           "                        over a tunnel that this process keeps open (https_proxy is\n"
-          "                        honoured); without -g and --via, the local gateway\n"
+          "                        honoured); without -g and --via: $JOBGATE_GATEWAY (a Slurm\n"
+          "                        job started with --jobgate), else the local gateway\n"
           "      --ca FILE         trust the gateway's certificate through the CA certificates\n"
-          "                        in FILE (default: $JOBGATE_CA, else the system's)\n"
+          "                        in FILE (default: $JOBGATE_CA, else the job's\n"
+          "                        $JOBGATE_DIR/gateway-ca.crt, else the system's)\n"
           "      --via ssh:HOST    publish through the gateway on HOST, reached with\n"
           "                        'ssh HOST jobgate tunnel --stdio' ($JOBGATE_SSH,\n"
           "                        $JOBGATE_REMOTE_JOBGATE)\n"
@@ -288,6 +290,13 @@ static int parse_options(struct run *r, int argc, char **argv)
     }
     if (r->gateway && r->via)
         return cli_usage_error("run", "give either -g or --via, not both");
+    if (!r->gateway && !r->via && getenv("JOBGATE_GATEWAY") && *getenv("JOBGATE_GATEWAY")) {
+        /* In a --jobgate job (docs/slurm.md): the plugin named the gateway. */
+        r->gateway = getenv("JOBGATE_GATEWAY");
+        if (agent_tunnel_parse_gateway(r->gateway, host, sizeof(host), &port, err,
+                                       sizeof(err)) < 0)
+            return cli_usage_error("run", "JOBGATE_GATEWAY: %s", err);
+    }
     if (r->ca && !r->gateway)
         return cli_usage_error("run", "--ca goes with -g");
     if ((r->ping_interval || r->ping_timeout) && !r->gateway && !r->via)

@@ -146,6 +146,8 @@ struct agent_tunnel {
     char *munge_socket;
     char node[256];
     char *job;
+    char *job_cert;                 /* PEM of $JOBGATE_DIR/job.crt, or NULL */
+    EVP_PKEY *job_key;              /* $JOBGATE_DIR/job.key, or NULL */
     char *ssh_path;
     char **ssh_argv;
     char **envp;
@@ -202,6 +204,10 @@ void tun_waiter_done(struct agent_tunnel *t, struct waiter *w, int rc, json_t *r
 /* ---- tunnel_trust.c ---------------------------------------------------------- */
 
 SSL_CTX *trust_ssl_ctx_new(const char *ca_file, char *err, size_t errlen);
+/* In a --jobgate job ($JOBGATE_DIR set): the job's certificate and key into
+ * t, and the gateway's CA file into ca (when the plugin wrote one). 0, or
+ * -errno with err (a job directory that is not the user's, or unreadable). */
+int trust_job_load(struct agent_tunnel *t, char *ca, size_t calen, char *err, size_t errlen);
 /* The personal gateway's certificate as DER (OPENSSL_free it), or NULL. */
 unsigned char *trust_load_pin(const struct agent_tunnel *t, int *len);
 int trust_cert_equals(X509 *x, const unsigned char *der, int len);

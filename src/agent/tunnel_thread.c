@@ -11,6 +11,7 @@
 #include "tunnel-int.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -278,6 +279,8 @@ static void tunnel_free(struct agent_tunnel *t)
     free(t->state_dir);
     free(t->munge_socket);
     free(t->job);
+    free(t->job_cert);
+    EVP_PKEY_free(t->job_key);
     free(t->ssh_path);
     dial_free_strv(t->ssh_argv);
     dial_free_strv(t->envp);
@@ -345,9 +348,13 @@ int agent_tunnel_open(const struct agent_tunnel_opts *o, struct agent_tunnel **o
             if (rc > 0)
                 rc = 0;
         }
+        char job_ca[PATH_MAX];
+        if (rc == 0)
+            rc = trust_job_load(t, job_ca, sizeof(job_ca), err, errlen);
         if (rc == 0) {
             char *ca_env = env_dup("JOBGATE_CA");
-            const char *ca_file = o->ca_file ? o->ca_file : ca_env;
+            const char *ca_file = o->ca_file ? o->ca_file : ca_env ? ca_env
+                                  : job_ca[0] ? job_ca : NULL;
             t->ssl_ctx = trust_ssl_ctx_new(ca_file, err, errlen);
             free(ca_env);
             if (!t->ssl_ctx)
@@ -363,7 +370,9 @@ int agent_tunnel_open(const struct agent_tunnel_opts *o, struct agent_tunnel **o
     if (gethostname(t->node, sizeof(t->node)) < 0)
         memcpy(t->node, "unknown", sizeof("unknown"));
     t->node[sizeof(t->node) - 1] = '\0';
-    t->job = env_dup("SLURM_JOB_ID");
+    t->job = env_dup("JOBGATE_JOB_ID");
+    if (!t->job)
+        t->job = env_dup("SLURM_JOB_ID");
     if (t->job && strlen(t->job) > 64) {
         free(t->job);
         t->job = NULL;

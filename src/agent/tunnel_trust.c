@@ -1,7 +1,8 @@
 /* tunnel_trust — who the gateway is and how the agent proves who it is: the
  * TLS context (ALPN, CA file or system store, the pinned certificate of a
  * personal gateway through the verify callback), the personal token file,
- * and the hello's auth object (peercred, token or MUNGE).
+ * a --jobgate job's certificate and key ($JOBGATE_DIR), and the hello's
+ * auth object (peercred, jobcert, token or MUNGE).
  *
  * trust_ssl_ctx_new runs on the caller's thread inside agent_tunnel_open;
  * everything else on the tunnel's thread. Secrets read here are wiped after
@@ -22,6 +23,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "jobcert.h"
 #include "tunnel_proto.h"
 #include "util.h"
 #ifdef JG_HAVE_MUNGE
@@ -165,6 +167,66 @@ static int read_token(const struct agent_tunnel *t, char *tok, char *err, size_t
     return 0;
 }
 
+/* Reads all of fd (at most max bytes) into a new string; NULL if it is more. */
+static char *read_all(int fd, size_t max)
+{
+    char *buf = xmalloc(max + 1);
+    size_t n = 0;
+    for (;;) {
+        ssize_t r = read(fd, buf + n, max + 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+        if (n > max) {
+            free(buf);
+            return NULL;
+        }
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+int trust_job_load(struct agent_tunnel *t, char *ca, size_t calen, char *err, size_t errlen)
+{
+    const char *dir = getenv("JOBGATE_DIR");
+    char path[PATH_MAX];
+    struct stat st;
+    ca[0] = '\0';
+    if (!dir || !*dir)
+        return 0;
+    int fd = open_own_file(dir, "job.crt", 022, JOBCERT_PEM_MAX, &st, path, sizeof(path), err,
+                           errlen);
+    if (fd == -ENOENT)
+        return 0; /* no certificate for this job: MUNGE proves who we are */
+    if (fd < 0)
+        return fd;
+    t->job_cert = read_all(fd, JOBCERT_PEM_MAX);
+    close(fd);
+    X509 *x = t->job_cert ? jobcert_parse(t->job_cert, strlen(t->job_cert)) : NULL;
+    if (!x)
+        return errmsg(err, errlen, -EINVAL, "%s is not a certificate", path);
+    fd = open_own_file(dir, "job.key", 077, 65536, &st, path, sizeof(path), err, errlen);
+    FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
+    if (fd >= 0 && !f)
+        close(fd);
+    t->job_key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    int ok = t->job_key && X509_check_private_key(x, t->job_key) == 1;
+    X509_free(x);
+    ERR_clear_error();
+    if (fd < 0)
+        return fd;
+    if (!ok)
+        return errmsg(err, errlen, -EINVAL, "%s is not the key of %s/job.crt", path, dir);
+    if (xsnprintf(path, sizeof(path), "%s/gateway-ca.crt", dir) == 0 &&
+        access(path, R_OK) == 0 && strlen(path) < calen)
+        memcpy(ca, path, strlen(path) + 1);
+    return 0;
+}
+
 /* The verification: the pinned certificate (exact DER), else the chain and
  * host name (SSL_set1_host) against the CA file or the system store. */
 static int verify_cb(X509_STORE_CTX *xs, void *arg)
@@ -229,6 +291,19 @@ json_t *trust_hello_auth(struct tconn *c, const char *nonce)
 
     if (t->via_ssh)
         return json_pack("{s:s}", "method", "peercred");
+    if (t->job_key) {
+        /* A --jobgate job: its certificate, and the challenge signed with its key. */
+        char payload[64], *sig = NULL;
+        (void)xsnprintf(payload, sizeof(payload), "jobgate/1 hello %s", nonce);
+        if (jobcert_sign(t->job_key, payload, strlen(payload), &sig, err, sizeof(err)) < 0) {
+            conn_fail_rc(c, -EACCES, "%s", err);
+            return NULL;
+        }
+        json_t *a = json_pack("{s:s,s:s,s:s}", "method", "jobcert", "cert", t->job_cert,
+                              "signature", sig);
+        free(sig);
+        return a;
+    }
     if (c->pinned) {
         char tok[TUNNEL_TOKEN_MAX + 1];
         if (read_token(t, tok, err, sizeof(err)) < 0) {

@@ -64,6 +64,7 @@ struct conn {
     int64_t wait_until;  /* CS_WAIT: when the agent's reconnect wait ends (ms), 0 if not waiting */
     struct worker *move_to; /* CS_MOVING: the tunnel's worker */
     int move_wait;          /* a head for a tunnel elsewhere waits for our answers to go out */
+    int body_wait;          /* a node request's head waits for the rest of its body */
 
     /* the session that let the current exchange (or tunnel) through */
     int has_session;

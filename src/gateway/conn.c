@@ -20,6 +20,7 @@
 #include "body.h"
 #include "config.h"
 #include "log.h"
+#include "nodechan.h"
 #include "page.h"
 #include "registry.h"
 #include "reqhead.h"
@@ -358,6 +359,42 @@ static void forward(struct conn *c, const struct route *r, const struct http1_he
     }
 }
 
+/* A node's request (nodechan.h): answered once its whole body is here,
+ * then the connection closes. */
+static void node_request(struct conn *c, const struct http1_head *h, size_t head_len)
+{
+    struct evbuffer *in = bufferevent_get_input(c->cli);
+    c->alias[0] = '\0';
+    if (h->body == HTTP1_BODY_CHUNKED ||
+        (h->body == HTTP1_BODY_LENGTH && h->content_length > NODECHAN_BODY_MAX)) {
+        evbuffer_drain(in, head_len);
+        conn_local_reply(c, 413, "A node request has a Content-Length of at most 16384.", 1, NULL);
+        return;
+    }
+    size_t blen = h->body == HTTP1_BODY_LENGTH ? (size_t)h->content_length : 0;
+    if (evbuffer_get_length(in) < head_len + blen) {
+        c->body_wait = 1; /* the head is read again when more bytes arrive */
+        return;
+    }
+    /* Copied out: a pullup past the head would move the bytes h points into. */
+    char *body = xmalloc(blen + 1);
+    struct evbuffer_ptr at;
+    evbuffer_ptr_set(in, &at, head_len, EVBUFFER_PTR_SET);
+    evbuffer_copyout_from(in, &at, body, blen);
+    struct evbuffer *out = bufferevent_get_output(c->cli);
+    size_t before = evbuffer_get_length(out);
+    if (c->w->nodes)
+        c->status = nodechan_handle(c->w->nodes, h, body, blen, c->ip, out);
+    else
+        page_error(out, c->status = 404, "This gateway has no node channel.", 1, NULL, 0);
+    free(body);
+    c->bytes_out = evbuffer_get_length(out) - before;
+    evbuffer_drain(in, head_len + blen);
+    c->client_close = 1;
+    c->req_done = c->resp_done = 1;
+    exchange_done(c);
+}
+
 /* A complete, parsed request head of head_len bytes at the front of the input. */
 static void handle_request(struct conn *c, struct http1_head *h, size_t head_len)
 {
@@ -378,6 +415,10 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
         return;
     }
     reqhead_log_path(&h->target, c->path, sizeof(c->path)); /* after the rewrite: redaction sees the path */
+    if (nodechan_match(&h->target)) {
+        node_request(c, h, head_len);
+        return;
+    }
     if (reqhead_alias(&h->host, w->cfg->domain, c->alias, sizeof(c->alias)) < 0) {
         c->alias[0] = '\0';
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
@@ -459,7 +500,8 @@ void conn_on_head(struct conn *c)
     struct evbuffer *in = bufferevent_get_input(c->cli);
     int batch = 0;
     c->in_head_loop = 1;
-    for (; c->st == CS_HEAD && !c->move_wait && batch < PIPELINE_BATCH; batch++) {
+    c->body_wait = 0;
+    for (; c->st == CS_HEAD && !c->move_wait && !c->body_wait && batch < PIPELINE_BATCH; batch++) {
         size_t len = evbuffer_get_length(in);
         if (len == 0)
             break;

@@ -50,9 +50,13 @@ static json_t *route_json(struct registry *reg, const struct route *r)
     char url[REGISTRY_URL_MAX], backend[160];
     registry_url(reg, r->alias, url, sizeof(url));
     route_describe(r, backend, sizeof(backend));
-    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:I, s:s}", "alias", r->alias, "name", r->name,
-                     "url", url, "uid", (json_int_t)r->uid, "pid", (json_int_t)r->pid, "backend",
-                     backend, "created", (json_int_t)r->created, "state", route_state(r));
+    json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:I, s:s}", "alias", r->alias, "name",
+                          r->name, "url", url, "uid", (json_int_t)r->uid, "pid",
+                          (json_int_t)r->pid, "backend", backend, "created",
+                          (json_int_t)r->created, "state", route_state(r));
+    if (o && r->job)
+        json_object_set_new(o, "job", json_integer(r->job));
+    return o;
 }
 
 /* Adds a fresh link for alias (url, link, expires) to the answer. */

@@ -14,7 +14,9 @@
 #include <event2/thread.h>
 
 #include "control.h"
+#include "jobca.h"
 #include "log.h"
+#include "nodechan.h"
 #include "registry.h"
 #include "tls.h"
 #include "tunnel.h"
@@ -106,7 +108,13 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
     gw->reg = registry_open(cfg, err, errlen);
     if (!gw->reg)
         return -EIO;
-    gw->hub = tunnel_hub_new(cfg, gw->reg, getuid(), err, errlen);
+    gw->jobca = jobca_open(cfg->state_dir, err, errlen);
+    if (!gw->jobca)
+        return -EIO;
+    gw->nodes = nodechan_new(cfg, gw->reg, gw->jobca, getuid(), err, errlen);
+    if (!gw->nodes)
+        return -EINVAL;
+    gw->hub = tunnel_hub_new(cfg, gw->reg, gw->jobca, getuid(), err, errlen);
     if (!gw->hub)
         return -EIO;
     gw->env.proc = "/proc";
@@ -130,6 +138,7 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
         w->ssl = gw->ssl;
         w->reg = gw->reg;
         w->hub = gw->hub;
+        w->nodes = gw->nodes;
         w->env = &gw->env;
         w->stopping = &gw->stopping;
         w->drain_secs = DRAIN_SECS;
@@ -202,6 +211,8 @@ void gateway_free(struct gateway *gw)
     if (gw->ssl)
         SSL_CTX_free(gw->ssl);
     tunnel_hub_free(gw->hub);
+    nodechan_free(gw->nodes);
+    jobca_free(gw->jobca);
     registry_close(gw->reg);
     memset(gw, 0, sizeof(*gw));
 }

@@ -1,6 +1,6 @@
 /*
- * gateway — the daemon: start-up (certificate, registry, tunnel hub,
- * workers, control socket), signals, the once-a-second reaper tick, the
+ * gateway — the daemon: start-up (certificate, registry, agent CA, node
+ * channel, tunnel hub, workers, control socket), signals, the once-a-second reaper tick, the
  * drain on SIGTERM, shutdown. It sits on top of every other module of
  * src/gateway and nothing calls up into it.
  *
@@ -22,6 +22,8 @@
 
 struct control;
 struct event;
+struct jobca;
+struct nodechan;
 struct registry;
 struct tunnel_hub;
 
@@ -32,6 +34,8 @@ struct gateway {
     SSL_CTX *ssl;
     struct registry *reg;
     struct tunnel_hub *hub;
+    struct jobca *jobca;      /* the agent CA (jobca.h) */
+    struct nodechan *nodes;   /* the node channel (nodechan.h) */
     struct control *control;
     struct http1_limits limits;
     struct backend_env env;

@@ -14,6 +14,7 @@
 #include "alias.h"
 #include "auth.h"
 #include "config.h"
+#include "job.h"
 #include "log.h"
 #include "store.h"
 #include "util.h"
@@ -24,13 +25,14 @@
 struct registry {
     const struct jg_config *cfg;
     /*
-     * The state lock guards routes, auth and store. It prefers writers; it is
+     * The state lock guards routes, jobs, auth and store. It prefers writers; it is
      * taken only by the functions of this file and never held across an
      * event-loop turn.
      */
     pthread_rwlock_t lock;
     int lock_ready;
     struct route_table *routes;
+    struct job_table *jobs;
     struct auth *auth;
     struct store *store;
     atomic_uint revocations;
@@ -107,6 +109,14 @@ static int load_route(const struct route *r, void *arg)
     return 0;
 }
 
+static int load_job(const struct job *j, void *arg)
+{
+    struct registry *reg = arg;
+    if (job_put(reg->jobs, j) < 0)
+        log_warn("stored job %u is invalid; ignored", (unsigned)j->id);
+    return 0;
+}
+
 struct registry *registry_open(const struct jg_config *cfg, char *err, size_t errlen)
 {
     char path[4096];
@@ -137,8 +147,10 @@ struct registry *registry_open(const struct jg_config *cfg, char *err, size_t er
         return NULL;
     }
     reg->routes = route_table_new();
+    reg->jobs = job_table_new();
     reg->auth = auth_new(reg->store);
     store_route_load(reg->store, load_route, reg);
+    store_job_load(reg->store, load_job, reg);
     auth_expire(reg->auth, now_real());
     auth_load(reg->auth, now_real());
     return reg;
@@ -150,6 +162,7 @@ void registry_close(struct registry *reg)
         return;
     auth_free(reg->auth);
     route_table_free(reg->routes);
+    job_table_free(reg->jobs);
     store_close(reg->store);
     if (reg->lock_ready)
         pthread_rwlock_destroy(&reg->lock);
@@ -335,6 +348,7 @@ int registry_link(struct registry *reg, const char *alias, uid_t owner, enum rou
 
 struct orphan_ctx {
     uid_t uid;
+    uint32_t job;
     const char *name;
     const struct route *found;
     int count;
@@ -343,7 +357,7 @@ struct orphan_ctx {
 static int match_orphan(const struct route *r, void *arg)
 {
     struct orphan_ctx *oc = arg;
-    if (r->kind == ROUTE_TUNNEL && r->tunnel == 0 && r->uid == oc->uid &&
+    if (r->kind == ROUTE_TUNNEL && r->tunnel == 0 && r->uid == oc->uid && r->job == oc->job &&
         strcmp(r->name, oc->name) == 0) {
         oc->found = r;
         oc->count++;
@@ -359,15 +373,18 @@ int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, s
     if (!c->alias) {
         /* A new agent for an app whose agent died (the job restarted it): the
          * same user's only orphaned route of that name keeps its URL and cookies. */
-        struct orphan_ctx oc = {.uid = c->uid, .name = c->name};
+        struct orphan_ctx oc = {.uid = c->uid, .job = c->job, .name = c->name};
         route_filter(reg->routes, match_orphan, &oc);
         if (oc.count == 1)
             old = oc.found;
     }
     memset(out, 0, sizeof(*out));
-    if (c->full && !(old && c->mine(c->arg, old->alias))) {
+    const struct job *job = c->job ? job_find(reg->jobs, c->job) : NULL;
+    if (c->job && (!job || job->ended || job->uid != c->uid)) {
+        rc = -ESTALE; /* the job ended since the hello */
+    } else if (c->full && !(old && c->mine(c->arg, old->alias))) {
         rc = -ENOSPC;
-    } else if (old && (old->uid != c->uid || old->kind != ROUTE_TUNNEL)) {
+    } else if (old && (old->uid != c->uid || old->kind != ROUTE_TUNNEL || old->job != c->job)) {
         snprintf(out->alias, sizeof(out->alias), "%s", old->alias);
         rc = -EPERM;
     } else if (old) {
@@ -394,6 +411,7 @@ int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, s
         out->kind = ROUTE_TUNNEL;
         out->created = now_real();
         out->tunnel = c->tunnel;
+        out->job = c->job;
         snprintf(out->name, sizeof(out->name), "%s", c->name);
         snprintf(out->path, sizeof(out->path), "%s", c->local);
         if (add_locked(reg, out) < 0)
@@ -420,6 +438,132 @@ void registry_tunnel_detach(struct registry *reg, uint64_t tunnel, const char *c
                  c.alias, reg->cfg->grace);
     }
     unlock(reg);
+}
+
+/* ---- batch jobs ------------------------------------------------------------------ */
+
+int registry_job_start(struct registry *reg, const struct job *j, struct job *out)
+{
+    int rc = 0;
+    wrlock(reg);
+    const struct job *old = job_find(reg->jobs, j->id);
+    if (old && old->uid != j->uid) {
+        rc = -EEXIST;
+    } else if (old && old->ended) {
+        rc = -ESTALE;
+    } else if (old) {
+        *out = *old; /* another node of the job, or another step */
+    } else {
+        struct job n = *j;
+        n.started = now_real();
+        n.ended = 0;
+        if (store_job_put(reg->store, &n) < 0 || job_put(reg->jobs, &n) < 0) {
+            rc = -EIO;
+        } else {
+            char detail[160];
+            snprintf(detail, sizeof(detail), "job=%u node=%s user=%s", (unsigned)n.id, n.node,
+                     n.user);
+            store_audit(reg->store, n.uid, "job.start", NULL, detail);
+            log_info("job start job=%u uid=%u user=%s node=%s", (unsigned)n.id,
+                     (unsigned)n.uid, n.user, n.node);
+            *out = n;
+        }
+    }
+    unlock(reg);
+    return rc;
+}
+
+struct job_routes {
+    uint32_t job;
+    char (*alias)[ROUTE_ALIAS_MAX + 1];
+    size_t n, cap;
+};
+
+static int collect_job_route(const struct route *r, void *arg)
+{
+    struct job_routes *jr = arg;
+    if (r->job != jr->job)
+        return 0;
+    if (jr->n == jr->cap) {
+        jr->cap = jr->cap ? jr->cap * 2 : 8;
+        jr->alias = xrealloc(jr->alias, jr->cap * sizeof(*jr->alias));
+    }
+    snprintf(jr->alias[jr->n++], sizeof(jr->alias[0]), "%s", r->alias);
+    return 0;
+}
+
+/* Ends job (write lock held): its routes go, its record stays as ended. */
+static int job_end_locked(struct registry *reg, const struct job *job, uid_t by, const char *why)
+{
+    ASSERT_WRITE();
+    struct job j = *job; /* job points into the table */
+    struct job_routes jr = {.job = j.id};
+    route_filter(reg->routes, collect_job_route, &jr);
+    int gone = 0;
+    for (size_t i = 0; i < jr.n; i++)
+        if (remove_locked(reg, jr.alias[i], by, why) == 0)
+            gone++;
+    free(jr.alias);
+    if (!j.ended) {
+        j.ended = now_real();
+        if (store_job_put(reg->store, &j) < 0 || job_put(reg->jobs, &j) < 0)
+            return -EIO;
+        char detail[160];
+        snprintf(detail, sizeof(detail), "job=%u routes=%d (%s)", (unsigned)j.id, gone, why);
+        store_audit(reg->store, by, "job.end", NULL, detail);
+        log_info("job end job=%u uid=%u by uid=%u routes=%d (%s)", (unsigned)j.id,
+                 (unsigned)j.uid, (unsigned)by, gone, why);
+    }
+    revoked(reg); /* tunnels authenticated as the job end too */
+    return gone;
+}
+
+int registry_job_end(struct registry *reg, uint32_t id, uid_t by, const char *why)
+{
+    wrlock(reg);
+    const struct job *j = job_find(reg->jobs, id);
+    int rc = j ? job_end_locked(reg, j, by, why) : -ENOENT;
+    unlock(reg);
+    return rc;
+}
+
+int registry_job_get(struct registry *reg, uint32_t id, struct job *out)
+{
+    rdlock(reg);
+    const struct job *j = job_find(reg->jobs, id);
+    if (j)
+        *out = *j;
+    unlock(reg);
+    return j ? 0 : -ENOENT;
+}
+
+struct job_reap {
+    int64_t now;
+    uint32_t id[REAP_BATCH];
+    int n;
+};
+
+static int find_expired_job(const struct job *j, void *arg)
+{
+    struct job_reap *jr = arg;
+    if (jr->n < REAP_BATCH && jr->now > j->not_after)
+        jr->id[jr->n++] = j->id;
+    return 0;
+}
+
+/* Jobs whose certificates have expired: ended (when they were not) and forgotten. */
+static void reap_jobs(struct registry *reg)
+{
+    ASSERT_WRITE();
+    struct job_reap jr = {.now = now_real()};
+    job_filter(reg->jobs, find_expired_job, &jr);
+    for (int i = 0; i < jr.n; i++) {
+        const struct job *j = job_find(reg->jobs, jr.id[i]);
+        if (j && !j->ended)
+            job_end_locked(reg, j, 0, "its certificates expired");
+        if (store_job_delete(reg->store, jr.id[i]) == 0)
+            job_remove(reg->jobs, jr.id[i]);
+    }
 }
 
 /* ---- browsers --------------------------------------------------------------------- */
@@ -540,7 +684,9 @@ void registry_reap(struct registry *reg)
     route_filter(reg->routes, find_dead, &rc);
     for (int i = 0; i < rc.n; i++)
         remove_locked(reg, rc.alias[i], rc.uid[i], rc.why[i]);
-    if (++reg->ticks % EXPIRE_EVERY_TICKS == 0)
+    if (++reg->ticks % EXPIRE_EVERY_TICKS == 0) {
         auth_expire(reg->auth, now_real());
+        reap_jobs(reg);
+    }
     unlock(reg);
 }

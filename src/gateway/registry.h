@@ -3,7 +3,8 @@
  * one-time links, sessions, the store (SQLite) behind them, the revocation
  * counter, the apps' URLs and the reaping of what has died.
  *
- * Owns: the state lock, struct route_table, struct auth, struct store.
+ * Owns: the state lock, struct route_table, struct job_table, struct auth,
+ * struct store.
  *
  * The lock rule: the state lock exists only inside registry.c. Every
  * function below takes it itself, for reading (request admission, lookups,
@@ -26,6 +27,7 @@
 #include <sys/types.h>
 
 #include "http1.h"
+#include "job.h"
 #include "route.h"
 #include "token.h"
 
@@ -127,11 +129,14 @@ int registry_link(struct registry *reg, const char *alias, uid_t owner, enum rou
  * route of that name (the job restarted its agent), or else a new route.
  * It attaches to tunnel id. mine(arg, alias) tells whether this tunnel
  * already registered alias; a full tunnel may only re-register those.
- * 0 with a copy in out; -ENOSPC (full), -EPERM (not the uid's tunnel route:
- * its alias in out->alias), -EIO.
+ * A tunnel of a job (c->job) registers only while that job runs, and takes
+ * back only that job's routes; its new routes carry the job's id.
+ * 0 with a copy in out; -ENOSPC (full), -EPERM (not the uid's tunnel route
+ * of this job: its alias in out->alias), -ESTALE (the job ended), -EIO.
  */
 struct tunnel_claim {
     uid_t uid;
+    uint32_t job;      /* the job the tunnel's certificate names, 0 for none */
     uint64_t tunnel;
     const char *alias; /* NULL: a new registration */
     const char *name;
@@ -147,11 +152,28 @@ int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, s
 void registry_tunnel_detach(struct registry *reg, uint64_t tunnel, const char *const *aliases,
                             unsigned n);
 
+/* ---- batch jobs (the node channel, docs/slurm.md) ------------------------- */
+
+/* A node starts job j (id, uid, user, node, not_after): records it, or finds
+ * it recorded already for the same uid (another node or step of the job).
+ * 0 with the record in *out; -EEXIST recorded for another uid, -ESTALE it
+ * ended, -EIO. */
+int registry_job_start(struct registry *reg, const struct job *j, struct job *out);
+
+/* Job id ended: every route of it goes with its links and sessions (open
+ * connections and the job's tunnels close at the next sweep); the record
+ * stays, as ended, until its certificates expire. by and why go to the
+ * audit trail. The number of routes removed, -ENOENT (unknown job), -EIO. */
+int registry_job_end(struct registry *reg, uint32_t id, uid_t by, const char *why);
+
+/* A copy of job id. 0, or -ENOENT. */
+int registry_job_get(struct registry *reg, uint32_t id, struct job *out);
+
 /* ---- time ----------------------------------------------------------------- */
 
 /* Once a second (worker 0): routes whose owner process died or whose agent
  * has been away longer than the grace time; every minute expired links and
- * sessions. */
+ * sessions, and jobs whose certificates expired (ended and forgotten). */
 void registry_reap(struct registry *reg);
 
 /* Bumped whenever a route or a session ends: workers compare it with what

@@ -39,6 +39,7 @@ struct route {
     int v6;             /* TCP on ::1 rather than 127.0.0.1 */
     int64_t created;    /* wall clock, seconds */
     int starting;       /* registered, app not listening yet: requests get 503 */
+    uint32_t job;       /* the batch job it belongs to (job.h), 0 for none: ends with it */
     /* ROUTE_TUNNEL only, not stored: the tunnel it goes through (0 while its
      * agent reconnects) and since when it has had none (monotonic ms). */
     uint64_t tunnel;

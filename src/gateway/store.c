@@ -24,7 +24,7 @@
 #include "log.h"
 #include "util.h"
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 #define STORE_BUSY_MS 2000
 #define STORE_AUDIT_FIELD_MAX 256
 #define STORE_AUDIT_KEEP (90 * 24 * 3600)
@@ -47,6 +47,9 @@ enum stmt_id {
     ST_EXP_SESS,
     ST_EXP_AUDIT,
     ST_AUDIT,
+    ST_JOB_PUT,
+    ST_JOB_LOAD,
+    ST_JOB_DEL,
     ST_COUNT
 };
 
@@ -59,14 +62,15 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_ROUTE_DROP_OTHER] = "DELETE FROM routes WHERE alias = ?1 AND uid IS NOT ?2",
     /* An upsert, not INSERT OR REPLACE: the row stays, so the same owner's
      * links and sessions survive a re-registration (agent reconnect). */
-    [ST_ROUTE_PUT] = ("INSERT INTO routes(alias, name, uid, pid, kind, path, port, v6, created) "
-                      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
+    [ST_ROUTE_PUT] = ("INSERT INTO routes(alias, name, uid, pid, kind, path, port, v6, created, "
+                      "job) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
                       "ON CONFLICT(alias) DO UPDATE SET name = excluded.name, uid = excluded.uid, "
                       "pid = excluded.pid, kind = excluded.kind, path = excluded.path, "
-                      "port = excluded.port, v6 = excluded.v6, created = excluded.created"),
+                      "port = excluded.port, v6 = excluded.v6, created = excluded.created, "
+                      "job = excluded.job"),
     [ST_ROUTE_DEL] = "DELETE FROM routes WHERE alias = ?1",
-    [ST_ROUTE_LOAD] = ("SELECT alias, name, uid, pid, kind, path, port, v6, created FROM routes "
-                       "ORDER BY created, alias"),
+    [ST_ROUTE_LOAD] = ("SELECT alias, name, uid, pid, kind, path, port, v6, created, job "
+                       "FROM routes ORDER BY created, alias"),
     [ST_LINK_PUT] = "INSERT INTO links(hash, alias, expires) VALUES(?1, ?2, ?3)",
     [ST_LINK_GET] = "SELECT alias, expires FROM links WHERE hash = ?1",
     [ST_LINK_DEL] = "DELETE FROM links WHERE hash = ?1",
@@ -77,6 +81,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_EXP_SESS] = "DELETE FROM sessions WHERE expires <= ?1",
     [ST_EXP_AUDIT] = "DELETE FROM audit WHERE time < ?1",
     [ST_AUDIT] = "INSERT INTO audit(time, uid, event, alias, detail) VALUES(?1, ?2, ?3, ?4, ?5)",
+    [ST_JOB_PUT] = ("INSERT OR REPLACE INTO jobs(id, uid, user, node, not_after, started, ended) "
+                    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+    [ST_JOB_LOAD] = "SELECT id, uid, user, node, not_after, started, ended FROM jobs ORDER BY id",
+    [ST_JOB_DEL] = "DELETE FROM jobs WHERE id = ?1",
 };
 
 /* Version 1. Plain CREATE TABLE (no IF NOT EXISTS): a database at version 0
@@ -97,6 +105,14 @@ static const char schema_v1[] =
     "CREATE INDEX sessions_expires ON sessions(expires);"
     "CREATE INDEX audit_time ON audit(time);"
     "PRAGMA user_version = 1;";
+
+/* Version 2 (from 1): batch jobs (job.h), and the job a route belongs to. */
+static const char schema_v2[] =
+    "ALTER TABLE routes ADD COLUMN job INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TABLE jobs(id INTEGER PRIMARY KEY NOT NULL, uid INTEGER NOT NULL, user TEXT NOT NULL, "
+    "  node TEXT NOT NULL, not_after INTEGER NOT NULL, started INTEGER NOT NULL, "
+    "  ended INTEGER NOT NULL);"
+    "PRAGMA user_version = 2;";
 
 struct store {
     sqlite3 *db;
@@ -363,14 +379,19 @@ static int migrate(struct store *s, const char *path)
         if (version == 0) {
             e = exec_sql(s, schema_v1, "create schema v1", path);
             if (e == 0)
-                log_info("store: %s: created schema version %d", path, STORE_SCHEMA_VERSION);
-        } else if (version != STORE_SCHEMA_VERSION) {
+                version = 1;
+        }
+        if (e == 0 && version == 1) {
+            e = exec_sql(s, schema_v2, "upgrade schema to v2", path);
+            if (e == 0)
+                log_info("store: %s: schema version %d", path, STORE_SCHEMA_VERSION);
+        } else if (e == 0 && version != STORE_SCHEMA_VERSION) {
             log_err("store: %s has schema version %lld, this jobgated knows only up to %d; "
                     "refusing to use it (was it written by a newer release?)",
                     path, (long long)version, STORE_SCHEMA_VERSION);
             e = -EPROTO;
         }
-        /* Later versions: upgrade steps from 'version' go here, in this transaction. */
+        /* Later versions: one more step above per version, in this transaction. */
     }
     if (e < 0) {
         if (!sqlite3_get_autocommit(s->db))
@@ -479,6 +500,8 @@ int store_route_put(struct store *s, const struct route *r)
         if (rc == SQLITE_OK)
             rc = sqlite3_bind_int64(st, 9, r->created);
         if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(st, 10, (sqlite3_int64)r->job);
+        if (rc == SQLITE_OK)
             rc = exec_stmt(st);
         else
             stmt_done(st);
@@ -506,10 +529,42 @@ int store_route_delete(struct store *s, const char *alias)
     return gone > 0 ? 0 : -ENOENT;
 }
 
-/* Reads one row of ST_ROUTE_LOAD. -1 for a row that is not a valid route. */
-static int route_from_row(sqlite3_stmt *st, struct route *r)
+/* Reads every row of st (a SELECT) into a new array of items of size bytes
+ * through from_row, skipping (and logging) the rows it refuses, and finishes
+ * the statement before returning, so that callbacks on the rows may use any
+ * statement. The count with *out (the caller frees it), or -errno. */
+static int load_rows(struct store *s, sqlite3_stmt *st, size_t size,
+                     int (*from_row)(sqlite3_stmt *st, void *item), const char *table, void **out)
 {
-    int64_t uid, pid, kind, port, v6 = 0, created = 0;
+    char *rows = NULL;
+    size_t n = 0, cap = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            rows = xrealloc(rows, cap * size);
+        }
+        if (from_row(st, rows + n * size) < 0) {
+            /* Name no bytes of a row we could not read; its rowid is enough. */
+            log_warn("store: skipping a malformed %s row", table);
+            continue;
+        }
+        n++;
+    }
+    stmt_done(st);
+    if (rc != SQLITE_DONE) {
+        free(rows);
+        return fail(s, rc, "load", table);
+    }
+    *out = rows;
+    return (int)n;
+}
+
+/* Reads one row of ST_ROUTE_LOAD. -1 for a row that is not a valid route. */
+static int route_from_row(sqlite3_stmt *st, void *item)
+{
+    struct route *r = item;
+    int64_t uid, pid, kind, port, v6 = 0, created = 0, job;
     memset(r, 0, sizeof(*r));
     if (col_text(st, 0, r->alias, sizeof(r->alias)) < 0 ||
         !route_alias_valid(r->alias, strlen(r->alias)))
@@ -522,7 +577,7 @@ static int route_from_row(sqlite3_stmt *st, struct route *r)
         return -1;
     if (col_range(st, 2, 0, UINT32_MAX, &uid) < 0 || col_range(st, 3, 0, INT32_MAX, &pid) < 0 ||
         col_range(st, 4, ROUTE_UNIX, ROUTE_TUNNEL, &kind) < 0 ||
-        col_range(st, 6, 0, UINT16_MAX, &port) < 0)
+        col_range(st, 6, 0, UINT16_MAX, &port) < 0 || col_range(st, 9, 0, UINT32_MAX, &job) < 0)
         return -1;
     if (sqlite3_column_type(st, 7) != SQLITE_NULL && col_range(st, 7, 0, 1, &v6) < 0)
         return -1;
@@ -535,36 +590,19 @@ static int route_from_row(sqlite3_stmt *st, struct route *r)
     r->port = (uint16_t)port;
     r->v6 = (int)v6;
     r->created = created;
+    r->job = (uint32_t)job;
     return 0;
 }
 
 int store_route_load(struct store *s, int (*cb)(const struct route *r, void *arg), void *arg)
 {
-    sqlite3_stmt *st = s->st[ST_ROUTE_LOAD];
-    struct route *rows = NULL;
-    size_t n = 0, cap = 0;
-    int rc;
-
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            rows = xrealloc(rows, cap * sizeof(*rows));
-        }
-        if (route_from_row(st, &rows[n]) < 0) {
-            /* Name no bytes of a row we could not read; its rowid is enough. */
-            log_warn("store: skipping a malformed routes row");
-            continue;
-        }
-        n++;
-    }
-    stmt_done(st);
-    if (rc != SQLITE_DONE) {
-        free(rows);
-        return fail(s, rc, "route load", NULL);
-    }
-
+    void *v;
+    int n = load_rows(s, s->st[ST_ROUTE_LOAD], sizeof(struct route), route_from_row, "routes", &v);
+    if (n < 0)
+        return n;
+    struct route *rows = v;
     int ret = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++) {
         int c = cb(&rows[i], arg);
         if (c != 0) {
             ret = c < 0 ? c : 0;
@@ -811,4 +849,82 @@ int store_audit(struct store *s, uid_t uid, const char *event, const char *alias
     else
         stmt_done(st);
     return tx_end(s, rc, "audit", event);
+}
+
+/* --- jobs ---------------------------------------------------------------------- */
+
+int store_job_put(struct store *s, const struct job *j)
+{
+    if (j->id == 0 || !job_name_valid(j->user, sizeof(j->user)) ||
+        !job_name_valid(j->node, sizeof(j->node)))
+        return -EINVAL;
+    int e = tx_begin(s, "job put", NULL);
+    if (e < 0)
+        return e;
+    sqlite3_stmt *st = s->st[ST_JOB_PUT];
+    int rc = sqlite3_bind_int64(st, 1, (sqlite3_int64)j->id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 2, (sqlite3_int64)j->uid);
+    if (rc == SQLITE_OK)
+        rc = bind_text(st, 3, j->user, sizeof(j->user));
+    if (rc == SQLITE_OK)
+        rc = bind_text(st, 4, j->node, sizeof(j->node));
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 5, j->not_after);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 6, j->started);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 7, j->ended);
+    if (rc == SQLITE_OK)
+        rc = exec_stmt(st);
+    else
+        stmt_done(st);
+    return tx_end(s, rc, "job put", NULL);
+}
+
+int store_job_delete(struct store *s, uint32_t id)
+{
+    int e = tx_begin(s, "job delete", NULL);
+    if (e < 0)
+        return e;
+    sqlite3_stmt *st = s->st[ST_JOB_DEL];
+    int rc = sqlite3_bind_int64(st, 1, (sqlite3_int64)id);
+    if (rc == SQLITE_OK)
+        rc = exec_stmt(st);
+    else
+        stmt_done(st);
+    return tx_end(s, rc, "job delete", NULL);
+}
+
+/* Reads one row of ST_JOB_LOAD. -1 for a row that is not a valid job. */
+static int job_from_row(sqlite3_stmt *st, void *item)
+{
+    struct job *j = item;
+    int64_t id, uid;
+    memset(j, 0, sizeof(*j));
+    if (col_range(st, 0, 1, UINT32_MAX, &id) < 0 || col_range(st, 1, 0, UINT32_MAX, &uid) < 0 ||
+        col_text(st, 2, j->user, sizeof(j->user)) < 0 ||
+        col_text(st, 3, j->node, sizeof(j->node)) < 0 ||
+        col_range(st, 4, INT64_MIN, INT64_MAX, &j->not_after) < 0 ||
+        col_range(st, 5, INT64_MIN, INT64_MAX, &j->started) < 0 ||
+        col_range(st, 6, 0, INT64_MAX, &j->ended) < 0 ||
+        !job_name_valid(j->user, sizeof(j->user)) || !job_name_valid(j->node, sizeof(j->node)))
+        return -1;
+    j->id = (uint32_t)id;
+    j->uid = (uid_t)uid;
+    return 0;
+}
+
+int store_job_load(struct store *s, int (*cb)(const struct job *j, void *arg), void *arg)
+{
+    void *v;
+    int n = load_rows(s, s->st[ST_JOB_LOAD], sizeof(struct job), job_from_row, "jobs", &v);
+    if (n < 0)
+        return n;
+    struct job *rows = v;
+    for (int i = 0; i < n; i++)
+        if (cb(&rows[i], arg))
+            break;
+    free(rows);
+    return 0;
 }

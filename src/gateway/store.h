@@ -1,6 +1,6 @@
 /*
  * store — durable state in SQLite (WAL mode): routes, one-time links,
- * sessions and an audit trail. One connection, used only by the registry
+ * sessions, batch jobs and an audit trail. One connection, used only by the registry
  * (and auth, on its behalf) with the registry's state lock held for
  * writing, so by one thread at a time (hence SQLITE_OPEN_NOMUTEX); requests
  * are admitted from memory under the read lock and never reach SQLite.
@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "job.h"
 #include "route.h"
 
 #define STORE_HASH_LEN 32
@@ -60,6 +61,12 @@ int store_session_load(struct store *s, int64_t now,
 
 /* Deletes expired links and sessions. Returns the number deleted or -errno. */
 int store_expire(struct store *s, int64_t now);
+
+/* Jobs (job.h). put adds or replaces the job with j->id. */
+int store_job_put(struct store *s, const struct job *j);
+int store_job_delete(struct store *s, uint32_t id);
+/* Calls cb for every stored job; stops early if cb returns nonzero. */
+int store_job_load(struct store *s, int (*cb)(const struct job *j, void *arg), void *arg);
 
 /* Appends an audit record (time, uid, event such as "route.add", alias, detail).
  * detail may be NULL. Must never be given a secret. */

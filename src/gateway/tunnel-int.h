@@ -99,6 +99,8 @@ struct tunnel {
     int hold_fd;                /* stdio: its control connection, closed when we end */
     uid_t peer_uid;             /* stdio: SO_PEERCRED of the hand-over */
     uid_t uid;                  /* the owner, once welcomed */
+    uint32_t job;               /* the job its certificate names (method jobcert), else 0 */
+    unsigned seen_revocation;   /* job tunnels: the registry's count at the last look */
     char method[12];
     char nonce[TOKEN_STR_LEN + 1];
     int32_t ctl_id;
@@ -119,6 +121,7 @@ struct tunnel {
 struct tunnel_hub {
     const struct jg_config *cfg;
     struct registry *reg;
+    const struct jobca *ca;  /* job certificates' issuer (read-only) */
     uid_t uid;         /* the gateway's own: a personal gateway's agents */
     pthread_mutex_t mu;
     struct hmap *byid; /* id (8 bytes) -> struct tunnel; under mu */

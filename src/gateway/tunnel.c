@@ -89,12 +89,13 @@ static int ensure_agent_token(struct tunnel_hub *hub, char *err, size_t errlen)
     return 0;
 }
 
-struct tunnel_hub *tunnel_hub_new(const struct jg_config *cfg, struct registry *reg, uid_t uid,
-                                  char *err, size_t errlen)
+struct tunnel_hub *tunnel_hub_new(const struct jg_config *cfg, struct registry *reg,
+                                  const struct jobca *ca, uid_t uid, char *err, size_t errlen)
 {
     struct tunnel_hub *hub = xcalloc(1, sizeof(*hub));
     hub->cfg = cfg;
     hub->reg = reg;
+    hub->ca = ca;
     hub->uid = uid;
     pthread_mutex_init(&hub->mu, NULL);
     hub->byid = hmap_new();
@@ -309,6 +310,13 @@ static void t_tick(evutil_socket_t fd, short what, void *arg)
     } else if (!t->ping_sent && now - t->last_ack >= cf->ping_interval * 1000) {
         nghttp2_submit_ping(t->h2, NGHTTP2_FLAG_NONE, NULL);
         t->ping_sent = now;
+    }
+    if (!t->dead && t->job && registry_revocations(t->hub->reg) != t->seen_revocation) {
+        /* Something ended: if it was our job, we end with it. */
+        struct job j;
+        t->seen_revocation = registry_revocations(t->hub->reg);
+        if (registry_job_get(t->hub->reg, t->job, &j) < 0 || j.ended)
+            tunnel_kill(t, "its job %u ended", (unsigned)t->job);
     }
     if (!t->dead)
         tstream_tick(t, now);

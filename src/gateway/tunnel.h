@@ -24,7 +24,9 @@
  *
  * Invariants:
  *  - I2: routes are owned by the uid that the hello proved (MUNGE, the
- *    personal token, or SO_PEERCRED of the SSH hand-over); a stream is
+ *    personal token, SO_PEERCRED of the SSH hand-over, or a job's
+ *    certificate, whose routes also belong to that job and end with it, the
+ *    tunnel too within a second); a stream is
  *    opened only on the tunnel the route is attached to, only when that
  *    tunnel's uid owns the route and registered the local name itself;
  *  - nothing is registered before a welcome;
@@ -46,16 +48,18 @@
 #include "tunnel_proto.h" /* TUNNEL_ALPN */
 
 struct jg_config;
+struct jobca;
 struct registry;
 struct tunnel_hub;
 struct worker;
 
 
-/* Sets up the hub: routes change through reg; uid is the gateway's own. In
+/* Sets up the hub: routes change through reg; ca signed the job
+ * certificates agents may prove themselves with; uid is the gateway's own. In
  * personal mode also makes sure <state_dir>/agent.token exists (0600, 256
  * bits) and keeps its hash. NULL with err. */
-struct tunnel_hub *tunnel_hub_new(const struct jg_config *cfg, struct registry *reg, uid_t uid,
-                                  char *err, size_t errlen);
+struct tunnel_hub *tunnel_hub_new(const struct jg_config *cfg, struct registry *reg,
+                                  const struct jobca *ca, uid_t uid, char *err, size_t errlen);
 void tunnel_hub_free(struct tunnel_hub *hub);
 
 /* Takes a TLS connection whose handshake chose ALPN jobgate/1 (from conn). */

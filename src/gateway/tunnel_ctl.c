@@ -19,6 +19,8 @@
 #include <event2/buffer.h>
 
 #include "config.h"
+#include "jobca.h"
+#include "jobcert.h"
 #include "log.h"
 #include "registry.h"
 #include "util.h"
@@ -114,6 +116,40 @@ static void log_str(const json_t *v, char *out, size_t len)
     out[strlen(s)] = '\0';
 }
 
+/* A job's certificate and its signature of the challenge: 0 with *uid and
+ * t->job, or -1 with why. */
+static int jobcert_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, size_t wl)
+{
+    const char *pem = json_string_value(json_object_get(auth, "cert"));
+    const char *sig = json_string_value(json_object_get(auth, "signature"));
+    X509 *cert = pem ? jobcert_parse(pem, strlen(pem)) : NULL;
+    struct jobca_job cj;
+    struct job j;
+    char err[256], payload[64];
+    int rc = -1;
+    if (!cert) {
+        snprintf(why, wl, "the hello's 'cert' is not a PEM certificate");
+        return -1;
+    }
+    int n = snprintf(payload, sizeof(payload), "jobgate/1 hello %s", t->nonce);
+    if (jobca_verify(t->hub->ca, cert, now_real(), &cj, err, sizeof(err)) < 0)
+        snprintf(why, wl, "job certificate refused: %s", err);
+    else if (!jobcert_verify(cert, payload, (size_t)n, sig))
+        snprintf(why, wl, "the signature is not the job certificate's key's");
+    else if (registry_job_get(t->hub->reg, cj.job_id, &j) < 0 || j.uid != cj.uid)
+        snprintf(why, wl, "job %u is not known to this gateway", (unsigned)cj.job_id);
+    else if (j.ended)
+        snprintf(why, wl, "job %u has ended", (unsigned)cj.job_id);
+    else {
+        *uid = j.uid;
+        t->job = j.id;
+        t->seen_revocation = registry_revocations(t->hub->reg);
+        rc = 0;
+    }
+    X509_free(cert);
+    return rc;
+}
+
 /* Checks the hello's credential. 0 with *uid, or -1 with why. */
 static int hello_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, size_t wl)
 {
@@ -162,6 +198,9 @@ static int hello_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, siz
             return -1;
         }
         *uid = hub->uid;
+    } else if (strcmp(method, "jobcert") == 0) {
+        if (jobcert_auth(t, auth, uid, why, wl) < 0)
+            return -1;
     } else if (strcmp(method, "peercred") == 0) {
         if (!t->stdio) {
             snprintf(why, wl, "peercred is only for tunnels handed over by 'jobgate tunnel'");
@@ -207,10 +246,15 @@ static void on_hello(struct tunnel *t, json_t *m)
     const char *user = getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &res) == 0 && res
                            ? res->pw_name : "";
     snprintf(idhex, sizeof(idhex), "%016" PRIx64, t->id);
+    if (t->job)
+        snprintf(job, sizeof(job), "%u", (unsigned)t->job); /* the certificate's, not the hello's */
     log_info("tunnel=%" PRIx64 " peer=%s welcomed uid=%u method=%s node=%s job=%s agent=%s", t->id,
              t->peer, (unsigned)uid, t->method, node, job, agent);
-    tctl_send(t, json_pack("{s:s, s:I, s:s, s:s}", "type", "welcome", "uid", (json_int_t)uid,
-                          "user", user, "tunnel", idhex));
+    json_t *w = json_pack("{s:s, s:I, s:s, s:s}", "type", "welcome", "uid", (json_int_t)uid,
+                          "user", user, "tunnel", idhex);
+    if (w && t->job)
+        json_object_set_new(w, "job", json_integer(t->job));
+    tctl_send(t, w);
 }
 
 static int reg_mine(void *arg, const char *alias)
@@ -250,7 +294,8 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
     if (json_object_get(m, "alias") && !alias)
         return ctl_error(t, id, "invalid", "'alias' must be a string");
 
-    struct tunnel_claim claim = {.uid = t->uid, .tunnel = t->id, .alias = alias, .name = name,
+    struct tunnel_claim claim = {.uid = t->uid, .job = t->job, .tunnel = t->id, .alias = alias,
+                                 .name = name,
                                  .local = local, .full = t->nreg >= TUN_MAX_REG,
                                  .mine = reg_mine, .arg = t};
     struct route r;
@@ -259,6 +304,8 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
         return ctl_error(t, id, "limit", "at most %d apps per tunnel", TUN_MAX_REG);
     if (rc == -EPERM)
         return ctl_error(t, id, "forbidden", "%s is not one of your tunnel's apps", r.alias);
+    if (rc == -ESTALE)
+        return ctl_error(t, id, "ended", "job %u has ended", (unsigned)t->job);
     if (rc < 0)
         return ctl_error(t, id, "internal", "could not register the route (see the gateway's log)");
     int slot = tctl_reg_find(t, r.alias);

@@ -26,6 +26,7 @@ struct event_base;
 struct evconnlistener;
 struct event;
 struct jg_config;
+struct nodechan;
 struct registry;
 struct tunnel_hub;
 struct conn;
@@ -39,6 +40,7 @@ struct worker {
     SSL_CTX *ssl;
     struct registry *reg;
     struct tunnel_hub *hub;
+    struct nodechan *nodes;       /* the node channel (NULL: answered 404) */
     const struct backend_env *env;
     const volatile int *stopping; /* the daemon is shutting down */
     int drain_secs;               /* how long a stopping worker lets requests finish */

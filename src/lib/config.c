@@ -107,6 +107,9 @@ int config_defaults(struct jg_config *c)
     c->reconnect_wait = 5;
     c->grace = 10 * MINUTE;
     c->munge_socket = NULL;
+    c->node_users = NULL;
+    c->job_cert_margin = 15 * MINUTE;
+    c->job_cert_max = 7 * DAY;
     if (!c->state_dir || !c->control_socket)
         return -ENOENT;
     if (strlen(c->control_socket) >= SUN_PATH_MAX)
@@ -131,6 +134,7 @@ void config_free(struct jg_config *c)
     free_str(&c->cert_file);
     free_str(&c->key_file);
     free_str(&c->munge_socket);
+    free_str(&c->node_users);
 }
 
 static char *dup_or_null(const char *s)
@@ -148,6 +152,7 @@ static void config_copy(struct jg_config *dst, const struct jg_config *src)
     dst->cert_file = dup_or_null(src->cert_file);
     dst->key_file = dup_or_null(src->key_file);
     dst->munge_socket = dup_or_null(src->munge_socket);
+    dst->node_users = dup_or_null(src->node_users);
 }
 
 /* ---- value syntax ------------------------------------------------------- */
@@ -246,9 +251,28 @@ static int domain_normalize(char *d)
     return 1;
 }
 
+int config_users_ok(const char *v)
+{
+    int words = 0;
+    size_t wlen = 0;
+    for (const char *p = v;; p++) {
+        if (*p == ' ' || *p == '\t' || *p == '\0') {
+            if (wlen > 0 && ++words > CONFIG_USERS_MAX)
+                return 0;
+            wlen = 0;
+            if (*p == '\0')
+                return words > 0;
+            continue;
+        }
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '.' || *p == '_' || (*p == '-' && wlen > 0)) || ++wlen > 32)
+            return 0;
+    }
+}
+
 /* ---- the key table ------------------------------------------------------ */
 
-enum kind { K_LISTEN, K_DOMAIN, K_PATH, K_SOCKPATH, K_LOG, K_UINT, K_DURATION };
+enum kind { K_LISTEN, K_DOMAIN, K_PATH, K_SOCKPATH, K_LOG, K_UINT, K_DURATION, K_USERS };
 
 struct keydef {
     const char *section;
@@ -288,11 +312,15 @@ static const struct keydef keys[] = {
     {"tunnel", "reconnect_wait", K_DURATION, OFF(reconnect_wait), 0, MINUTE, "0s..1m"},
     {"tunnel", "grace", K_DURATION, OFF(grace), 1, 7 * DAY, "1s..7d"},
     {"tunnel", "munge_socket", K_SOCKPATH, OFF(munge_socket), 0, 0, NULL},
+    {"slurm", "node_users", K_USERS, OFF(node_users), 0, 0, NULL},
+    {"slurm", "job_cert_margin", K_DURATION, OFF(job_cert_margin), 0, DAY, "0s..1d"},
+    {"slurm", "job_cert_max", K_DURATION, OFF(job_cert_max), MINUTE, 366 * DAY, "1m..366d"},
 };
 
 #define NKEYS JG_ARRAY_LEN(keys)
 
-static const char *const sections[] = {"gateway", "limits", "timeouts", "links", "tunnel"};
+static const char *const sections[] = {"gateway", "limits", "timeouts", "links", "tunnel",
+                                       "slurm"};
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -332,6 +360,12 @@ static int set_value(struct jg_config *w, const struct keydef *k, const char *v,
         break;
     case K_DOMAIN:
         break; /* checked on the copy below */
+    case K_USERS:
+        if (!config_users_ok(v))
+            return fail(err, errlen, path, line,
+                        "'%s' must be user names or uids separated by blanks (at most %d, "
+                        "each of A-Z a-z 0-9 . _ -), not '%s'", k->key, CONFIG_USERS_MAX, v);
+        break;
     case K_PATH:
     case K_SOCKPATH:
         if (v[0] != '/')

@@ -36,6 +36,11 @@
  *   reconnect_wait = 5s           a request waits this long for a reconnecting agent, then 503
  *   grace = 10m                   routes of an agent that is gone are removed after this
  *   munge_socket = /run/munge/munge.socket.2   (default: MUNGE's own)
+ *   [slurm]                       the node channel of spank_jobgate.so (docs/slurm.md)
+ *   node_users = root slurm       whose MUNGE credentials may speak for nodes (names or
+ *                                 uids; default root, and slurm where that user exists)
+ *   job_cert_margin = 15m         a job certificate outlives the job's time limit by this
+ *   job_cert_max = 7d             ... and lives at most this long
  *
  * A config file selects shared mode; without one jobgated runs in personal mode.
  */
@@ -70,6 +75,10 @@ struct jg_config {
     int64_t reconnect_wait;               /* a request for a reconnecting route waits this long */
     int64_t grace;                        /* a route without its agent lives this long */
     char *munge_socket;                   /* NULL: MUNGE's default socket */
+
+    /* the node channel (docs/slurm.md) */
+    char *node_users;                     /* NULL: the default, "root slurm" */
+    int64_t job_cert_margin, job_cert_max; /* seconds */
 };
 
 /* Fills personal-mode defaults, including the paths below. Returns 0 or -errno
@@ -88,6 +97,12 @@ char *config_default_state_dir(void);
 /* $XDG_RUNTIME_DIR/jobgate/control.sock when XDG_RUNTIME_DIR is set and is a
  * directory, else <state_dir>/control.sock. Caller frees. */
 char *config_default_control_socket(const char *state_dir);
+
+/* At most this many users in node_users. */
+#define CONFIG_USERS_MAX 16
+/* 1 if v is a list of 1..CONFIG_USERS_MAX user names or uids separated by
+ * blanks (each 1..32 of A-Z a-z 0-9 . _ -, not starting with '-'). */
+int config_users_ok(const char *v);
 
 /* Splits "host:port" or "[v6]:port" into host (without brackets) and port.
  * 0 or -EINVAL. */

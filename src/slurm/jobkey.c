@@ -17,17 +17,6 @@
 #define PEM_MAX (64 * 1024)     /* bytes of a key or certificate file read back */
 
 /* tls_errstr() of src/lib/tls.c, which the plugin does not link (see README.md). */
-static const char *ossl_err(void)
-{
-    static __thread char buf[256];
-    unsigned long e = ERR_peek_last_error();
-    if (!e)
-        return "no OpenSSL error";
-    ERR_error_string_n(e, buf, sizeof(buf));
-    ERR_clear_error();
-    return buf;
-}
-
 /* Writes data into a new file name in dirfd (O_EXCL, no link followed), owned by uid:gid
  * with mode; the file is removed again on any error. 0 or -errno. */
 static int write_new(int dirfd, const char *name, const void *data, size_t len, mode_t mode,
@@ -99,7 +88,7 @@ int jobkey_make(const char *dir, uid_t uid, gid_t gid, char **csr_pem, char *err
     if (!key || !req || !kb || !rb ||
         !PEM_write_bio_PrivateKey(kb, key, NULL, NULL, 0, NULL, NULL) ||
         !(key_pem = bio_string(kb))) {
-        plug_err(err, errlen, rc, "cannot make the job's key: %s", ossl_err());
+        plug_err(err, errlen, rc, "cannot make the job's key: %s", plug_ossl_err());
         goto out;
     }
     /* The gateway takes no name from the request: it only proves the key. */
@@ -109,7 +98,8 @@ int jobkey_make(const char *dir, uid_t uid, gid_t gid, char **csr_pem, char *err
         !X509_REQ_set_version(req, 0) || !X509_REQ_set_pubkey(req, key) ||
         X509_REQ_sign(req, key, EVP_sha256()) <= 0 || !PEM_write_bio_X509_REQ(rb, req) ||
         !(*csr_pem = bio_string(rb))) {
-        plug_err(err, errlen, rc, "cannot make the job's certificate request: %s", ossl_err());
+        plug_err(err, errlen, rc, "cannot make the job's certificate request: %s",
+                 plug_ossl_err());
         goto out;
     }
     rc = write_new(dfd, JOBKEY_KEY, key_pem, strlen(key_pem), 0600, uid, gid);
@@ -165,7 +155,8 @@ int jobkey_store(const char *dir, uid_t uid, gid_t gid, const char *cert_pem, co
     BIO_free(b);
     EVP_PKEY *key = read_key(dfd);
     if (!crt) {
-        plug_err(err, errlen, rc, "the gateway's answer is not a certificate: %s", ossl_err());
+        plug_err(err, errlen, rc, "the gateway's answer is not a certificate: %s",
+                 plug_ossl_err());
     } else if (!key) {
         plug_err(err, errlen, rc, "cannot read %s/%s back", dir, JOBKEY_KEY);
     } else if (X509_check_private_key(crt, key) != 1) {
@@ -181,4 +172,27 @@ int jobkey_store(const char *dir, uid_t uid, gid_t gid, const char *cert_pem, co
     EVP_PKEY_free(key);
     close(dfd);
     return rc;
+}
+
+int jobkey_store_gateway_ca(const char *dir, uid_t uid, gid_t gid, const char *pem, char *err,
+                            size_t errlen)
+{
+    int dfd = open_dir(dir, err, errlen);
+    if (dfd < 0)
+        return dfd;
+    int rc = write_new(dfd, JOBKEY_GATEWAY_CA, pem, strlen(pem), 0644, uid, gid);
+    if (rc < 0)
+        plug_err(err, errlen, rc, "cannot write %s/%s: %s", dir, JOBKEY_GATEWAY_CA, strerror(-rc));
+    close(dfd);
+    return rc;
+}
+
+void jobkey_discard(const char *dir)
+{
+    char err[64];
+    int dfd = open_dir(dir, err, sizeof(err));
+    if (dfd < 0)
+        return;
+    (void)unlinkat(dfd, JOBKEY_KEY, 0);
+    close(dfd);
 }

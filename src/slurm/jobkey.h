@@ -18,6 +18,7 @@
 #define JOBKEY_KEY "job.key"
 #define JOBKEY_CERT "job.crt"
 #define JOBKEY_CA "ca.crt"
+#define JOBKEY_GATEWAY_CA "gateway-ca.crt"  /* what the job trusts the gateway's TLS with */
 
 /* Makes the job's key in dir (owned by uid:gid, 0600) and returns a PEM
  * certificate request for it in *csr_pem (malloc'ed). -EEXIST when dir
@@ -31,5 +32,13 @@ int jobkey_make(const char *dir, uid_t uid, gid_t gid, char **csr_pem, char *err
  * 0 or -errno with the reason in err. */
 int jobkey_store(const char *dir, uid_t uid, gid_t gid, const char *cert_pem, const char *ca_pem,
                  char *err, size_t errlen);
+
+/* Removes dir's job.key (a failed request: the next step makes a new one). */
+void jobkey_discard(const char *dir);
+
+/* Writes pem (the CA of the gateway's TLS certificate: the plugin's ca=)
+ * into dir as JOBKEY_GATEWAY_CA, owned by uid:gid, 0644. 0 or -errno. */
+int jobkey_store_gateway_ca(const char *dir, uid_t uid, gid_t gid, const char *pem, char *err,
+                            size_t errlen);
 
 #endif

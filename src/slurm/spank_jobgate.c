@@ -22,16 +22,23 @@
  * decides whether that fails the job.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <pwd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <slurm/slurm.h>
 #include <slurm/spank.h>
 
 #include "jobdir.h"
+#include "jobkey.h"
+#include "nodecall.h"
 #include "plugconf.h"
 
 SPANK_PLUGIN(jobgate, 1);
@@ -95,6 +102,118 @@ static int set_env(spank_t sp, const char *name, const char *value)
     return 0;
 }
 
+/* The node's name as Slurm knows it (slurmd -N), else the host's short name. */
+static void node_name(spank_t sp, char *node, size_t len)
+{
+    const char *env = getenv("SLURMD_NODENAME");
+    if (spank_getenv(sp, "SLURMD_NODENAME", node, (int)len) == ESPANK_SUCCESS && node[0])
+        return;
+    if (env && *env && strlen(env) < len) {
+        memcpy(node, env, strlen(env) + 1);
+        return;
+    }
+    if (gethostname(node, len) < 0)
+        snprintf(node, len, "unknown");
+    node[len - 1] = '\0';
+    node[strcspn(node, ".")] = '\0';
+}
+
+/* Reads a small file (the gateway's CA) into a malloc'ed string; NULL if not. */
+static char *read_small(const char *path, size_t max)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    char *buf = malloc(max + 1);
+    size_t n = 0;
+    ssize_t r = 0;
+    while (buf && n < max && (r = read(fd, buf + n, max - n)) > 0)
+        n += (size_t)r;
+    close(fd);
+    if (!buf || r < 0 || n == max) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+/* Seconds the job has left by slurmctld's word, 0 if it does not say. */
+static int64_t job_time_left(uint32_t jobid)
+{
+    job_info_msg_t *msg = NULL;
+    int64_t left = 0;
+    if (slurm_load_job(&msg, jobid, SHOW_ALL) == 0 && msg && msg->record_count > 0) {
+        time_t end = msg->job_array[0].end_time;
+        if (end > time(NULL))
+            left = (int64_t)(end - time(NULL));
+    }
+    if (msg)
+        slurm_free_job_info_msg(msg);
+    return left;
+}
+
+/* The job's key, its certificate from the gateway (the node channel) and the
+ * gateway's CA, in dir. The first step on the node does it; later steps find
+ * the key. On failure the key goes again, so that the next step tries anew. */
+static int job_credentials(spank_t sp, uint32_t jobid, uid_t uid, gid_t gid, const char *dir)
+{
+    char err[1400], node[128], pwbuf[2048];
+    char *csr = NULL;
+    int rc = jobkey_make(dir, uid, gid, &csr, err, sizeof(err));
+    if (rc == -EEXIST)
+        return 0;
+    if (rc < 0) {
+        slurm_error("jobgate: job %u: %s", (unsigned)jobid, err);
+        return -1;
+    }
+    struct passwd pw, *res = NULL;
+    if (getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &res) != 0 || !res) {
+        slurm_error("jobgate: job %u: uid %u has no user name on this node", (unsigned)jobid,
+                    (unsigned)uid);
+        free(csr);
+        jobkey_discard(dir);
+        return -1;
+    }
+    node_name(sp, node, sizeof(node));
+    json_t *req = json_pack("{s:I, s:I, s:s, s:s, s:I, s:s}", "job", (json_int_t)jobid, "uid",
+                            (json_int_t)uid, "user", res->pw_name, "node", node, "time_limit",
+                            (json_int_t)job_time_left(jobid), "csr", csr);
+    free(csr);
+    json_t *ans = NULL;
+    int status = 0;
+    rc = req ? nodecall_post(&conf, "job-start", req, &status, &ans, err, sizeof(err)) : -ENOMEM;
+    json_decref(req);
+    if (rc < 0) {
+        slurm_error("jobgate: job %u: the gateway %s: %s", (unsigned)jobid, conf.gateway, err);
+    } else if (status != 200) {
+        const char *why = json_string_value(json_object_get(ans, "error"));
+        slurm_error("jobgate: job %u: the gateway %s refused the job (%d): %s", (unsigned)jobid,
+                    conf.gateway, status, why ? why : "no reason given");
+        rc = -EPERM;
+    } else {
+        const char *cert = json_string_value(json_object_get(ans, "cert"));
+        const char *ca = json_string_value(json_object_get(ans, "ca"));
+        rc = cert && ca ? jobkey_store(dir, uid, gid, cert, ca, err, sizeof(err)) : -EPROTO;
+        if (rc == -EPROTO)
+            snprintf(err, sizeof(err), "the gateway's answer has no certificate");
+        char *gw_ca = rc == 0 && conf.ca[0] ? read_small(conf.ca, 1 << 20) : NULL;
+        if (rc == 0 && conf.ca[0] && !gw_ca) {
+            snprintf(err, sizeof(err), "cannot read ca=%s", conf.ca);
+            rc = -EIO;
+        }
+        if (gw_ca)
+            rc = jobkey_store_gateway_ca(dir, uid, gid, gw_ca, err, sizeof(err));
+        free(gw_ca);
+        if (rc < 0)
+            slurm_error("jobgate: job %u: %s", (unsigned)jobid, err);
+    }
+    json_decref(ans);
+    if (rc < 0)
+        jobkey_discard(dir);
+    return rc < 0 ? -1 : 0;
+}
+
 int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 {
     if (!spank_remote(sp) || !want_jobgate || !conf_ok)
@@ -113,12 +232,36 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
         slurm_error("jobgate: job %u: %s", (unsigned)jobid, err);
         return -1;
     }
+    if (job_credentials(sp, jobid, uid, gid, path) < 0)
+        return -1;
     snprintf(id, sizeof(id), "%u", (unsigned)jobid);
     if (set_env(sp, "JOBGATE_DIR", path) < 0 || set_env(sp, "JOBGATE_GATEWAY", conf.gateway) < 0 ||
         set_env(sp, "JOBGATE_JOB_ID", id) < 0)
         return -1;
     slurm_verbose("jobgate: job %u: directory %s", (unsigned)jobid, path);
     return 0;
+}
+
+/* Tells the gateway that the job ended: its routes, sessions and tunnels end. */
+static void job_end(spank_t sp, uint32_t jobid)
+{
+    char node[128], err[512];
+    node_name(sp, node, sizeof(node));
+    json_t *req = json_pack("{s:I, s:s}", "job", (json_int_t)jobid, "node", node), *ans = NULL;
+    int status = 0;
+    int rc = req ? nodecall_post(&conf, "job-end", req, &status, &ans, err, sizeof(err)) : -ENOMEM;
+    json_decref(req);
+    if (rc < 0)
+        slurm_error("jobgate: job %u: cannot tell the gateway %s that it ended: %s",
+                    (unsigned)jobid, conf.gateway, err);
+    else if (status != 200 && status != 404)
+        slurm_error("jobgate: job %u: the gateway %s answered %d to its end: %s", (unsigned)jobid,
+                    conf.gateway, status,
+                    json_string_value(json_object_get(ans, "error")) ?: "no reason given");
+    else
+        slurm_verbose("jobgate: job %u: ended at the gateway (%" JSON_INTEGER_FORMAT " routes)",
+                      (unsigned)jobid, json_integer_value(json_object_get(ans, "routes")));
+    json_decref(ans);
 }
 
 int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
@@ -140,6 +283,12 @@ int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
         }
         jobid = (uint32_t)v;
     }
+    /* A job with a directory here asked for jobgate: the gateway ends its routes first. */
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/%u", conf.dir, (unsigned)jobid);
+    if (lstat(path, &st) == 0)
+        job_end(sp, jobid);
     if (jobdir_remove(conf.dir, jobid, EPILOG_REMOVE_MS, err, sizeof(err)) < 0) {
         slurm_error("jobgate: job %u: %s", (unsigned)jobid, err);
         return -1;

@@ -1,9 +1,9 @@
 """A real single-node Slurm for the cluster tests: Debian's slurmctld and slurmd (22.05), run
 as root in the foreground (-D) with a throw-away configuration in one temporary directory,
 on 127.0.0.1, authenticated by the tests' own munged, with spank_jobgate.so in its
-plugstack.conf.
+plugstack.conf pointing at a test jobgated (fixture slurm_gateway) over the node channel.
 
-    cluster = Slurm(munged, plugin_args="gateway=https://gw.test:8443")
+    cluster = Slurm(munged, plugin_args="gateway=https://localhost:8443 ca=…")
     job = cluster.sbatch(user, "--jobgate", "--wrap", "env")   # as that user
     cluster.wait_job(job)              # until it ended; its state
     cluster.output(job)                # what it printed
@@ -25,7 +25,8 @@ import time
 
 import pytest
 
-from conftest import BUILD, free_port, kill_group, mkdtemp, spawn, tail, wait_for, _logs
+from conftest import (BUILD, free_port, kill_group, mkdtemp, spawn, tail, wait_for, _finish,
+                      _gateway, _logs)
 
 SLURMCTLD, SLURMD = "/usr/sbin/slurmctld", "/usr/sbin/slurmd"
 SBATCH, SCONTROL, SQUEUE, SCANCEL = (shutil.which(x) or f"/usr/bin/{x}"
@@ -192,11 +193,27 @@ PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP OverSubsc
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def plugin_args(gw, munged):
+    """The plugin's arguments for a test gateway: its URL, its self-signed certificate as the
+    CA, the tests' munged."""
+    return (f"gateway=https://localhost:{gw.port} ca={gw.state_dir / 'tls.crt'} "
+            f"munge_socket={munged.socket}")
+
+
 @pytest.fixture(scope="module")
-def slurm_cluster(munged):
+def slurm_gateway(munged, binaries):
+    """A shared gateway (as root) that the cluster's nodes reach over the node channel."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    c = Slurm(munged, plugin_args="gateway=https://gateway.test:8443")
+    gw = _gateway({"tunnel": {"munge_socket": munged.socket}}, name="slurm")
+    yield gw
+    _finish(gw)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(munged, slurm_gateway):
+    c = Slurm(munged, plugin_args=plugin_args(slurm_gateway, munged))
+    c.gateway = slurm_gateway
     yield c
     c.stop()

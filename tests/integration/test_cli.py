@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import HTTPAPP, JOBGATE, PY, Gateway, tail, wait_for
+from conftest import HTTPAPP, JOBGATE, PY, Gateway, free_port, tail, wait_for
 
 LINK_RE = r"https://([a-z0-9-]+)\.localhost:{port}/_jobgate/redeem/([A-Za-z0-9_-]{{43}})"
 
@@ -25,7 +25,7 @@ def ls_table(gw):
     assert out.returncode == 0, out
     lines = out.stdout.decode().splitlines()
     head = re.split(r"\s{2,}", lines[0].strip())
-    assert head == ["ALIAS", "NAME", "BACKEND", "AGE", "URL"], lines
+    assert head == ["ALIAS", "NAME", "JOB", "BACKEND", "AGE", "URL"], lines
     return [dict(zip(head, re.split(r"\s{2,}", ln.strip()))) for ln in lines[1:]]
 
 
@@ -289,6 +289,17 @@ def test_bad_usage_exit_2(binaries, args):
     out = run_plain(args)
     assert out.returncode == 2, f"jobgate {' '.join(args)} -> {out.returncode}: {out}"
     assert out.stderr.strip(), "bad usage without a message on stderr"
+
+
+def test_run_in_a_jobgate_job_takes_its_gateway(no_gateway_env):
+    """JOBGATE_GATEWAY (the Slurm plugin's) stands in for -g: checked like -g, and a
+    gateway that does not answer is named."""
+    gw = no_gateway_env
+    out = gw.cli("run", "--", "true", env_extra={"JOBGATE_GATEWAY": "http://login"})
+    assert out.returncode == 2 and b"JOBGATE_GATEWAY:" in out.stderr, out
+    port = free_port()
+    out = gw.cli("run", "--", "true", env_extra={"JOBGATE_GATEWAY": f"https://127.0.0.1:{port}"})
+    assert out.returncode == 1 and f"127.0.0.1:{port}".encode() in out.stderr, out
 
 
 @pytest.fixture

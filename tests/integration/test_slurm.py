@@ -1,17 +1,23 @@
 """The Slurm SPANK plugin against a real single-node Slurm (tests/integration/slurm.py):
 slurmctld, slurmd and the jobs' slurmstepd load build/spank_jobgate.so from the test
 cluster's plugstack.conf; jobs run as a test user."""
+import json
 import os
 import re
+import time
+
 import pytest
 
-from conftest import wait_for
-from slurm import cluster_user, slurm_cluster  # noqa: F401
+from conftest import HTTPAPP, JOBGATE, PY, wait_for
+from slurm import (SCANCEL, cluster_user, plugin_args, slurm_cluster,  # noqa: F401
+                   slurm_gateway)
 
 USER = "jgslurm1"
 
 ENV_SCRIPT = ("--wrap", "env | grep ^JOBGATE_ | sort; "
-              "[ -n \"$JOBGATE_DIR\" ] && stat -c 'dir %u %a %F' \"$JOBGATE_DIR\"; true")
+              "[ -n \"$JOBGATE_DIR\" ] && stat -c 'dir %u %a %F' \"$JOBGATE_DIR\" && "
+              "stat -c 'file %n %u %a' \"$JOBGATE_DIR\"/* && "
+              "openssl x509 -noout -enddate -subject -in \"$JOBGATE_DIR/job.crt\"; true")
 
 
 PLUGIN_ENV = ("JOBGATE_DIR", "JOBGATE_GATEWAY", "JOBGATE_JOB_ID")
@@ -26,15 +32,33 @@ def job_env(text):
 def test_a_jobgate_job_gets_its_own_directory_and_environment(slurm_cluster):
     c = slurm_cluster
     uid, _ = cluster_user(USER)
-    job = c.sbatch(USER, "--jobgate", *ENV_SCRIPT)
+    t0 = time.time()
+    job = c.sbatch(USER, "--jobgate", "--time=10", *ENV_SCRIPT)
     assert c.wait_job(job) == "COMPLETED", c.logs()
     out = c.output(job)
     env = job_env(out)
     assert env.get("JOBGATE_JOB_ID") == str(job), out
-    assert env.get("JOBGATE_GATEWAY") == "https://gateway.test:8443", out
+    assert env.get("JOBGATE_GATEWAY") == f"https://localhost:{c.gateway.port}", out
     assert env.get("JOBGATE_DIR") == f"{c.jobs_dir}/{job}", out
-    # The job's user alone may enter it.
+    # The job's user alone may enter it; the job's key is the user's alone; the certificate
+    # the gateway signed for it, the agent CA and the gateway's CA beside it.
+    d = f"{c.jobs_dir}/{job}"
     assert f"dir {uid} 700 directory" in out, out
+    for name, mode in (("job.key", 600), ("job.crt", 644), ("ca.crt", 644),
+                       ("gateway-ca.crt", 644)):
+        assert f"file {d}/{name} {uid} {mode}" in out, out
+    # The certificate names the job and its user, and lives for the job's time limit (10
+    # minutes, slurmctld's end time) plus the gateway's margin (15 minutes).
+    assert re.search(rf"^subject=.*UID = {USER}, CN = job-{job}$", out, re.M), out
+    m = re.search(r"^notAfter=(.*)$", out, re.M)
+    assert m, out
+    end = time.mktime(time.strptime(m.group(1).replace(" GMT", ""), "%b %d %H:%M:%S %Y"))
+    end -= time.timezone
+    assert t0 + 24 * 60 < end < t0 + 26 * 60, (m.group(1), t0)
+    # The gateway recorded the job, and its end.
+    log = c.gateway.log_path
+    wait_for(lambda: f"job end job={job} " in log.read_text(), 10, what="the job's end at the gateway")
+    assert f"job start job={job} uid={uid} user={USER} node=jgnode" in log.read_text()
     # The job's epilog removes it.
     wait_for(lambda: not os.path.exists(f"{c.jobs_dir}/{job}"), 10,
              what="the job directory to go with the job")
@@ -81,12 +105,13 @@ def test_a_bad_plugin_argument_is_named_and_fails_jobs_only_when_required(slurm_
     c.wait_idle()
     try:
         # required: sbatch (which loads the plugin too) refuses, naming the argument.
-        c.write_plugstack("gateway=https://gateway.test:8443 bogus=1", required=True)
+        args = plugin_args(c.gateway, c.munged)
+        c.write_plugstack(f"{args} bogus=1", required=True)
         p = c.run("sbatch", "--parsable", "--jobgate", *ENV_SCRIPT, user=USER, check=False)
         assert p.returncode != 0, p.stdout
         assert 'unknown argument "bogus"' in p.stderr, p.stderr
         # optional: the job runs, without jobgate, and slurmd's log names the argument.
-        c.write_plugstack("gateway=https://gateway.test:8443 bogus=1", required=False)
+        c.write_plugstack(f"{args} bogus=1", required=False)
         job = c.sbatch(USER, "--jobgate", *ENV_SCRIPT)
         assert c.wait_job(job) == "COMPLETED", c.logs()
         assert job_env(c.output(job)) == {}
@@ -94,4 +119,51 @@ def test_a_bad_plugin_argument_is_named_and_fails_jobs_only_when_required(slurm_
                  10, what="slurmd's log to name the bad argument")
         c.wait_idle()
     finally:
-        c.write_plugstack("gateway=https://gateway.test:8443")
+        c.write_plugstack(plugin_args(c.gateway, c.munged))
+
+
+def wait_ready_in(c, job, timeout=60):
+    """The ready event that `jobgate run --json` printed in job's output."""
+    found = {}
+
+    def ready():
+        for ln in c.output(job).splitlines():
+            try:
+                ev = json.loads(ln)
+            except ValueError:
+                continue
+            if isinstance(ev, dict) and ev.get("event") == "ready":
+                found.update(ev)
+                return True
+        assert c.job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), (
+            f"job {job} is {c.job_state(job)}:\n{c.output(job)}\n{c.logs()}")
+        return False
+    wait_for(ready, timeout, interval=0.3, what=f"job {job}'s app to be ready")
+    return found
+
+
+def test_jobgate_run_in_a_job_needs_no_options_and_ends_with_the_job(slurm_cluster):
+    """sbatch --jobgate: `jobgate run` finds the gateway and the job's certificate; the route
+    carries the job's id, works through a link, and scancel ends it and its sessions."""
+    c = slurm_cluster
+    gw = c.gateway
+    uid, _ = cluster_user(USER)
+    job = c.sbatch(USER, "--jobgate", "--wrap",
+                   f"exec {JOBGATE} run --json -n nb -- {PY} {HTTPAPP} --unix {{socket}}")
+    ev = wait_ready_in(c, job)
+    route = [r for r in gw.ls_json() if r["alias"] == ev["alias"]]
+    assert route and route[0]["job"] == job and route[0]["uid"] == uid, route
+    assert route[0]["backend"].startswith("tunnel:"), route
+    # `jobgate ls` shows the job too.
+    table = gw.cli("ls").stdout.decode()
+    assert re.search(rf"^{ev['alias']}\s+nb\s+{job}\s+tunnel:", table, re.M), table
+    assert f"method=jobcert node=" in gw.log_path.read_text()
+    s = gw.login(ev["alias"], ev["link"])
+    assert s.get("/hello").status == 200
+    t0 = time.monotonic()
+    c.run(SCANCEL, job)
+    wait_for(lambda: not [r for r in gw.ls_json() if r["alias"] == ev["alias"]], 5,
+             what="the job's route to go with it")
+    assert s.get("/hello").status == 404
+    assert time.monotonic() - t0 < 5
+    assert c.wait_job(job) == "CANCELLED"

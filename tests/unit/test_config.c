@@ -522,6 +522,37 @@ static void test_file_size_limit(void **state)
     free(big);
 }
 
+/* [slurm]: the node channel's trusted users and the job certificates' lifetime. */
+static void test_slurm_section(void **state)
+{
+    (void)state;
+    struct jg_config c;
+    char err[256], path[64];
+    assert_int_equal(config_defaults(&c), 0);
+    assert_null(c.node_users); /* the default: root, and slurm where it exists */
+    assert_int_equal(c.job_cert_margin, 15 * 60);
+    assert_int_equal(c.job_cert_max, 7 * 86400);
+    config_free(&c);
+    assert_int_equal(load("[slurm]\nnode_users = root 64030\tslurm-adm\n"
+                          "job_cert_margin = 0s\njob_cert_max = 2d\n",
+                          &c, err, sizeof(err), path), 0);
+    assert_string_equal(c.node_users, "root 64030\tslurm-adm");
+    assert_int_equal(c.job_cert_margin, 0);
+    assert_int_equal(c.job_cert_max, 2 * 86400);
+    config_free(&c);
+    expect_error("[slurm]\nnode_users = root,slurm\n", 2, "'node_users' must be user names");
+    expect_error("[slurm]\nnode_users = -root\n", 2, "'node_users' must be user names");
+    expect_error("[slurm]\nnode_users = a b c d e f g h i j k l m n o p q\n", 2,
+                 "at most 16");
+    expect_error("[slurm]\njob_cert_max = 30s\n", 2, "out of range (1m..366d)");
+    expect_error("[slurm]\njob_cert_margin = 2d\n", 2, "out of range (0s..1d)");
+    assert_true(config_users_ok("root"));
+    assert_true(config_users_ok(" root  slurm "));
+    assert_false(config_users_ok(""));
+    assert_false(config_users_ok("   "));
+    assert_false(config_users_ok("abcdefghijklmnopqrstuvwxyz0123456")); /* 33 bytes */
+}
+
 /* ---- syntax errors, each with its line --------------------------------- */
 
 static void test_error_unknown_key(void **state)
@@ -941,6 +972,7 @@ int main(void)
         cmocka_unit_test_setup(test_load_twice, env_reset),
         cmocka_unit_test_setup(test_missing_file, env_reset),
         cmocka_unit_test_setup(test_file_size_limit, env_reset),
+        cmocka_unit_test_setup(test_slurm_section, env_reset),
         cmocka_unit_test_setup(test_error_unknown_key, env_reset),
         cmocka_unit_test_setup(test_error_sections, env_reset),
         cmocka_unit_test_setup(test_error_key_outside_section, env_reset),

@@ -276,6 +276,60 @@ static void test_tunnel_reconnect_keeps_alias(void **state)
     assert_int_equal(registry_tunnel_attach(f->reg, &full, &again), 0);
 }
 
+/* A job's routes: only its own tunnels register them, and they end with it. */
+static void test_job_routes_end_with_the_job(void **state)
+{
+    struct fx *f = *state;
+    struct job j = {.id = 77, .uid = ME, .user = "me", .node = "cn1", .not_after = INT64_MAX / 2};
+    struct job rec, other = j;
+    struct route r, again;
+    struct admission a;
+    char cookie[TOKEN_STR_LEN + 1];
+    assert_int_equal(registry_job_start(f->reg, &j, &rec), 0);
+    assert_int_equal(rec.id, 77);
+    assert_true(rec.started > 0);
+    assert_int_equal(rec.ended, 0);
+    assert_int_equal(registry_job_start(f->reg, &j, &rec), 0); /* a second node: the same */
+    other.uid = OTHER;
+    assert_int_equal(registry_job_start(f->reg, &other, &rec), -EEXIST);
+
+    struct tunnel_claim c = {.uid = ME, .job = 77, .tunnel = 3, .name = "nb", .local = "a",
+                             .mine = mine_none};
+    assert_int_equal(registry_tunnel_attach(f->reg, &c, &r), 0);
+    assert_int_equal(r.job, 77);
+    session(f, r.alias, ME, cookie);
+    struct http1_str v = str(cookie);
+    assert_int_equal(registry_admit(f->reg, r.alias, &v, 1, &a), ADMIT_OK);
+
+    /* The same user without the job, or with another job, may not take it. */
+    struct tunnel_claim thief = c;
+    thief.job = 0;
+    thief.alias = r.alias;
+    assert_int_equal(registry_tunnel_attach(f->reg, &thief, &again), -EPERM);
+    thief.job = 78; /* unknown job */
+    assert_int_equal(registry_tunnel_attach(f->reg, &thief, &again), -ESTALE);
+    /* An orphan of the job is not another job's, nor a jobless agent's. */
+    const char *aliases[1] = {r.alias};
+    registry_tunnel_detach(f->reg, 3, aliases, 1);
+    struct tunnel_claim plain = {.uid = ME, .tunnel = 4, .name = "nb", .local = "a",
+                                 .mine = mine_none};
+    assert_int_equal(registry_tunnel_attach(f->reg, &plain, &again), 0);
+    assert_string_not_equal(again.alias, r.alias);
+    assert_int_equal(again.job, 0);
+
+    unsigned rev = registry_revocations(f->reg);
+    assert_int_equal(registry_job_end(f->reg, 77, 0, "test"), 1);
+    assert_true(registry_revocations(f->reg) != rev);
+    assert_int_equal(registry_admit(f->reg, r.alias, &v, 1, &a), ADMIT_UNKNOWN);
+    assert_int_equal(registry_route_get(f->reg, again.alias, &again), 0); /* not the job's */
+    assert_int_equal(registry_job_get(f->reg, 77, &rec), 0);
+    assert_true(rec.ended > 0);
+    assert_int_equal(registry_tunnel_attach(f->reg, &c, &r), -ESTALE);
+    assert_int_equal(registry_job_start(f->reg, &j, &rec), -ESTALE);
+    assert_int_equal(registry_job_end(f->reg, 78, 0, "test"), -ENOENT);
+    assert_int_equal(registry_job_end(f->reg, 77, 0, "again"), 0);
+}
+
 static void test_reap_dead_owner_and_orphan(void **state)
 {
     struct fx *f = *state;
@@ -329,6 +383,7 @@ int main(void)
         T(test_logout_and_remove_revoke), T(test_redeem_errors),
         T(test_resolve_by_alias_or_name), T(test_tunnel_reconnect_keeps_alias),
         T(test_reap_dead_owner_and_orphan), T(test_routes_survive_reopen),
+        T(test_job_routes_end_with_the_job),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -223,8 +223,94 @@ static void test_open_creates_private_wal_db(void **state)
     assert_int_equal(stat(wal, &st), 0); /* WAL mode is on */
     assert_int_equal(st.st_mode & 077, 0);
 
-    assert_int_equal(side_query(f->path, "PRAGMA user_version"), 1);
+    assert_int_equal(side_query(f->path, "PRAGMA user_version"), 2);
     assert_int_equal(side_query(f->path, "SELECT count(*) FROM routes"), 1);
+}
+
+/* A database of version 1 (before jobs) is upgraded in place: its routes
+ * stay, with no job. */
+static void test_upgrade_from_v1(void **state)
+{
+    struct fx *f = *state;
+    side_exec(f->path,
+              "CREATE TABLE routes(alias TEXT PRIMARY KEY NOT NULL, name TEXT, uid INTEGER, "
+              "  pid INTEGER, kind INTEGER, path TEXT, port INTEGER, v6 INTEGER, created INTEGER);"
+              "CREATE TABLE links(hash BLOB PRIMARY KEY NOT NULL, "
+              "  alias TEXT NOT NULL REFERENCES routes(alias) ON DELETE CASCADE, expires INTEGER);"
+              "CREATE TABLE sessions(hash BLOB PRIMARY KEY NOT NULL, "
+              "  alias TEXT NOT NULL REFERENCES routes ON DELETE CASCADE, uid INTEGER, "
+              "  expires INTEGER);"
+              "CREATE TABLE audit(id INTEGER PRIMARY KEY, time INTEGER, uid INTEGER, event TEXT, "
+              "  alias TEXT, detail TEXT);"
+              "INSERT INTO routes VALUES('old-one', 'lab', 1000, 0, 2, '', 8000, 0, 1700000000);"
+              "PRAGMA user_version = 1;");
+    struct store *s = open_ok(f);
+    assert_int_equal(side_query(f->path, "PRAGMA user_version"), 2);
+    struct routes_seen rs;
+    assert_int_equal(load_routes(s, &rs), 1);
+    const struct route *r = seen_route(&rs, "old-one");
+    assert_non_null(r);
+    assert_int_equal(r->port, 8000);
+    assert_int_equal(r->job, 0);
+}
+
+static int collect_job(const struct job *j, void *arg)
+{
+    struct job *v = arg;
+    for (int i = 0; i < 4; i++)
+        if (v[i].id == 0) {
+            v[i] = *j;
+            return 0;
+        }
+    fail_msg("more jobs than expected");
+    return 1;
+}
+
+static void test_jobs(void **state)
+{
+    struct fx *f = *state;
+    struct store *s = open_ok(f);
+    struct job a = {.id = 4242, .uid = 1000, .user = "alice", .node = "cn042",
+                    .not_after = NOW + 3600, .started = NOW};
+    struct job b = a;
+    b.id = 7;
+    b.uid = 1001;
+    memcpy(b.user, "bob", 4);
+    assert_int_equal(store_job_put(s, &a), 0);
+    assert_int_equal(store_job_put(s, &b), 0);
+    a.ended = NOW + 60; /* put again: replaced */
+    assert_int_equal(store_job_put(s, &a), 0);
+    struct route r = mk("jobs-app", 1000, 8080);
+    r.job = 4242;
+    assert_int_equal(store_route_put(s, &r), 0);
+    reopen(f);
+
+    struct job seen[4];
+    memset(seen, 0, sizeof(seen));
+    assert_int_equal(store_job_load(f->s, collect_job, seen), 0);
+    assert_int_equal(seen[0].id, 7); /* in id order */
+    assert_memory_equal(&seen[1], &a, sizeof(a));
+    assert_int_equal(seen[2].id, 0);
+    struct routes_seen rs;
+    assert_int_equal(load_routes(f->s, &rs), 1);
+    assert_int_equal(seen_route(&rs, "jobs-app")->job, 4242);
+
+    assert_int_equal(store_job_delete(f->s, 7), 0);
+    memset(seen, 0, sizeof(seen));
+    assert_int_equal(store_job_load(f->s, collect_job, seen), 0);
+    assert_int_equal(seen[0].id, 4242);
+    assert_int_equal(seen[1].id, 0);
+
+    /* Names the gateway would not record are refused before SQLite. */
+    struct job bad = a;
+    memcpy(bad.user, "-rf", 4);
+    assert_int_equal(store_job_put(f->s, &bad), -EINVAL);
+    bad = a;
+    memcpy(bad.node, "a b", 4);
+    assert_int_equal(store_job_put(f->s, &bad), -EINVAL);
+    bad = a;
+    bad.id = 0;
+    assert_int_equal(store_job_put(f->s, &bad), -EINVAL);
 }
 
 static void test_open_narrows_existing_mode(void **state)
@@ -623,6 +709,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_open_creates_private_wal_db, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_narrows_existing_mode, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_from_v1, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_jobs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_refuses_newer_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_refuses_foreign_db, setup, teardown),
         cmocka_unit_test_setup_teardown(test_routes_put_load_replace, setup, teardown),

@@ -1,0 +1,303 @@
+/* nodechan — see nodechan.h. */
+#include "nodechan.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "config.h"
+#include "jobca.h"
+#include "log.h"
+#include "page.h"
+#include "registry.h"
+#include "token.h"
+#include "util.h"
+#ifdef JG_HAVE_MUNGE
+#include "munge_cred.h"
+#endif
+
+#define DEFAULT_NODE_USERS "root slurm"
+
+struct nodechan {
+    const struct jg_config *cfg;
+    struct registry *reg;
+    const struct jobca *ca;
+    uid_t self;
+    uid_t trusted[CONFIG_USERS_MAX];
+    unsigned ntrusted;
+};
+
+/* A user name or uid of node_users; 0 with *uid, -ENOENT for no such user. */
+static int resolve_user(const char *name, uid_t *uid)
+{
+    struct passwd pw, *res = NULL;
+    char buf[2048];
+    uint64_t u;
+    if (parse_uint(name, 0, UINT32_MAX - 1, &u) == 0) {
+        *uid = (uid_t)u;
+        return 0;
+    }
+    if (getpwnam_r(name, &pw, buf, sizeof(buf), &res) != 0 || !res)
+        return -ENOENT;
+    *uid = res->pw_uid;
+    return 0;
+}
+
+struct nodechan *nodechan_new(const struct jg_config *cfg, struct registry *reg,
+                              const struct jobca *ca, uid_t self, char *err, size_t errlen)
+{
+    struct nodechan *nc = xcalloc(1, sizeof(*nc));
+    nc->cfg = cfg;
+    nc->reg = reg;
+    nc->ca = ca;
+    nc->self = self;
+    int dflt = cfg->node_users == NULL;
+    char *list = xstrdup(dflt ? DEFAULT_NODE_USERS : cfg->node_users), *save = NULL;
+    for (char *w = strtok_r(list, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
+        uid_t uid;
+        if (resolve_user(w, &uid) < 0) {
+            if (dflt)
+                continue; /* no slurm user on this host: root alone */
+            errmsg(err, errlen, -ENOENT, "[slurm] node_users: no such user '%s'", w);
+            free(list);
+            free(nc);
+            return NULL;
+        }
+        if (nc->ntrusted < CONFIG_USERS_MAX)
+            nc->trusted[nc->ntrusted++] = uid;
+    }
+    free(list);
+    return nc;
+}
+
+void nodechan_free(struct nodechan *nc)
+{
+    free(nc);
+}
+
+int nodechan_match(const struct http1_str *target)
+{
+    return target->n >= sizeof(NODECHAN_PREFIX) - 1 &&
+           memcmp(target->p, NODECHAN_PREFIX, sizeof(NODECHAN_PREFIX) - 1) == 0;
+}
+
+/* Sends {"error": why} with status; returns status. */
+static int refuse(struct evbuffer *out, int status, const char *why)
+{
+    json_t *o = json_pack("{s:s}", "error", why);
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    page_send(out, status, "application/json", body ? body : "{}", body ? strlen(body) : 2, 1,
+              NULL, 0);
+    free(body);
+    return status;
+}
+
+static int answer(struct evbuffer *out, json_t *o)
+{
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!body)
+        return refuse(out, 500, "out of memory");
+    size_t n = strlen(body);
+    page_send(out, 200, "application/json", body, n, 1, NULL, 0);
+    free(body);
+    return 200;
+}
+
+/* The MUNGE credential of the request, bound to op and body: 0 with *uid,
+ * or the status refused (answered). */
+static int node_auth(struct nodechan *nc, const struct http1_head *h, const char *op,
+                     const char *body, size_t len, struct evbuffer *out, uid_t *uid)
+{
+    int i = http1_find(h, "authorization");
+    static const char scheme[] = "MUNGE ";
+    if (i < 0 || h->fields[i].value.n <= sizeof(scheme) - 1 ||
+        memcmp(h->fields[i].value.p, scheme, sizeof(scheme) - 1) != 0)
+        return refuse(out, 401, "a node request needs 'Authorization: MUNGE <credential>'");
+#ifdef JG_HAVE_MUNGE
+    const char *cred = h->fields[i].value.p + sizeof(scheme) - 1;
+    size_t clen = h->fields[i].value.n - (sizeof(scheme) - 1);
+    uint8_t hash[TOKEN_HASH_LEN];
+    char hex[2 * TOKEN_HASH_LEN + 1], payload[160], err[256];
+    token_hash(body, len, hash);
+    token_hash_hex(hash, hex);
+    int n = snprintf(payload, sizeof(payload), "jobgate/1 node %s %s", op, hex);
+    struct munge_identity id;
+    if (munge_cred_decode(nc->cfg->munge_socket, cred, clen, payload, (size_t)n, &id, err,
+                          sizeof(err)) < 0) {
+        char why[320];
+        snprintf(why, sizeof(why), "MUNGE credential refused: %s", err);
+        return refuse(out, 401, why);
+    }
+    for (unsigned k = 0; k < nc->ntrusted; k++)
+        if (nc->trusted[k] == id.uid) {
+            *uid = id.uid;
+            return 0;
+        }
+    char why[200];
+    snprintf(why, sizeof(why), "uid %u may not speak for nodes (the gateway's [slurm] node_users)",
+             (unsigned)id.uid);
+    return refuse(out, 403, why);
+#else
+    (void)nc; (void)op; (void)body; (void)len; (void)uid;
+    return refuse(out, 501, "this gateway was built without MUNGE");
+#endif
+}
+
+/* The job id of a request body: a positive integer below 2^32. 0 if not. */
+static uint32_t job_id_of(const json_t *o)
+{
+    json_t *v = json_object_get(o, "job");
+    if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > UINT32_MAX)
+        return 0;
+    return (uint32_t)json_integer_value(v);
+}
+
+/* Signs csr for job j: 0 with *cert, or -1 (400 answered). */
+static int sign(struct nodechan *nc, const char *csr, const struct job *j, char **cert,
+                struct evbuffer *out)
+{
+    struct jobca_job cj = {.job_id = j->id, .uid = (uint32_t)j->uid, .not_after = j->not_after};
+    char err[256], why[320];
+    snprintf(cj.user, sizeof(cj.user), "%s", j->user);
+    if (jobca_sign(nc->ca, csr, strlen(csr), &cj, cert, err, sizeof(err)) == 0)
+        return 0;
+    snprintf(why, sizeof(why), "cannot sign the request: %s", err);
+    refuse(out, 400, why);
+    return -1;
+}
+
+static int job_start(struct nodechan *nc, json_t *m, uid_t by, struct evbuffer *out)
+{
+    struct job j = {.id = job_id_of(m)};
+    json_t *uidv = json_object_get(m, "uid"), *limv = json_object_get(m, "time_limit");
+    const char *user = json_string_value(json_object_get(m, "user"));
+    const char *node = json_string_value(json_object_get(m, "node"));
+    const char *csr = json_string_value(json_object_get(m, "csr"));
+    if (!j.id)
+        return refuse(out, 400, "'job' must be a job id (1..4294967295)");
+    if (!json_is_integer(uidv) || json_integer_value(uidv) < 0 ||
+        json_integer_value(uidv) >= UINT32_MAX)
+        return refuse(out, 400, "'uid' must be a uid");
+    if (!job_name_valid(user, JOB_USER_MAX))
+        return refuse(out, 400, "'user' must be a user name (A-Z a-z 0-9 . _ -, at most 63)");
+    if (!job_name_valid(node, JOB_NODE_MAX))
+        return refuse(out, 400, "'node' must be a node name (A-Z a-z 0-9 . _ -, at most 64)");
+    if (limv && (!json_is_integer(limv) || json_integer_value(limv) < 0))
+        return refuse(out, 400, "'time_limit' must be seconds (0: unknown)");
+    if (!csr)
+        return refuse(out, 400, "'csr' must be a PEM certificate request");
+    j.uid = (uid_t)json_integer_value(uidv);
+    snprintf(j.user, sizeof(j.user), "%s", user);
+    snprintf(j.node, sizeof(j.node), "%s", node);
+
+    /* The user must be the one this host knows by that uid: the gateway
+     * hands the job's apps to that uid's sessions. */
+    struct passwd pw, *res = NULL;
+    char pwbuf[2048];
+    if (getpwuid_r(j.uid, &pw, pwbuf, sizeof(pwbuf), &res) != 0 || !res)
+        return refuse(out, 400, "the job's uid has no user on the gateway's host");
+    if (strcmp(res->pw_name, j.user) != 0)
+        return refuse(out, 400, "the job's 'user' and 'uid' disagree on the gateway's host");
+    if (!nc->cfg->shared && j.uid != nc->self)
+        return refuse(out, 403, "this personal gateway takes only its own user's jobs");
+
+    int64_t now = now_real(), life = nc->cfg->job_cert_max;
+    int64_t lim = limv ? json_integer_value(limv) : 0;
+    if (lim > 0 && lim < life - nc->cfg->job_cert_margin)
+        life = lim + nc->cfg->job_cert_margin;
+    j.not_after = now + life;
+
+    /* The request is checked (signed) before anything is recorded; signed again in the
+     * rare case that another node recorded the job first, with its own end. */
+    char *cert = NULL;
+    if (sign(nc, csr, &j, &cert, out) < 0)
+        return 400;
+    struct job rec;
+    int rc = registry_job_start(nc->reg, &j, &rec);
+    if (rc == 0 && rec.not_after != j.not_after) {
+        free(cert);
+        cert = NULL;
+        if (sign(nc, csr, &rec, &cert, out) < 0)
+            return 400;
+    }
+    if (rc < 0)
+        free(cert);
+    if (rc == -EEXIST)
+        return refuse(out, 409, "this job is recorded for another user");
+    if (rc == -ESTALE)
+        return refuse(out, 409, "this job has ended");
+    if (rc < 0)
+        return refuse(out, 500, "could not record the job (see the gateway's log)");
+    log_info("node uid=%u job=%u node=%s: certificate for user %s until %" PRId64, (unsigned)by,
+             (unsigned)rec.id, j.node, rec.user, rec.not_after);
+    json_t *o = json_pack("{s:I, s:s, s:s, s:I}", "job", (json_int_t)rec.id, "cert", cert, "ca",
+                          jobca_cert_pem(nc->ca), "not_after", (json_int_t)rec.not_after);
+    free(cert);
+    return answer(out, o);
+}
+
+static int job_end(struct nodechan *nc, json_t *m, uid_t by, struct evbuffer *out)
+{
+    uint32_t id = job_id_of(m);
+    const char *node = json_string_value(json_object_get(m, "node"));
+    if (!id)
+        return refuse(out, 400, "'job' must be a job id (1..4294967295)");
+    if (!job_name_valid(node, JOB_NODE_MAX))
+        return refuse(out, 400, "'node' must be a node name (A-Z a-z 0-9 . _ -, at most 64)");
+    char why[128];
+    snprintf(why, sizeof(why), "the job ended (node %s)", node);
+    int rc = registry_job_end(nc->reg, id, by, why);
+    if (rc == -ENOENT)
+        return refuse(out, 404, "no such job");
+    if (rc < 0)
+        return refuse(out, 500, "could not end the job (see the gateway's log)");
+    return answer(out, json_pack("{s:I, s:i}", "job", (json_int_t)id, "routes", rc));
+}
+
+/* The fixed table of what a node may ask. */
+static const struct node_op {
+    const char *path;
+    const char *name;
+    int (*fn)(struct nodechan *nc, json_t *m, uid_t by, struct evbuffer *out);
+} node_ops[] = {
+    {NODECHAN_PREFIX "v1/job-start", "job-start", job_start},
+    {NODECHAN_PREFIX "v1/job-end", "job-end", job_end},
+};
+
+int nodechan_handle(struct nodechan *nc, const struct http1_head *h, const char *body, size_t len,
+                    const char *ip, struct evbuffer *out)
+{
+    const struct node_op *op = NULL;
+    for (size_t i = 0; i < JG_ARRAY_LEN(node_ops); i++)
+        if (h->target.n == strlen(node_ops[i].path) &&
+            memcmp(h->target.p, node_ops[i].path, h->target.n) == 0)
+            op = &node_ops[i];
+    if (!op)
+        return refuse(out, 404, "no such node request");
+    if (!http1_name_is(&h->method, "post"))
+        return refuse(out, 405, "node requests are POSTs");
+    uid_t by = (uid_t)-1;
+    int st = node_auth(nc, h, op->name, body, len, out, &by);
+    if (st != 0) {
+        log_info("node ip=%s %s refused (%d)", ip, op->name, st);
+        return st;
+    }
+    json_error_t jerr;
+    json_t *m = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(m)) {
+        json_decref(m);
+        return refuse(out, 400, "the body must be one JSON object");
+    }
+    st = op->fn(nc, m, by, out);
+    json_decref(m);
+    if (st != 200)
+        log_info("node ip=%s uid=%u %s answered %d", ip, (unsigned)by, op->name, st);
+    return st;
+}

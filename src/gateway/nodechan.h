@@ -1,0 +1,54 @@
+/*
+ * nodechan — the node channel (docs/slurm.md, "The node channel"): how the
+ * Slurm plugin on a compute node, as root, tells the gateway that a
+ * --jobgate job starts (and gets the job's certificate) or ended.
+ *
+ *   POST /_jobgate/node/v1/job-start   {"job","uid","user","node","time_limit","csr"}
+ *                                      -> 200 {"job","cert","ca","not_after"}
+ *   POST /_jobgate/node/v1/job-end     {"job","node"} -> 200 {"job","routes"}
+ *
+ * on the gateway's HTTPS port, on any Host. Each request carries
+ * "Authorization: MUNGE <credential>" whose payload is exactly
+ * "jobgate/1 node <op> <SHA-256 of the body, hex>": munged vouches for the
+ * uid, refuses a replay, and the hash ties the credential to this one body.
+ * Only uids named by [slurm] node_users speak for nodes (default root, and
+ * slurm where that user exists); everyone else gets 403. The certificate's
+ * every field comes from the job record, never from the request (jobca.h).
+ *
+ * Owns the resolved list of trusted uids; read-only after nodechan_new, so
+ * any worker thread answers with it, without a lock (the registry locks
+ * inside, jobca is read-only).
+ */
+#ifndef JG_NODECHAN_H
+#define JG_NODECHAN_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <event2/buffer.h>
+
+#include "http1.h"
+
+struct jg_config;
+struct jobca;
+struct nodechan;
+struct registry;
+
+#define NODECHAN_PREFIX "/_jobgate/node/"
+#define NODECHAN_BODY_MAX 16384 /* bytes of a request body */
+
+/* self: the gateway's own uid (a personal gateway takes only its own jobs).
+ * NULL with the reason in err (a user of node_users that does not exist). */
+struct nodechan *nodechan_new(const struct jg_config *cfg, struct registry *reg,
+                              const struct jobca *ca, uid_t self, char *err, size_t errlen);
+void nodechan_free(struct nodechan *nc);
+
+/* 1 if the request target is under NODECHAN_PREFIX. */
+int nodechan_match(const struct http1_str *target);
+
+/* Answers one node request (head h, its whole body of len bytes, from ip)
+ * into out, with Connection: close. Returns the status sent. */
+int nodechan_handle(struct nodechan *nc, const struct http1_head *h, const char *body, size_t len,
+                    const char *ip, struct evbuffer *out);
+
+#endif

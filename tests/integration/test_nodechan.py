@@ -1,0 +1,293 @@
+"""The node channel (src/gateway/nodechan.c, docs/slurm.md) and job certificates in the
+tunnel's hello (method jobcert, src/gateway/tunnel_ctl.c), against a real jobgated and the
+tests' munged: what the Slurm plugin sends, and what a hostile node, user or agent might.
+The real plugin and a real Slurm drive the same paths in test_slurm.py."""
+import base64
+import datetime
+import hashlib
+import json
+import os
+import pwd
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from conftest import Gateway, Munged
+from fakeagent import FakeAgent
+from slurm import cluster_user
+
+USER = "jgnode1"   # the jobs' user: the gateway must know it by name and uid
+
+
+@pytest.fixture(scope="module")
+def job_user():
+    if os.geteuid() != 0:
+        pytest.skip("the node channel trusts root's credentials: the tests run as root")
+    cluster_user(USER)
+    return pwd.getpwnam(USER)
+
+
+@pytest.fixture
+def gw(make_gateway, munged):
+    if os.geteuid() != 0:
+        pytest.skip("the node channel trusts root's credentials: the tests run as root")
+    return make_gateway({"tunnel": {"munge_socket": munged.socket}}, name="nodes")
+
+
+def node_post(gw, op, body, cred=None, munged=None, raw_body=None, headers=()):
+    """POSTs a node request the way the plugin does; (status, JSON answer)."""
+    data = raw_body if raw_body is not None else json.dumps(body).encode()
+    if cred is None:
+        digest = hashlib.sha256(data).hexdigest()
+        cred = munged.encode(f"jobgate/1 node {op} {digest}")
+    head = (f"POST /_jobgate/node/v1/{op} HTTP/1.1\r\nHost: localhost:{gw.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            + (f"Authorization: MUNGE {cred}\r\n" if cred else "")
+            + "".join(f"{k}: {v}\r\n" for k, v in headers)
+            + "Connection: close\r\n\r\n").encode()
+    ctx = ssl.create_default_context(cafile=str(gw.state_dir / "tls.crt"))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(head)
+        for i in range(0, len(data), 700):  # in pieces: the gateway waits for the whole body
+            s.sendall(data[i:i + 700])
+            time.sleep(0.01)
+        ans = b""
+        while chunk := s.recv(65536):
+            ans += chunk
+    status = int(ans.split(b" ", 2)[1])
+    body = ans.split(b"\r\n\r\n", 1)[1]
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body  # the gateway's own error pages (413 before any reading)
+
+
+def new_key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def csr_of(key):
+    req = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "anything")]))
+           .sign(key, hashes.SHA256()))
+    return req.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def start_job(gw, munged, job_user, job, key, node="cn001", time_limit=3600):
+    st, ans = node_post(gw, "job-start", {
+        "job": job, "uid": job_user.pw_uid, "user": job_user.pw_name, "node": node,
+        "time_limit": time_limit, "csr": csr_of(key)}, munged=munged)
+    assert st == 200, ans
+    return ans
+
+
+def jobcert_auth(cert_pem, key):
+    def auth(nonce):
+        sig = key.sign(f"jobgate/1 hello {nonce}".encode(), ec.ECDSA(hashes.SHA256()))
+        return {"method": "jobcert", "cert": cert_pem,
+                "signature": base64.b64encode(sig).decode()}
+    return auth
+
+
+def test_a_node_gets_a_certificate_for_its_job(gw, munged, job_user):
+    key = new_key()
+    ans = start_job(gw, munged, job_user, 4101, key, time_limit=600)
+    cert = x509.load_pem_x509_certificate(ans["cert"].encode())
+    ca = x509.load_pem_x509_certificate(ans["ca"].encode())
+    # The names come from the record: job and user, three times over.
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "job-4101"
+    assert cert.subject.get_attributes_for_oid(NameOID.USER_ID)[0].value == USER
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"urn:jobgate:job:4101:uid:{job_user.pw_uid}"]
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    # For the node's key, signed by the gateway's agent CA, for the time limit plus 15 min.
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
+                           ec.ECDSA(cert.signature_hash_algorithm))
+    assert cert.issuer == ca.subject
+    life = cert.not_valid_after - datetime.datetime.utcnow()
+    assert datetime.timedelta(minutes=24) < life <= datetime.timedelta(minutes=25, seconds=5)
+    assert ans["ca"] == (gw.state_dir / "agent-ca.crt").read_text()
+    # A second node of the job: the same record, a certificate of its own.
+    again = start_job(gw, munged, job_user, 4101, new_key(), node="cn002")
+    assert again["not_after"] == ans["not_after"]
+    assert "job start job=4101" in gw.log_path.read_text()
+
+
+def test_node_credentials_are_checked(gw, munged, job_user):
+    body = {"job": 4102, "uid": job_user.pw_uid, "user": USER, "node": "cn001",
+            "csr": csr_of(new_key())}
+    data = json.dumps(body).encode()
+    # No credential, or one that is not MUNGE's.
+    st, ans = node_post(gw, "job-start", body, cred="")
+    assert st == 401 and "Authorization: MUNGE" in ans["error"], ans
+    st, ans = node_post(gw, "job-start", body, cred="MUNGE:bogus")
+    assert st == 401 and "MUNGE credential refused" in ans["error"], ans
+    # A credential over another body, or another operation.
+    other = munged.encode("jobgate/1 node job-start " + hashlib.sha256(b"{}").hexdigest())
+    st, ans = node_post(gw, "job-start", body, cred=other)
+    assert st == 401, ans
+    wrong_op = munged.encode("jobgate/1 node job-end " + hashlib.sha256(data).hexdigest())
+    st, ans = node_post(gw, "job-start", body, cred=wrong_op)
+    assert st == 401, ans
+    # A good credential once; its replay is refused by munged.
+    good = munged.encode("jobgate/1 node job-start " + hashlib.sha256(data).hexdigest())
+    st, ans = node_post(gw, "job-start", body, cred=good)
+    assert st == 200, ans
+    st, ans = node_post(gw, "job-start", body, cred=good)
+    assert st == 401 and "replay" in ans["error"].lower(), ans
+    # A user who is not a node: 403, however valid the credential.
+    payload = "jobgate/1 node job-start " + hashlib.sha256(data).hexdigest()
+    p = subprocess.run(["setpriv", f"--reuid={job_user.pw_uid}", f"--regid={job_user.pw_gid}",
+                        "--clear-groups", Munged.MUNGE, f"--socket={munged.socket}", "-s",
+                        payload], check=True, capture_output=True)
+    st, ans = node_post(gw, "job-start", body, cred=p.stdout.decode().strip())
+    assert st == 403 and f"uid {job_user.pw_uid} may not speak for nodes" in ans["error"], ans
+    assert "node_users" in ans["error"]
+
+
+def test_node_requests_are_checked(gw, munged, job_user):
+    base = {"job": 4103, "uid": job_user.pw_uid, "user": USER, "node": "cn001",
+            "csr": csr_of(new_key())}
+    cases = [
+        ({**base, "job": 0}, "'job'"),
+        ({**base, "job": "4103"}, "'job'"),
+        ({**base, "uid": -1}, "'uid'"),
+        ({**base, "user": "../x"}, "'user'"),
+        ({**base, "user": "root"}, "disagree"),
+        ({**base, "node": "a b"}, "'node'"),
+        ({**base, "csr": "not a request"}, "cannot sign"),
+        ({**base, "time_limit": "1h"}, "'time_limit'"),
+    ]
+    for body, want in cases:
+        st, ans = node_post(gw, "job-start", body, munged=munged)
+        assert st == 400 and want in ans["error"], (body, ans)
+    st, ans = node_post(gw, "job-start", None, munged=munged, raw_body=b"[1, 2]")
+    assert st == 400 and "one JSON object" in ans["error"], ans
+    st, ans = node_post(gw, "no-such-op", base, munged=munged)
+    assert st == 404, ans
+    # A body over the limit is not read.
+    st, ans = node_post(gw, "job-start", None, munged=munged, raw_body=b" " * 20000)
+    assert st == 413 and b"at most 16384" in ans, ans
+    # Nothing of the refused requests was recorded.
+    assert "job=4103" not in gw.log_path.read_text()
+    # Another user's job id: the first record stands.
+    start_job(gw, munged, job_user, 4104, new_key())
+    st, ans = node_post(gw, "job-start", {**base, "job": 4104, "uid": 0, "user": "root"},
+                        munged=munged)
+    assert st == 409 and "another user" in ans["error"], ans
+    st, ans = node_post(gw, "job-end", {"job": 999999, "node": "cn001"}, munged=munged)
+    assert st == 404, ans
+    gw.assert_alive()
+
+
+def test_a_job_certificate_opens_a_tunnel_for_its_job_alone(gw, munged, job_user):
+    key = new_key()
+    ans = start_job(gw, munged, job_user, 4201, key)
+    app = gw.start_direct_app()
+    a = FakeAgent(port=gw.port, auth=jobcert_auth(ans["cert"], key), targets={"web": app.sock})
+    try:
+        w = a.wait_type("welcome")
+        assert w["uid"] == job_user.pw_uid and w["job"] == 4201, w
+        reg = a.register("nb", "web")
+        assert reg["type"] == "registered", reg
+        route = [r for r in gw.ls_json() if r["alias"] == reg["alias"]]
+        assert route and route[0]["job"] == 4201 and route[0]["uid"] == job_user.pw_uid, route
+        s = gw.login(reg["alias"], reg["link"])
+        assert s.get("/hello").status == 200
+        # The job ends (the plugin's epilog): route, session and tunnel go within seconds.
+        st, end = node_post(gw, "job-end", {"job": 4201, "node": "cn001"}, munged=munged)
+        assert st == 200 and end["routes"] == 1, end
+        assert not [r for r in gw.ls_json() if r["alias"] == reg["alias"]]
+        assert s.get("/hello").status == 404
+        a.wait_closed(5)
+        assert "its job 4201 ended" in gw.log_path.read_text()
+    finally:
+        a.close()
+        app.stop()
+    # Its certificate is worth nothing now.
+    b = FakeAgent(port=gw.port, auth=jobcert_auth(ans["cert"], key))
+    try:
+        err = b.wait_type("error")
+        assert err["code"] == "auth" and "job 4201 has ended" in err["error"], err
+    finally:
+        b.close()
+
+
+def forged_cert(ca_key_pem, job, uid):
+    """A certificate with a job's names, signed by a CA of our own."""
+    ca_key = new_key()
+    key = new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"job-{job}"),
+                      x509.NameAttribute(NameOID.USER_ID, USER)])
+    now = datetime.datetime.utcnow()
+    cert = (x509.CertificateBuilder().subject_name(name)
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jobgate agent CA")]))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(
+                f"urn:jobgate:job:{job}:uid:{uid}")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key
+
+
+def test_job_certificates_that_must_not_open_a_tunnel(gw, munged, job_user):
+    key = new_key()
+    ans = start_job(gw, munged, job_user, 4301, key)
+    refusals = [
+        # the job's certificate, but a signature by another key
+        (jobcert_auth(ans["cert"], new_key()), "signature"),
+        # the job's names, another CA
+        (jobcert_auth(*forged_cert(None, 4301, job_user.pw_uid)), "job certificate refused"),
+        # not a certificate
+        (lambda nonce: {"method": "jobcert", "cert": "junk", "signature": "AAAA"}, "PEM"),
+    ]
+    for auth, want in refusals:
+        a = FakeAgent(port=gw.port, auth=auth)
+        try:
+            err = a.wait_type("error")
+            assert err["code"] == "auth" and want in err["error"], err
+        finally:
+            a.close()
+    # A job the gateway never recorded (its record gone: a restarted gateway with a new
+    # state would be the same): refused even with the right CA's certificate.
+    a = FakeAgent(port=gw.port, auth=jobcert_auth(ans["cert"], key))
+    try:
+        assert a.wait_type("welcome")["job"] == 4301
+        # One job's tunnel may not take over another job's route of the same user.
+        other_key = new_key()
+        other = start_job(gw, munged, job_user, 4302, other_key)
+        b = FakeAgent(port=gw.port, auth=jobcert_auth(other["cert"], other_key))
+        try:
+            b.wait_type("welcome")
+            reg = b.register("x", "x")
+            assert reg["type"] == "registered"
+            stolen = a.register("x", "x", alias=reg["alias"], rid="r2")
+            assert stolen["type"] == "error" and stolen["code"] == "forbidden", stolen
+        finally:
+            b.close()
+    finally:
+        a.close()
+    gw.assert_alive()
+
+
+def test_a_node_user_that_does_not_exist_stops_the_gateway(binaries):
+    gw = Gateway({"slurm": {"node_users": "root no-such-user-jg"}}, name="bad-node-users")
+    try:
+        with pytest.raises(AssertionError, match="node_users: no such user 'no-such-user-jg'"):
+            gw.start()
+    finally:
+        gw.stopped_on_purpose = True
+        gw.cleanup()
