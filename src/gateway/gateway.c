@@ -17,6 +17,7 @@
 #include "jobca.h"
 #include "log.h"
 #include "nodechan.h"
+#include "jobwatch.h"
 #include "registry.h"
 #include "tls.h"
 #include "tunnel.h"
@@ -171,6 +172,13 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
 
 int gateway_run(struct gateway *gw)
 {
+    char err[256];
+    /* Threads start here, after a daemon's fork: a thread does not survive fork(). */
+    gw->watch = jobwatch_start(gw->cfg, gw->reg, err, sizeof(err));
+    if (!gw->watch && err[0]) {
+        log_err("%s", err);
+        on_signal(SIGTERM, 0, gw);
+    }
     for (unsigned i = 1; i < gw->nworkers; i++) {
         int rc = worker_start(&gw->workers[i]);
         if (rc != 0) {
@@ -210,6 +218,7 @@ void gateway_free(struct gateway *gw)
     free(gw->workers);
     if (gw->ssl)
         SSL_CTX_free(gw->ssl);
+    jobwatch_stop(gw->watch);
     tunnel_hub_free(gw->hub);
     nodechan_free(gw->nodes);
     jobca_free(gw->jobca);

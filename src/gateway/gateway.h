@@ -1,6 +1,7 @@
 /*
  * gateway — the daemon: start-up (certificate, registry, agent CA, node
- * channel, tunnel hub, workers, control socket), signals, the once-a-second reaper tick, the
+ * channel, tunnel hub, workers, control socket, then the job watch),
+ * signals, the once-a-second reaper tick, the
  * drain on SIGTERM, shutdown. It sits on top of every other module of
  * src/gateway and nothing calls up into it.
  *
@@ -25,6 +26,7 @@ struct event;
 struct jobca;
 struct nodechan;
 struct registry;
+struct jobwatch;
 struct tunnel_hub;
 
 #define GATEWAY_MAX_WORKERS 64
@@ -36,6 +38,7 @@ struct gateway {
     struct tunnel_hub *hub;
     struct jobca *jobca;      /* the agent CA (jobca.h) */
     struct nodechan *nodes;   /* the node channel (nodechan.h) */
+    struct jobwatch *watch;   /* the scheduler's word on jobs (jobwatch.h), or NULL */
     struct control *control;
     struct http1_limits limits;
     struct backend_env env;

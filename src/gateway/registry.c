@@ -527,6 +527,30 @@ int registry_job_end(struct registry *reg, uint32_t id, uid_t by, const char *wh
     return rc;
 }
 
+struct running_ctx {
+    uint32_t *ids;
+    size_t n, cap;
+};
+
+static int collect_running(const struct job *j, void *arg)
+{
+    struct running_ctx *rc = arg;
+    if (!j->ended && rc->n < rc->cap)
+        rc->ids[rc->n++] = j->id;
+    return 0;
+}
+
+int registry_jobs_running(struct registry *reg, uint32_t **ids)
+{
+    rdlock(reg);
+    struct running_ctx rc = {.cap = job_count(reg->jobs)};
+    rc.ids = xcalloc(rc.cap + 1, sizeof(*rc.ids));
+    job_filter(reg->jobs, collect_running, &rc);
+    unlock(reg);
+    *ids = rc.ids;
+    return (int)rc.n;
+}
+
 int registry_job_get(struct registry *reg, uint32_t id, struct job *out)
 {
     rdlock(reg);

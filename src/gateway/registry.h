@@ -169,6 +169,10 @@ int registry_job_end(struct registry *reg, uint32_t id, uid_t by, const char *wh
 /* A copy of job id. 0, or -ENOENT. */
 int registry_job_get(struct registry *reg, uint32_t id, struct job *out);
 
+/* The ids of the recorded jobs that have not ended, in a new array (the
+ * caller frees it): what the scheduler is asked about (sched.h). The count. */
+int registry_jobs_running(struct registry *reg, uint32_t **ids);
+
 /* ---- time ----------------------------------------------------------------- */
 
 /* Once a second (worker 0): routes whose owner process died or whose agent

@@ -110,6 +110,8 @@ int config_defaults(struct jg_config *c)
     c->node_users = NULL;
     c->job_cert_margin = 15 * MINUTE;
     c->job_cert_max = 7 * DAY;
+    c->job_check = 30;
+    c->squeue = NULL;
     if (!c->state_dir || !c->control_socket)
         return -ENOENT;
     if (strlen(c->control_socket) >= SUN_PATH_MAX)
@@ -135,6 +137,7 @@ void config_free(struct jg_config *c)
     free_str(&c->key_file);
     free_str(&c->munge_socket);
     free_str(&c->node_users);
+    free_str(&c->squeue);
 }
 
 static char *dup_or_null(const char *s)
@@ -153,6 +156,7 @@ static void config_copy(struct jg_config *dst, const struct jg_config *src)
     dst->key_file = dup_or_null(src->key_file);
     dst->munge_socket = dup_or_null(src->munge_socket);
     dst->node_users = dup_or_null(src->node_users);
+    dst->squeue = dup_or_null(src->squeue);
 }
 
 /* ---- value syntax ------------------------------------------------------- */
@@ -315,6 +319,8 @@ static const struct keydef keys[] = {
     {"slurm", "node_users", K_USERS, OFF(node_users), 0, 0, NULL},
     {"slurm", "job_cert_margin", K_DURATION, OFF(job_cert_margin), 0, DAY, "0s..1d"},
     {"slurm", "job_cert_max", K_DURATION, OFF(job_cert_max), MINUTE, 366 * DAY, "1m..366d"},
+    {"slurm", "job_check", K_DURATION, OFF(job_check), 0, HOUR, "0s..1h (0: never)"},
+    {"slurm", "squeue", K_PATH, OFF(squeue), 0, 0, NULL},
 };
 
 #define NKEYS JG_ARRAY_LEN(keys)

@@ -41,6 +41,8 @@
  *                                 uids; default root, and slurm where that user exists)
  *   job_cert_margin = 15m         a job certificate outlives the job's time limit by this
  *   job_cert_max = 7d             ... and lives at most this long
+ *   job_check = 30s               how often the scheduler is asked about running jobs (0: never)
+ *   squeue = /usr/bin/squeue      the command that answers (default: squeue on PATH)
  *
  * A config file selects shared mode; without one jobgated runs in personal mode.
  */
@@ -79,6 +81,8 @@ struct jg_config {
     /* the node channel (docs/slurm.md) */
     char *node_users;                     /* NULL: the default, "root slurm" */
     int64_t job_cert_margin, job_cert_max; /* seconds */
+    int64_t job_check;                    /* seconds between the reaper's checks; 0: none */
+    char *squeue;                         /* NULL: "squeue" on PATH */
 };
 
 /* Fills personal-mode defaults, including the paths below. Returns 0 or -errno

@@ -1,7 +1,8 @@
 """A real single-node Slurm for the cluster tests: Debian's slurmctld and slurmd (22.05), run
 as root in the foreground (-D) with a throw-away configuration in one temporary directory,
 on 127.0.0.1, authenticated by the tests' own munged, with spank_jobgate.so in its
-plugstack.conf pointing at a test jobgated (fixture slurm_gateway) over the node channel.
+plugstack.conf pointing at a test jobgated beside it (the fixture's `gateway`) over the node
+channel.
 
     cluster = Slurm(munged, plugin_args="gateway=https://localhost:8443 ca=…")
     job = cluster.sbatch(user, "--jobgate", "--wrap", "env")   # as that user
@@ -25,8 +26,8 @@ import time
 
 import pytest
 
-from conftest import (BUILD, free_port, kill_group, mkdtemp, spawn, tail, wait_for, _finish,
-                      _gateway, _logs)
+from conftest import (BUILD, Gateway, free_port, kill_group, mkdtemp, spawn, start_gateway,
+                      tail, wait_for, _finish, _logs)
 
 SLURMCTLD, SLURMD = "/usr/sbin/slurmctld", "/usr/sbin/slurmd"
 SBATCH, SCONTROL, SQUEUE, SCANCEL = (shutil.which(x) or f"/usr/bin/{x}"
@@ -201,19 +202,22 @@ def plugin_args(gw, munged):
 
 
 @pytest.fixture(scope="module")
-def slurm_gateway(munged, binaries):
-    """A shared gateway (as root) that the cluster's nodes reach over the node channel."""
+def slurm_cluster(munged, binaries):
+    """The test Slurm with a shared jobgated (as root) beside it: the nodes reach it over the
+    node channel, and it asks this Slurm's squeue about jobs every second (the reaper)."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    gw = _gateway({"tunnel": {"munge_socket": munged.socket}}, name="slurm")
-    yield gw
-    _finish(gw)
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster(munged, slurm_gateway):
-    c = Slurm(munged, plugin_args=plugin_args(slurm_gateway, munged))
-    c.gateway = slurm_gateway
+    gw = Gateway({"tunnel": {"munge_socket": munged.socket},
+                  "slurm": {"job_check": "1s", "squeue": SQUEUE}}, name="slurm")
+    c = Slurm(munged, plugin_args=plugin_args(gw, munged))
+    c.gateway = gw
+    try:
+        gw.env["SLURM_CONF"] = str(c.conf)
+        start_gateway(gw)
+    except BaseException:
+        c.stop()
+        raise
     yield c
     c.stop()
+    _finish(gw)

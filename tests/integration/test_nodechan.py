@@ -13,13 +13,14 @@ import ssl
 import subprocess
 import time
 
+
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import Gateway, Munged
+from conftest import Gateway, Munged, wait_for
 from fakeagent import FakeAgent
 from slurm import cluster_user
 
@@ -291,3 +292,56 @@ def test_a_node_user_that_does_not_exist_stops_the_gateway(binaries):
     finally:
         gw.stopped_on_purpose = True
         gw.cleanup()
+
+
+def test_the_reaper_ends_the_jobs_the_scheduler_says_ended(make_gateway, munged, job_user,
+                                                           tmp_path):
+    """[slurm] squeue: a stand-in that prints what the test wrote (the real squeue is driven
+    in test_slurm.py). Jobs end only on an answer the gateway can read."""
+    states = tmp_path / "states"
+    script = tmp_path / "squeue"
+    script.write_text("#!/bin/sh\n"
+                      "[ \"$*\" = '--noheader --states=all --format=%A|%T|%U' ] || exit 3\n"
+                      f"if grep -q FAIL {states}; then echo 'cannot reach slurmctld' >&2; "
+                      "exit 1; fi\n"
+                      f"exec cat {states}\n")
+    script.chmod(0o755)
+    uid = job_user.pw_uid
+    states.write_text("".join(f"{j}|RUNNING|{uid}\n" for j in (4401, 4402, 4403, 4404)))
+    gw = make_gateway({"tunnel": {"munge_socket": munged.socket},
+                       "slurm": {"job_check": "1s", "squeue": str(script)}}, name="reaper")
+    key = new_key()
+    ans = start_job(gw, munged, job_user, 4401, key)
+    for j in (4402, 4403, 4404):
+        start_job(gw, munged, job_user, j, new_key())
+    a = FakeAgent(port=gw.port, auth=jobcert_auth(ans["cert"], key))
+    try:
+        a.wait_type("welcome")
+        reg = a.register("nb", "nb")
+        assert reg["type"] == "registered", reg
+
+        def ended():
+            text = gw.log_path.read_text()
+            return {j for j in (4401, 4402, 4403, 4404) if f"job end job={j} " in text}
+        # An answer it cannot read (a failing command, a malformed line) ends nothing.
+        for bad in ("FAIL\n", f"4401|COMPLETED|{uid}\nnot a line\n"):
+            states.write_text(bad)
+            wait_for(lambda: "cannot read the scheduler's jobs" in gw.log_path.read_text(), 5,
+                     what="the reaper to try")
+            time.sleep(2.5)
+            assert ended() == set()
+        assert "squeue exited with 1: cannot reach slurmctld" in gw.log_path.read_text()
+        # Finished, forgotten, another user's: ended; still running: kept.
+        states.write_text(f"4401|COMPLETED|{uid}\n4403|RUNNING|{uid + 1}\n4404|RUNNING|{uid}\n")
+        wait_for(lambda: ended() == {4401, 4402, 4403}, 5, what="the reaper to end 3 jobs")
+        text = gw.log_path.read_text()
+        assert "the scheduler says COMPLETED" in text
+        assert "the scheduler no longer knows the job" in text
+        assert f"the scheduler has job 4403 as uid {uid + 1}'s" in text
+        assert "the scheduler answers again" in text
+        assert not [r for r in gw.ls_json() if r["alias"] == reg["alias"]]
+        a.wait_closed(5)
+        time.sleep(1.5)
+        assert ended() == {4401, 4402, 4403}
+    finally:
+        a.close()

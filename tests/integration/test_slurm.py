@@ -4,13 +4,14 @@ cluster's plugstack.conf; jobs run as a test user."""
 import json
 import os
 import re
+import signal
+import subprocess
 import time
 
 import pytest
 
-from conftest import HTTPAPP, JOBGATE, PY, wait_for
-from slurm import (SCANCEL, cluster_user, plugin_args, slurm_cluster,  # noqa: F401
-                   slurm_gateway)
+from conftest import HTTPAPP, JOBGATE, PY, free_port, wait_for
+from slurm import SCANCEL, cluster_user, plugin_args, slurm_cluster  # noqa: F401
 
 USER = "jgslurm1"
 
@@ -167,3 +168,35 @@ def test_jobgate_run_in_a_job_needs_no_options_and_ends_with_the_job(slurm_clust
     assert s.get("/hello").status == 404
     assert time.monotonic() - t0 < 5
     assert c.wait_job(job) == "CANCELLED"
+
+
+def test_the_reaper_ends_a_job_whose_end_never_reached_the_gateway(slurm_cluster):
+    """slurmstepd killed with SIGKILL, and an epilog that cannot reach the gateway: the
+    gateway learns from squeue (the reaper, every second here) that the job is over."""
+    c = slurm_cluster
+    gw = c.gateway
+    job = c.sbatch(USER, "--jobgate", "--wrap",
+                   f"exec {JOBGATE} run --json -n lost -- {PY} {HTTPAPP} --unix {{socket}}")
+    ev = wait_ready_in(c, job)
+    s = gw.login(ev["alias"], ev["link"])
+    assert s.get("/hello").status == 200
+    try:
+        # The epilog will say nothing: its gateway is now a closed port.
+        closed = plugin_args(gw, c.munged).replace(f":{gw.port} ", f":{free_port()} ")
+        c.write_plugstack(closed)
+        stepd = subprocess.run(["pgrep", "-f", f"^slurmstepd: \\[{job}\\.batch\\]"],
+                               capture_output=True, text=True).stdout.split()
+        assert stepd, subprocess.run(["ps", "axf"], capture_output=True, text=True).stdout
+        for pid in stepd:
+            os.kill(int(pid), signal.SIGKILL)
+        c.run(SCANCEL, job)
+        wait_for(lambda: not [r for r in gw.ls_json() if r["alias"] == ev["alias"]], 30,
+                 what="the reaper to end the job's route")
+        assert s.get("/hello").status == 404
+        log = gw.log_path.read_text()
+        assert re.search(rf"job end job={job} .*\(the scheduler says [A-Z_]+\)", log), log
+        wait_for(lambda: "cannot tell the gateway" in c.slurmd_log.read_text(errors="replace"),
+                 30, what="the epilog's failed call in slurmd's log")
+    finally:
+        c.wait_idle(60)
+        c.write_plugstack(plugin_args(gw, c.munged))

@@ -532,10 +532,15 @@ static void test_slurm_section(void **state)
     assert_null(c.node_users); /* the default: root, and slurm where it exists */
     assert_int_equal(c.job_cert_margin, 15 * 60);
     assert_int_equal(c.job_cert_max, 7 * 86400);
+    assert_int_equal(c.job_check, 30);
+    assert_null(c.squeue); /* squeue on PATH */
     config_free(&c);
     assert_int_equal(load("[slurm]\nnode_users = root 64030\tslurm-adm\n"
-                          "job_cert_margin = 0s\njob_cert_max = 2d\n",
+                          "job_cert_margin = 0s\njob_cert_max = 2d\njob_check = 0\n"
+                          "squeue = /opt/slurm/bin/squeue\n",
                           &c, err, sizeof(err), path), 0);
+    assert_int_equal(c.job_check, 0);
+    assert_string_equal(c.squeue, "/opt/slurm/bin/squeue");
     assert_string_equal(c.node_users, "root 64030\tslurm-adm");
     assert_int_equal(c.job_cert_margin, 0);
     assert_int_equal(c.job_cert_max, 2 * 86400);
@@ -546,6 +551,8 @@ static void test_slurm_section(void **state)
                  "at most 16");
     expect_error("[slurm]\njob_cert_max = 30s\n", 2, "out of range (1m..366d)");
     expect_error("[slurm]\njob_cert_margin = 2d\n", 2, "out of range (0s..1d)");
+    expect_error("[slurm]\njob_check = 2h\n", 2, "out of range (0s..1h (0: never))");
+    expect_error("[slurm]\nsqueue = squeue\n", 2, "'squeue' must be an absolute path");
     assert_true(config_users_ok("root"));
     assert_true(config_users_ok(" root  slurm "));
     assert_false(config_users_ok(""));

@@ -1,0 +1,357 @@
+/* jobwatch — see jobwatch.h. */
+#include "jobwatch.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "registry.h"
+#include "util.h"
+
+extern char **environ;
+
+#define DEFAULT_SQUEUE "squeue"
+#define STDERR_KEEP 512 /* bytes of the command's stderr kept for the log */
+
+struct jobwatch {
+    const struct jg_config *cfg;
+    struct registry *reg;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    int stop;          /* under mu */
+    pid_t child;       /* under mu: the command while it runs, else 0 */
+    int failing;       /* the thread's own: the last check could not read the scheduler */
+};
+
+/* States in which a job's apps must be gone (squeue(1), JOB STATE CODES). */
+static const char *const ended_states[] = {
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "COMPLETING", "DEADLINE", "FAILED", "NODE_FAIL",
+    "OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT",
+};
+
+static int cmp_job(const void *a, const void *b)
+{
+    uint32_t x = ((const struct watched_job *)a)->id, y = ((const struct watched_job *)b)->id;
+    return x < y ? -1 : x > y;
+}
+
+/* Digits into *v, at most max. 0 or -1. */
+static int parse_num(const char *s, size_t n, uint64_t max, uint64_t *v)
+{
+    if (n == 0 || n > 10)
+        return -1;
+    *v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        *v = *v * 10 + (uint64_t)(s[i] - '0');
+    }
+    return *v <= max ? 0 : -1;
+}
+
+int jobwatch_parse(const char *out, size_t len, struct watched_job **jobs, char *err, size_t errlen)
+{
+    struct watched_job *v = NULL;
+    size_t n = 0, cap = 0;
+    unsigned line = 0;
+    const char *p = out, *end = out + len;
+    *jobs = NULL;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        line++;
+        const char *b1 = memchr(p, '|', (size_t)(le - p));
+        const char *b2 = b1 ? memchr(b1 + 1, '|', (size_t)(le - b1 - 1)) : NULL;
+        uint64_t id, uid;
+        size_t slen = b2 ? (size_t)(b2 - b1 - 1) : 0;
+        int ok = b2 && parse_num(p, (size_t)(b1 - p), UINT32_MAX - 1, &id) == 0 && id > 0 &&
+                 parse_num(b2 + 1, (size_t)(le - b2 - 1), UINT32_MAX - 1, &uid) == 0 &&
+                 slen > 0 && slen < JOBWATCH_STATE_MAX;
+        for (size_t i = 0; ok && i < slen; i++)
+            ok = (b1[1 + i] >= 'A' && b1[1 + i] <= 'Z') || b1[1 + i] == '_';
+        if (!ok) {
+            free(v);
+            return errmsg(err, errlen, -EPROTO,
+                          "line %u is not JOBID|STATE|UID (a job id, a state in capitals, a uid)",
+                          line);
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            v = xrealloc(v, cap * sizeof(*v));
+        }
+        struct watched_job *j = &v[n++];
+        j->id = (uint32_t)id;
+        j->uid = (uid_t)uid;
+        memcpy(j->state, b1 + 1, slen);
+        j->state[slen] = '\0';
+        j->ended = 0;
+        for (size_t i = 0; i < JG_ARRAY_LEN(ended_states); i++)
+            if (strcmp(j->state, ended_states[i]) == 0)
+                j->ended = 1;
+        p = nl ? nl + 1 : end;
+    }
+    if (n > 1)
+        qsort(v, n, sizeof(*v), cmp_job);
+    *jobs = v;
+    return (int)n;
+}
+
+const struct watched_job *jobwatch_find(const struct watched_job *jobs, size_t n, uint32_t id)
+{
+    struct watched_job key = {.id = id};
+    return n ? bsearch(&key, jobs, n, sizeof(*jobs), cmp_job) : NULL;
+}
+
+/* Reads what fds[0] (stdout) and fds[1] (stderr) give until both end or the
+ * deadline passes. 0, -ETIMEDOUT, -EMSGSIZE. */
+static int read_both(int fds[2], char **out, size_t *olen, char *errbuf, size_t eblen,
+                     int64_t deadline)
+{
+    size_t cap = 65536, elen = 0;
+    char *buf = xmalloc(cap);
+    *olen = 0;
+    int open = 2, rc = 0;
+    while (open > 0 && rc == 0) {
+        struct pollfd pf[2] = {{.fd = fds[0], .events = POLLIN}, {.fd = fds[1], .events = POLLIN}};
+        int64_t left = deadline - now_mono_ms();
+        if (left <= 0) {
+            rc = -ETIMEDOUT;
+            break;
+        }
+        int k = poll(pf, 2, (int)left);
+        if (k < 0 && errno == EINTR)
+            continue;
+        for (int i = 0; i < 2 && k > 0; i++) {
+            if (pf[i].fd < 0 || !(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            char tmp[8192];
+            ssize_t r = read(pf[i].fd, tmp, sizeof(tmp));
+            if (r <= 0) {
+                if (r < 0 && errno == EINTR)
+                    continue;
+                fds[i] = -fds[i] - 1; /* done; poll ignores negative fds */
+                open--;
+                continue;
+            }
+            if (i == 1) {
+                size_t take = elen + (size_t)r < eblen - 1 ? (size_t)r : eblen - 1 - elen;
+                memcpy(errbuf + elen, tmp, take);
+                elen += take;
+                continue;
+            }
+            if (*olen + (size_t)r > JOBWATCH_OUTPUT_MAX) {
+                rc = -EMSGSIZE;
+                break;
+            }
+            while (*olen + (size_t)r > cap)
+                buf = xrealloc(buf, cap *= 2);
+            memcpy(buf + *olen, tmp, (size_t)r);
+            *olen += (size_t)r;
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (fds[i] < 0)
+            fds[i] = -fds[i] - 1;
+    errbuf[elen] = '\0';
+    *out = buf;
+    return rc;
+}
+
+/* Runs the command; 0 with its output (free()), or -errno with err. */
+static int run_command(struct jobwatch *sc, char **out, size_t *olen, char *err, size_t errlen)
+{
+    const char *prog = sc->cfg->squeue ? sc->cfg->squeue : DEFAULT_SQUEUE;
+    char a0[] = "--noheader", a1[] = "--states=all", a2[] = "--format=%A|%T|%U";
+    char *const argv[] = {(char *)prog, a0, a1, a2, NULL};
+    int po[2] = {-1, -1}, pe[2] = {-1, -1};
+    *out = NULL;
+    if (pipe2(po, O_CLOEXEC) < 0 || pipe2(pe, O_CLOEXEC) < 0) {
+        int e = errno;
+        for (int i = 0; i < 2; i++) {
+            if (po[i] >= 0)
+                close(po[i]);
+            if (pe[i] >= 0)
+                close(pe[i]);
+        }
+        return errmsg(err, errlen, -e, "cannot make a pipe: %s", strerror(e));
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, po[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, pe[1], 2);
+    pid_t pid;
+    pthread_mutex_lock(&sc->mu);
+    int rc = sc->stop ? ECANCELED : posix_spawnp(&pid, prog, &fa, NULL, argv, environ);
+    if (rc == 0)
+        sc->child = pid;
+    pthread_mutex_unlock(&sc->mu);
+    posix_spawn_file_actions_destroy(&fa);
+    close(po[1]);
+    close(pe[1]);
+    if (rc != 0) {
+        close(po[0]);
+        close(pe[0]);
+        return errmsg(err, errlen, -rc, "cannot run %s: %s", prog, strerror(rc));
+    }
+    char ebuf[STDERR_KEEP];
+    int fds[2] = {po[0], pe[0]};
+    int r = read_both(fds, out, olen, ebuf, sizeof(ebuf),
+                      now_mono_ms() + JOBWATCH_TIMEOUT_S * 1000);
+    if (r < 0)
+        kill(pid, SIGKILL);
+    close(fds[0]);
+    close(fds[1]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    pthread_mutex_lock(&sc->mu);
+    sc->child = 0;
+    pthread_mutex_unlock(&sc->mu);
+    ebuf[strcspn(ebuf, "\n")] = '\0';
+    if (r == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        r = -EIO;
+    if (r < 0) {
+        free(*out);
+        *out = NULL;
+        if (r == -ETIMEDOUT)
+            return errmsg(err, errlen, r, "%s did not finish within %d s", prog, JOBWATCH_TIMEOUT_S);
+        if (r == -EMSGSIZE)
+            return errmsg(err, errlen, r, "%s printed more than %u bytes", prog,
+                          JOBWATCH_OUTPUT_MAX);
+        if (WIFEXITED(status))
+            return errmsg(err, errlen, r, "%s exited with %d%s%s", prog, WEXITSTATUS(status),
+                          ebuf[0] ? ": " : "", ebuf);
+        return errmsg(err, errlen, r, "%s ended by signal %d", prog,
+                      WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    }
+    return 0;
+}
+
+/* Asks the scheduler about the running jobs and ends those it says ended. */
+static void check(struct jobwatch *sc)
+{
+    uint32_t *ids;
+    int n = registry_jobs_running(sc->reg, &ids);
+    if (n <= 0) {
+        free(ids);
+        return;
+    }
+    char err[700], *out = NULL;
+    size_t len = 0;
+    struct watched_job *jobs = NULL;
+    int m = run_command(sc, &out, &len, err, sizeof(err));
+    if (m == 0)
+        m = jobwatch_parse(out, len, &jobs, err, sizeof(err));
+    free(out);
+    if (m < 0) {
+        if (!sc->failing)
+            log_warn("jobwatch: cannot read the scheduler's jobs (%s); no job is ended until it "
+                     "answers", err);
+        sc->failing = 1;
+        free(ids);
+        return;
+    }
+    if (sc->failing)
+        log_info("jobwatch: the scheduler answers again (%d jobs)", m);
+    sc->failing = 0;
+    for (int i = 0; i < n; i++) {
+        const struct watched_job *j = jobwatch_find(jobs, (size_t)m, ids[i]);
+        struct job rec;
+        char why[96];
+        if (registry_job_get(sc->reg, ids[i], &rec) < 0 || rec.ended)
+            continue;
+        if (!j)
+            snprintf(why, sizeof(why), "the scheduler no longer knows the job");
+        else if (j->uid != rec.uid)
+            snprintf(why, sizeof(why), "the scheduler has job %u as uid %u's",
+                     (unsigned)ids[i], (unsigned)j->uid);
+        else if (j->ended)
+            snprintf(why, sizeof(why), "the scheduler says %s", j->state);
+        else
+            continue;
+        registry_job_end(sc->reg, ids[i], 0, why);
+    }
+    free(jobs);
+    free(ids);
+}
+
+static void *jobwatch_main(void *arg)
+{
+    struct jobwatch *sc = arg;
+    pthread_mutex_lock(&sc->mu);
+    while (!sc->stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += (time_t)sc->cfg->job_check;
+        while (!sc->stop && pthread_cond_timedwait(&sc->cond, &sc->mu, &until) != ETIMEDOUT)
+            ;
+        if (sc->stop)
+            break;
+        pthread_mutex_unlock(&sc->mu);
+        check(sc);
+        pthread_mutex_lock(&sc->mu);
+    }
+    pthread_mutex_unlock(&sc->mu);
+    return NULL;
+}
+
+struct jobwatch *jobwatch_start(const struct jg_config *cfg, struct registry *reg, char *err,
+                          size_t errlen)
+{
+    if (err && errlen)
+        err[0] = '\0';
+    if (cfg->job_check == 0)
+        return NULL;
+    struct jobwatch *sc = xcalloc(1, sizeof(*sc));
+    sc->cfg = cfg;
+    sc->reg = reg;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&sc->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&sc->mu, NULL);
+    /* No signal of the daemon's may reach this thread (libevent's handlers run on worker 0). */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&sc->thread, NULL, jobwatch_main, sc);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        errmsg(err, errlen, -rc, "cannot start the scheduler thread: %s", strerror(rc));
+        pthread_cond_destroy(&sc->cond);
+        pthread_mutex_destroy(&sc->mu);
+        free(sc);
+        return NULL;
+    }
+    return sc;
+}
+
+void jobwatch_stop(struct jobwatch *sc)
+{
+    if (!sc)
+        return;
+    pthread_mutex_lock(&sc->mu);
+    sc->stop = 1;
+    if (sc->child > 0)
+        kill(sc->child, SIGKILL);
+    pthread_cond_signal(&sc->cond);
+    pthread_mutex_unlock(&sc->mu);
+    pthread_join(sc->thread, NULL);
+    pthread_cond_destroy(&sc->cond);
+    pthread_mutex_destroy(&sc->mu);
+    free(sc);
+}
