@@ -17,6 +17,7 @@
 int cmd_run(int argc, char **argv);
 int cmd_ls(int argc, char **argv);
 int cmd_link(int argc, char **argv);
+int cmd_jobs(int argc, char **argv);
 int cmd_rm(int argc, char **argv);
 int cmd_tunnel(int argc, char **argv);
 

@@ -1,5 +1,5 @@
 /*
- * cmd_admin — jobgate ls, link and rm: one control request each, the answer
+ * cmd_admin — jobgate ls, jobs, link and rm: one control request each, the answer
  * printed for people or, with --json, for programs.
  */
 #include <errno.h>
@@ -25,6 +25,19 @@ static void usage_ls(FILE *f)
     fputs("usage: jobgate ls [--json]\n"
           "\n"
           "Lists your apps on the gateway: alias, name, backend, age and URL.\n"
+          "\n"
+          "  --json      print the list as one JSON array\n"
+          "  -h, --help  show this help\n",
+          f);
+}
+
+static void usage_jobs(FILE *f)
+{
+    fputs("usage: jobgate jobs [--json]\n"
+          "\n"
+          "Lists your batch jobs that the gateway knows (started with --jobgate): job id,\n"
+          "user, node, state (running or ended) and the TCP ports the job listens on that\n"
+          "it reported (its allowed destinations).\n"
           "\n"
           "  --json      print the list as one JSON array\n"
           "  -h, --help  show this help\n",
@@ -108,50 +121,32 @@ static char *route_field(const json_t *r, const char *key)
     return cli_printable(s && *s ? s : "-");
 }
 
-static int print_table(const json_t *routes)
-{
-    static const char *const head[NCOLS] = {"ALIAS", "NAME", "JOB", "BACKEND", "AGE", "URL"};
-    size_t n = json_array_size(routes);
-    size_t width[NCOLS];
-    char *(*cell)[NCOLS] = xcalloc(n ? n : 1, sizeof(*cell));
-    int64_t now = now_real();
+#define TABLE_COLS_MAX 8
 
-    for (int k = 0; k < NCOLS; k++)
+/* Prints head[0..ncols) and n rows of cells (row-major, ncols each, freed
+ * here) as aligned columns two spaces apart; the last column is not padded.
+ * 0, or 1 after saying why. */
+static int print_cells(const char *const *head, int ncols, char **cells, size_t n)
+{
+    size_t width[TABLE_COLS_MAX];
+    for (int k = 0; k < ncols; k++) {
         width[k] = strlen(head[k]);
-    for (size_t i = 0; i < n; i++) {
-        const json_t *r = json_array_get(routes, i);
-        char age[32] = "-";
-        json_t *created = json_object_get(r, "created");
-        if (json_is_integer(created))
-            fmt_age(now - (int64_t)json_integer_value(created), age, sizeof(age));
-        cell[i][COL_ALIAS] = route_field(r, "alias");
-        cell[i][COL_NAME] = route_field(r, "name");
-        json_t *job = json_object_get(r, "job");
-        char jobs[24] = "-";
-        if (json_is_integer(job))
-            (void)xsnprintf(jobs, sizeof(jobs), "%" JSON_INTEGER_FORMAT, json_integer_value(job));
-        cell[i][COL_JOB] = xstrdup(jobs);
-        cell[i][COL_BACKEND] = route_field(r, "backend");
-        cell[i][COL_AGE] = xstrdup(age);
-        cell[i][COL_URL] = route_field(r, "url");
-        for (int k = 0; k < NCOLS; k++) {
-            size_t l = strlen(cell[i][k]);
-            if (l > width[k])
-                width[k] = l;
-        }
+        for (size_t i = 0; i < n; i++)
+            if (strlen(cells[i * (size_t)ncols + (size_t)k]) > width[k])
+                width[k] = strlen(cells[i * (size_t)ncols + (size_t)k]);
     }
     /* Widths come from strings that are at most 64 KiB, the answer's limit. */
-    int bad = printf("%-*s  %-*s  %-*s  %-*s  %-*s  %s\n", (int)width[0], head[0],
-                     (int)width[1], head[1], (int)width[2], head[2], (int)width[3], head[3],
-                     (int)width[4], head[4], head[5]) < 0;
-    for (size_t i = 0; i < n; i++) {
-        bad |= printf("%-*s  %-*s  %-*s  %-*s  %-*s  %s\n", (int)width[0], cell[i][0],
-                      (int)width[1], cell[i][1], (int)width[2], cell[i][2], (int)width[3],
-                      cell[i][3], (int)width[4], cell[i][4], cell[i][5]) < 0;
-        for (int k = 0; k < NCOLS; k++)
-            free(cell[i][k]);
+    int bad = 0;
+    for (size_t i = 0; i <= n; i++) {
+        for (int k = 0; k < ncols; k++) {
+            const char *c = i == 0 ? head[k] : cells[(i - 1) * (size_t)ncols + (size_t)k];
+            bad |= k + 1 < ncols ? printf("%-*s  ", (int)width[k], c) < 0
+                                 : printf("%s\n", c) < 0;
+        }
     }
-    free(cell);
+    for (size_t i = 0; i < n * (size_t)ncols; i++)
+        free(cells[i]);
+    free(cells);
     if (bad || fflush(stdout) != 0) {
         cli_error("cannot write to standard output: %s", strerror(errno));
         return 1;
@@ -159,7 +154,43 @@ static int print_table(const json_t *routes)
     return 0;
 }
 
-int cmd_ls(int argc, char **argv)
+/* An integer field as text, "-" when absent. */
+static char *int_field(const json_t *o, const char *key)
+{
+    char buf[24] = "-";
+    json_t *v = json_object_get(o, key);
+    if (json_is_integer(v))
+        (void)xsnprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    return xstrdup(buf);
+}
+
+static int print_table(const json_t *routes)
+{
+    static const char *const head[NCOLS] = {"ALIAS", "NAME", "JOB", "BACKEND", "AGE", "URL"};
+    size_t n = json_array_size(routes);
+    char **cell = xcalloc(n * NCOLS + 1, sizeof(*cell));
+    int64_t now = now_real();
+    for (size_t i = 0; i < n; i++) {
+        const json_t *r = json_array_get(routes, i);
+        char age[32] = "-", **row = cell + i * NCOLS;
+        json_t *created = json_object_get(r, "created");
+        if (json_is_integer(created))
+            fmt_age(now - (int64_t)json_integer_value(created), age, sizeof(age));
+        row[COL_ALIAS] = route_field(r, "alias");
+        row[COL_NAME] = route_field(r, "name");
+        row[COL_JOB] = int_field(r, "job");
+        row[COL_BACKEND] = route_field(r, "backend");
+        row[COL_AGE] = xstrdup(age);
+        row[COL_URL] = route_field(r, "url");
+    }
+    return print_cells(head, NCOLS, cell, n);
+}
+
+/* jobgate ls and jobgate jobs: the control op's list under key, printed as
+ * a table (print), "empty" when there is none, or as JSON with --json. */
+static int list_command(int argc, char **argv, const char *cmd, void (*usage)(FILE *),
+                        const char *op, const char *key, const char *empty,
+                        int (*print)(const json_t *list))
 {
     static const struct option longopts[] = {
         {"json", no_argument, NULL, OPT_JSON},
@@ -172,17 +203,17 @@ int cmd_ls(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_JSON: json = 1; break;
-        case 'h': return print_help(usage_ls);
-        default: return cli_getopt_error("ls", c, argc, argv);
+        case 'h': return print_help(usage);
+        default: return cli_getopt_error(cmd, c, argc, argv);
         }
     }
     if (optind < argc)
-        return cli_usage_error("ls", "unexpected argument '%s'", argv[optind]);
+        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
 
     const char *sock = cli_control_socket();
     if (!sock)
         return 1;
-    json_t *req = json_pack("{s:s}", "op", "list");
+    json_t *req = json_pack("{s:s}", "op", op);
     if (!req) {
         cli_error("cannot build the request");
         return 1;
@@ -190,21 +221,79 @@ int cmd_ls(int argc, char **argv)
     json_t *reply = cli_call(sock, req);
     if (!reply)
         return 1;
-    json_t *routes = json_object_get(reply, "routes");
-    if (!json_is_array(routes)) {
-        cli_error("bad answer from the gateway: no \"routes\" list");
-        json_decref(reply);
-        return 1;
-    }
+    json_t *list = json_object_get(reply, key);
     int rc;
-    if (json)
-        rc = print_json_line(routes);
-    else if (json_array_size(routes) == 0)
-        rc = printf("no apps\n") < 0 || fflush(stdout) != 0;
-    else
-        rc = print_table(routes);
+    if (!json_is_array(list)) {
+        cli_error("bad answer from the gateway: no \"%s\" list", key);
+        rc = 1;
+    } else if (json) {
+        rc = print_json_line(list);
+    } else if (json_array_size(list) == 0) {
+        rc = printf("%s\n", empty) < 0 || fflush(stdout) != 0;
+    } else {
+        rc = print(list);
+    }
     json_decref(reply);
     return rc;
+}
+
+int cmd_ls(int argc, char **argv)
+{
+    return list_command(argc, argv, "ls", usage_ls, "list", "routes", "no apps", print_table);
+}
+
+/* "host:port" of every destination, joined by commas, or "-". */
+static char *dest_list(const json_t *dests)
+{
+    size_t i, cap = 64, len = 0;
+    json_t *d;
+    char *s = xmalloc(cap);
+    s[0] = '\0';
+    json_array_foreach(dests, i, d) {
+        const char *host = json_string_value(json_object_get(d, "host"));
+        char one[160];
+        if (!host)
+            continue;
+        int n = snprintf(one, sizeof(one), strchr(host, ':') ? "%s[%s]:%" JSON_INTEGER_FORMAT
+                                                             : "%s%s:%" JSON_INTEGER_FORMAT,
+                         len ? "," : "", host, json_integer_value(json_object_get(d, "port")));
+        if (n < 0 || (size_t)n >= sizeof(one))
+            continue;
+        while (len + (size_t)n + 1 > cap)
+            s = xrealloc(s, cap *= 2);
+        memcpy(s + len, one, (size_t)n + 1);
+        len += (size_t)n;
+    }
+    if (len == 0) {
+        free(s);
+        s = xstrdup("-");
+    }
+    char *p = cli_printable(s);
+    free(s);
+    return p;
+}
+
+static int print_jobs(const json_t *jobs)
+{
+    enum { J_JOB, J_USER, J_NODE, J_STATE, J_DESTS, NJ };
+    static const char *const head[NJ] = {"JOB", "USER", "NODE", "STATE", "DESTINATIONS"};
+    size_t n = json_array_size(jobs);
+    char **cell = xcalloc(n * NJ + 1, sizeof(*cell));
+    for (size_t i = 0; i < n; i++) {
+        const json_t *j = json_array_get(jobs, i);
+        char **row = cell + i * NJ;
+        row[J_JOB] = int_field(j, "job");
+        row[J_USER] = route_field(j, "user");
+        row[J_NODE] = route_field(j, "node");
+        row[J_STATE] = route_field(j, "state");
+        row[J_DESTS] = dest_list(json_object_get(j, "destinations"));
+    }
+    return print_cells(head, NJ, cell, n);
+}
+
+int cmd_jobs(int argc, char **argv)
+{
+    return list_command(argc, argv, "jobs", usage_jobs, "jobs", "jobs", "no jobs", print_jobs);
 }
 
 int cmd_link(int argc, char **argv)

@@ -36,6 +36,7 @@ static void usage(FILE *f)
           "                      start CMD, publish it through the gateway, print its link,\n"
           "                      and end the route when CMD exits\n"
           "  ls [--json]         list your apps\n"
+          "  jobs [--json]       list your batch jobs that the gateway knows (Slurm --jobgate)\n"
           "  link ALIAS [--ttl DURATION] [--json]\n"
           "                      make a new one-time link to an app\n"
           "  rm ALIAS...         remove apps from the gateway\n"
@@ -169,6 +170,7 @@ static const struct command commands[] = {
     {"run", cmd_run},
     {"ls", cmd_ls},
     {"link", cmd_link},
+    {"jobs", cmd_jobs},
     {"rm", cmd_rm},
     {"tunnel", cmd_tunnel},
 };

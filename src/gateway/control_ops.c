@@ -191,6 +191,33 @@ static void op_list(struct ctl_peer *p, uid_t uid, json_t *req, struct reply *rp
     rp->obj = json_pack("{s:b, s:o}", "ok", 1, "routes", arr);
 }
 
+/* The caller's batch jobs (root in shared mode: everyone's), with their destinations. */
+static void op_jobs(struct ctl_peer *p, uid_t uid, json_t *req, struct reply *rp)
+{
+    struct registry_jobs rj;
+    int all = p->uid == 0 && p->w->cfg->shared && !json_object_get(req, "uid");
+    registry_jobs(p->w->reg, uid, all, &rj);
+    json_t *arr = json_array();
+    for (unsigned i = 0; i < rj.n; i++) {
+        const struct job *j = &rj.jobs[i];
+        json_t *dests = json_array();
+        for (unsigned k = rj.first[i]; k < rj.first[i] + rj.count[i]; k++)
+            json_array_append_new(dests, json_pack("{s:s, s:s, s:i}", "node", rj.dests[k].node,
+                                                   "host", rj.dests[k].host, "port",
+                                                   (int)rj.dests[k].port));
+        json_t *o = json_pack("{s:I, s:I, s:s, s:s, s:s, s:I, s:I, s:o}", "job", (json_int_t)j->id,
+                              "uid", (json_int_t)j->uid, "user", j->user, "node", j->node,
+                              "state", j->ended ? "ended" : "running", "started",
+                              (json_int_t)j->started, "not_after", (json_int_t)j->not_after,
+                              "destinations", dests);
+        if (o && j->ended)
+            json_object_set_new(o, "ended", json_integer(j->ended));
+        json_array_append_new(arr, o);
+    }
+    registry_jobs_free(&rj);
+    rp->obj = json_pack("{s:b, s:o}", "ok", 1, "jobs", arr);
+}
+
 static void op_link(struct ctl_peer *p, uid_t uid, json_t *req, struct reply *rp)
 {
     int64_t ttl;
@@ -247,7 +274,7 @@ static const struct {
     void (*fn)(struct ctl_peer *, uid_t, json_t *, struct reply *);
 } ops[] = {
     {"hello", op_hello}, {"register", op_register}, {"ready", op_ready}, {"list", op_list},
-    {"link", op_link},   {"remove", op_remove},     {"tunnel", op_tunnel},
+    {"link", op_link},   {"remove", op_remove},     {"tunnel", op_tunnel}, {"jobs", op_jobs},
 };
 
 void control_handle(struct ctl_peer *p, const char *line, size_t len, struct evbuffer *out)

@@ -1,8 +1,10 @@
 /* nodechan — see nodechan.h. */
 #include "nodechan.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -261,6 +263,59 @@ static int job_end(struct nodechan *nc, json_t *m, uid_t by, struct evbuffer *ou
     return answer(out, json_pack("{s:I, s:i}", "job", (json_int_t)id, "routes", rc));
 }
 
+/* A destination's host: the node's own name for a wildcard listener, or an IP
+ * literal (no loopback: the gateway could not reach it there). */
+static int dest_host_ok(const char *h)
+{
+    unsigned char a[16];
+    if (inet_pton(AF_INET, h, a) == 1)
+        return a[0] != 127 && a[0] != 0;
+    if (inet_pton(AF_INET6, h, a) == 1)
+        return !IN6_IS_ADDR_LOOPBACK((struct in6_addr *)a) &&
+               !IN6_IS_ADDR_UNSPECIFIED((struct in6_addr *)a);
+    return job_name_valid(h, JOB_HOST_MAX);
+}
+
+static int job_ready(struct nodechan *nc, json_t *m, uid_t by, struct evbuffer *out)
+{
+    uint32_t id = job_id_of(m);
+    const char *node = json_string_value(json_object_get(m, "node"));
+    json_t *list = json_object_get(m, "listen");
+    struct job_dest d[JOB_DEST_MAX];
+    if (!id)
+        return refuse(out, 400, "'job' must be a job id (1..4294967295)");
+    if (!job_name_valid(node, JOB_NODE_MAX))
+        return refuse(out, 400, "'node' must be a node name (A-Z a-z 0-9 . _ -, at most 64)");
+    if (!json_is_array(list) || json_array_size(list) > JOB_DEST_MAX)
+        return refuse(out, 400, "'listen' must be a list of at most 32 {\"host\", \"port\"}");
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v) {
+        const char *host = json_string_value(json_object_get(v, "host"));
+        json_t *port = json_object_get(v, "port");
+        if (!host || !dest_host_ok(host) || !json_is_integer(port) ||
+            json_integer_value(port) < 1 || json_integer_value(port) > 65535)
+            return refuse(out, 400, "'listen' entries are {\"host\": a name or a non-loopback "
+                                    "address, \"port\": 1..65535}");
+        memset(&d[i], 0, sizeof(d[i]));
+        snprintf(d[i].node, sizeof(d[i].node), "%s", node);
+        snprintf(d[i].host, sizeof(d[i].host), "%s", host);
+        d[i].port = (uint16_t)json_integer_value(port);
+    }
+    int rc = registry_job_ready(nc->reg, id, node, d, (unsigned)json_array_size(list));
+    if (rc == -ENOENT)
+        return refuse(out, 404, "no such job");
+    if (rc == -ESTALE)
+        return refuse(out, 409, "this job has ended");
+    if (rc == -ENOSPC)
+        return refuse(out, 400, "the job has too many destinations");
+    if (rc < 0)
+        return refuse(out, 500, "could not record the destinations (see the gateway's log)");
+    (void)by;
+    return answer(out, json_pack("{s:I, s:i}", "job", (json_int_t)id, "destinations",
+                                 (int)json_array_size(list)));
+}
+
 /* The fixed table of what a node may ask. */
 static const struct node_op {
     const char *path;
@@ -269,6 +324,7 @@ static const struct node_op {
 } node_ops[] = {
     {NODECHAN_PREFIX "v1/job-start", "job-start", job_start},
     {NODECHAN_PREFIX "v1/job-end", "job-end", job_end},
+    {NODECHAN_PREFIX "v1/job-ready", "job-ready", job_ready},
 };
 
 int nodechan_handle(struct nodechan *nc, const struct http1_head *h, const char *body, size_t len,

@@ -6,6 +6,8 @@
  *   POST /_jobgate/node/v1/job-start   {"job","uid","user","node","time_limit","csr"}
  *                                      -> 200 {"job","cert","ca","not_after"}
  *   POST /_jobgate/node/v1/job-end     {"job","node"} -> 200 {"job","routes"}
+ *   POST /_jobgate/node/v1/job-ready   {"job","node","listen":[{"host","port"}]}
+ *                                      -> 200 {"job","destinations"}
  *
  * on the gateway's HTTPS port, on any Host. Each request carries
  * "Authorization: MUNGE <credential>" whose payload is exactly

@@ -504,6 +504,7 @@ static int job_end_locked(struct registry *reg, const struct job *job, uid_t by,
         if (remove_locked(reg, jr.alias[i], by, why) == 0)
             gone++;
     free(jr.alias);
+    job_dests_clear(reg->jobs, j.id);
     if (!j.ended) {
         j.ended = now_real();
         if (store_job_put(reg->store, &j) < 0 || job_put(reg->jobs, &j) < 0)
@@ -549,6 +550,100 @@ int registry_jobs_running(struct registry *reg, uint32_t **ids)
     unlock(reg);
     *ids = rc.ids;
     return (int)rc.n;
+}
+
+int registry_job_ready(struct registry *reg, uint32_t id, const char *node,
+                       const struct job_dest *d, unsigned n)
+{
+    wrlock(reg);
+    const struct job *j = job_find(reg->jobs, id);
+    int rc = !j ? -ENOENT : j->ended ? -ESTALE : job_dests_set(reg->jobs, id, node, d, n);
+    if (rc == 0) {
+        char detail[160];
+        snprintf(detail, sizeof(detail), "job=%u node=%s destinations=%u", (unsigned)id, node, n);
+        store_audit(reg->store, j->uid, "job.ready", NULL, detail);
+        log_info("job ready job=%u node=%s destinations=%u", (unsigned)id, node, n);
+    }
+    unlock(reg);
+    return rc;
+}
+
+struct jobs_ctx {
+    struct registry *reg;
+    uid_t uid;
+    int all;
+    struct registry_jobs *out;
+    size_t cap_dests;
+};
+
+static int copy_job(const struct job *j, void *arg)
+{
+    struct jobs_ctx *jc = arg;
+    struct registry_jobs *o = jc->out;
+    if (!jc->all && j->uid != jc->uid)
+        return 0;
+    const struct job_dest *d;
+    unsigned nd = job_dests(jc->reg->jobs, j->id, &d);
+    if (o->ndests + nd > jc->cap_dests) {
+        jc->cap_dests = (o->ndests + nd) * 2;
+        o->dests = xrealloc(o->dests, jc->cap_dests * sizeof(*o->dests));
+    }
+    o->jobs[o->n] = *j;
+    o->first[o->n] = o->ndests;
+    o->count[o->n] = nd;
+    memcpy(o->dests + o->ndests, d, nd * sizeof(*d));
+    o->ndests += nd;
+    o->n++;
+    return 0;
+}
+
+static int by_job_id(const void *a, const void *b)
+{
+    uint32_t x = ((const struct job *)a)->id, y = ((const struct job *)b)->id;
+    return x < y ? -1 : x > y;
+}
+
+int registry_jobs(struct registry *reg, uid_t uid, int all, struct registry_jobs *out)
+{
+    memset(out, 0, sizeof(*out));
+    rdlock(reg);
+    size_t n = job_count(reg->jobs);
+    struct jobs_ctx jc = {.reg = reg, .uid = uid, .all = all, .out = out};
+    out->jobs = xcalloc(n + 1, sizeof(*out->jobs));
+    out->first = xcalloc(n + 1, sizeof(*out->first));
+    out->count = xcalloc(n + 1, sizeof(*out->count));
+    job_filter(reg->jobs, copy_job, &jc);
+    unlock(reg);
+    /* By id, each job's destinations moved along with it. */
+    struct job_dest *dests = xcalloc(out->ndests + 1, sizeof(*dests));
+    struct { struct job j; unsigned first, count; } *v = xcalloc(out->n + 1, sizeof(*v));
+    for (unsigned i = 0; i < out->n; i++) {
+        v[i].j = out->jobs[i];
+        v[i].first = out->first[i];
+        v[i].count = out->count[i];
+    }
+    qsort(v, out->n, sizeof(*v), by_job_id);
+    unsigned k = 0;
+    for (unsigned i = 0; i < out->n; i++) {
+        out->jobs[i] = v[i].j;
+        memcpy(dests + k, out->dests + v[i].first, v[i].count * sizeof(*dests));
+        out->first[i] = k;
+        out->count[i] = v[i].count;
+        k += v[i].count;
+    }
+    free(v);
+    free(out->dests);
+    out->dests = dests;
+    return (int)out->n;
+}
+
+void registry_jobs_free(struct registry_jobs *j)
+{
+    free(j->jobs);
+    free(j->first);
+    free(j->count);
+    free(j->dests);
+    memset(j, 0, sizeof(*j));
 }
 
 int registry_job_get(struct registry *reg, uint32_t id, struct job *out)

@@ -166,6 +166,23 @@ int registry_job_start(struct registry *reg, const struct job *j, struct job *ou
  * audit trail. The number of routes removed, -ENOENT (unknown job), -EIO. */
 int registry_job_end(struct registry *reg, uint32_t id, uid_t by, const char *why);
 
+/* Node says which TCP ports the job's own processes listen on there (its
+ * allowed destinations, replacing what node said before). 0, -ENOENT (no
+ * such job), -ESTALE (it ended), -ENOSPC (more than job.h allows). */
+int registry_job_ready(struct registry *reg, uint32_t id, const char *node,
+                       const struct job_dest *d, unsigned n);
+
+/* Copies of uid's jobs (everyone's when all), by id, each with its
+ * destinations: jobs[i]'s are dests[first[i] .. first[i] + count[i]). */
+struct registry_jobs {
+    struct job *jobs;
+    unsigned *first, *count;
+    struct job_dest *dests;
+    unsigned n, ndests;
+};
+int registry_jobs(struct registry *reg, uid_t uid, int all, struct registry_jobs *out);
+void registry_jobs_free(struct registry_jobs *j);
+
 /* A copy of job id. 0, or -ENOENT. */
 int registry_job_get(struct registry *reg, uint32_t id, struct job *out);
 

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,12 +12,36 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "util.h"
+/* libc only (no util.h): the Slurm plugin builds this file into slurmstepd too. */
 
 #define LINE_MAX_BYTES 512  /* a table line is about 150 bytes (tcp6) */
 #define MAX_INODES 64       /* listening sockets on one port (SO_REUSEPORT groups) */
 #define MAX_PROCS 65536     /* processes scanned for the tree */
 #define MAX_FDS 65536       /* descriptors looked at per process */
+
+/* snprintf that says -1 when it had to cut. */
+__attribute__((format(printf, 3, 4)))
+static int fmt(char *buf, size_t len, const char *f, ...)
+{
+    va_list ap;
+    va_start(ap, f);
+    int n = vsnprintf(buf, len, f, ap);
+    va_end(ap);
+    return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+/* A message into why; returns rc. */
+__attribute__((format(printf, 4, 5)))
+static int say(char *why, size_t len, int rc, const char *f, ...)
+{
+    if (why && len) {
+        va_list ap;
+        va_start(ap, f);
+        vsnprintf(why, len, f, ap);
+        va_end(ap);
+    }
+    return rc;
+}
 
 int procnet_parse_line(const char *line, struct procnet_sock *s)
 {
@@ -31,7 +56,7 @@ int procnet_scan(const char *proc, int v6, int (*cb)(const struct procnet_sock *
                  void *arg)
 {
     char path[512], line[LINE_MAX_BYTES];
-    if (xsnprintf(path, sizeof(path), "%s/net/%s", proc, v6 ? "tcp6" : "tcp") < 0)
+    if (fmt(path, sizeof(path), "%s/net/%s", proc, v6 ? "tcp6" : "tcp") < 0)
         return -ENAMETOOLONG;
     FILE *f = fopen(path, "re");
     if (!f)
@@ -87,8 +112,8 @@ int procnet_listeners(const char *proc, uint16_t port, uid_t uid, int mine[2], i
     for (lc.v6 = 0; lc.v6 < 2; lc.v6++) {
         int r = procnet_scan(proc, lc.v6, count_listener, &lc);
         if (r < 0 && r != -ENOENT)
-            return errmsg(why, len, r, "cannot read %s/net/%s: %s", proc, lc.v6 ? "tcp6" : "tcp",
-                          strerror(-r));
+            return say(why, len, r, "cannot read %s/net/%s: %s", proc, lc.v6 ? "tcp6" : "tcp",
+                       strerror(-r));
     }
     return 0;
 }
@@ -124,15 +149,15 @@ static int addr_hex(const struct sockaddr_storage *ss, char *out, size_t len, un
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
         *port = ntohs(a->sin_port);
-        return xsnprintf(out, len, "%08X", (unsigned)a->sin_addr.s_addr);
+        return fmt(out, len, "%08X", (unsigned)a->sin_addr.s_addr);
     }
     if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
         uint32_t w[4];
         memcpy(w, &a->sin6_addr, sizeof(w));
         *port = ntohs(a->sin6_port);
-        return xsnprintf(out, len, "%08X%08X%08X%08X", (unsigned)w[0], (unsigned)w[1],
-                         (unsigned)w[2], (unsigned)w[3]);
+        return fmt(out, len, "%08X%08X%08X%08X", (unsigned)w[0], (unsigned)w[1], (unsigned)w[2],
+                   (unsigned)w[3]);
     }
     return -1;
 }
@@ -177,7 +202,7 @@ static int by_ppid(const void *a, const void *b)
     return (x->ppid > y->ppid) - (x->ppid < y->ppid);
 }
 
-/* Reads every process's parent from <proc>/<pid>/stat. */
+/* Reads every process's parent from <proc>/<pid>/stat. 0 or -errno. */
 static int read_procs(const char *proc, struct proc_ent **out, size_t *count)
 {
     DIR *d = opendir(proc);
@@ -186,13 +211,15 @@ static int read_procs(const char *proc, struct proc_ent **out, size_t *count)
     struct proc_ent *v;
     if (!d)
         return -errno;
-    v = xmalloc(cap * sizeof(*v));
-    while ((e = readdir(d)) && n < MAX_PROCS) {
-        char path[512], buf[1024];
-        uint64_t pid;
-        if (parse_uint(e->d_name, 1, 0x7fffffff, &pid) < 0)
+    v = malloc(cap * sizeof(*v));
+    while (v && (e = readdir(d)) && n < MAX_PROCS) {
+        char path[512], buf[1024], *end;
+        errno = 0;
+        long pid = strtol(e->d_name, &end, 10);
+        if (errno || *end || pid < 1 || pid > 0x7fffffff || e->d_name[0] < '1' ||
+            e->d_name[0] > '9')
             continue;
-        if (xsnprintf(path, sizeof(path), "%s/%s/stat", proc, e->d_name) < 0)
+        if (fmt(path, sizeof(path), "%s/%s/stat", proc, e->d_name) < 0)
             continue;
         FILE *f = fopen(path, "re");
         if (!f)
@@ -207,82 +234,47 @@ static int read_procs(const char *proc, struct proc_ent **out, size_t *count)
         if (!rp || sscanf(rp + 1, " %c %d", &state, &ppid) != 2)
             continue;
         if (n == cap) {
+            struct proc_ent *nv = realloc(v, 2 * cap * sizeof(*v));
+            if (!nv) {
+                free(v);
+                v = NULL;
+                break;
+            }
+            v = nv;
             cap *= 2;
-            v = xrealloc(v, cap * sizeof(*v));
         }
         v[n].pid = (pid_t)pid;
         v[n].ppid = (pid_t)ppid;
         n++;
     }
     closedir(d);
+    if (!v)
+        return -ENOMEM;
     *out = v;
     *count = n;
     return 0;
 }
 
-/* 1 if one of pid's descriptors is a socket with one of the inodes. */
-static int holds_inode(const char *proc, pid_t pid, const unsigned long *ino, int n)
+/* root and its descendants into a new array *tree (free()). The count, or -errno. */
+static long tree_of(const char *proc, pid_t root, pid_t **tree)
 {
-    char dir[512];
-    if (xsnprintf(dir, sizeof(dir), "%s/%ld/fd", proc, (long)pid) < 0)
-        return 0;
-    DIR *d = opendir(dir);
-    if (!d)
-        return 0;
-    struct dirent *e;
-    int found = 0, seen = 0;
-    while (!found && (e = readdir(d)) && seen++ < MAX_FDS) {
-        char path[1024], target[64];
-        if (e->d_name[0] == '.')
-            continue;
-        if (xsnprintf(path, sizeof(path), "%s/%s", dir, e->d_name) < 0)
-            continue;
-        ssize_t len = readlink(path, target, sizeof(target) - 1);
-        if (len <= 0)
-            continue;
-        target[len] = '\0';
-        unsigned long inode;
-        if (sscanf(target, "socket:[%lu]", &inode) != 1)
-            continue;
-        for (int i = 0; i < n; i++)
-            if (ino[i] == inode)
-                found = 1;
-    }
-    closedir(d);
-    return found;
-}
-
-int procnet_port_in_tree(const char *proc, uint16_t port, pid_t root, char *why, size_t len)
-{
-    unsigned long ino[MAX_INODES];
-    int nino = 0, rc;
-    struct inodes_ctx ic = {.port = port, .ino = ino, .n = &nino};
-    for (int v6 = 0; v6 < 2; v6++) {
-        rc = procnet_scan(proc, v6, collect_inode, &ic);
-        if (rc < 0 && rc != -ENOENT) /* no IPv6 on this kernel is fine */
-            return errmsg(why, len, rc, "cannot read %s/net/%s: %s", proc, v6 ? "tcp6" : "tcp",
-                          strerror(-rc));
-    }
-    if (nino == 0) {
-        snprintf(why, len, "nothing listens on port %u", port);
-        return -ENOENT;
-    }
-
     struct proc_ent *ps = NULL;
     size_t np = 0;
-    rc = read_procs(proc, &ps, &np);
-    if (rc < 0) {
-        snprintf(why, len, "cannot list %s: %s", proc, strerror(-rc));
+    int rc = read_procs(proc, &ps, &np);
+    if (rc < 0)
         return rc;
-    }
     /* Breadth-first over the tree, children found by binary search in the
-     * list sorted by parent: tree[] holds root and every descendant found. */
+     * list sorted by parent: t[] holds root and every descendant found. */
     qsort(ps, np, sizeof(*ps), by_ppid);
-    pid_t *tree = xmalloc((np + 1) * sizeof(*tree));
+    pid_t *t = malloc((np + 1) * sizeof(*t));
+    if (!t) {
+        free(ps);
+        return -ENOMEM;
+    }
     size_t nt = 0, head = 0;
-    tree[nt++] = root;
+    t[nt++] = root;
     while (head < nt) {
-        pid_t parent = tree[head++];
+        pid_t parent = t[head++];
         size_t lo = 0, hi = np;
         while (lo < hi) { /* first entry with ppid >= parent */
             size_t mid = lo + (hi - lo) / 2;
@@ -293,14 +285,122 @@ int procnet_port_in_tree(const char *proc, uint16_t port, pid_t root, char *why,
         }
         for (size_t i = lo; i < np && ps[i].ppid == parent && nt < np + 1; i++)
             if (ps[i].pid != parent)
-                tree[nt++] = ps[i].pid;
+                t[nt++] = ps[i].pid;
+    }
+    free(ps);
+    *tree = t;
+    return (long)nt;
+}
+
+/* Marks, among ino[0..n), the socket inodes that pid holds a descriptor of
+ * (held[i] = 1). The number newly marked. */
+static int mark_held(const char *proc, pid_t pid, const unsigned long *ino, int n, char *held)
+{
+    char dir[512];
+    if (fmt(dir, sizeof(dir), "%s/%ld/fd", proc, (long)pid) < 0)
+        return 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    struct dirent *e;
+    int marked = 0, seen = 0;
+    while ((e = readdir(d)) && seen++ < MAX_FDS) {
+        char path[1024], target[64];
+        if (e->d_name[0] == '.')
+            continue;
+        if (fmt(path, sizeof(path), "%s/%s", dir, e->d_name) < 0)
+            continue;
+        ssize_t len = readlink(path, target, sizeof(target) - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        unsigned long inode;
+        if (sscanf(target, "socket:[%lu]", &inode) != 1)
+            continue;
+        for (int i = 0; i < n; i++)
+            if (ino[i] == inode && !held[i]) {
+                held[i] = 1;
+                marked++;
+            }
+    }
+    closedir(d);
+    return marked;
+}
+
+int procnet_port_in_tree(const char *proc, uint16_t port, pid_t root, char *why, size_t len)
+{
+    unsigned long ino[MAX_INODES];
+    char held[MAX_INODES] = {0};
+    int nino = 0, rc;
+    struct inodes_ctx ic = {.port = port, .ino = ino, .n = &nino};
+    for (int v6 = 0; v6 < 2; v6++) {
+        rc = procnet_scan(proc, v6, collect_inode, &ic);
+        if (rc < 0 && rc != -ENOENT) /* no IPv6 on this kernel is fine */
+            return say(why, len, rc, "cannot read %s/net/%s: %s", proc, v6 ? "tcp6" : "tcp",
+                       strerror(-rc));
+    }
+    if (nino == 0) {
+        snprintf(why, len, "nothing listens on port %u", port);
+        return -ENOENT;
+    }
+    pid_t *tree;
+    long nt = tree_of(proc, root, &tree);
+    if (nt < 0) {
+        snprintf(why, len, "cannot list %s: %s", proc, strerror((int)-nt));
+        return (int)nt;
     }
     int owned = 0;
-    for (size_t i = 0; i < nt && !owned; i++)
-        owned = holds_inode(proc, tree[i], ino, nino);
+    for (long i = 0; i < nt && !owned; i++)
+        owned = mark_held(proc, tree[i], ino, nino, held) > 0;
     free(tree);
-    free(ps);
     if (!owned)
         snprintf(why, len, "port %u is held by a process outside the app's process tree", port);
     return owned;
+}
+
+struct listen_set {
+    struct procnet_sock *s;
+    unsigned long *ino;
+    int n, cap, v6base; /* entries [v6base, n) came from tcp6 */
+};
+
+static int collect_listen(const struct procnet_sock *s, void *arg)
+{
+    struct listen_set *ls = arg;
+    if (s->state != PROCNET_LISTEN || s->inode == 0 || ls->n >= ls->cap)
+        return 0;
+    ls->s[ls->n] = *s;
+    ls->ino[ls->n++] = s->inode;
+    return 0;
+}
+
+int procnet_tree_listeners(const char *proc, pid_t root,
+                           int (*cb)(const struct procnet_sock *s, int v6, void *arg), void *arg)
+{
+    struct listen_set ls = {.cap = PROCNET_TREE_LISTEN_MAX};
+    ls.s = malloc(ls.cap * sizeof(*ls.s));
+    ls.ino = malloc(ls.cap * sizeof(*ls.ino));
+    char *held = calloc((size_t)ls.cap, 1);
+    int rc = ls.s && ls.ino && held ? 0 : -ENOMEM;
+    for (int v6 = 0; rc == 0 && v6 < 2; v6++) {
+        if (v6)
+            ls.v6base = ls.n;
+        rc = procnet_scan(proc, v6, collect_listen, &ls);
+        if (rc == -ENOENT)
+            rc = 0; /* no IPv6 on this kernel */
+    }
+    pid_t *tree = NULL;
+    long nt = 0;
+    if (rc == 0 && ls.n > 0 && (nt = tree_of(proc, root, &tree)) < 0)
+        rc = (int)nt;
+    for (long i = 0; rc == 0 && i < nt; i++)
+        mark_held(proc, tree[i], ls.ino, ls.n, held);
+    for (int i = 0; rc == 0 && i < ls.n; i++)
+        if (held[i] && cb(&ls.s[i], i >= ls.v6base, arg))
+            break;
+    free(tree);
+    free(held);
+    free(ls.s);
+    free(ls.ino);
+    return rc;
 }

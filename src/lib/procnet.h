@@ -10,11 +10,14 @@
  *    app does not hold; SO_PEERCRED answers this only for UNIX sockets)?
  *  - Does a process of the app's own tree hold the listening socket
  *    (`jobgate run --tcp`, following the socket inode to a descriptor)?
+ *  - Which listening sockets does a tree of processes hold (a Slurm job's
+ *    allowed destinations, read by spank_jobgate.so inside slurmstepd)?
  *
  * Owns nothing and no state; every scan is bounded (a line is 512 bytes at
  * most, tables by the kernel, processes and descriptors by the limits in
  * procnet.c). The proc directory is a parameter: "/proc", or a fake tree in
- * the unit tests.
+ * the unit tests. libc only: the Slurm plugin builds it in as well, so it
+ * never aborts and reports running out of memory as -ENOMEM.
  */
 #ifndef JG_PROCNET_H
 #define JG_PROCNET_H
@@ -72,5 +75,17 @@ long procnet_peer_uid(int fd, const char *proc);
  * negative errno; why explains a 0 or an error.
  */
 int procnet_port_in_tree(const char *proc, uint16_t port, pid_t root, char *why, size_t len);
+
+/* At most this many listening sockets are looked at by procnet_tree_listeners. */
+#define PROCNET_TREE_LISTEN_MAX 4096
+
+/*
+ * Calls cb for every LISTEN socket of tcp (v6 = 0) and tcp6 (v6 = 1) that
+ * root or one of its descendants holds a descriptor of, until cb returns
+ * nonzero. 0, or -errno (a table or the process list cannot be read, no
+ * memory).
+ */
+int procnet_tree_listeners(const char *proc, pid_t root,
+                           int (*cb)(const struct procnet_sock *s, int v6, void *arg), void *arg);
 
 #endif

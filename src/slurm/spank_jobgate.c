@@ -9,12 +9,15 @@
  *    spank_options table) and checks the plugin's arguments.
  *  - remote (slurmstepd, root, once per step): when the job asked for
  *    jobgate, slurm_spank_init_post_opt makes the job directory
- *    (jobdir.c; the first step on the node makes it, later steps find it)
- *    and exports JOBGATE_DIR, JOBGATE_GATEWAY and JOBGATE_JOB_ID into the
- *    step's tasks.
+ *    (jobdir.c; the first step on the node makes it, later steps find it),
+ *    the job's key and certificate (jobkey.c, nodecall.c), starts the
+ *    step's JOBGATE_READY_FD watcher (jobready.c; stopped in
+ *    slurm_spank_exit) and exports JOBGATE_DIR, JOBGATE_GATEWAY,
+ *    JOBGATE_JOB_ID and JOBGATE_READY_FD into the step's tasks.
  *  - job_script (slurmd's epilog, root, a process of its own in which
  *    slurm_spank_init is not called): slurm_spank_job_epilog parses the
- *    arguments itself and removes the job directory.
+ *    arguments itself, tells the gateway the job ended and removes the job
+ *    directory.
  *
  * Owns the parsed arguments and the --jobgate flag of this process, both
  * written only in the hooks above: SPANK calls a plugin from one thread.
@@ -38,6 +41,7 @@
 
 #include "jobdir.h"
 #include "jobkey.h"
+#include "jobready.h"
 #include "nodecall.h"
 #include "plugconf.h"
 
@@ -238,6 +242,20 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
     if (set_env(sp, "JOBGATE_DIR", path) < 0 || set_env(sp, "JOBGATE_GATEWAY", conf.gateway) < 0 ||
         set_env(sp, "JOBGATE_JOB_ID", id) < 0)
         return -1;
+    /* JOBGATE_READY_FD: this step's listeners, registered when the job says so. */
+    char node[128], host[256], fdtext[16];
+    int fd;
+    node_name(sp, node, sizeof(node));
+    if (gethostname(host, sizeof(host)) < 0)
+        snprintf(host, sizeof(host), "%s", node);
+    host[sizeof(host) - 1] = '\0';
+    if (jobready_start(&conf, jobid, node, host, &fd, err, sizeof(err)) < 0) {
+        slurm_error("jobgate: job %u: JOBGATE_READY_FD: %s", (unsigned)jobid, err);
+        return -1;
+    }
+    snprintf(fdtext, sizeof(fdtext), "%d", fd);
+    if (set_env(sp, "JOBGATE_READY_FD", fdtext) < 0)
+        return -1;
     slurm_verbose("jobgate: job %u: directory %s", (unsigned)jobid, path);
     return 0;
 }
@@ -262,6 +280,13 @@ static void job_end(spank_t sp, uint32_t jobid)
         slurm_verbose("jobgate: job %u: ended at the gateway (%" JSON_INTEGER_FORMAT " routes)",
                       (unsigned)jobid, json_integer_value(json_object_get(ans, "routes")));
     json_decref(ans);
+}
+
+int slurm_spank_exit(spank_t sp, int ac, char **av)
+{
+    if (spank_remote(sp))
+        jobready_stop(); /* the step ends */
+    return 0;
 }
 
 int slurm_spank_job_epilog(spank_t sp, int ac, char **av)

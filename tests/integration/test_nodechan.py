@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import Gateway, Munged, wait_for
+from conftest import Gateway, Munged, control_as, wait_for
 from fakeagent import FakeAgent
 from slurm import cluster_user
 
@@ -345,3 +345,46 @@ def test_the_reaper_ends_the_jobs_the_scheduler_says_ended(make_gateway, munged,
         assert ended() == {4401, 4402, 4403}
     finally:
         a.close()
+
+
+def test_destinations_are_checked_and_listed(gw, munged, job_user):
+    start_job(gw, munged, job_user, 4501, new_key())
+    ok = {"job": 4501, "node": "cn001",
+          "listen": [{"host": "cn001.cluster", "port": 8888}, {"host": "10.1.2.3", "port": 7000},
+                     {"host": "2001:db8::5", "port": 6002}]}
+    st, ans = node_post(gw, "job-ready", ok, munged=munged)
+    assert st == 200 and ans["destinations"] == 3, ans
+    bad = [
+        {**ok, "listen": [{"host": "127.0.0.1", "port": 80}]},       # loopback
+        {**ok, "listen": [{"host": "::1", "port": 80}]},
+        {**ok, "listen": [{"host": "0.0.0.0", "port": 80}]},
+        {**ok, "listen": [{"host": "a b", "port": 80}]},
+        {**ok, "listen": [{"host": "cn001", "port": 0}]},
+        {**ok, "listen": [{"host": "cn001", "port": 65536}]},
+        {**ok, "listen": [{"host": "cn001", "port": p} for p in range(1, 34)]},  # 33 > 32
+        {**ok, "listen": "cn001:80"},
+    ]
+    for body in bad:
+        st, ans = node_post(gw, "job-ready", body, munged=munged)
+        assert st == 400 and "'listen'" in ans["error"], (body, ans)
+    # A second node of the job adds its own; the first node's second report replaces its own.
+    st, _ = node_post(gw, "job-ready", {"job": 4501, "node": "cn002",
+                                        "listen": [{"host": "cn002", "port": 9}]}, munged=munged)
+    assert st == 200
+    st, _ = node_post(gw, "job-ready", {**ok, "listen": ok["listen"][:1]}, munged=munged)
+    assert st == 200
+    job = [j for j in json.loads(gw.cli("jobs", "--json").stdout) if j["job"] == 4501][0]
+    assert sorted((d["node"], d["host"], d["port"]) for d in job["destinations"]) == [
+        ("cn001", "cn001.cluster", 8888), ("cn002", "cn002", 9)], job
+    assert job["user"] == USER and job["state"] == "running", job
+    # Another user sees none of it.
+    os.chmod(gw.root, 0o711)
+    other = control_as(65534, gw.control_path, [{"op": "jobs"}])[0]
+    assert other["ok"] and other["jobs"] == [], other
+    st, _ = node_post(gw, "job-ready", {**ok, "job": 999}, munged=munged)
+    assert st == 404
+    node_post(gw, "job-end", {"job": 4501, "node": "cn001"}, munged=munged)
+    st, ans = node_post(gw, "job-ready", ok, munged=munged)
+    assert st == 409 and "ended" in ans["error"], ans
+    job = [j for j in json.loads(gw.cli("jobs", "--json").stdout) if j["job"] == 4501][0]
+    assert job["state"] == "ended" and job["destinations"] == [] and job["ended"] > 0, job

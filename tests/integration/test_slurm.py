@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -200,3 +201,63 @@ def test_the_reaper_ends_a_job_whose_end_never_reached_the_gateway(slurm_cluster
     finally:
         c.wait_idle(60)
         c.write_plugstack(plugin_args(gw, c.munged))
+
+
+READY_SCRIPT = r"""
+import os, socket, sys, time
+def listen(host, family=socket.AF_INET):
+    s = socket.socket(family)
+    s.bind((host, 0))
+    s.listen()
+    return s
+fd = int(os.environ["JOBGATE_READY_FD"])
+a = listen("0.0.0.0")
+lo = listen("127.0.0.1")              # loopback: not a destination
+print("port", a.getsockname()[1], flush=True)
+os.write(fd, b"ready\n")
+time.sleep(4)
+b = listen("::", socket.AF_INET6)     # a second app: say ready again
+print("port", b.getsockname()[1], flush=True)
+os.write(fd, b"ready\n")
+time.sleep(120)
+"""
+
+
+def test_a_job_that_signals_ready_gets_exactly_its_listeners(slurm_cluster, tmp_path):
+    """JOBGATE_READY_FD: the plugin lists the job's own LISTEN sockets through /proc and the
+    gateway records them as the job's destinations (`jobgate jobs`), replaced at each signal,
+    cleared at the job's end; loopback listeners and other processes' are not among them."""
+    c = slurm_cluster
+    gw = c.gateway
+    script = c.out_dir / "ready.py"
+    script.write_text(READY_SCRIPT)
+    outsider = socket.socket()
+    outsider.bind(("0.0.0.0", 0))  # listening, but not the job's
+    outsider.listen()
+    job = c.sbatch(USER, "--jobgate", "--wrap", f"exec {PY} {script}")
+    try:
+        def ports():
+            return [int(p) for p in re.findall(r"^port (\d+)$", c.output(job), re.M)]
+
+        def dests():
+            js = [j for j in json.loads(gw.cli("jobs", "--json").stdout) if j["job"] == job]
+            return js[0]["destinations"] if js else None
+        wait_for(lambda: len(ports()) >= 1, 30, what="the job to listen")
+        host = socket.gethostname()
+        want = [{"node": "jgnode", "host": host, "port": ports()[0]}]
+        wait_for(lambda: dests() == want, 10, what=f"the destinations to be {want}")
+        wait_for(lambda: len(ports()) == 2, 30, what="the job's second listener")
+        want2 = want + [{"node": "jgnode", "host": host, "port": ports()[1]}]
+        wait_for(lambda: sorted(dests(), key=lambda d: d["port"]) ==
+                 sorted(want2, key=lambda d: d["port"]), 10, what=f"the destinations {want2}")
+        assert outsider.getsockname()[1] not in [d["port"] for d in dests()]
+        table = gw.cli("jobs").stdout.decode()
+        assert re.search(rf"^{job}\s+{USER}\s+jgnode\s+running\s+\S*{host}:{ports()[0]}", table,
+                         re.M), table
+        assert f"job ready job={job} node=jgnode destinations=2" in gw.log_path.read_text()
+    finally:
+        c.run(SCANCEL, job)
+        outsider.close()
+    wait_for(lambda: [j for j in json.loads(gw.cli("jobs", "--json").stdout)
+                      if j["job"] == job and j["state"] == "ended" and not j["destinations"]],
+             10, what="the job to end with no destinations")

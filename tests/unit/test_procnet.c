@@ -142,37 +142,12 @@ static void test_nothing_listens(void **state)
 
 /* ---- a fake /proc: odd comm names, several tables ---------------------------- */
 
-static char fake[64];
-
-static void put(const char *rel, const char *text)
-{
-    char path[256];
-    snprintf(path, sizeof(path), "%s/%s", fake, rel);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-static void mk(const char *rel)
-{
-    char path[256];
-    snprintf(path, sizeof(path), "%s/%s", fake, rel);
-    assert_int_equal(mkdir(path, 0700), 0);
-}
-
-static void fdlink(const char *rel, const char *target)
-{
-    char path[256];
-    snprintf(path, sizeof(path), "%s/%s", fake, rel);
-    assert_int_equal(symlink(target, path), 0);
-}
+#include "fakeproc.h"
 
 static int fake_setup(void **state)
 {
     (void)state;
-    snprintf(fake, sizeof(fake), "/tmp/procnet-XXXXXX");
-    assert_non_null(mkdtemp(fake));
+    fake_make("procnet");
     mk("net");
     put("net/tcp",
         "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
@@ -198,9 +173,7 @@ static int fake_setup(void **state)
 static int fake_teardown(void **state)
 {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fake);
-    assert_int_equal(system(cmd), 0);
+    fake_remove();
     return 0;
 }
 
@@ -220,6 +193,61 @@ static void test_fake_proc(void **state)
     assert_int_equal(procnet_port_in_tree(fake, 8082, 30, why, sizeof(why)), 0);
 }
 
+struct seen {
+    unsigned port[8];
+    int v6[8], n;
+};
+
+static int note(const struct procnet_sock *s, int v6, void *arg)
+{
+    struct seen *sn = arg;
+    assert_true(sn->n < 8);
+    sn->port[sn->n] = s->lport;
+    sn->v6[sn->n++] = v6;
+    return 0;
+}
+
+/* The listeners a tree holds (a Slurm job's destinations): only LISTEN
+ * sockets, only of the tree, from both tables. */
+static void test_fake_tree_listeners(void **state)
+{
+    (void)state;
+    struct seen sn = {0};
+    assert_int_equal(procnet_tree_listeners(fake, 10, note, &sn), 0);
+    assert_int_equal(sn.n, 1);
+    assert_int_equal(sn.port[0], 8080);
+    assert_int_equal(sn.v6[0], 0);
+    memset(&sn, 0, sizeof(sn));
+    assert_int_equal(procnet_tree_listeners(fake, 20, note, &sn), 0); /* not 777: connected */
+    assert_int_equal(sn.n, 1);
+    assert_int_equal(sn.port[0], 8082);
+    assert_int_equal(sn.v6[0], 1);
+    memset(&sn, 0, sizeof(sn));
+    assert_int_equal(procnet_tree_listeners(fake, 30, note, &sn), 0);
+    assert_int_equal(sn.n, 0);
+    memset(&sn, 0, sizeof(sn));
+    assert_int_equal(procnet_tree_listeners(fake, 1, note, &sn), 0); /* everyone's */
+    assert_int_equal(sn.n, 2);
+}
+
+/* A real tree: a grandchild's listener, found from the app, not from a sibling tree. */
+static void test_real_tree_listeners(void **state)
+{
+    (void)state;
+    uint16_t port;
+    pid_t app = spawn_tree(0, &port);
+    struct seen sn = {0};
+    assert_int_equal(procnet_tree_listeners("/proc", app, note, &sn), 0);
+    assert_int_equal(sn.n, 1);
+    assert_int_equal(sn.port[0], port);
+    pid_t other = spawn_tree(0, &port);
+    memset(&sn, 0, sizeof(sn));
+    assert_int_equal(procnet_tree_listeners("/proc", app, note, &sn), 0);
+    assert_int_equal(sn.n, 1); /* not the other tree's */
+    kill_tree(other);
+    kill_tree(app);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -228,6 +256,8 @@ int main(void)
         cmocka_unit_test(test_listener_outside_tree),
         cmocka_unit_test(test_nothing_listens),
         cmocka_unit_test_setup_teardown(test_fake_proc, fake_setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_fake_tree_listeners, fake_setup, fake_teardown),
+        cmocka_unit_test(test_real_tree_listeners),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

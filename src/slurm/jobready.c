@@ -1,0 +1,220 @@
+/* jobready — see jobready.h. */
+#include "jobready.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <slurm/slurm.h>
+#include <slurm/spank.h>
+
+#include "nodecall.h"
+#include "plugerr.h"
+#include "procnet.h"
+
+/* The step's one watcher: written by jobready_start and jobready_stop on
+ * SPANK's thread, read by the watcher thread only between them. */
+static struct {
+    int started;
+    int rfd, wfd, stop[2];
+    pthread_t thread;
+    struct plugconf conf;
+    uint32_t jobid;
+    pid_t stepd;
+    char node[128], host[256];
+} w = {.rfd = -1, .wfd = -1, .stop = {-1, -1}};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A table address (procnet.h) as text for the gateway: "" to leave it out
+ * (loopback, link-local), host for a wildcard, else the IP literal. */
+static void addr_text(const char *hex, int v6, const char *host, char *out, size_t len)
+{
+    out[0] = '\0';
+    if (!v6) {
+        struct in_addr a;
+        a.s_addr = (uint32_t)strtoul(hex, NULL, 16);
+        if (a.s_addr == 0)
+            snprintf(out, len, "%s", host);
+        else if ((ntohl(a.s_addr) >> 24) != 127)
+            inet_ntop(AF_INET, &a, out, (socklen_t)len);
+        return;
+    }
+    struct in6_addr a;
+    uint32_t words[4];
+    char part[9];
+    for (int i = 0; i < 4; i++) {
+        memcpy(part, hex + 8 * i, 8);
+        part[8] = '\0';
+        words[i] = (uint32_t)strtoul(part, NULL, 16);
+    }
+    memcpy(&a, words, sizeof(a));
+    if (IN6_IS_ADDR_UNSPECIFIED(&a)) {
+        snprintf(out, len, "%s", host);
+    } else if (IN6_IS_ADDR_V4MAPPED(&a)) {
+        struct in_addr v4;
+        memcpy(&v4, &a.s6_addr[12], 4);
+        if ((ntohl(v4.s_addr) >> 24) != 127)
+            inet_ntop(AF_INET, &v4, out, (socklen_t)len);
+    } else if (!IN6_IS_ADDR_LOOPBACK(&a) && !IN6_IS_ADDR_LINKLOCAL(&a)) {
+        inet_ntop(AF_INET6, &a, out, (socklen_t)len);
+    }
+}
+
+struct list_ctx {
+    json_t *arr;
+    const char *host;
+};
+
+static int add_listener(const struct procnet_sock *s, int v6, void *arg)
+{
+    struct list_ctx *lc = arg;
+    char text[INET6_ADDRSTRLEN + 256];
+    size_t i;
+    json_t *d;
+    if (strlen(s->local) != (v6 ? 32u : 8u))
+        return 0;
+    addr_text(s->local, v6, lc->host, text, sizeof(text));
+    if (!text[0])
+        return 0;
+    json_array_foreach(lc->arr, i, d) /* a wildcard on IPv4 and IPv6: once */
+        if (strcmp(json_string_value(json_object_get(d, "host")), text) == 0 &&
+            json_integer_value(json_object_get(d, "port")) == (json_int_t)s->lport)
+            return 0;
+    json_array_append_new(lc->arr, json_pack("{s:s, s:i}", "host", text, "port", (int)s->lport));
+    return json_array_size(lc->arr) >= JOBREADY_DESTS_MAX;
+}
+
+json_t *jobready_list(const char *proc, pid_t root, const char *host)
+{
+    struct list_ctx lc = {.arr = json_array(), .host = host};
+    if (!lc.arr || procnet_tree_listeners(proc, root, add_listener, &lc) < 0) {
+        json_decref(lc.arr);
+        return NULL;
+    }
+    return lc.arr;
+}
+
+static void register_now(void)
+{
+    char err[1400];
+    json_t *list = jobready_list("/proc", w.stepd, w.host);
+    if (!list) {
+        slurm_error("jobgate: job %u: cannot list the job's listening sockets in /proc",
+                    (unsigned)w.jobid);
+        return;
+    }
+    size_t n = json_array_size(list);
+    json_t *req = json_pack("{s:I, s:s, s:o}", "job", (json_int_t)w.jobid, "node", w.node,
+                            "listen", list);
+    json_t *ans = NULL;
+    int status = 0;
+    int rc = req ? nodecall_post(&w.conf, "job-ready", req, &status, &ans, err, sizeof(err))
+                 : -ENOMEM;
+    json_decref(req);
+    if (rc < 0)
+        slurm_error("jobgate: job %u: cannot register its destinations: %s", (unsigned)w.jobid,
+                    err);
+    else if (status != 200)
+        slurm_error("jobgate: job %u: the gateway refused its destinations (%d): %s",
+                    (unsigned)w.jobid, status,
+                    json_string_value(json_object_get(ans, "error")) ?: "no reason given");
+    else
+        slurm_verbose("jobgate: job %u: %zu destinations registered", (unsigned)w.jobid, n);
+    json_decref(ans);
+}
+
+static void *watch_main(void *arg)
+{
+    (void)arg;
+    int64_t last = 0;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = w.rfd, .events = POLLIN}, {.fd = w.stop[0], .events = POLLIN}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return NULL;
+        }
+        if (p[1].revents)
+            return NULL;
+        char buf[4096];
+        ssize_t r = read(w.rfd, buf, sizeof(buf));
+        if (r == 0)
+            return NULL; /* every writer is gone */
+        if (r < 0)
+            continue;
+        /* At most once a second, after what came meanwhile: a burst is one signal. */
+        int64_t wait = last + JOBREADY_EVERY_MS - mono_ms();
+        if (wait > 0 && poll(&p[1], 1, (int)wait) > 0)
+            return NULL;
+        while (read(w.rfd, buf, sizeof(buf)) > 0)
+            ;
+        register_now();
+        last = mono_ms();
+    }
+}
+
+int jobready_start(const struct plugconf *c, uint32_t jobid, const char *node, const char *host,
+                   int *fd, char *err, size_t errlen)
+{
+    int p[2];
+    if (w.started)
+        return plug_err(err, errlen, -EALREADY, "JOBGATE_READY_FD is set up already");
+    /* The read end non-blocking (drained in a loop) and never inherited; the write end
+     * inherited by the tasks. */
+    if (pipe2(p, O_CLOEXEC) < 0 || pipe2(w.stop, O_CLOEXEC) < 0)
+        return plug_err(err, errlen, -errno, "cannot make a pipe: %s", strerror(errno));
+    fcntl(p[0], F_SETFL, O_NONBLOCK);
+    fcntl(p[1], F_SETFD, 0);
+    w.rfd = p[0];
+    w.wfd = p[1];
+    w.conf = *c;
+    w.jobid = jobid;
+    w.stepd = getpid();
+    snprintf(w.node, sizeof(w.node), "%s", node);
+    snprintf(w.host, sizeof(w.host), "%s", host);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&w.thread, NULL, watch_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        jobready_stop();
+        return plug_err(err, errlen, -rc, "cannot start a thread: %s", strerror(rc));
+    }
+    w.started = 1;
+    *fd = w.wfd;
+    return 0;
+}
+
+void jobready_stop(void)
+{
+    if (w.started) {
+        if (write(w.stop[1], "x", 1) < 0) {
+            /* the thread then ends at the read end's EOF or the step's exit */
+        }
+        pthread_join(w.thread, NULL);
+        w.started = 0;
+    }
+    int *fds[] = {&w.rfd, &w.wfd, &w.stop[0], &w.stop[1]};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+            *fds[i] = -1;
+        }
+}
