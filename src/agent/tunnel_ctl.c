@@ -181,6 +181,10 @@ static void on_welcome(struct tconn *c, json_t *m)
      * redialled a few times a second for ever. */
     int again = t->ever_welcomed;
     t->ever_welcomed = 1;
+    const char *refused = json_string_value(json_object_get(m, "job_refused"));
+    if (refused && !again)
+        tun_notice(t, "the gateway does not bind this app to job %s: %.200s",
+                   t->job ? t->job : "?", refused);
     if (t->opening) {
         t->opening = 0;
         tun_waiter_done(t, &t->open_w, 0, NULL, NULL);

@@ -174,11 +174,13 @@ int gateway_run(struct gateway *gw)
 {
     char err[256];
     /* Threads start here, after a daemon's fork: a thread does not survive fork(). */
-    gw->watch = jobwatch_start(gw->cfg, gw->reg, err, sizeof(err));
+    gw->watch = jobwatch_start(gw->cfg, gw->reg, gw->hub, err, sizeof(err));
     if (!gw->watch && err[0]) {
         log_err("%s", err);
         on_signal(SIGTERM, 0, gw);
     }
+    if (gw->watch) /* before the workers start: the hub reads it without a lock */
+        tunnel_hub_set_job_check(gw->hub, jobwatch_ask, gw->watch);
     for (unsigned i = 1; i < gw->nworkers; i++) {
         int rc = worker_start(&gw->workers[i]);
         if (rc != 0) {

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include "config.h"
 #include "log.h"
 #include "registry.h"
+#include "tunnel.h"
 #include "util.h"
 
 extern char **environ;
@@ -24,14 +26,25 @@ extern char **environ;
 #define DEFAULT_SQUEUE "squeue"
 #define STDERR_KEEP 512 /* bytes of the command's stderr kept for the log */
 
+/* A tunnel's hello named a job: is it the uid's, and running? */
+struct claim {
+    uint32_t job;
+    uid_t uid;
+    uint64_t tunnel;
+    char node[JOB_NODE_MAX];
+};
+
 struct jobwatch {
     const struct jg_config *cfg;
     struct registry *reg;
+    struct tunnel_hub *hub;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cond;
     int stop;          /* under mu */
     pid_t child;       /* under mu: the command while it runs, else 0 */
+    struct claim claims[JOBWATCH_CLAIMS_MAX]; /* under mu: asked, not yet answered */
+    unsigned nclaims;                          /* under mu */
     int failing;       /* the thread's own: the last check could not read the scheduler */
 };
 
@@ -240,12 +253,51 @@ static int run_command(struct jobwatch *sc, char **out, size_t *olen, char *err,
     return 0;
 }
 
-/* Asks the scheduler about the running jobs and ends those it says ended. */
-static void check(struct jobwatch *sc)
+/* Answers a claim from the scheduler's list (jobs[0..m)), or with why when
+ * the scheduler could not be read (m < 0). */
+static void answer_claim(struct jobwatch *sc, const struct claim *c, const struct watched_job *jobs,
+                         int m, const char *err)
+{
+    char why[160];
+    const struct watched_job *j = m >= 0 ? jobwatch_find(jobs, (size_t)m, c->job) : NULL;
+    struct passwd pw, *res = NULL;
+    char pwbuf[1024];
+    if (m < 0) {
+        snprintf(why, sizeof(why), "cannot ask the scheduler: %.120s", err);
+    } else if (!j) {
+        snprintf(why, sizeof(why), "the scheduler does not know job %u", (unsigned)c->job);
+    } else if (j->uid != c->uid) {
+        snprintf(why, sizeof(why), "job %u is not yours", (unsigned)c->job);
+    } else if (j->ended) {
+        snprintf(why, sizeof(why), "job %u is %s", (unsigned)c->job, j->state);
+    } else if (getpwuid_r(c->uid, &pw, pwbuf, sizeof(pwbuf), &res) != 0 || !res ||
+               !job_name_valid(res->pw_name, JOB_USER_MAX)) {
+        snprintf(why, sizeof(why), "uid %u has no user name here", (unsigned)c->uid);
+    } else {
+        struct job rec = {.id = c->job, .uid = c->uid,
+                          .not_after = now_real() + sc->cfg->job_cert_max};
+        snprintf(rec.user, sizeof(rec.user), "%s", res->pw_name);
+        snprintf(rec.node, sizeof(rec.node), "%s",
+                 job_name_valid(c->node, JOB_NODE_MAX) ? c->node : "unknown");
+        int rc = registry_job_adopt(sc->reg, &rec);
+        if (rc == 0) {
+            tunnel_job_verdict(sc->hub, c->tunnel, 1, NULL);
+            return;
+        }
+        snprintf(why, sizeof(why), "job %u %s", (unsigned)c->job,
+                 rc == -ESTALE ? "has ended" : rc == -EEXIST ? "is recorded for another user"
+                                                               : "could not be recorded");
+    }
+    tunnel_job_verdict(sc->hub, c->tunnel, 0, why);
+}
+
+/* Asks the scheduler about the running jobs and ends those it says ended;
+ * answers the claims taken from the queue. */
+static void check(struct jobwatch *sc, const struct claim *claims, unsigned nclaims)
 {
     uint32_t *ids;
     int n = registry_jobs_running(sc->reg, &ids);
-    if (n <= 0) {
+    if (n <= 0 && nclaims == 0) {
         free(ids);
         return;
     }
@@ -256,6 +308,8 @@ static void check(struct jobwatch *sc)
     if (m == 0)
         m = jobwatch_parse(out, len, &jobs, err, sizeof(err));
     free(out);
+    for (unsigned i = 0; i < nclaims; i++)
+        answer_claim(sc, &claims[i], jobs, m, err);
     if (m < 0) {
         if (!sc->failing)
             log_warn("jobwatch: cannot read the scheduler's jobs (%s); no job is ended until it "
@@ -288,28 +342,53 @@ static void check(struct jobwatch *sc)
     free(ids);
 }
 
-static void *jobwatch_main(void *arg)
+int jobwatch_ask(void *arg, uint32_t job, uid_t uid, const char *node, uint64_t tunnel)
 {
     struct jobwatch *sc = arg;
     pthread_mutex_lock(&sc->mu);
+    int rc = sc->stop || sc->nclaims == JOBWATCH_CLAIMS_MAX ? -EBUSY : 0;
+    if (rc == 0) {
+        struct claim *c = &sc->claims[sc->nclaims++];
+        c->job = job;
+        c->uid = uid;
+        c->tunnel = tunnel;
+        snprintf(c->node, sizeof(c->node), "%s", node ? node : "");
+        pthread_cond_signal(&sc->cond);
+    }
+    pthread_mutex_unlock(&sc->mu);
+    return rc;
+}
+
+static void *jobwatch_main(void *arg)
+{
+    struct jobwatch *sc = arg;
+    struct claim claims[JOBWATCH_CLAIMS_MAX];
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    next.tv_sec += (time_t)sc->cfg->job_check;
+    pthread_mutex_lock(&sc->mu);
     while (!sc->stop) {
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += (time_t)sc->cfg->job_check;
-        while (!sc->stop && pthread_cond_timedwait(&sc->cond, &sc->mu, &until) != ETIMEDOUT)
+        /* The next round, or at once for a tunnel that waits for its answer. */
+        while (!sc->stop && sc->nclaims == 0 &&
+               pthread_cond_timedwait(&sc->cond, &sc->mu, &next) != ETIMEDOUT)
             ;
         if (sc->stop)
             break;
+        unsigned n = sc->nclaims;
+        memcpy(claims, sc->claims, n * sizeof(*claims));
+        sc->nclaims = 0;
         pthread_mutex_unlock(&sc->mu);
-        check(sc);
+        check(sc, claims, n);
+        clock_gettime(CLOCK_MONOTONIC, &next);
+        next.tv_sec += (time_t)sc->cfg->job_check;
         pthread_mutex_lock(&sc->mu);
     }
     pthread_mutex_unlock(&sc->mu);
     return NULL;
 }
 
-struct jobwatch *jobwatch_start(const struct jg_config *cfg, struct registry *reg, char *err,
-                          size_t errlen)
+struct jobwatch *jobwatch_start(const struct jg_config *cfg, struct registry *reg,
+                                struct tunnel_hub *hub, char *err, size_t errlen)
 {
     if (err && errlen)
         err[0] = '\0';
@@ -318,6 +397,7 @@ struct jobwatch *jobwatch_start(const struct jg_config *cfg, struct registry *re
     struct jobwatch *sc = xcalloc(1, sizeof(*sc));
     sc->cfg = cfg;
     sc->reg = reg;
+    sc->hub = hub;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

@@ -14,8 +14,13 @@
  * out or prints one malformed line changes nothing: the gateway never ends a
  * job on a scheduler it cannot read.
  *
- * Owns the thread, the child process of the command while it runs, and the
- * stop flag (under its mutex). Touches shared state only through
+ * The same answer settles the jobs that agents' hellos name without a job
+ * certificate (SLURM_JOB_ID at a site without the plugin): a tunnel asks
+ * (jobwatch_ask), the thread runs the command at once, and the tunnel
+ * belongs to the job only when the scheduler runs it as the tunnel's uid.
+ *
+ * Owns the thread, the child process of the command while it runs, the
+ * queue of tunnels' questions and the stop flag (under its mutex). Touches shared state only through
  * registry_* (which locks inside), never on a worker's loop: a slow
  * scheduler delays only this thread.
  */
@@ -29,10 +34,12 @@
 struct jg_config;
 struct registry;
 struct jobwatch;
+struct tunnel_hub;
 
 #define JOBWATCH_TIMEOUT_S 20            /* the command's deadline */
 #define JOBWATCH_OUTPUT_MAX (32u << 20)  /* bytes of its output */
 #define JOBWATCH_STATE_MAX 32            /* bytes of a state name, NUL included */
+#define JOBWATCH_CLAIMS_MAX 256          /* tunnels waiting for an answer at once */
 
 /* One line of the command's output. */
 struct watched_job {
@@ -44,8 +51,15 @@ struct watched_job {
 
 /* Starts the thread (none when cfg->job_check is 0: returns NULL without an
  * error, err empty). NULL with the reason in err when it cannot start. */
-struct jobwatch *jobwatch_start(const struct jg_config *cfg, struct registry *reg, char *err,
-                          size_t errlen);
+struct jobwatch *jobwatch_start(const struct jg_config *cfg, struct registry *reg,
+                                struct tunnel_hub *hub, char *err, size_t errlen);
+/* A tunnel's hello named job (SLURM_JOB_ID) for uid: asks the scheduler at
+ * once (not waiting for the next round) and answers with
+ * tunnel_job_verdict(hub, tunnel, …) from this thread: confirmed (the job
+ * recorded, registry_job_adopt) when it runs as uid. The hook of
+ * tunnel_hub_set_job_check; 0, or -EBUSY (too many waiting: not asked). */
+int jobwatch_ask(void *arg, uint32_t job, uid_t uid, const char *node, uint64_t tunnel);
+
 /* Stops the thread (killing a command that still runs) and frees it. */
 void jobwatch_stop(struct jobwatch *sc);
 

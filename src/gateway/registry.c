@@ -442,33 +442,50 @@ void registry_tunnel_detach(struct registry *reg, uint64_t tunnel, const char *c
 
 /* ---- batch jobs ------------------------------------------------------------------ */
 
+/* Records job j, or finds it recorded for the same uid (write lock held).
+ * how names the source in the audit trail and the log ("start": a node,
+ * "adopt": the scheduler's word on an agent's hello). */
+static int job_record_locked(struct registry *reg, const struct job *j, const char *how,
+                             struct job *out)
+{
+    ASSERT_WRITE();
+    const struct job *old = job_find(reg->jobs, j->id);
+    if (old && old->uid != j->uid)
+        return -EEXIST;
+    if (old && old->ended)
+        return -ESTALE;
+    if (old) {
+        *out = *old; /* another node of the job, another step, another agent */
+        return 0;
+    }
+    struct job n = *j;
+    n.started = now_real();
+    n.ended = 0;
+    if (store_job_put(reg->store, &n) < 0 || job_put(reg->jobs, &n) < 0)
+        return -EIO;
+    char event[16], detail[160];
+    snprintf(event, sizeof(event), "job.%s", how);
+    snprintf(detail, sizeof(detail), "job=%u node=%s user=%s", (unsigned)n.id, n.node, n.user);
+    store_audit(reg->store, n.uid, event, NULL, detail);
+    log_info("job %s job=%u uid=%u user=%s node=%s", how, (unsigned)n.id, (unsigned)n.uid,
+             n.user, n.node);
+    *out = n;
+    return 0;
+}
+
 int registry_job_start(struct registry *reg, const struct job *j, struct job *out)
 {
-    int rc = 0;
     wrlock(reg);
-    const struct job *old = job_find(reg->jobs, j->id);
-    if (old && old->uid != j->uid) {
-        rc = -EEXIST;
-    } else if (old && old->ended) {
-        rc = -ESTALE;
-    } else if (old) {
-        *out = *old; /* another node of the job, or another step */
-    } else {
-        struct job n = *j;
-        n.started = now_real();
-        n.ended = 0;
-        if (store_job_put(reg->store, &n) < 0 || job_put(reg->jobs, &n) < 0) {
-            rc = -EIO;
-        } else {
-            char detail[160];
-            snprintf(detail, sizeof(detail), "job=%u node=%s user=%s", (unsigned)n.id, n.node,
-                     n.user);
-            store_audit(reg->store, n.uid, "job.start", NULL, detail);
-            log_info("job start job=%u uid=%u user=%s node=%s", (unsigned)n.id,
-                     (unsigned)n.uid, n.user, n.node);
-            *out = n;
-        }
-    }
+    int rc = job_record_locked(reg, j, "start", out);
+    unlock(reg);
+    return rc;
+}
+
+int registry_job_adopt(struct registry *reg, const struct job *j)
+{
+    struct job out;
+    wrlock(reg);
+    int rc = job_record_locked(reg, j, "adopt", &out);
     unlock(reg);
     return rc;
 }

@@ -160,6 +160,12 @@ void registry_tunnel_detach(struct registry *reg, uint64_t tunnel, const char *c
  * ended, -EIO. */
 int registry_job_start(struct registry *reg, const struct job *j, struct job *out);
 
+/* An agent's hello named job j->id (SLURM_JOB_ID, no certificate) and the
+ * scheduler says it runs as j->uid: records it when it is not recorded
+ * (then the reaper ends it with the job). 0, -EEXIST (recorded for another
+ * uid), -ESTALE (it ended), -EIO. */
+int registry_job_adopt(struct registry *reg, const struct job *j);
+
 /* Job id ended: every route of it goes with its links and sessions (open
  * connections and the job's tunnels close at the next sweep); the record
  * stays, as ended, until its certificates expire. by and why go to the

@@ -52,6 +52,7 @@ struct worker;
 
 enum tstate {
     T_HELLO,   /* challenge sent, waiting for the hello */
+    T_VERIFY,  /* hello accepted; the scheduler is asked about the job it names */
     T_READY,   /* welcomed: registrations and data streams */
     T_CLOSING, /* refused or failed: the last control line, then GOAWAY */
 };
@@ -99,7 +100,12 @@ struct tunnel {
     int hold_fd;                /* stdio: its control connection, closed when we end */
     uid_t peer_uid;             /* stdio: SO_PEERCRED of the hand-over */
     uid_t uid;                  /* the owner, once welcomed */
-    uint32_t job;               /* the job its certificate names (method jobcert), else 0 */
+    uint32_t job;               /* its job: the certificate's (jobcert), or the hello's once
+                                 * the scheduler confirmed it; else 0 */
+    uint32_t claimed;           /* T_VERIFY: the job the hello named */
+    struct event *ev_verdict;   /* the scheduler's answer arrived (verdict below) */
+    int verdict;                /* under the hub's mutex: 1 confirmed, -1 not, 0 none yet */
+    char verdict_why[160];      /* under the hub's mutex */
     unsigned seen_revocation;   /* job tunnels: the registry's count at the last look */
     char method[12];
     char nonce[TOKEN_STR_LEN + 1];
@@ -129,6 +135,11 @@ struct tunnel_hub {
     unsigned count;
     int have_token;
     uint8_t token_hash[TOKEN_HASH_LEN];
+    /* Set by the daemon before the workers start (read-only after): asks the
+     * scheduler whether job runs as uid's, answered by tunnel_job_verdict.
+     * NULL: no scheduler to ask (the hello's job is only logged). */
+    int (*ask_job)(void *arg, uint32_t job, uid_t uid, const char *node, uint64_t tunnel);
+    void *ask_arg;
 };
 
 /* tunnel.c: frames out while the transport has room; ends a finished session. */
@@ -138,6 +149,8 @@ void tunnel_kill(struct tunnel *t, const char *fmt, ...) __attribute__((format(p
 void tunnel_leave(struct tunnel *t);
 
 /* tunnel_ctl.c: the control stream. */
+void tctl_welcome(struct tunnel *t, const char *job_refused);  /* T_READY, and the welcome */
+void tctl_on_verdict(evutil_socket_t fd, short what, void *arg); /* t->ev_verdict */
 void tctl_send(struct tunnel *t, json_t *msg);        /* one message; takes msg */
 void tctl_refuse(struct tunnel *t, const char *code, const char *why);
 void tctl_input(struct tunnel *t, const uint8_t *data, size_t len); /* control stream bytes */

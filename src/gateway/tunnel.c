@@ -106,6 +106,27 @@ struct tunnel_hub *tunnel_hub_new(const struct jg_config *cfg, struct registry *
     return hub;
 }
 
+void tunnel_hub_set_job_check(struct tunnel_hub *hub,
+                              int (*ask)(void *arg, uint32_t job, uid_t uid, const char *node,
+                                         uint64_t tunnel),
+                              void *arg)
+{
+    hub->ask_job = ask;
+    hub->ask_arg = arg;
+}
+
+void tunnel_job_verdict(struct tunnel_hub *hub, uint64_t tunnel, int ok, const char *why)
+{
+    pthread_mutex_lock(&hub->mu);
+    struct tunnel *t = hmap_get(hub->byid, &tunnel, sizeof(tunnel));
+    if (t && t->ev_verdict) {
+        t->verdict = ok ? 1 : -1;
+        snprintf(t->verdict_why, sizeof(t->verdict_why), "%s", why ? why : "");
+        event_active(t->ev_verdict, EV_READ, 0);
+    }
+    pthread_mutex_unlock(&hub->mu);
+}
+
 void tunnel_hub_free(struct tunnel_hub *hub)
 {
     if (!hub)
@@ -303,7 +324,10 @@ static void t_tick(evutil_socket_t fd, short what, void *arg)
     const struct jg_config *cf = t->hub->cfg;
     int64_t now = now_mono_ms();
     t->busy++;
-    if (t->st != T_READY && now - t->started > cf->t_handshake * 1000) {
+    if (t->st == T_VERIFY && now - t->started > cf->t_handshake * 500) {
+        /* The scheduler is slow: the tunnel works, without the job. */
+        tctl_welcome(t, "the scheduler did not answer in time");
+    } else if (t->st != T_READY && now - t->started > cf->t_handshake * 1000) {
         tunnel_kill(t, "no welcome within %" PRId64 " s", cf->t_handshake);
     } else if (t->ping_sent && now - t->ping_sent > cf->ping_timeout * 1000) {
         tunnel_kill(t, "no answer to PING within %" PRId64 " s", cf->ping_timeout);
@@ -363,6 +387,8 @@ static void t_free(struct tunnel *t)
         xprt_free(t->rd);
     if (t->ev_post)
         event_free(t->ev_post);
+    if (t->ev_verdict)
+        event_free(t->ev_verdict);
     if (t->ev_tick)
         event_free(t->ev_tick);
     if (t->hold_fd >= 0)
@@ -418,6 +444,7 @@ static struct tunnel *t_new(struct worker *w, const char *peer)
     t->hold_fd = -1;
     t->ctl_out = evbuffer_new();
     t->ev_post = event_new(w->base, -1, 0, tstream_on_post, t);
+    t->ev_verdict = event_new(w->base, -1, 0, tctl_on_verdict, t);
     t->ev_tick = event_new(w->base, -1, EV_PERSIST, t_tick, t);
     t->started = t->last_ack = now_mono_ms();
     LIST_INSERT_HEAD(&w->tunnels, t, link);

@@ -85,6 +85,18 @@ struct bufferevent *tunnel_stream_open(struct tunnel_hub *hub, struct event_base
  * dangling. */
 struct worker *tunnel_worker(struct tunnel_hub *hub, uint64_t id);
 
+/* The scheduler's confirmation, for a tunnel whose hello named a job (not
+ * with a job certificate): ask(arg, job, uid, node, tunnel) is called on the
+ * tunnel's thread and must answer later, from any thread, with
+ * tunnel_job_verdict. Set before the workers start. */
+void tunnel_hub_set_job_check(struct tunnel_hub *hub,
+                              int (*ask)(void *arg, uint32_t job, uid_t uid, const char *node,
+                                         uint64_t tunnel),
+                              void *arg);
+/* Any thread: job runs as the tunnel's uid (ok), or not (why). A tunnel
+ * that has gone meanwhile is skipped. */
+void tunnel_job_verdict(struct tunnel_hub *hub, uint64_t tunnel, int ok, const char *why);
+
 /* Worker w is stopping: GOAWAY to its tunnels and free them (on w's thread). */
 void tunnel_close_all(struct worker *w);
 

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <pwd.h>
 #include <stdarg.h>
+#include <pthread.h>
 
 #include <event2/buffer.h>
 
@@ -240,21 +241,73 @@ static void on_hello(struct tunnel *t, json_t *m)
     log_str(json_object_get(m, "job"), job, sizeof(job));
     log_str(json_object_get(m, "agent"), agent, sizeof(agent));
     t->uid = uid;
-    t->st = T_READY;
-    struct passwd pw, *res = NULL;
-    char pwbuf[1024], idhex[17];
-    const char *user = getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &res) == 0 && res
-                           ? res->pw_name : "";
-    snprintf(idhex, sizeof(idhex), "%016" PRIx64, t->id);
     if (t->job)
         snprintf(job, sizeof(job), "%u", (unsigned)t->job); /* the certificate's, not the hello's */
-    log_info("tunnel=%" PRIx64 " peer=%s welcomed uid=%u method=%s node=%s job=%s agent=%s", t->id,
+    log_info("tunnel=%" PRIx64 " peer=%s hello uid=%u method=%s node=%s job=%s agent=%s", t->id,
              t->peer, (unsigned)uid, t->method, node, job, agent);
-    json_t *w = json_pack("{s:s, s:I, s:s, s:s}", "type", "welcome", "uid", (json_int_t)uid,
+    /* A job named in the hello without its certificate (SLURM_JOB_ID, a site
+     * without the plugin): the tunnel belongs to it only once the scheduler
+     * says that it runs as this uid (docs/slurm.md, "Without the plugin"). */
+    uint64_t claimed;
+    if (!t->job && t->hub->ask_job && strcmp(job, "-") != 0 &&
+        parse_uint(job, 1, UINT32_MAX - 1, &claimed) == 0) {
+        t->claimed = (uint32_t)claimed;
+        t->st = T_VERIFY;
+        if (t->hub->ask_job(t->hub->ask_arg, t->claimed, uid, node, t->id) == 0)
+            return;
+        t->claimed = 0;
+        tctl_welcome(t, "the scheduler cannot be asked");
+        return;
+    }
+    tctl_welcome(t, NULL);
+}
+
+void tctl_welcome(struct tunnel *t, const char *job_refused)
+{
+    struct passwd pw, *res = NULL;
+    char pwbuf[1024], idhex[17];
+    const char *user = getpwuid_r(t->uid, &pw, pwbuf, sizeof(pwbuf), &res) == 0 && res
+                           ? res->pw_name : "";
+    t->st = T_READY;
+    snprintf(idhex, sizeof(idhex), "%016" PRIx64, t->id);
+    if (job_refused)
+        log_info("tunnel=%" PRIx64 " welcomed uid=%u, not as job %u: %s", t->id,
+                 (unsigned)t->uid, (unsigned)t->claimed, job_refused);
+    else
+        log_info("tunnel=%" PRIx64 " welcomed uid=%u job=%u", t->id, (unsigned)t->uid,
+                 (unsigned)t->job);
+    json_t *w = json_pack("{s:s, s:I, s:s, s:s}", "type", "welcome", "uid", (json_int_t)t->uid,
                           "user", user, "tunnel", idhex);
     if (w && t->job)
         json_object_set_new(w, "job", json_integer(t->job));
+    if (w && job_refused)
+        json_object_set_new(w, "job_refused", json_string(job_refused));
+    t->claimed = 0;
     tctl_send(t, w);
+}
+
+/* The scheduler's answer about the job the hello named (tunnel_job_verdict). */
+void tctl_on_verdict(evutil_socket_t fd, short what, void *arg)
+{
+    struct tunnel *t = arg;
+    char why[sizeof(t->verdict_why)];
+    pthread_mutex_lock(&t->hub->mu);
+    int verdict = t->verdict;
+    memcpy(why, t->verdict_why, sizeof(why));
+    t->verdict = 0;
+    pthread_mutex_unlock(&t->hub->mu);
+    if (t->dead || t->st != T_VERIFY || verdict == 0)
+        return;
+    t->busy++;
+    if (verdict > 0) {
+        t->job = t->claimed;
+        t->seen_revocation = registry_revocations(t->hub->reg);
+        tctl_welcome(t, NULL);
+    } else {
+        tctl_welcome(t, why);
+    }
+    tunnel_flush(t);
+    tunnel_leave(t);
 }
 
 static int reg_mine(void *arg, const char *alias)

@@ -21,8 +21,11 @@ import h2.settings
 
 
 class FakeAgent:
-    def __init__(self, port=None, sock=None, targets=None, auth=None, host="127.0.0.1"):
-        """targets: {local name: unix path (str) or tcp port (int)}; auth: the hello's auth."""
+    def __init__(self, port=None, sock=None, targets=None, auth=None, host="127.0.0.1",
+                 hello_extra=None):
+        """targets: {local name: unix path (str) or tcp port (int)}; auth: the hello's auth;
+        hello_extra: more fields of the hello (its "job", say)."""
+        self.hello_extra = dict(hello_extra or {})
         self.targets = dict(targets or {})
         self.auth = auth
         self.lock = threading.Lock()
@@ -210,7 +213,7 @@ class FakeAgent:
         if m.get("type") == "challenge" and self.auto_hello:
             auth = self.auth(m["nonce"]) if callable(self.auth) else self.auth
             hello = {"type": "hello", "version": 1, "agent": "fakeagent", "node": "test",
-                     "auth": auth}
+                     "auth": auth, **self.hello_extra}
             self._send_stream(self.ctl_id, (json.dumps(hello) + "\n").encode())
 
     def _on_request(self, ev):

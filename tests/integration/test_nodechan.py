@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import Gateway, Munged, control_as, wait_for
+from conftest import HTTPAPP, PY, Gateway, Munged, control_as, wait_for
 from fakeagent import FakeAgent
 from slurm import cluster_user
 
@@ -388,3 +388,70 @@ def test_destinations_are_checked_and_listed(gw, munged, job_user):
     assert st == 409 and "ended" in ans["error"], ans
     job = [j for j in json.loads(gw.cli("jobs", "--json").stdout) if j["job"] == 4501][0]
     assert job["state"] == "ended" and job["destinations"] == [] and job["ended"] > 0, job
+
+
+def test_a_hello_that_names_a_job_is_bound_to_it_once_the_scheduler_agrees(
+        make_gateway, munged, tmp_path):
+    """Without the plugin (no job certificate): an agent in a Slurm job names SLURM_JOB_ID in
+    its hello; the tunnel belongs to that job only when the scheduler runs it as the agent's
+    uid, and the reaper then ends its routes with the job."""
+    states = tmp_path / "states"
+    script = tmp_path / "squeue"
+    script.write_text("#!/bin/sh\n"
+                      f"if grep -q FAIL {states}; then echo 'cannot reach slurmctld' >&2; "
+                      "exit 1; fi\n"
+                      f"exec cat {states}\n")
+    script.chmod(0o755)
+    me = os.getuid()
+    states.write_text(f"4601|RUNNING|{me}\n4602|RUNNING|{me + 1}\n4603|COMPLETED|{me}\n")
+    gw = make_gateway({"tunnel": {"munge_socket": munged.socket},
+                       "slurm": {"job_check": "1s", "squeue": str(script)}}, name="claims")
+
+    def agent(job):
+        return FakeAgent(port=gw.port, hello_extra={"job": job}, auth=lambda nonce: {
+            "method": "munge", "credential": munged.encode(f"jobgate/1 hello {nonce}")})
+    a = agent("4601")
+    try:
+        w = a.wait_type("welcome")
+        assert w["job"] == 4601 and "job_refused" not in w, w
+        reg = a.register("nb", "nb")
+        route = [r for r in gw.ls_json() if r["alias"] == reg["alias"]][0]
+        assert route["job"] == 4601, route
+        job = [j for j in json.loads(gw.cli("jobs", "--json").stdout) if j["job"] == 4601][0]
+        assert job["node"] == "test" and job["state"] == "running", job
+        for claimed, why in (("4602", "job 4602 is not yours"),
+                             ("4603", "job 4603 is COMPLETED"),
+                             ("4604", "the scheduler does not know job 4604")):
+            b = agent(claimed)
+            try:
+                w = b.wait_type("welcome")
+                assert "job" not in w and w["job_refused"] == why, w
+                r = b.register("x", "x")
+                assert "job" not in [x for x in gw.ls_json() if x["alias"] == r["alias"]][0]
+            finally:
+                b.close()
+        states.write_text("FAIL\n")
+        b = agent("4601")
+        try:
+            w = b.wait_type("welcome")
+            assert "job" not in w and "cannot ask the scheduler" in w["job_refused"], w
+            assert "exited with 1: cannot reach slurmctld" in w["job_refused"], w
+        finally:
+            b.close()
+        # The real agent says so when the gateway does not bind its app to the job.
+        states.write_text(f"4601|RUNNING|{me}\n")
+        gw.env.update(SLURM_JOB_ID="4699", JOBGATE_MUNGE_SOCKET=munged.socket)
+        app = gw.publish([PY, HTTPAPP, "--unix", "{socket}"], name="unbound", extra=[
+            "-g", f"https://localhost:{gw.port}", "--ca", str(gw.state_dir / "tls.crt")])
+        assert "job" not in [r for r in gw.ls_json() if r["alias"] == app.alias][0]
+        assert "does not bind this app to job 4699: the scheduler does not know job 4699" in \
+            app.log_path.read_text(), app.log_path.read_text()
+        app.stop()
+        # The job ends: the reaper ends its route and its tunnel.
+        states.write_text(f"4601|COMPLETED|{me}\n")
+        wait_for(lambda: not [r for r in gw.ls_json() if r["alias"] == reg["alias"]], 5,
+                 what="the reaper to end the job's route")
+        a.wait_closed(5)
+        assert "job adopt job=4601" in gw.log_path.read_text()
+    finally:
+        a.close()

@@ -261,3 +261,30 @@ def test_a_job_that_signals_ready_gets_exactly_its_listeners(slurm_cluster, tmp_
     wait_for(lambda: [j for j in json.loads(gw.cli("jobs", "--json").stdout)
                       if j["job"] == job and j["state"] == "ended" and not j["destinations"]],
              10, what="the job to end with no destinations")
+
+
+def test_without_the_plugin_a_job_id_is_checked_with_the_scheduler(slurm_cluster):
+    """A job without --jobgate runs `jobgate run -g` (MUNGE proves the user): its hello names
+    SLURM_JOB_ID, the gateway asks squeue, the route carries the job's id, and the reaper ends
+    it when the job is cancelled (no epilog call: the job has no jobgate directory)."""
+    c = slurm_cluster
+    gw = c.gateway
+    uid, _ = cluster_user(USER)
+    ca = c.out_dir / "gateway-ca.crt"
+    ca.write_bytes((gw.state_dir / "tls.crt").read_bytes())
+    job = c.sbatch(USER, f"--export=ALL,JOBGATE_MUNGE_SOCKET={c.munged.socket}", "--wrap",
+                   f"exec {JOBGATE} run --json -n plain -g https://localhost:{gw.port} "
+                   f"--ca {ca} -- {PY} {HTTPAPP} --unix {{socket}}")
+    ev = wait_ready_in(c, job)
+    route = [r for r in gw.ls_json() if r["alias"] == ev["alias"]]
+    assert route and route[0]["job"] == job and route[0]["uid"] == uid, route
+    assert f"job adopt job={job} uid={uid} user={USER}" in gw.log_path.read_text()
+    s = gw.login(ev["alias"], ev["link"])
+    assert s.get("/hello").status == 200
+    c.run(SCANCEL, job)
+    # The agent removes its route as it is stopped; the job's record ends by the scheduler.
+    wait_for(lambda: not [r for r in gw.ls_json() if r["alias"] == ev["alias"]], 15,
+             what="the job's route to go")
+    assert s.get("/hello").status == 404
+    wait_for(lambda: re.search(rf"job end job={job} .*\(the scheduler says [A-Z_]+\)",
+                               gw.log_path.read_text()), 15, what="the reaper to end the job")
