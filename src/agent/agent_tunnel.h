@@ -71,6 +71,8 @@ struct agent_tunnel_opts {
     const char *gateway;       /* "https://HOST[:PORT][/]", or NULL with via */
     const char *via;           /* "ssh:HOST", or NULL with gateway */
     const char *ca_file;       /* --ca; NULL: $JOBGATE_CA, else the system store */
+    const char *cert_file;     /* --cert, --key: the user's own certificate (hello method */
+    const char *key_file;      /* cert); NULL: $JOBGATE_CERT, $JOBGATE_KEY, else none */
     int64_t ping_interval_ms;  /* 0: TUNNEL_PING_INTERVAL_MS */
     int64_t ping_timeout_ms;   /* 0: TUNNEL_PING_TIMEOUT_MS */
     agent_tunnel_event_fn on_event;   /* NULL: "jobgate: message" lines on stderr */

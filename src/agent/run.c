@@ -34,7 +34,8 @@
 #define PH_SOCKET "{socket}"
 #define PH_PORT "{port}"
 
-enum { OPT_TCP = 256, OPT_JSON, OPT_TTL, OPT_TIMEOUT, OPT_VIA, OPT_CA, OPT_PING_INTERVAL,
+enum { OPT_TCP = 256, OPT_JSON, OPT_TTL, OPT_TIMEOUT, OPT_VIA, OPT_CA, OPT_CERT, OPT_KEY,
+       OPT_PING_INTERVAL,
        OPT_PING_TIMEOUT };
 
 /* Standard output: this thread and the tunnel's both print events. */
@@ -43,7 +44,8 @@ static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
 static void usage_run(FILE *f)
 {
     fputs("usage: jobgate run [-n NAME] [--tcp] [--json] [--ttl DURATION] [--timeout DURATION]\n"
-          "                   [-g https://HOST[:PORT] [--ca FILE] | --via ssh:HOST]\n"
+          "                   [-g https://HOST[:PORT] [--ca FILE] [--cert FILE --key FILE] |\n"
+          "                    --via ssh:HOST]\n"
           "                   [--ping-interval DURATION] [--ping-timeout DURATION] -- CMD ARG...\n"
           "\n"
           "Starts CMD, waits until it listens, publishes it through the gateway and prints a\n"
@@ -71,6 +73,10 @@ static void usage_run(FILE *f)
           "      --ca FILE         trust the gateway's certificate through the CA certificates\n"
           "                        in FILE (default: $JOBGATE_CA, else the job's\n"
           "                        $JOBGATE_DIR/gateway-ca.crt, else the system's)\n"
+          "      --cert FILE --key FILE\n"
+          "                        prove who you are with your own certificate and its key\n"
+          "                        (PEM; default: $JOBGATE_CERT, $JOBGATE_KEY): the gateway\n"
+          "                        maps its subject to your user through its grid-mapfile\n"
           "      --via ssh:HOST    publish through the gateway on HOST, reached with\n"
           "                        'ssh HOST jobgate tunnel --stdio' ($JOBGATE_SSH,\n"
           "                        $JOBGATE_REMOTE_JOBGATE)\n"
@@ -226,6 +232,8 @@ static int parse_options(struct run *r, int argc, char **argv)
         {"gateway", required_argument, NULL, 'g'},
         {"via", required_argument, NULL, OPT_VIA},
         {"ca", required_argument, NULL, OPT_CA},
+        {"cert", required_argument, NULL, OPT_CERT},
+        {"key", required_argument, NULL, OPT_KEY},
         {"ping-interval", required_argument, NULL, OPT_PING_INTERVAL},
         {"ping-timeout", required_argument, NULL, OPT_PING_TIMEOUT},
         {"help", no_argument, NULL, 'h'},
@@ -267,6 +275,13 @@ static int parse_options(struct run *r, int argc, char **argv)
                 return cli_usage_error("run", "%s", err);
             r->via = optarg;
             break;
+        case OPT_CERT:
+        case OPT_KEY:
+            if (optarg[0] == '\0')
+                return cli_usage_error("run", "option '--%s' needs a file name",
+                                       c == OPT_CERT ? "cert" : "key");
+            *(c == OPT_CERT ? &r->cert : &r->key) = optarg;
+            break;
         case OPT_CA:
             if (optarg[0] == '\0')
                 return cli_usage_error("run", "option '--ca' needs a file name");
@@ -299,6 +314,10 @@ static int parse_options(struct run *r, int argc, char **argv)
     }
     if (r->ca && !r->gateway)
         return cli_usage_error("run", "--ca goes with -g");
+    if ((r->cert || r->key) && !r->gateway)
+        return cli_usage_error("run", "--cert and --key go with -g");
+    if (!r->cert != !r->key)
+        return cli_usage_error("run", "--cert and --key go together");
     if ((r->ping_interval || r->ping_timeout) && !r->gateway && !r->via)
         return cli_usage_error("run", "--ping-interval and --ping-timeout go with -g or --via");
     if (optind >= argc)

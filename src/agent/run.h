@@ -37,6 +37,7 @@ struct run {
     int64_t timeout;                /* seconds; 0: wait for ever */
     const char *control;            /* control socket path (local mode) */
     const char *gateway, *via, *ca; /* remote mode: -g, --via, --ca */
+    const char *cert, *key;         /* -g: --cert, --key (the user's own certificate) */
     int64_t ping_interval, ping_timeout; /* seconds; 0: the tunnel's defaults */
     const struct publish_ops *pub;  /* local or tunnel */
     struct agent_tunnel *tunnel;    /* remote mode, once open */

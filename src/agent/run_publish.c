@@ -120,6 +120,8 @@ static int tunnel_open(struct run *r)
     o.gateway = r->gateway;
     o.via = r->via;
     o.ca_file = r->ca;
+    o.cert_file = r->cert;
+    o.key_file = r->key;
     o.ping_interval_ms = r->ping_interval * 1000;
     o.ping_timeout_ms = r->ping_timeout * 1000;
     o.on_event = on_tunnel_event;

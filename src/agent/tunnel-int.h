@@ -146,8 +146,9 @@ struct agent_tunnel {
     char *munge_socket;
     char node[256];
     char *job;
-    char *job_cert;                 /* PEM of $JOBGATE_DIR/job.crt, or NULL */
-    EVP_PKEY *job_key;              /* $JOBGATE_DIR/job.key, or NULL */
+    char *job_cert;                 /* PEM of $JOBGATE_DIR/job.crt (or of --cert), or NULL */
+    EVP_PKEY *job_key;              /* $JOBGATE_DIR/job.key (or --key), or NULL */
+    int user_cert;                  /* job_cert is the user's own (method cert), not a job's */
     char *ssh_path;
     char **ssh_argv;
     char **envp;
@@ -208,6 +209,10 @@ SSL_CTX *trust_ssl_ctx_new(const char *ca_file, char *err, size_t errlen);
  * t, and the gateway's CA file into ca (when the plugin wrote one). 0, or
  * -errno with err (a job directory that is not the user's, or unreadable). */
 int trust_job_load(struct agent_tunnel *t, char *ca, size_t calen, char *err, size_t errlen);
+/* The user's own certificate and key (--cert, --key) into t (method cert).
+ * 0, or -errno with err. */
+int trust_user_cert_load(struct agent_tunnel *t, const char *cert, const char *key, char *err,
+                         size_t errlen);
 /* The personal gateway's certificate as DER (OPENSSL_free it), or NULL. */
 unsigned char *trust_load_pin(const struct agent_tunnel *t, int *len);
 int trust_cert_equals(X509 *x, const unsigned char *der, int len);

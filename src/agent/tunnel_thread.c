@@ -349,8 +349,18 @@ int agent_tunnel_open(const struct agent_tunnel_opts *o, struct agent_tunnel **o
                 rc = 0;
         }
         char job_ca[PATH_MAX];
-        if (rc == 0)
+        char *cert_env = env_dup("JOBGATE_CERT"), *key_env = env_dup("JOBGATE_KEY");
+        const char *cert = o->cert_file ? o->cert_file : cert_env;
+        const char *key = o->cert_file ? o->key_file : key_env;
+        job_ca[0] = '\0';
+        if (rc == 0 && cert && !key)
+            rc = errmsg(err, errlen, -EINVAL, "JOBGATE_CERT needs JOBGATE_KEY");
+        else if (rc == 0 && cert)
+            rc = trust_user_cert_load(t, cert, key, err, errlen);
+        else if (rc == 0)
             rc = trust_job_load(t, job_ca, sizeof(job_ca), err, errlen);
+        free(cert_env);
+        free(key_env);
         if (rc == 0) {
             char *ca_env = env_dup("JOBGATE_CA");
             const char *ca_file = o->ca_file ? o->ca_file : ca_env ? ca_env

@@ -188,10 +188,38 @@ static char *read_all(int fd, size_t max)
     return buf;
 }
 
+/* A certificate (cert_fd, read whole) and its key (key_fd) into t; both fds
+ * are closed. 0, or -errno with err naming the paths. */
+static int load_pair(struct agent_tunnel *t, int cert_fd, const char *cert_path, int key_fd,
+                     const char *key_path, char *err, size_t errlen)
+{
+    t->job_cert = read_all(cert_fd, JOBCERT_PEM_MAX);
+    close(cert_fd);
+    X509 *x = t->job_cert ? jobcert_parse(t->job_cert, strlen(t->job_cert)) : NULL;
+    if (!x) {
+        close(key_fd);
+        return errmsg(err, errlen, -EINVAL, "%s is not a certificate (PEM, at most %d bytes)",
+                      cert_path, JOBCERT_PEM_MAX);
+    }
+    FILE *f = fdopen(key_fd, "r");
+    if (!f)
+        close(key_fd);
+    t->job_key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    int ok = t->job_key && X509_check_private_key(x, t->job_key) == 1;
+    X509_free(x);
+    ERR_clear_error();
+    if (!ok)
+        return errmsg(err, errlen, -EINVAL, "%s is not the key of %s (or not a PEM key "
+                      "without a passphrase)", key_path, cert_path);
+    return 0;
+}
+
 int trust_job_load(struct agent_tunnel *t, char *ca, size_t calen, char *err, size_t errlen)
 {
     const char *dir = getenv("JOBGATE_DIR");
-    char path[PATH_MAX];
+    char path[PATH_MAX], kpath[PATH_MAX];
     struct stat st;
     ca[0] = '\0';
     if (!dir || !*dir)
@@ -202,29 +230,45 @@ int trust_job_load(struct agent_tunnel *t, char *ca, size_t calen, char *err, si
         return 0; /* no certificate for this job: MUNGE proves who we are */
     if (fd < 0)
         return fd;
-    t->job_cert = read_all(fd, JOBCERT_PEM_MAX);
-    close(fd);
-    X509 *x = t->job_cert ? jobcert_parse(t->job_cert, strlen(t->job_cert)) : NULL;
-    if (!x)
-        return errmsg(err, errlen, -EINVAL, "%s is not a certificate", path);
-    fd = open_own_file(dir, "job.key", 077, 65536, &st, path, sizeof(path), err, errlen);
-    FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
-    if (fd >= 0 && !f)
+    int kfd = open_own_file(dir, "job.key", 077, 65536, &st, kpath, sizeof(kpath), err, errlen);
+    if (kfd < 0) {
         close(fd);
-    t->job_key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
-    if (f)
-        fclose(f);
-    int ok = t->job_key && X509_check_private_key(x, t->job_key) == 1;
-    X509_free(x);
-    ERR_clear_error();
-    if (fd < 0)
-        return fd;
-    if (!ok)
-        return errmsg(err, errlen, -EINVAL, "%s is not the key of %s/job.crt", path, dir);
+        return kfd;
+    }
+    int rc = load_pair(t, fd, path, kfd, kpath, err, errlen);
+    if (rc < 0)
+        return rc;
     if (xsnprintf(path, sizeof(path), "%s/gateway-ca.crt", dir) == 0 &&
         access(path, R_OK) == 0 && strlen(path) < calen)
         memcpy(ca, path, strlen(path) + 1);
     return 0;
+}
+
+int trust_user_cert_load(struct agent_tunnel *t, const char *cert, const char *key, char *err,
+                         size_t errlen)
+{
+    struct stat st;
+    int fd = open(cert, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return errmsg(err, errlen, -errno, "cannot open %s: %s", cert, strerror(errno));
+    int kfd = open(key, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (kfd < 0) {
+        int e = errno;
+        close(fd);
+        return errmsg(err, errlen, -e, "cannot open %s: %s", key, strerror(e));
+    }
+    /* As ssh does: a key that others may read is not trusted to be yours alone. */
+    if (fstat(kfd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+        (st.st_mode & 077)) {
+        close(fd);
+        close(kfd);
+        return errmsg(err, errlen, -EPERM, "%s must be a file of yours that no one else may "
+                      "read (chmod 600)", key);
+    }
+    int rc = load_pair(t, fd, cert, kfd, key, err, errlen);
+    if (rc == 0)
+        t->user_cert = 1;
+    return rc;
 }
 
 /* The verification: the pinned certificate (exact DER), else the chain and
@@ -292,15 +336,16 @@ json_t *trust_hello_auth(struct tconn *c, const char *nonce)
     if (t->via_ssh)
         return json_pack("{s:s}", "method", "peercred");
     if (t->job_key) {
-        /* A --jobgate job: its certificate, and the challenge signed with its key. */
+        /* A --jobgate job (or the user's own certificate): the certificate, and the
+         * challenge signed with its key. */
         char payload[64], *sig = NULL;
         (void)xsnprintf(payload, sizeof(payload), "jobgate/1 hello %s", nonce);
         if (jobcert_sign(t->job_key, payload, strlen(payload), &sig, err, sizeof(err)) < 0) {
             conn_fail_rc(c, -EACCES, "%s", err);
             return NULL;
         }
-        json_t *a = json_pack("{s:s,s:s,s:s}", "method", "jobcert", "cert", t->job_cert,
-                              "signature", sig);
+        json_t *a = json_pack("{s:s,s:s,s:s}", "method", t->user_cert ? "cert" : "jobcert",
+                              "cert", t->job_cert, "signature", sig);
         free(sig);
         return a;
     }

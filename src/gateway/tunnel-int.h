@@ -28,6 +28,7 @@
 #include <event2/bufferevent.h>
 #include <jansson.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/x509.h>
 
 #include "route.h"
 #include "token.h"
@@ -128,6 +129,8 @@ struct tunnel_hub {
     const struct jg_config *cfg;
     struct registry *reg;
     const struct jobca *ca;  /* job certificates' issuer (read-only) */
+    X509_STORE *client_store;  /* [tunnel] client_ca: users' own certificates, or NULL */
+    struct gridmap *gridmap;   /* ... mapped to users (gridmap.h: locks inside) */
     uid_t uid;         /* the gateway's own: a personal gateway's agents */
     pthread_mutex_t mu;
     struct hmap *byid; /* id (8 bytes) -> struct tunnel; under mu */

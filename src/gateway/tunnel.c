@@ -24,10 +24,12 @@
 #include <openssl/ssl.h>
 
 #include "config.h"
+#include "gridmap.h"
 #include "hmap.h"
 #include "log.h"
 #include "registry.h"
 #include "token.h"
+#include "tls.h"
 #include "util.h"
 #include "worker-t.h"
 #include "xprt.h"
@@ -103,6 +105,21 @@ struct tunnel_hub *tunnel_hub_new(const struct jg_config *cfg, struct registry *
         tunnel_hub_free(hub);
         return NULL;
     }
+    if (cfg->client_ca) {
+        hub->client_store = X509_STORE_new();
+        if (!hub->client_store ||
+            X509_STORE_load_file(hub->client_store, cfg->client_ca) != 1) {
+            errmsg(err, errlen, -EINVAL, "[tunnel] client_ca: cannot load %s: %s",
+                   cfg->client_ca, tls_errstr());
+            tunnel_hub_free(hub);
+            return NULL;
+        }
+        hub->gridmap = gridmap_open(cfg->gridmap, err, errlen);
+        if (!hub->gridmap) {
+            tunnel_hub_free(hub);
+            return NULL;
+        }
+    }
     return hub;
 }
 
@@ -132,6 +149,8 @@ void tunnel_hub_free(struct tunnel_hub *hub)
     if (!hub)
         return;
     hmap_free(hub->byid, NULL);
+    X509_STORE_free(hub->client_store);
+    gridmap_free(hub->gridmap);
     pthread_mutex_destroy(&hub->mu);
     memset(hub->token_hash, 0, sizeof(hub->token_hash));
     free(hub);

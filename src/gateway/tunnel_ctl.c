@@ -19,7 +19,12 @@
 
 #include <event2/buffer.h>
 
+#include <openssl/err.h>
+#include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
+
 #include "config.h"
+#include "gridmap.h"
 #include "jobca.h"
 #include "jobcert.h"
 #include "log.h"
@@ -151,6 +156,58 @@ static int jobcert_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, s
     return rc;
 }
 
+/* A user's own certificate (the site's client_ca) and its signature of the
+ * challenge: the grid-mapfile names its user. 0 with *uid, or -1 with why. */
+static int usercert_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, size_t wl)
+{
+    struct tunnel_hub *hub = t->hub;
+    const char *pem = json_string_value(json_object_get(auth, "cert"));
+    const char *sig = json_string_value(json_object_get(auth, "signature"));
+    X509 *cert = pem ? jobcert_parse(pem, strlen(pem)) : NULL;
+    char payload[64], dn[GRIDMAP_DN_MAX], user[GRIDMAP_USER_MAX], err[400];
+    struct jobca_job cj;
+    int rc = -1;
+    if (!hub->client_store) {
+        snprintf(why, wl, "this gateway takes no users' certificates (no [tunnel] client_ca)");
+        return -1;
+    }
+    if (!cert) {
+        snprintf(why, wl, "the hello's 'cert' is not a PEM certificate");
+        return -1;
+    }
+    int n = snprintf(payload, sizeof(payload), "jobgate/1 hello %s", t->nonce);
+    X509_STORE_CTX *xs = X509_STORE_CTX_new();
+    int ok = xs && X509_STORE_CTX_init(xs, hub->client_store, cert, NULL) == 1 &&
+             X509_STORE_CTX_set_purpose(xs, X509_PURPOSE_SSL_CLIENT) == 1 &&
+             X509_verify_cert(xs) == 1;
+    const char *verr = xs ? X509_verify_cert_error_string(X509_STORE_CTX_get_error(xs)) : "";
+    if (jobca_verify(hub->ca, cert, now_real(), &cj, err, sizeof(err)) == 0) {
+        snprintf(why, wl, "a job's certificate proves a job (method jobcert), not a user");
+    } else if (!ok) {
+        snprintf(why, wl, "certificate refused: %s", verr);
+    } else if (!jobcert_verify(cert, payload, (size_t)n, sig)) {
+        snprintf(why, wl, "the signature is not the certificate's key's");
+    } else if (!X509_NAME_oneline(X509_get_subject_name(cert), dn, sizeof(dn))) {
+        snprintf(why, wl, "the certificate's subject cannot be read");
+    } else if (gridmap_lookup(hub->gridmap, dn, user, sizeof(user), err, sizeof(err)) < 0) {
+        snprintf(why, wl, "%s", err);
+    } else {
+        struct passwd pw, *res = NULL;
+        char pwbuf[1024];
+        if (getpwnam_r(user, &pw, pwbuf, sizeof(pwbuf), &res) != 0 || !res) {
+            snprintf(why, wl, "the grid-mapfile names user '%s', who does not exist here", user);
+        } else {
+            *uid = res->pw_uid;
+            log_info("tunnel=%" PRIx64 " certificate %.300s is user %s", t->id, dn, user);
+            rc = 0;
+        }
+    }
+    X509_STORE_CTX_free(xs);
+    X509_free(cert);
+    ERR_clear_error();
+    return rc;
+}
+
 /* Checks the hello's credential. 0 with *uid, or -1 with why. */
 static int hello_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, size_t wl)
 {
@@ -201,6 +258,9 @@ static int hello_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, siz
         *uid = hub->uid;
     } else if (strcmp(method, "jobcert") == 0) {
         if (jobcert_auth(t, auth, uid, why, wl) < 0)
+            return -1;
+    } else if (strcmp(method, "cert") == 0) {
+        if (usercert_auth(t, auth, uid, why, wl) < 0)
             return -1;
     } else if (strcmp(method, "peercred") == 0) {
         if (!t->stdio) {

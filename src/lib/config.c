@@ -108,6 +108,8 @@ int config_defaults(struct jg_config *c)
     c->grace = 10 * MINUTE;
     c->munge_socket = NULL;
     c->node_users = NULL;
+    c->client_ca = NULL;
+    c->gridmap = NULL;
     c->job_cert_margin = 15 * MINUTE;
     c->job_cert_max = 7 * DAY;
     c->job_check = 30;
@@ -138,6 +140,8 @@ void config_free(struct jg_config *c)
     free_str(&c->munge_socket);
     free_str(&c->node_users);
     free_str(&c->squeue);
+    free_str(&c->client_ca);
+    free_str(&c->gridmap);
 }
 
 static char *dup_or_null(const char *s)
@@ -157,6 +161,8 @@ static void config_copy(struct jg_config *dst, const struct jg_config *src)
     dst->munge_socket = dup_or_null(src->munge_socket);
     dst->node_users = dup_or_null(src->node_users);
     dst->squeue = dup_or_null(src->squeue);
+    dst->client_ca = dup_or_null(src->client_ca);
+    dst->gridmap = dup_or_null(src->gridmap);
 }
 
 /* ---- value syntax ------------------------------------------------------- */
@@ -316,6 +322,8 @@ static const struct keydef keys[] = {
     {"tunnel", "reconnect_wait", K_DURATION, OFF(reconnect_wait), 0, MINUTE, "0s..1m"},
     {"tunnel", "grace", K_DURATION, OFF(grace), 1, 7 * DAY, "1s..7d"},
     {"tunnel", "munge_socket", K_SOCKPATH, OFF(munge_socket), 0, 0, NULL},
+    {"tunnel", "client_ca", K_PATH, OFF(client_ca), 0, 0, NULL},
+    {"tunnel", "gridmap", K_PATH, OFF(gridmap), 0, 0, NULL},
     {"slurm", "node_users", K_USERS, OFF(node_users), 0, 0, NULL},
     {"slurm", "job_cert_margin", K_DURATION, OFF(job_cert_margin), 0, DAY, "0s..1d"},
     {"slurm", "job_cert_max", K_DURATION, OFF(job_cert_max), MINUTE, 366 * DAY, "1m..366d"},
@@ -590,6 +598,11 @@ static int check_whole(struct jg_config *w, const unsigned line_of[NKEYS], const
     if (!w->cert_file != !w->key_file)
         return fail(err, errlen, path, w->cert_file ? l_cert : l_key,
                     "'cert' and 'key' go together: set both or neither");
+    if (!w->client_ca != !w->gridmap)
+        return fail(err, errlen, path,
+                    line_of[key_index("tunnel", w->client_ca ? "client_ca" : "gridmap")],
+                    "'client_ca' and 'gridmap' go together: a certificate is accepted only "
+                    "for the user the grid-mapfile names");
 
     if (!w->state_dir)
         return fail(err, errlen, path, 0,

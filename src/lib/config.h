@@ -36,6 +36,8 @@
  *   reconnect_wait = 5s           a request waits this long for a reconnecting agent, then 503
  *   grace = 10m                   routes of an agent that is gone are removed after this
  *   munge_socket = /run/munge/munge.socket.2   (default: MUNGE's own)
+ *   client_ca = /etc/jobgate/users-ca.pem     users' own certificates (hello method cert),
+ *   gridmap = /etc/grid-security/grid-mapfile  mapped to users by subject; both or neither
  *   [slurm]                       the node channel of spank_jobgate.so (docs/slurm.md)
  *   node_users = root slurm       whose MUNGE credentials may speak for nodes (names or
  *                                 uids; default root, and slurm where that user exists)
@@ -77,6 +79,8 @@ struct jg_config {
     int64_t reconnect_wait;               /* a request for a reconnecting route waits this long */
     int64_t grace;                        /* a route without its agent lives this long */
     char *munge_socket;                   /* NULL: MUNGE's default socket */
+    char *client_ca;                      /* NULL: no users' certificates */
+    char *gridmap;                        /* NULL: none (needed with client_ca) */
 
     /* the node channel (docs/slurm.md) */
     char *node_users;                     /* NULL: the default, "root slurm" */
