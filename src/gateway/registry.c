@@ -775,12 +775,13 @@ void registry_logout(struct registry *reg, const char *alias, const struct http1
 }
 
 int registry_status(struct registry *reg, const char *alias, const struct http1_str *vals, int n,
-                    int *starting)
+                    int *starting, uint32_t *job)
 {
     rdlock(reg);
     const struct route *r = find(reg, alias);
     int rc = !r ? -ENXIO : session_among(reg, alias, vals, n, NULL, NULL) ? 0 : -EACCES;
     *starting = r && r->starting;
+    *job = r && rc == 0 ? r->job : 0;
     unlock(reg);
     return rc;
 }

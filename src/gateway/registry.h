@@ -83,9 +83,10 @@ int registry_redeem(struct registry *reg, const char *alias, const char *tok, si
 /* Ends every live session of alias among the cookie values. */
 void registry_logout(struct registry *reg, const char *alias, const struct http1_str *vals, int n);
 
-/* /_jobgate/status: 0 with *starting, -ENXIO no such app, -EACCES no session. */
+/* /_jobgate/status: 0 with *starting and *job (the batch job it belongs to,
+ * 0 for none), -ENXIO no such app, -EACCES no session. */
 int registry_status(struct registry *reg, const char *alias, const struct http1_str *vals, int n,
-                    int *starting);
+                    int *starting, uint32_t *job);
 
 /* ---- owners: the control socket and agents' tunnels ----------------------- */
 

@@ -91,7 +91,8 @@ static int status(struct registry *reg, const char *alias, const struct http1_he
 {
     struct http1_str vals[4];
     int starting, n = reqhead_cookies(h, REQHEAD_COOKIE, vals, 4);
-    int rc = registry_status(reg, alias, vals, n, &starting);
+    uint32_t job;
+    int rc = registry_status(reg, alias, vals, n, &starting, &job);
     if (rc == -ENXIO) {
         page_error(out, 404, NULL, close, NULL, head_only);
         return 404;
@@ -100,9 +101,11 @@ static int status(struct registry *reg, const char *alias, const struct http1_he
         page_error(out, 403, NULL, close, NULL, head_only);
         return 403;
     }
-    char body[256];
-    int blen = snprintf(body, sizeof(body), "{\"alias\":\"%s\",\"state\":\"%s\"}\n", alias,
-                        starting ? "starting" : "ready");
+    char body[256], jobf[32] = "";
+    if (job)
+        snprintf(jobf, sizeof(jobf), ",\"job\":%u", (unsigned)job);
+    int blen = snprintf(body, sizeof(body), "{\"alias\":\"%s\",\"state\":\"%s\"%s}\n", alias,
+                        starting ? "starting" : "ready", jobf);
     page_send(out, 200, "application/json", body, (size_t)blen, close, NULL, head_only);
     return 200;
 }

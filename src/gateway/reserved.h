@@ -2,7 +2,7 @@
  * reserved — the gateway's own URL space on every app host, /_jobgate/...:
  *   /_jobgate/redeem/<token>[?next=/path]  one-time link -> session cookie (I1)
  *   /_jobgate/logout                       ends the session
- *   /_jobgate/status                       {"alias","state"} for a session holder
+ *   /_jobgate/status                       {"alias","state"[,"job"]} for a session holder
  * Owns nothing; answers into the browser connection's output buffer. Any
  * worker thread; no lock (the registry locks inside).
  */

@@ -115,10 +115,12 @@ static void test_admission_verdicts(void **state)
     assert_int_equal(registry_admit(f->reg, r2.alias, vals, 2, &a), ADMIT_FORBIDDEN);
 
     int starting;
-    assert_int_equal(registry_status(f->reg, r.alias, vals, 2, &starting), 0);
+    uint32_t job = 99;
+    assert_int_equal(registry_status(f->reg, r.alias, vals, 2, &starting, &job), 0);
+    assert_int_equal(job, 0);
     assert_false(starting);
-    assert_int_equal(registry_status(f->reg, r2.alias, vals, 2, &starting), -EACCES);
-    assert_int_equal(registry_status(f->reg, "no-such-app", vals, 2, &starting), -ENXIO);
+    assert_int_equal(registry_status(f->reg, r2.alias, vals, 2, &starting, &job), -EACCES);
+    assert_int_equal(registry_status(f->reg, "no-such-app", vals, 2, &starting, &job), -ENXIO);
 }
 
 static void test_starting_then_ready(void **state)
