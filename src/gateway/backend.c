@@ -7,6 +7,7 @@ static const struct backend_ops *const kinds[] = {
     [ROUTE_UNIX] = &backend_unix_ops,
     [ROUTE_TCP] = &backend_tcp_ops,
     [ROUTE_TUNNEL] = &backend_tunnel_ops,
+    [ROUTE_DIRECT] = &backend_direct_ops,
 };
 
 static const struct backend_ops *ops(const struct route *r)
@@ -37,11 +38,11 @@ struct bufferevent *backend_connect(const struct backend_env *env, struct event_
     return o->connect(env, base, r, ready);
 }
 
-int backend_verify_peer(const struct backend_env *env, evutil_socket_t fd, const struct route *r,
-                        char *why, size_t len)
+int backend_verify_peer(const struct backend_env *env, struct bufferevent *bev,
+                        const struct route *r, char *why, size_t len)
 {
     const struct backend_ops *o = ops(r);
     if (!o)
         return -EPERM;
-    return o->verify(env, fd, r, why, len);
+    return o->verify(env, bev, bufferevent_getfd(bev), r, why, len);
 }

@@ -5,10 +5,10 @@
  *   backend_unix.c    a UNIX socket the owner owns (local apps)
  *   backend_tcp.c     a loopback TCP port the owner listens on (--tcp)
  *   backend_tunnel.c  a CONNECT stream through the owner's agent tunnel
+ *   backend_direct.c  a job's own TLS endpoint (jobgate run --callback), mTLS
  *
- * A new kind (the direct mTLS dial to a job's endpoint, say) is one new file
- * and one row in backend.c's table; conn, control and the registry do not
- * change. Every slot is filled in every kind; callers use only the wrappers
+ * A new kind is one new file and one row in backend.c's table; conn,
+ * control and the registry do not change. Every slot is filled in every kind; callers use only the wrappers
  * below, never the table.
  *
  * Owns nothing. Threads: any worker; no lock (a route is passed by copy).
@@ -27,12 +27,16 @@
 
 #include "route.h"
 
+struct jobca;
+struct registry;
 struct tunnel_hub;
 
 /* What the kinds need from the daemon; set up once, read-only after. */
 struct backend_env {
     const char *proc;          /* "/proc" (tests point it elsewhere) */
     struct tunnel_hub *hub;    /* for tunnel routes */
+    struct registry *reg;      /* for direct routes: the job's destinations (I3) */
+    const struct jobca *ca;    /* ... the gateway's client certificate, the job's proof */
 };
 
 struct backend_ops {
@@ -45,21 +49,23 @@ struct backend_ops {
      * once. *ready: connected already (no BEV_EVENT_CONNECTED will follow). */
     struct bufferevent *(*connect)(const struct backend_env *env, struct event_base *base,
                                    const struct route *r, int *ready);
-    /* After the connection is up: proves the peer is the route owner's.
-     * 0, or -EPERM / -ENOENT with why. */
-    int (*verify)(const struct backend_env *env, evutil_socket_t fd, const struct route *r,
-                  char *why, size_t len);
+    /* After the connection is up (bev, on socket fd; a TLS one after its
+     * handshake): proves the peer is the route owner's. 0, or -EPERM /
+     * -ENOENT with why. */
+    int (*verify)(const struct backend_env *env, struct bufferevent *bev, evutil_socket_t fd,
+                  const struct route *r, char *why, size_t len);
 };
 
 int backend_check(const struct backend_env *env, struct route *r, int starting, char *why,
                   size_t len);
 struct bufferevent *backend_connect(const struct backend_env *env, struct event_base *base,
                                     const struct route *r, int *ready);
-int backend_verify_peer(const struct backend_env *env, evutil_socket_t fd, const struct route *r,
-                        char *why, size_t len);
+int backend_verify_peer(const struct backend_env *env, struct bufferevent *bev,
+                        const struct route *r, char *why, size_t len);
 
 /* The kinds' tables (backend.c indexes them by enum route_kind). */
-extern const struct backend_ops backend_unix_ops, backend_tcp_ops, backend_tunnel_ops;
+extern const struct backend_ops backend_unix_ops, backend_tcp_ops, backend_tunnel_ops,
+    backend_direct_ops;
 
 /*
  * The ownership checks of the socket kinds, exposed for their unit tests.

@@ -63,8 +63,8 @@ static struct bufferevent *connect_tcp(const struct backend_env *env, struct eve
     return xprt_connect(base, &ss, sizeof(*s4), 1);
 }
 
-static int verify(const struct backend_env *env, evutil_socket_t fd, const struct route *r,
-                  char *why, size_t len)
+static int verify(const struct backend_env *env, struct bufferevent *bev, evutil_socket_t fd,
+                  const struct route *r, char *why, size_t len)
 {
     /* Our end is the remote end of the app's accepted socket. */
     long uid = procnet_peer_uid(fd, env->proc);

@@ -23,8 +23,8 @@ static struct bufferevent *connect_tunnel(const struct backend_env *env, struct 
     return tunnel_stream_open(env->hub, base, r);
 }
 
-static int verify(const struct backend_env *env, evutil_socket_t fd, const struct route *r,
-                  char *why, size_t len)
+static int verify(const struct backend_env *env, struct bufferevent *bev, evutil_socket_t fd,
+                  const struct route *r, char *why, size_t len)
 {
     return 0; /* the tunnel opens streams only for its own routes */
 }

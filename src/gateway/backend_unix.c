@@ -77,8 +77,8 @@ static struct bufferevent *connect_unix(const struct backend_env *env, struct ev
                                   0);
 }
 
-static int verify(const struct backend_env *env, evutil_socket_t fd, const struct route *r,
-                  char *why, size_t len)
+static int verify(const struct backend_env *env, struct bufferevent *bev, evutil_socket_t fd,
+                  const struct route *r, char *why, size_t len)
 {
     struct ucred cred;
     socklen_t cl = sizeof(cred);

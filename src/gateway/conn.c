@@ -730,8 +730,7 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
     struct conn *c = arg;
     if (what & BEV_EVENT_CONNECTED) {
         char why[256];
-        if (backend_verify_peer(c->w->env, bufferevent_getfd(bev), &c->be_route, why,
-                                sizeof(why)) < 0) {
+        if (backend_verify_peer(c->w->env, bev, &c->be_route, why, sizeof(why)) < 0) {
             log_warn("conn=%llu alias=%s refusing the app's connection: %s",
                      (unsigned long long)c->id, c->alias, why);
             conn_be_drop(c);

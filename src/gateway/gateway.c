@@ -120,6 +120,8 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
         return -EIO;
     gw->env.proc = "/proc";
     gw->env.hub = gw->hub;
+    gw->env.reg = gw->reg;
+    gw->env.ca = gw->jobca;
 
     if (evthread_use_pthreads() < 0)
         return errmsg(err, errlen, -ENOSYS, "libevent has no thread support");

@@ -154,3 +154,13 @@ void job_dests_clear(struct job_table *t, uint32_t id)
     e->dests = NULL;
     e->ndests = 0;
 }
+
+int job_dest_has(const struct job_table *t, uint32_t id, const char *host, uint16_t port)
+{
+    const struct job_dest *d;
+    unsigned n = job_dests(t, id, &d);
+    for (unsigned i = 0; i < n; i++)
+        if (d[i].port == port && strcmp(d[i].host, host) == 0)
+            return 1;
+    return 0;
+}

@@ -58,6 +58,8 @@ void job_filter(struct job_table *t, int (*cb)(const struct job *j, void *arg), 
  * -ENOSPC (the job would hold more than JOB_DESTS_MAX). */
 int job_dests_set(struct job_table *t, uint32_t id, const char *node, const struct job_dest *d,
                   unsigned n);
+/* 1 when host:port is one of job id's destinations. */
+int job_dest_has(const struct job_table *t, uint32_t id, const char *host, uint16_t port);
 /* Forgets every destination of job id (it ended). */
 void job_dests_clear(struct job_table *t, uint32_t id);
 /* Job id's destinations: *d points into the table (valid while the caller

@@ -13,6 +13,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "jobcert.h"
 #include "tls.h"
 #include "util.h"
 
@@ -23,6 +24,7 @@ struct jobca {
     EVP_PKEY *key;
     X509 *crt;
     char *crt_pem;
+    SSL_CTX *client;    /* the gateway's own certificate, for job endpoints */
 };
 
 static int user_ok(const char *u)
@@ -77,6 +79,47 @@ static char *pem_of(X509 *crt)
     return out;
 }
 
+/* The gateway's client certificate (a fresh key each start, signed by the CA)
+ * in a TLS client context that trusts the CA alone. NULL on error. */
+static SSL_CTX *make_client_ctx(const struct jobca *ca)
+{
+    EVP_PKEY *key = NULL;
+    X509 *crt = tls_selfissued_new("jobgate", "jobgate gateway", 366, &key);
+    SSL_CTX *ctx = NULL;
+    X509_STORE *store = NULL;
+    if (!crt || !X509_set_issuer_name(crt, X509_get_subject_name(ca->crt)) ||
+        tls_add_ext(crt, ca->crt, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
+        tls_add_ext(crt, ca->crt, NID_key_usage, "critical,digitalSignature") < 0 ||
+        tls_add_ext(crt, ca->crt, NID_ext_key_usage, "clientAuth") < 0 ||
+        tls_add_ext(crt, ca->crt, NID_subject_alt_name, "URI:" JOBCERT_GATEWAY_URI) < 0 ||
+        tls_add_ext(crt, ca->crt, NID_authority_key_identifier, "keyid:always") < 0 ||
+        !X509_sign(crt, ca->key, EVP_sha256()))
+        goto out;
+    ctx = SSL_CTX_new(TLS_client_method());
+    store = X509_STORE_new();
+    if (!ctx || !store || X509_STORE_add_cert(store, ca->crt) != 1 ||
+        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
+        SSL_CTX_use_certificate(ctx, crt) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1) {
+        SSL_CTX_free(ctx);
+        ctx = NULL;
+        goto out;
+    }
+    SSL_CTX_set_cert_store(ctx, store); /* the context owns it now */
+    store = NULL;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+out:
+    X509_STORE_free(store);
+    X509_free(crt);
+    EVP_PKEY_free(key);
+    return ctx;
+}
+
+SSL_CTX *jobca_client_ctx(const struct jobca *ca)
+{
+    return ca->client;
+}
+
 struct jobca *jobca_open(const char *dir, char *err, size_t errlen)
 {
     char key_path[4096], crt_path[4096];
@@ -124,6 +167,11 @@ struct jobca *jobca_open(const char *dir, char *err, size_t errlen)
         errmsg(err, errlen, 0, "%s: %s", crt_path, tls_errstr());
         goto fail;
     }
+    ca->client = make_client_ctx(ca);
+    if (!ca->client) {
+        errmsg(err, errlen, 0, "cannot make the gateway's client certificate: %s", tls_errstr());
+        goto fail;
+    }
     return ca;
 fail:
     jobca_free(ca);
@@ -137,6 +185,7 @@ void jobca_free(struct jobca *ca)
     EVP_PKEY_free(ca->key);
     X509_free(ca->crt);
     free(ca->crt_pem);
+    SSL_CTX_free(ca->client);
     free(ca);
 }
 

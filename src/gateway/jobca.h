@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 
 struct jobca;
@@ -46,6 +47,13 @@ struct jobca_job {
  * in err (one of the two missing, unreadable, a key that does not match). */
 struct jobca *jobca_open(const char *dir, char *err, size_t errlen);
 void jobca_free(struct jobca *ca);
+
+/* A TLS client context with the gateway's own certificate (made at
+ * jobca_open, signed by this CA, URI JOBCERT_GATEWAY_URI, clientAuth, its
+ * key only in memory) that trusts this CA alone: what the gateway presents
+ * to a job's callback endpoint (backend_direct.c). The peer's job is checked
+ * by the caller (jobca_verify). Read-only; any thread. */
+SSL_CTX *jobca_client_ctx(const struct jobca *ca);
 
 /* The CA's certificate in PEM, for nodes (they check the gateway's
  * signature on a job certificate and write it into the job's directory). */

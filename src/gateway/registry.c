@@ -1,6 +1,7 @@
 /* registry — see registry.h. */
 #include "registry.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -580,6 +581,38 @@ int registry_job_ready(struct registry *reg, uint32_t id, const char *node,
         snprintf(detail, sizeof(detail), "job=%u node=%s destinations=%u", (unsigned)id, node, n);
         store_audit(reg->store, j->uid, "job.ready", NULL, detail);
         log_info("job ready job=%u node=%s destinations=%u", (unsigned)id, node, n);
+    }
+    unlock(reg);
+    return rc;
+}
+
+int registry_job_dest(struct registry *reg, uint32_t id, uid_t uid, const char *host,
+                      uint16_t port)
+{
+    rdlock(reg);
+    const struct job *j = job_find(reg->jobs, id);
+    int rc = !j || j->uid != uid ? -ENOENT : j->ended ? -ESTALE
+             : job_dest_has(reg->jobs, id, host, port) ? 0 : -EPERM;
+    unlock(reg);
+    return rc;
+}
+
+int registry_job_dest_pick(struct registry *reg, uint32_t id, uid_t uid, uint16_t port,
+                           char *host, size_t len)
+{
+    rdlock(reg);
+    const struct job *j = job_find(reg->jobs, id);
+    const struct job_dest *d;
+    unsigned n = j && j->uid == uid && !j->ended ? job_dests(reg->jobs, id, &d) : 0;
+    int rc = !j || j->uid != uid ? -ENOENT : j->ended ? -ESTALE : -EPERM;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned char a[16];
+        if (d[i].port != port || (inet_pton(AF_INET, d[i].host, a) != 1 &&
+                                  inet_pton(AF_INET6, d[i].host, a) != 1))
+            continue;
+        snprintf(host, len, "%s", d[i].host);
+        rc = 0;
+        break;
     }
     unlock(reg);
     return rc;

@@ -179,6 +179,16 @@ int registry_job_end(struct registry *reg, uint32_t id, uid_t by, const char *wh
 int registry_job_ready(struct registry *reg, uint32_t id, const char *node,
                        const struct job_dest *d, unsigned n);
 
+/* host:port is a destination of job id, which runs as uid (I3 for direct
+ * routes). 0, -ENOENT (no such job of uid's), -ESTALE (ended), -EPERM (not
+ * one of its destinations). */
+int registry_job_dest(struct registry *reg, uint32_t id, uid_t uid, const char *host,
+                      uint16_t port);
+/* The first of job id's destinations on port whose host is an IP literal,
+ * into host: where a direct route of that port leads. 0, or as above. */
+int registry_job_dest_pick(struct registry *reg, uint32_t id, uid_t uid, uint16_t port,
+                           char *host, size_t len);
+
 /* Copies of uid's jobs (everyone's when all), by id, each with its
  * destinations: jobs[i]'s are dests[first[i] .. first[i] + count[i]). */
 struct registry_jobs {

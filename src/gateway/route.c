@@ -133,6 +133,9 @@ int route_describe(const struct route *r, char *buf, size_t len)
     case ROUTE_UNIX: return xsnprintf(buf, len, "unix:%s", r->path);
     case ROUTE_TCP: return xsnprintf(buf, len, r->v6 ? "tcp:[::1]:%u" : "tcp:127.0.0.1:%u", r->port);
     case ROUTE_TUNNEL: return xsnprintf(buf, len, "tunnel:%s", r->path);
+    case ROUTE_DIRECT:
+        return xsnprintf(buf, len, strchr(r->path, ':') ? "direct:[%s]:%u" : "direct:%s:%u",
+                         r->path, r->port);
     }
     return xsnprintf(buf, len, "?");
 }

@@ -26,6 +26,8 @@ enum route_kind {
     ROUTE_UNIX = 1, /* path */
     ROUTE_TCP = 2,  /* 127.0.0.1:port (or [::1]:port when v6) */
     ROUTE_TUNNEL = 3, /* through the owner's agent tunnel; path holds the agent's local name */
+    ROUTE_DIRECT = 4, /* a job's own TLS endpoint (jobgate run --callback): path holds its
+                       * address (an IP literal), port its port; mTLS with the job's certificate */
 };
 
 struct route {
@@ -63,7 +65,8 @@ size_t route_count(const struct route_table *t);
 /* Calls cb for every route; cb returns nonzero to remove that route (after cb). */
 void route_filter(struct route_table *t, int (*cb)(const struct route *r, void *arg), void *arg);
 /* Where the route leads, for listings and logs: "unix:/path",
- * "tcp:127.0.0.1:8000" (or "tcp:[::1]:8000"), "tunnel:<local>". 0, or
+ * "tcp:127.0.0.1:8000" (or "tcp:[::1]:8000"), "tunnel:<local>",
+ * "direct:10.1.2.3:8443". 0, or
  * -ENAMETOOLONG (cut). */
 int route_describe(const struct route *r, char *buf, size_t len);
 /* "starting", "reconnecting" (a tunnel route whose agent is away) or "ready". */

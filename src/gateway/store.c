@@ -461,7 +461,8 @@ int store_route_put(struct store *s, const struct route *r)
         return -EINVAL;
     if (strnlen(r->name, sizeof(r->name)) == sizeof(r->name) ||
         strnlen(r->path, sizeof(r->path)) == sizeof(r->path) ||
-        (r->kind != ROUTE_UNIX && r->kind != ROUTE_TCP && r->kind != ROUTE_TUNNEL)) {
+        (r->kind != ROUTE_UNIX && r->kind != ROUTE_TCP && r->kind != ROUTE_TUNNEL &&
+         r->kind != ROUTE_DIRECT)) {
         log_err("store: route put [%s]: malformed route", r->alias);
         return -EINVAL;
     }
@@ -576,7 +577,7 @@ static int route_from_row(sqlite3_stmt *st, void *item)
         col_text(st, 5, r->path, sizeof(r->path)) < 0)
         return -1;
     if (col_range(st, 2, 0, UINT32_MAX, &uid) < 0 || col_range(st, 3, 0, INT32_MAX, &pid) < 0 ||
-        col_range(st, 4, ROUTE_UNIX, ROUTE_TUNNEL, &kind) < 0 ||
+        col_range(st, 4, ROUTE_UNIX, ROUTE_DIRECT, &kind) < 0 ||
         col_range(st, 6, 0, UINT16_MAX, &port) < 0 || col_range(st, 9, 0, UINT32_MAX, &job) < 0)
         return -1;
     if (sqlite3_column_type(st, 7) != SQLITE_NULL && col_range(st, 7, 0, 1, &v6) < 0)

@@ -391,6 +391,65 @@ static int add_link(struct tunnel *t, const char *id, json_t *o, const char *ali
     return 0;
 }
 
+/* register with "direct": {"port": P[, "host": IP]}: a route that the gateway
+ * dials itself, to the job's own TLS endpoint (backend_direct.c). Only a
+ * job's tunnel, only to one of the job's destinations. Not one of the
+ * tunnel's apps: it lives until the job ends or the agent unregisters it. */
+static void register_direct(struct tunnel *t, const char *id, json_t *m, const char *name,
+                            int64_t ttl)
+{
+    json_t *d = json_object_get(m, "direct"), *port = json_object_get(d, "port");
+    const char *host = json_string_value(json_object_get(d, "host"));
+    struct route r;
+    memset(&r, 0, sizeof(r));
+    if (!t->job)
+        return ctl_error(t, id, "forbidden", "a direct route belongs to a job: prove it with "
+                         "the job's certificate (a --jobgate job)");
+    if (!json_is_integer(port) || json_integer_value(port) < 1 ||
+        json_integer_value(port) > 65535 || (json_object_get(d, "host") && !host))
+        return ctl_error(t, id, "invalid", "'direct' must be {\"port\": 1..65535[, \"host\": "
+                         "an IP address]}");
+    r.port = (uint16_t)json_integer_value(port);
+    int rc = host ? (strlen(host) < sizeof(r.path) ? 0 : -EINVAL) :
+             registry_job_dest_pick(t->hub->reg, t->job, t->uid, r.port, r.path,
+                                    sizeof(r.path));
+    if (host && rc == 0) {
+        snprintf(r.path, sizeof(r.path), "%s", host);
+        rc = registry_job_dest(t->hub->reg, t->job, t->uid, r.path, r.port);
+    }
+    if (rc == -ESTALE)
+        return ctl_error(t, id, "ended", "job %u has ended", (unsigned)t->job);
+    if (rc < 0)
+        return ctl_error(t, id, "not_destination",
+                         "port %u%s%s is not a destination of job %u yet (write to "
+                         "JOBGATE_READY_FD once it listens)", (unsigned)r.port,
+                         host ? " of " : "", host ? host : "", (unsigned)t->job);
+    r.uid = t->uid;
+    r.job = t->job;
+    r.kind = ROUTE_DIRECT;
+    r.created = now_real();
+    r.v6 = strchr(r.path, ':') != NULL;
+    snprintf(r.name, sizeof(r.name), "%s", name);
+    if (registry_route_add(t->hub->reg, &r) < 0)
+        return ctl_error(t, id, "internal", "could not register the route (see the gateway's log)");
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "type", "registered", "alias", r.alias, "name",
+                          r.name, "kind", "direct");
+    if (!o)
+        return;
+    if (id)
+        json_object_set_new(o, "id", json_string(id));
+    struct registry_link l;
+    if (registry_link(t->hub->reg, r.alias, t->uid, ROUTE_DIRECT, ttl, &l) < 0) {
+        json_decref(o);
+        return ctl_error(t, id, "internal", "could not store a link (see the gateway's log)");
+    }
+    json_object_set_new(o, "url", json_string(l.url));
+    json_object_set_new(o, "link", json_string(l.link));
+    json_object_set_new(o, "expires", json_integer(l.expires));
+    memset(&l, 0, sizeof(l));
+    tctl_send(t, o);
+}
+
 /* register: a new route, or the agent's own route back after a reconnect. */
 static void op_register(struct tunnel *t, const char *id, json_t *m)
 {
@@ -406,6 +465,8 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
         return ctl_error(t, id, "invalid", "'ttl' must be " APP_LINK_TTL_RULE);
     if (json_object_get(m, "alias") && !alias)
         return ctl_error(t, id, "invalid", "'alias' must be a string");
+    if (json_object_get(m, "direct"))
+        return register_direct(t, id, m, name, ttl);
 
     struct tunnel_claim claim = {.uid = t->uid, .job = t->job, .tunnel = t->id, .alias = alias,
                                  .name = name,
@@ -440,6 +501,21 @@ static void op_unregister(struct tunnel *t, const char *id, json_t *m)
 {
     const char *alias = json_string_value(json_object_get(m, "alias"));
     int slot = alias ? tctl_reg_find(t, alias) : -1;
+    struct route r;
+    if (slot < 0 && alias && t->job && registry_route_get(t->hub->reg, alias, &r) == 0 &&
+        r.kind == ROUTE_DIRECT && r.job == t->job && r.uid == t->uid) {
+        /* A direct route of this tunnel's job: any of the job's agents may end it. */
+        int rc = registry_route_remove(t->hub->reg, alias, t->uid, ROUTE_DIRECT, t->uid,
+                                       "agent unregistered");
+        if (rc < 0 && rc != -ENOENT)
+            return ctl_error(t, id, "internal", "could not remove the route (see the gateway's "
+                             "log)");
+        json_t *o = json_pack("{s:s, s:s}", "type", "unregistered", "alias", r.alias);
+        if (o && id)
+            json_object_set_new(o, "id", json_string(id));
+        tctl_send(t, o);
+        return;
+    }
     if (slot < 0)
         return ctl_error(t, id, "not_found", "this tunnel registered no app '%s'",
                          alias ? alias : "");

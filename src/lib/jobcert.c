@@ -7,6 +7,7 @@
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/x509v3.h>
 
 #include "tls.h"
 
@@ -69,4 +70,21 @@ X509 *jobcert_parse(const char *pem, size_t len)
     BIO_free(b);
     ERR_clear_error();
     return x;
+}
+
+int jobcert_has_uri(X509 *cert, const char *uri)
+{
+    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    int found = 0, n = names ? sk_GENERAL_NAME_num(names) : 0;
+    for (int i = 0; i < n; i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        if (g->type != GEN_URI)
+            continue;
+        const unsigned char *d = ASN1_STRING_get0_data(g->d.uniformResourceIdentifier);
+        int len = ASN1_STRING_length(g->d.uniformResourceIdentifier);
+        if (len == (int)strlen(uri) && memcmp(d, uri, (size_t)len) == 0)
+            found = 1;
+    }
+    GENERAL_NAMES_free(names);
+    return found;
 }

@@ -20,6 +20,9 @@
 #include <openssl/x509.h>
 
 #define JOBCERT_PEM_MAX 8192   /* bytes of a job certificate in PEM */
+/* The name in the gateway's own client certificate (signed by its agent CA),
+ * which a job's callback endpoint requires (jobgate run --callback). */
+#define JOBCERT_GATEWAY_URI "urn:jobgate:gateway"
 #define JOBCERT_SIG_MAX 1024   /* bytes of a signature in base64 */
 
 /* Signs payload (len bytes) with key (SHA-256, or Ed25519's own hash).
@@ -29,6 +32,9 @@ int jobcert_sign(EVP_PKEY *key, const void *payload, size_t len, char **sig_b64,
 
 /* 1 when sig_b64 is a signature of payload by cert's key, else 0. */
 int jobcert_verify(X509 *cert, const void *payload, size_t len, const char *sig_b64);
+
+/* 1 when cert names exactly the URI uri among its subject alternative names. */
+int jobcert_has_uri(X509 *cert, const char *uri);
 
 /* Reads one PEM certificate of at most JOBCERT_PEM_MAX bytes. NULL if not. */
 X509 *jobcert_parse(const char *pem, size_t len);
