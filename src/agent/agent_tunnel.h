@@ -120,6 +120,22 @@ int agent_tunnel_register(struct agent_tunnel *t, const char *name, const char *
                           unsigned port, int64_t ttl, json_t **reply, char *err, size_t errlen);
 
 /*
+ * Registers a direct route (jobgate run --callback, docs/slurm.md): the
+ * gateway will dial the job's own endpoint on port of this node, which must
+ * be one of the job's destinations (JOBGATE_READY_FD). Needs a tunnel proved
+ * with the job's certificate. The route does not live on the tunnel: closing
+ * the tunnel leaves it (agent_tunnel_unregister_at_close ends it later). As
+ * agent_tunnel_register otherwise; -EREMOTEIO with the gateway's refusal
+ * ("not_destination" while the node has not reported the port yet).
+ */
+int agent_tunnel_register_direct(struct agent_tunnel *t, const char *name, unsigned port,
+                                 int64_t ttl, json_t **reply, char *err, size_t errlen);
+
+/* The direct route alias (of app name) is to be unregistered when t closes. */
+void agent_tunnel_unregister_at_close(struct agent_tunnel *t, const char *name,
+                                      const char *alias);
+
+/*
  * Ends the tunnel: unregisters every app and sends GOAWAY (bounded by
  * TUNNEL_CLOSE_TIMEOUT_MS; if the tunnel is down at that moment the gateway
  * drops the routes after its grace period, and a notice says so), stops and

@@ -35,7 +35,7 @@
 #define PH_PORT "{port}"
 
 enum { OPT_TCP = 256, OPT_JSON, OPT_TTL, OPT_TIMEOUT, OPT_VIA, OPT_CA, OPT_CERT, OPT_KEY,
-       OPT_PING_INTERVAL,
+       OPT_CALLBACK, OPT_CALLBACK_PORT, OPT_PING_INTERVAL,
        OPT_PING_TIMEOUT };
 
 /* Standard output: this thread and the tunnel's both print events. */
@@ -73,6 +73,11 @@ static void usage_run(FILE *f)
           "      --ca FILE         trust the gateway's certificate through the CA certificates\n"
           "                        in FILE (default: $JOBGATE_CA, else the job's\n"
           "                        $JOBGATE_DIR/gateway-ca.crt, else the system's)\n"
+          "      --callback        in a Slurm job started with --jobgate: hold no tunnel; the\n"
+          "                        gateway dials this node instead, with mutual TLS on a\n"
+          "                        port of its own (a direct route, docs/slurm.md)\n"
+          "      --callback-port PORT\n"
+          "                        that port (default: any free one)\n"
           "      --cert FILE --key FILE\n"
           "                        prove who you are with your own certificate and its key\n"
           "                        (PEM; default: $JOBGATE_CERT, $JOBGATE_KEY): the gateway\n"
@@ -201,6 +206,8 @@ void run_print_ready(const struct run *r, const json_t *reply)
                                name, "url", url, "link", link);
         if (ev && json_is_integer(expires))
             (void)json_object_set(ev, "expires", expires);
+        if (ev && json_object_get(reply, "callback_port"))
+            (void)json_object_set(ev, "callback_port", json_object_get(reply, "callback_port"));
         run_emit_json(ev);
         return;
     }
@@ -213,6 +220,10 @@ void run_print_ready(const struct run *r, const json_t *reply)
     }
     pthread_mutex_lock(&out_mu);
     (void)printf("jobgate: %s is ready\n  url:  %s\n  link: %s   %s\n", pname, purl, plink, note);
+    if (json_is_integer(json_object_get(reply, "callback_port")))
+        (void)printf("  the gateway dials this node on port %" JSON_INTEGER_FORMAT
+                     " (a direct route)\n",
+                     json_integer_value(json_object_get(reply, "callback_port")));
     (void)fflush(stdout);
     pthread_mutex_unlock(&out_mu);
     free(pname);
@@ -233,6 +244,8 @@ static int parse_options(struct run *r, int argc, char **argv)
         {"via", required_argument, NULL, OPT_VIA},
         {"ca", required_argument, NULL, OPT_CA},
         {"cert", required_argument, NULL, OPT_CERT},
+        {"callback", no_argument, NULL, OPT_CALLBACK},
+        {"callback-port", required_argument, NULL, OPT_CALLBACK_PORT},
         {"key", required_argument, NULL, OPT_KEY},
         {"ping-interval", required_argument, NULL, OPT_PING_INTERVAL},
         {"ping-timeout", required_argument, NULL, OPT_PING_TIMEOUT},
@@ -275,6 +288,18 @@ static int parse_options(struct run *r, int argc, char **argv)
                 return cli_usage_error("run", "%s", err);
             r->via = optarg;
             break;
+        case OPT_CALLBACK:
+            r->callback = 1;
+            break;
+        case OPT_CALLBACK_PORT: {
+            uint64_t v;
+            if (parse_uint(optarg, 1, 65535, &v) < 0)
+                return cli_usage_error("run", "--callback-port must be 1..65535, not '%s'",
+                                       optarg);
+            r->callback_port = (unsigned)v;
+            r->callback = 1;
+            break;
+        }
         case OPT_CERT:
         case OPT_KEY:
             if (optarg[0] == '\0')
@@ -314,6 +339,14 @@ static int parse_options(struct run *r, int argc, char **argv)
     }
     if (r->ca && !r->gateway)
         return cli_usage_error("run", "--ca goes with -g");
+    if (r->callback && (!r->gateway || r->via))
+        return cli_usage_error("run", "--callback goes with -g (or $JOBGATE_GATEWAY)");
+    if (r->callback && (!getenv("JOBGATE_DIR") || !*getenv("JOBGATE_DIR")))
+        return cli_usage_error("run", "--callback needs the job's certificate: run it in a "
+                               "Slurm job started with --jobgate (JOBGATE_DIR)");
+    if (r->callback && (r->cert || r->key))
+        return cli_usage_error("run", "--callback proves the job with its own certificate, "
+                               "not --cert");
     if ((r->cert || r->key) && !r->gateway)
         return cli_usage_error("run", "--cert and --key go with -g");
     if (!r->cert != !r->key)
@@ -353,7 +386,7 @@ int cmd_run(int argc, char **argv)
         default_name(cmd[0], r.name);
 
     /* Before anything is started: no point in an app nobody can reach. */
-    r.pub = r.gateway || r.via ? &publish_tunnel : &publish_local;
+    r.pub = r.callback ? &publish_callback : r.gateway || r.via ? &publish_tunnel : &publish_local;
     if (r.pub->open(&r) < 0)
         return 1;
     /* From here on a signal must not end jobgate before it has cleaned up;

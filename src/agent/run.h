@@ -28,6 +28,7 @@
 
 
 struct agent_tunnel;
+struct callback;
 struct publish_ops;
 
 struct run {
@@ -38,6 +39,9 @@ struct run {
     const char *control;            /* control socket path (local mode) */
     const char *gateway, *via, *ca; /* remote mode: -g, --via, --ca */
     const char *cert, *key;         /* -g: --cert, --key (the user's own certificate) */
+    int callback;                   /* --callback: a direct route to our own endpoint */
+    unsigned callback_port;         /* --callback-port (0: any) */
+    struct callback *cb;            /* the endpoint, while it runs */
     int64_t ping_interval, ping_timeout; /* seconds; 0: the tunnel's defaults */
     const struct publish_ops *pub;  /* local or tunnel */
     struct agent_tunnel *tunnel;    /* remote mode, once open */
@@ -102,5 +106,6 @@ struct publish_ops {
 
 extern const struct publish_ops publish_local;  /* jobgated on this host */
 extern const struct publish_ops publish_tunnel; /* -g or --via */
+extern const struct publish_ops publish_callback; /* --callback: a direct route */
 
 #endif

@@ -3,7 +3,10 @@
  * operations (struct publish_ops in run.h), so that cmd_run() never asks
  * which: publish_local talks to jobgated on this host through its control
  * socket (ctl.h), one request per step; publish_tunnel keeps a tunnel to a
- * remote gateway open (agent_tunnel.h) and registers through it.
+ * remote gateway open (agent_tunnel.h) and registers through it;
+ * publish_callback (--callback, in a --jobgate job) starts the job's own TLS
+ * endpoint (callback.h), registers a direct route through a tunnel and lets
+ * the tunnel go, and opens another at the end to take the route back.
  *
  * Main thread, except on_tunnel_event, which the tunnel's thread calls; it
  * only reads struct run and prints through run.c's locked output.
@@ -11,14 +14,18 @@
 #include "run.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
 #include "agent_tunnel.h"
+#include "callback.h"
 #include "cmd.h"
 #include "ctl.h"
+#include "util.h"
 
 static int local_open(struct run *r)
 {
@@ -178,4 +185,76 @@ const struct publish_ops publish_tunnel = {
     .add = tunnel_add,
     .remove = tunnel_remove,
     .close = tunnel_close,
+};
+
+/* ---- --callback: a direct route, no tunnel held ------------------------------------ */
+
+#define DIRECT_WAIT_MS 20000 /* for the node to report our port as the job's destination */
+
+/* Tells the plugin (JOBGATE_READY_FD) that we listen: it reports our port to the gateway. */
+static void signal_ready(void)
+{
+    const char *v = getenv("JOBGATE_READY_FD");
+    uint64_t fd;
+    if (v && parse_uint(v, 0, 1023, &fd) == 0 && write((int)fd, "ready\n", 6) != 6)
+        cli_error("cannot write to JOBGATE_READY_FD %s: %s", v, strerror(errno));
+}
+
+static json_t *callback_add(struct run *r)
+{
+    char err[1024];
+    unsigned bound = 0;
+    r->cb = callback_start(getenv("JOBGATE_DIR"), r->tcp ? NULL : r->sock, r->port,
+                           r->callback_port, &bound, err, sizeof(err));
+    if (!r->cb) {
+        cli_error("%s", err);
+        return NULL;
+    }
+    signal_ready();
+    json_t *reply = NULL;
+    int64_t deadline = now_mono_ms() + DIRECT_WAIT_MS;
+    for (;;) {
+        int rc = agent_tunnel_register_direct(r->tunnel, r->name, bound, r->ttl, &reply, err,
+                                              sizeof(err));
+        if (rc == 0)
+            break;
+        if (rc != -EREMOTEIO || !strstr(err, "not a destination") || now_mono_ms() > deadline) {
+            cli_error("%s", err);
+            return NULL;
+        }
+        struct timespec ts = {0, 250 * 1000 * 1000};
+        nanosleep(&ts, NULL); /* the node's report is on its way */
+    }
+    json_object_set_new(reply, "callback_port", json_integer(bound));
+    /* The route does not need the tunnel: let it go. */
+    agent_tunnel_close(r->tunnel);
+    r->tunnel = NULL;
+    return reply;
+}
+
+/* The app has ended: one short tunnel to take the direct route back. */
+static void callback_remove(struct run *r, const json_t *reg)
+{
+    const char *alias = json_string_value(json_object_get(reg, "alias"));
+    callback_stop(r->cb);
+    r->cb = NULL;
+    if (!alias || tunnel_open(r) < 0)
+        return;
+    agent_tunnel_unregister_at_close(r->tunnel, r->name, alias);
+    agent_tunnel_close(r->tunnel);
+    r->tunnel = NULL;
+}
+
+static void callback_close(struct run *r)
+{
+    callback_stop(r->cb);
+    r->cb = NULL;
+    tunnel_close(r);
+}
+
+const struct publish_ops publish_callback = {
+    .open = tunnel_open,
+    .add = callback_add,
+    .remove = callback_remove,
+    .close = callback_close,
 };

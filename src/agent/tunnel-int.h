@@ -75,11 +75,14 @@ struct app_entry {
     int rereg;                      /* counted in the connection's rereg_pending */
     int fresh;                      /* being registered anew after a refused re-register */
     int abandoned;                  /* the caller gave up waiting: unregister when answered */
+    unsigned direct_port;           /* a direct route (--callback): the job's endpoint's port;
+                                     * never re-registered: it does not live on the tunnel */
+    int keep;                       /* direct: closing the tunnel does not unregister it */
     struct waiter *w;               /* the caller waiting for the first answer */
     struct event *timer;            /* bounds that wait */
 };
 
-enum cmd_type { CMD_REGISTER, CMD_CLOSE };
+enum cmd_type { CMD_REGISTER, CMD_ADOPT, CMD_CLOSE };
 
 struct cmd {
     struct cmd *next;

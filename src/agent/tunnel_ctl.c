@@ -92,6 +92,8 @@ void cmsg_register(struct tconn *c, struct app_entry *a)
     (void)xsnprintf(a->id, sizeof(a->id), "r%u", ++c->next_id);
     json_t *m = json_pack("{s:s,s:s,s:s,s:s}", "type", "register", "id", a->id, "name", a->name,
                           "local", a->local);
+    if (m && a->direct_port)
+        (void)json_object_set_new(m, "direct", json_pack("{s:i}", "port", (int)a->direct_port));
     if (m && a->alias)
         (void)json_object_set_new(m, "alias", json_string(a->alias));
     else if (m && a->ttl > 0)
@@ -196,6 +198,8 @@ static void on_welcome(struct tconn *c, json_t *m)
             app_entry_remove(t, a);
             continue;
         }
+        if (a->direct_port && a->alias)
+            continue; /* a direct route does not live on the tunnel */
         a->rereg = a->alias != NULL;
         if (a->rereg)
             c->rereg_pending++;

@@ -117,6 +117,8 @@ static void start_close(struct agent_tunnel *t)
             a->w = NULL;
             tun_waiter_done(t, w, -ECANCELED, NULL, "the tunnel is closing");
         }
+        if (a->keep)
+            continue; /* a direct route outlives this tunnel */
         if (a->alias && !up) {
             char palias[256];
             tun_printable(palias, sizeof(palias), a->alias, 255);
@@ -138,7 +140,7 @@ static void start_close(struct agent_tunnel *t)
         if (ds->kind == DS_CONNECT && ds->br.sid)
             (void)nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, ds->br.sid, NGHTTP2_CANCEL);
     for (struct app_entry *a = t->apps; a; a = a->next)
-        if (a->alias)
+        if (a->alias && !a->keep)
             cmsg_unregister(c, a->alias);
     c->closing = 1;
     memcpy(c->reason, "closed", sizeof("closed"));
@@ -195,6 +197,13 @@ static void cmd_cb(evutil_socket_t fd, short what, void *arg)
         list = cm->next;
         if (cm->type == CMD_REGISTER)
             do_register(t, cm->app, cm->w);
+        else if (cm->type == CMD_ADOPT) {
+            /* Only to be unregistered when the tunnel closes. */
+            cm->app->t = t;
+            app_entry_pick_local(t, cm->app);
+            cm->app->next = t->apps;
+            t->apps = cm->app;
+        }
         else if (!t->stopping || t->conn)
             start_close(t);
         else
@@ -243,6 +252,8 @@ static void *tunnel_thread(void *arg)
         list = cm->next;
         if (cm->type == CMD_REGISTER) {
             tun_waiter_done(t, cm->w, -ECANCELED, NULL, "the tunnel is closed");
+            app_entry_free(cm->app);
+        } else if (cm->type == CMD_ADOPT) {
             app_entry_free(cm->app);
         }
         free(cm);
@@ -433,6 +444,24 @@ int agent_tunnel_open(const struct agent_tunnel_opts *o, struct agent_tunnel **o
     return 0;
 }
 
+/* Hands app a to the tunnel's thread to register and waits for the answer. */
+static int register_wait(struct agent_tunnel *t, struct app_entry *a, json_t **reply, char *err,
+                         size_t errlen)
+{
+    struct waiter w;
+    memset(&w, 0, sizeof(w));
+    struct cmd *cm = xcalloc(1, sizeof(*cm));
+    cm->type = CMD_REGISTER;
+    cm->app = a;
+    cm->w = &w;
+    post_cmd(t, cm);
+    wait_done(t, &w);
+    if (w.rc < 0)
+        return errmsg(err, errlen, w.rc, "%s", w.err);
+    *reply = w.reply;
+    return 0;
+}
+
 int agent_tunnel_register(struct agent_tunnel *t, const char *name, const char *sock,
                           unsigned port, int64_t ttl, json_t **reply, char *err, size_t errlen)
 {
@@ -454,19 +483,34 @@ int agent_tunnel_register(struct agent_tunnel *t, const char *name, const char *
     }
     a->port = sock ? 0 : port;
     a->ttl = ttl;
+    return register_wait(t, a, reply, err, errlen);
+}
 
-    struct waiter w;
-    memset(&w, 0, sizeof(w));
+int agent_tunnel_register_direct(struct agent_tunnel *t, const char *name, unsigned port,
+                                 int64_t ttl, json_t **reply, char *err, size_t errlen)
+{
+    *reply = NULL;
+    if (!app_name_valid(name, APP_NAME_MAX) || port == 0 || port > 65535)
+        return errmsg(err, errlen, -EINVAL, "bad app name or port");
+    struct app_entry *a = xcalloc(1, sizeof(*a));
+    memcpy(a->name, name, strlen(name) + 1);
+    a->direct_port = port;
+    a->keep = 1;
+    a->ttl = ttl;
+    return register_wait(t, a, reply, err, errlen);
+}
+
+void agent_tunnel_unregister_at_close(struct agent_tunnel *t, const char *name,
+                                      const char *alias)
+{
+    struct app_entry *a = xcalloc(1, sizeof(*a));
+    (void)xsnprintf(a->name, sizeof(a->name), "%s", name);
+    a->alias = xstrdup(alias);
+    a->direct_port = 1; /* never registered again */
     struct cmd *cm = xcalloc(1, sizeof(*cm));
-    cm->type = CMD_REGISTER;
+    cm->type = CMD_ADOPT;
     cm->app = a;
-    cm->w = &w;
     post_cmd(t, cm);
-    wait_done(t, &w);
-    if (w.rc < 0)
-        return errmsg(err, errlen, w.rc, "%s", w.err);
-    *reply = w.reply;
-    return 0;
 }
 
 void agent_tunnel_close(struct agent_tunnel *t)

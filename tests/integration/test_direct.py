@@ -199,3 +199,46 @@ def test_a_direct_endpoint_must_be_the_jobs_own(topology, dgw, munged):
     finally:
         a.close()
         ep.close()
+
+
+def test_jobgate_run_callback_holds_no_tunnel(topology, dgw, munged):
+    """The real agent on node: `jobgate run --callback` in a job's environment serves its app
+    through its own mTLS endpoint; the gateway dials it; no tunnel stays open; the route goes
+    when the app ends."""
+    job = Job(topology, dgw, munged, 5301)
+    port = 20000 + (job.id % 10000)
+    job.ready(port)  # what the plugin would report once the endpoint listens
+    env = {"JOBGATE_DIR": str(job.dir), "JOBGATE_JOB_ID": str(job.id)}
+    app = dgw.publish_http(host="node", name="cb", extra=[
+        "-g", dgw.url("node"), "--ca", str(dgw.ca_path), "--callback", "--callback-port",
+        str(port)], env_extra=env)
+    try:
+        route = [r for r in dgw.ls_json() if r["alias"] == app.alias][0]
+        assert route["backend"] == f"direct:{topology.addr('node')}:{port}", route
+        assert route["job"] == 5301, route
+        assert app.ready.get("callback_port") == port, app.ready
+        s = dgw.login(app.alias, app.link)
+        for _ in range(3):  # a new connection each time: the gateway dials each one
+            r = s.get("/hello", conn=s.conn())
+            assert r.status == 200 and r.body == b"hello\n", r
+        # The registration's tunnel is gone: no connection from node to the gateway stays.
+        def to_gateway():
+            out = topology.run("node", ["ss", "-Htn", "state", "established", "dport",
+                                        f"= :{dgw.port}"]).stdout.decode()
+            return [ln for ln in out.splitlines() if ln.strip()]
+        wait_for(lambda: to_gateway() == [], 10, what="the registration's tunnel to close")
+        # Someone on node without the gateway's certificate gets nothing of the app.
+        raw = topology.create_connection("node", topology.addr("node"), port)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            with ctx.wrap_socket(raw, server_hostname="x") as t:
+                t.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert t.recv(100) == b""
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            pass  # refused in the handshake: no client certificate
+    finally:
+        app.stop()
+    wait_for(lambda: not [r for r in dgw.ls_json() if r["alias"] == app.alias], 10,
+             what="the direct route to go with the app")
