@@ -4,6 +4,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -31,7 +33,7 @@ static struct {
     struct plugconf conf;
     uint32_t jobid;
     pid_t stepd;
-    char node[128], host[256];
+    char node[128];
 } w = {.rfd = -1, .wfd = -1, .stop = {-1, -1}};
 
 static int64_t mono_ms(void)
@@ -42,15 +44,16 @@ static int64_t mono_ms(void)
 }
 
 /* A table address (procnet.h) as text for the gateway: "" to leave it out
- * (loopback, link-local), host for a wildcard, else the IP literal. */
-static void addr_text(const char *hex, int v6, const char *host, char *out, size_t len)
+ * (loopback, link-local), "*" for a wildcard (every address of the node), else
+ * the IP literal. */
+static void addr_text(const char *hex, int v6, char *out, size_t len)
 {
     out[0] = '\0';
     if (!v6) {
         struct in_addr a;
         a.s_addr = (uint32_t)strtoul(hex, NULL, 16);
         if (a.s_addr == 0)
-            snprintf(out, len, "%s", host);
+            snprintf(out, len, "*");
         else if ((ntohl(a.s_addr) >> 24) != 127)
             inet_ntop(AF_INET, &a, out, (socklen_t)len);
         return;
@@ -65,7 +68,7 @@ static void addr_text(const char *hex, int v6, const char *host, char *out, size
     }
     memcpy(&a, words, sizeof(a));
     if (IN6_IS_ADDR_UNSPECIFIED(&a)) {
-        snprintf(out, len, "%s", host);
+        snprintf(out, len, "*6");
     } else if (IN6_IS_ADDR_V4MAPPED(&a)) {
         struct in_addr v4;
         memcpy(&v4, &a.s6_addr[12], 4);
@@ -78,31 +81,45 @@ static void addr_text(const char *hex, int v6, const char *host, char *out, size
 
 struct list_ctx {
     json_t *arr;
-    const char *host;
+    const char *const *addrs; /* the node's addresses, for wildcard listeners */
+    size_t naddrs;
 };
+
+/* Adds host:port once; 1 when the list is full. */
+static int add_dest(json_t *arr, const char *host, unsigned port)
+{
+    size_t i;
+    json_t *d;
+    json_array_foreach(arr, i, d)
+        if (strcmp(json_string_value(json_object_get(d, "host")), host) == 0 &&
+            json_integer_value(json_object_get(d, "port")) == (json_int_t)port)
+            return 0;
+    json_array_append_new(arr, json_pack("{s:s, s:i}", "host", host, "port", (int)port));
+    return json_array_size(arr) >= JOBREADY_DESTS_MAX;
+}
 
 static int add_listener(const struct procnet_sock *s, int v6, void *arg)
 {
     struct list_ctx *lc = arg;
-    char text[INET6_ADDRSTRLEN + 256];
-    size_t i;
-    json_t *d;
+    char text[INET6_ADDRSTRLEN];
     if (strlen(s->local) != (v6 ? 32u : 8u))
         return 0;
-    addr_text(s->local, v6, lc->host, text, sizeof(text));
+    addr_text(s->local, v6, text, sizeof(text));
     if (!text[0])
         return 0;
-    json_array_foreach(lc->arr, i, d) /* a wildcard on IPv4 and IPv6: once */
-        if (strcmp(json_string_value(json_object_get(d, "host")), text) == 0 &&
-            json_integer_value(json_object_get(d, "port")) == (json_int_t)s->lport)
-            return 0;
-    json_array_append_new(lc->arr, json_pack("{s:s, s:i}", "host", text, "port", (int)s->lport));
-    return json_array_size(lc->arr) >= JOBREADY_DESTS_MAX;
+    if (text[0] != '*')
+        return add_dest(lc->arr, text, s->lport);
+    /* A wildcard: every address of the node (of IPv4 only, for 0.0.0.0), each once. */
+    for (size_t i = 0; i < lc->naddrs; i++)
+        if ((text[1] == '6' || !strchr(lc->addrs[i], ':')) &&
+            add_dest(lc->arr, lc->addrs[i], s->lport))
+            return 1;
+    return 0;
 }
 
-json_t *jobready_list(const char *proc, pid_t root, const char *host)
+json_t *jobready_list(const char *proc, pid_t root, const char *const *addrs, size_t naddrs)
 {
-    struct list_ctx lc = {.arr = json_array(), .host = host};
+    struct list_ctx lc = {.arr = json_array(), .addrs = addrs, .naddrs = naddrs};
     if (!lc.arr || procnet_tree_listeners(proc, root, add_listener, &lc) < 0) {
         json_decref(lc.arr);
         return NULL;
@@ -110,10 +127,39 @@ json_t *jobready_list(const char *proc, pid_t root, const char *host)
     return lc.arr;
 }
 
+/* The node's own addresses now (not loopback, not link-local): where a
+ * wildcard listener is reached. The count, at most max. */
+static size_t node_addrs(char (*out)[INET6_ADDRSTRLEN], size_t max)
+{
+    struct ifaddrs *ifs = NULL;
+    size_t n = 0;
+    if (getifaddrs(&ifs) < 0)
+        return 0;
+    for (struct ifaddrs *i = ifs; i && n < max; i = i->ifa_next) {
+        if (!i->ifa_addr || (i->ifa_flags & IFF_LOOPBACK) || !(i->ifa_flags & IFF_UP))
+            continue;
+        if (i->ifa_addr->sa_family == AF_INET) {
+            struct in_addr a = ((struct sockaddr_in *)i->ifa_addr)->sin_addr;
+            if ((ntohl(a.s_addr) >> 24) != 127 && (ntohl(a.s_addr) >> 16) != 0xA9FE)
+                inet_ntop(AF_INET, &a, out[n++], INET6_ADDRSTRLEN);
+        } else if (i->ifa_addr->sa_family == AF_INET6) {
+            struct in6_addr *a = &((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr;
+            if (!IN6_IS_ADDR_LOOPBACK(a) && !IN6_IS_ADDR_LINKLOCAL(a))
+                inet_ntop(AF_INET6, a, out[n++], INET6_ADDRSTRLEN);
+        }
+    }
+    freeifaddrs(ifs);
+    return n;
+}
+
 static void register_now(void)
 {
-    char err[1400];
-    json_t *list = jobready_list("/proc", w.stepd, w.host);
+    char err[1400], addrs[JOBREADY_DESTS_MAX][INET6_ADDRSTRLEN];
+    const char *ap[JOBREADY_DESTS_MAX];
+    size_t na = node_addrs(addrs, JOBREADY_DESTS_MAX);
+    for (size_t i = 0; i < na; i++)
+        ap[i] = addrs[i];
+    json_t *list = jobready_list("/proc", w.stepd, ap, na);
     if (!list) {
         slurm_error("jobgate: job %u: cannot list the job's listening sockets in /proc",
                     (unsigned)w.jobid);
@@ -169,8 +215,8 @@ static void *watch_main(void *arg)
     }
 }
 
-int jobready_start(const struct plugconf *c, uint32_t jobid, const char *node, const char *host,
-                   int *fd, char *err, size_t errlen)
+int jobready_start(const struct plugconf *c, uint32_t jobid, const char *node, int *fd,
+                   char *err, size_t errlen)
 {
     int p[2];
     if (w.started)
@@ -187,7 +233,6 @@ int jobready_start(const struct plugconf *c, uint32_t jobid, const char *node, c
     w.jobid = jobid;
     w.stepd = getpid();
     snprintf(w.node, sizeof(w.node), "%s", node);
-    snprintf(w.host, sizeof(w.host), "%s", host);
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);

@@ -11,7 +11,9 @@
  * slurmstepd's own descendants hold, and sends them over the node channel
  * (nodecall.c, job-ready), replacing what this node said before. Loopback
  * listeners are left out (the gateway cannot reach them there: the tunnel
- * is for those); a wildcard listener is reachable by the node's host name.
+ * is for those); a wildcard listener is reported once per address of the
+ * node (getifaddrs, not loopback or link-local), so that the gateway never
+ * has to resolve a name to reach a job.
  *
  * Owns the pipe, the stop pipe and the thread; the thread owns nothing else
  * and touches no SPANK handle (SPANK is not thread-safe): all it needs is
@@ -20,6 +22,7 @@
 #ifndef JG_JOBREADY_H
 #define JG_JOBREADY_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -29,18 +32,20 @@
 #define JOBREADY_DESTS_MAX 32    /* listeners sent per node (the gateway's limit) */
 
 /* Makes the pipe and starts the thread for job jobid's step run by this
- * process (its descendants are the job's processes) on node (Slurm's name),
- * whose wildcard listeners the gateway reaches as host. On success 0 and
- * the write end's number in *fd (inherited by the tasks: JOBGATE_READY_FD);
- * else -errno with err. */
-int jobready_start(const struct plugconf *c, uint32_t jobid, const char *node, const char *host,
-                   int *fd, char *err, size_t errlen);
+ * process (its descendants are the job's processes) on node (Slurm's name).
+ * On success 0 and the write end's number in *fd (inherited by the tasks:
+ * JOBGATE_READY_FD); else -errno with err. */
+int jobready_start(const struct plugconf *c, uint32_t jobid, const char *node, int *fd,
+                   char *err, size_t errlen);
 
 /* Stops the thread and closes both ends (slurm_spank_exit). Safe when not started. */
 void jobready_stop(void);
 
 /* The destination list of the listeners root's tree holds under proc (the
- * JSON array the node channel takes): for the unit test. NULL on error. */
-struct json_t *jobready_list(const char *proc, pid_t root, const char *host);
+ * JSON array the node channel takes), a wildcard listener once per address
+ * of addrs[0..naddrs) (the node's own; IPv4 ones only for 0.0.0.0): for the
+ * unit test. NULL on error. */
+struct json_t *jobready_list(const char *proc, pid_t root, const char *const *addrs,
+                             size_t naddrs);
 
 #endif

@@ -243,13 +243,10 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
         set_env(sp, "JOBGATE_JOB_ID", id) < 0)
         return -1;
     /* JOBGATE_READY_FD: this step's listeners, registered when the job says so. */
-    char node[128], host[256], fdtext[16];
+    char node[128], fdtext[16];
     int fd;
     node_name(sp, node, sizeof(node));
-    if (gethostname(host, sizeof(host)) < 0)
-        snprintf(host, sizeof(host), "%s", node);
-    host[sizeof(host) - 1] = '\0';
-    if (jobready_start(&conf, jobid, node, host, &fd, err, sizeof(err)) < 0) {
+    if (jobready_start(&conf, jobid, node, &fd, err, sizeof(err)) < 0) {
         slurm_error("jobgate: job %u: JOBGATE_READY_FD: %s", (unsigned)jobid, err);
         return -1;
     }

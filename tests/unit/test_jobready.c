@@ -62,17 +62,24 @@ static void test_destinations_of_a_tree(void **state)
     }
     fdlink("60/fd/3", "socket:[999]");
 
-    json_t *list = jobready_list(fake, 50, "cn042.example");
+    const char *addrs[] = {"192.0.2.10", "2001:db8::a"}; /* the node's own */
+    json_t *list = jobready_list(fake, 50, addrs, 2);
     assert_non_null(list);
     char *text = json_dumps(list, JSON_COMPACT);
-    assert_string_equal(text, "[{\"host\":\"cn042.example\",\"port\":8888},"
+    /* 0.0.0.0:8888 at the IPv4 address; [::]:8888 at both (once each); the rest as bound. */
+    assert_string_equal(text, "[{\"host\":\"192.0.2.10\",\"port\":8888},"
                               "{\"host\":\"10.1.2.3\",\"port\":7000},"
+                              "{\"host\":\"2001:db8::a\",\"port\":8888},"
                               "{\"host\":\"10.9.8.7\",\"port\":6000},"
                               "{\"host\":\"2001:db8::5\",\"port\":6002}]");
     free(text);
     json_decref(list);
+    /* A node without addresses: wildcard listeners cannot be reached. */
+    list = jobready_list(fake, 50, addrs, 0);
+    assert_int_equal(json_array_size(list), 3);
+    json_decref(list);
     /* Another tree's: only its own. */
-    list = jobready_list(fake, 60, "cn042.example");
+    list = jobready_list(fake, 60, addrs, 2);
     assert_int_equal(json_array_size(list), 1);
     json_decref(list);
 
