@@ -194,11 +194,15 @@ static int add_locked(struct registry *reg, struct route *r)
         store_route_delete(reg->store, r->alias);
         return rc;
     }
-    char where[160];
+    char where[160], detail[200];
     route_describe(r, where, sizeof(where));
-    store_audit(reg->store, r->uid, "route.add", r->alias, where);
+    if (r->job)
+        snprintf(detail, sizeof(detail), "%s job=%u", where, (unsigned)r->job);
+    else
+        snprintf(detail, sizeof(detail), "%s", where);
+    store_audit(reg->store, r->uid, "route.add", r->alias, detail);
     log_info("route add alias=%s uid=%u name=%s backend=%s%s", r->alias, (unsigned)r->uid, r->name,
-             where, r->starting ? " (starting)" : "");
+             detail, r->starting ? " (starting)" : "");
     return 0;
 }
 

@@ -220,6 +220,14 @@ def test_a_job_certificate_opens_a_tunnel_for_its_job_alone(gw, munged, job_user
         assert s.get("/hello").status == 404
         a.wait_closed(5)
         assert "its job 4201 ended" in gw.log_path.read_text()
+        # The audit trail names the job: its start, its route, its end.
+        import sqlite3
+        db = sqlite3.connect(f"file:{gw.state_dir / 'jobgate.db'}?mode=ro", uri=True)
+        rows = db.execute("SELECT event, alias, detail FROM audit WHERE detail LIKE '%job=4201%'"
+                          " ORDER BY id").fetchall()
+        db.close()
+        assert [r[0] for r in rows] == ["job.start", "route.add", "job.end"], rows
+        assert rows[1][1] == reg["alias"], rows
     finally:
         a.close()
         app.stop()
