@@ -200,6 +200,17 @@ static int run_command(struct jobwatch *sc, char **out, size_t *olen, char *err,
         }
         return errmsg(err, errlen, -e, "cannot make a pipe: %s", strerror(e));
     }
+    /* The command starts with default signals: not this thread's mask (all blocked), not the
+     * daemon's ignored SIGPIPE. */
+    posix_spawnattr_t attr;
+    sigset_t none, pipe;
+    sigemptyset(&none);
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &pipe);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
@@ -207,11 +218,12 @@ static int run_command(struct jobwatch *sc, char **out, size_t *olen, char *err,
     posix_spawn_file_actions_adddup2(&fa, pe[1], 2);
     pid_t pid;
     pthread_mutex_lock(&sc->mu);
-    int rc = sc->stop ? ECANCELED : posix_spawnp(&pid, prog, &fa, NULL, argv, environ);
+    int rc = sc->stop ? ECANCELED : posix_spawnp(&pid, prog, &fa, &attr, argv, environ);
     if (rc == 0)
         sc->child = pid;
     pthread_mutex_unlock(&sc->mu);
     posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
     close(po[1]);
     close(pe[1]);
     if (rc != 0) {

@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -284,7 +286,19 @@ int nodecall_post(const struct plugconf *c, const char *op, json_t *body, int *s
             goto out;
         }
     }
-    if ((rc = exchange(ssl, fd, req, strlen(req), deadline, &ans, &alen, err, errlen)) < 0)
+    /* A gateway that closes early must not kill slurmstepd with SIGPIPE: blocked while we
+     * write, and a pending one taken before it is unblocked. */
+    sigset_t pipe, old;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, &old);
+    rc = exchange(ssl, fd, req, strlen(req), deadline, &ans, &alen, err, errlen);
+    struct timespec zero = {0, 0};
+    if (!sigismember(&old, SIGPIPE))
+        while (sigtimedwait(&pipe, NULL, &zero) == SIGPIPE)
+            ;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc < 0)
         goto out;
     rc = parse_answer(ans, alen, status, answer, err, errlen);
 out:
