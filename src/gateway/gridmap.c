@@ -172,10 +172,10 @@ static int load(struct gridmap *gm, const struct stat *st)
         while (have < (size_t)st->st_size &&
                (got = read(fd, buf + have, (size_t)st->st_size - have)) > 0)
             have += (size_t)got;
-        if (got < 0) {
-            rc = -errno;
-            snprintf(gm->broken_why, sizeof(gm->broken_why), "%s: cannot read: %s", gm->path,
-                     strerror(errno));
+        if (got < 0 || have != (size_t)st->st_size) {
+            rc = got < 0 ? -errno : -EAGAIN;
+            snprintf(gm->broken_why, sizeof(gm->broken_why), "%s: cannot read it whole: %s",
+                     gm->path, got < 0 ? strerror(errno) : "it changed while being read");
         } else {
             struct entry *v;
             int n = parse(buf, have, &v, err, sizeof(err));

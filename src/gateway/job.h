@@ -36,6 +36,8 @@ struct job {
     int64_t not_after;       /* its certificates' end, seconds since the epoch */
     int64_t started;         /* recorded at, seconds since the epoch */
     int64_t ended;           /* 0 while it runs */
+    int adopted;             /* recorded on the scheduler's word for an agent's hello
+                              * (SLURM_JOB_ID), not by its node: it has no certificate */
 };
 
 struct job_table;

@@ -46,7 +46,15 @@ struct jobwatch {
     struct claim claims[JOBWATCH_CLAIMS_MAX]; /* under mu: asked, not yet answered */
     unsigned nclaims;                          /* under mu */
     int failing;       /* the thread's own: the last check could not read the scheduler */
+    uint32_t *seen;    /* the thread's own: recorded jobs the last answer listed (sorted) */
+    size_t nseen;
 };
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
 
 /* States in which a job's apps must be gone (squeue(1), JOB STATE CODES). */
 static const char *const ended_states[] = {
@@ -239,12 +247,13 @@ static int run_command(struct jobwatch *sc, char **out, size_t *olen, char *err,
         kill(pid, SIGKILL);
     close(fds[0]);
     close(fds[1]);
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
+    /* Forgotten before it is reaped: a stop must not kill a pid the kernel gave away. */
     pthread_mutex_lock(&sc->mu);
     sc->child = 0;
     pthread_mutex_unlock(&sc->mu);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
     ebuf[strcspn(ebuf, "\n")] = '\0';
     if (r == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
         r = -EIO;
@@ -280,13 +289,13 @@ static void answer_claim(struct jobwatch *sc, const struct claim *c, const struc
         snprintf(why, sizeof(why), "the scheduler does not know job %u", (unsigned)c->job);
     } else if (j->uid != c->uid) {
         snprintf(why, sizeof(why), "job %u is not yours", (unsigned)c->job);
-    } else if (j->ended) {
+    } else if (strcmp(j->state, "RUNNING") != 0) {
         snprintf(why, sizeof(why), "job %u is %s", (unsigned)c->job, j->state);
     } else if (getpwuid_r(c->uid, &pw, pwbuf, sizeof(pwbuf), &res) != 0 || !res ||
                !job_name_valid(res->pw_name, JOB_USER_MAX)) {
         snprintf(why, sizeof(why), "uid %u has no user name here", (unsigned)c->uid);
     } else {
-        struct job rec = {.id = c->job, .uid = c->uid,
+        struct job rec = {.id = c->job, .uid = c->uid, .adopted = 1,
                           .not_after = now_real() + sc->cfg->job_cert_max};
         snprintf(rec.user, sizeof(rec.user), "%s", res->pw_name);
         snprintf(rec.node, sizeof(rec.node), "%s",
@@ -297,8 +306,10 @@ static void answer_claim(struct jobwatch *sc, const struct claim *c, const struc
             return;
         }
         snprintf(why, sizeof(why), "job %u %s", (unsigned)c->job,
-                 rc == -ESTALE ? "has ended" : rc == -EEXIST ? "is recorded for another user"
-                                                               : "could not be recorded");
+                 rc == -ESTALE ? "has ended"
+                 : rc == -EEXIST ? "is recorded for another user"
+                 : rc == -EPERM ? "has its own certificate (JOBGATE_DIR): only that proves it"
+                                : "could not be recorded");
     }
     tunnel_job_verdict(sc->hub, c->tunnel, 0, why);
 }
@@ -333,12 +344,24 @@ static void check(struct jobwatch *sc, const struct claim *claims, unsigned ncla
     if (sc->failing)
         log_info("jobwatch: the scheduler answers again (%d jobs)", m);
     sc->failing = 0;
+    /* A job missing from an answer ends only when an earlier answer listed it: a
+     * scheduler that shows the gateway nothing (PrivateData=jobs, another cluster) must
+     * not end every job. */
+    uint32_t *seen = xcalloc((size_t)n + 1, sizeof(*seen));
+    size_t nseen = 0;
+    for (int i = 0; i < n; i++)
+        if (jobwatch_find(jobs, (size_t)m, ids[i]))
+            seen[nseen++] = ids[i];
+    qsort(seen, nseen, sizeof(*seen), cmp_u32);
     for (int i = 0; i < n; i++) {
         const struct watched_job *j = jobwatch_find(jobs, (size_t)m, ids[i]);
         struct job rec;
         char why[96];
         if (registry_job_get(sc->reg, ids[i], &rec) < 0 || rec.ended)
             continue;
+        if (!j && !(sc->nseen && bsearch(&ids[i], sc->seen, sc->nseen, sizeof(*sc->seen),
+                                         cmp_u32)))
+            continue; /* never listed: nothing to conclude */
         if (!j)
             snprintf(why, sizeof(why), "the scheduler no longer knows the job");
         else if (j->uid != rec.uid)
@@ -350,6 +373,9 @@ static void check(struct jobwatch *sc, const struct claim *claims, unsigned ncla
             continue;
         registry_job_end(sc->reg, ids[i], 0, why);
     }
+    free(sc->seen);
+    sc->seen = seen;
+    sc->nseen = nseen;
     free(jobs);
     free(ids);
 }
@@ -357,8 +383,12 @@ static void check(struct jobwatch *sc, const struct claim *claims, unsigned ncla
 int jobwatch_ask(void *arg, uint32_t job, uid_t uid, const char *node, uint64_t tunnel)
 {
     struct jobwatch *sc = arg;
+    unsigned mine = 0;
     pthread_mutex_lock(&sc->mu);
-    int rc = sc->stop || sc->nclaims == JOBWATCH_CLAIMS_MAX ? -EBUSY : 0;
+    for (unsigned i = 0; i < sc->nclaims; i++)
+        mine += sc->claims[i].uid == uid;
+    int rc = sc->stop || sc->nclaims == JOBWATCH_CLAIMS_MAX || mine >= JOBWATCH_CLAIMS_PER_UID
+                 ? -EBUSY : 0;
     if (rc == 0) {
         struct claim *c = &sc->claims[sc->nclaims++];
         c->job = job;
@@ -375,14 +405,21 @@ static void *jobwatch_main(void *arg)
 {
     struct jobwatch *sc = arg;
     struct claim claims[JOBWATCH_CLAIMS_MAX];
-    struct timespec next;
+    struct timespec next, last = {0, 0};
     clock_gettime(CLOCK_MONOTONIC, &next);
     next.tv_sec += (time_t)sc->cfg->job_check;
     pthread_mutex_lock(&sc->mu);
     while (!sc->stop) {
-        /* The next round, or at once for a tunnel that waits for its answer. */
+        /* The next round, or at once for a tunnel that waits for its answer (but never
+         * more often than every JOBWATCH_GAP_MS: hellos must not drive squeue). */
         while (!sc->stop && sc->nclaims == 0 &&
                pthread_cond_timedwait(&sc->cond, &sc->mu, &next) != ETIMEDOUT)
+            ;
+        struct timespec gap = last;
+        gap.tv_nsec += (long)JOBWATCH_GAP_MS * 1000000L;
+        gap.tv_sec += gap.tv_nsec / 1000000000L;
+        gap.tv_nsec %= 1000000000L;
+        while (!sc->stop && pthread_cond_timedwait(&sc->cond, &sc->mu, &gap) != ETIMEDOUT)
             ;
         if (sc->stop)
             break;
@@ -391,7 +428,8 @@ static void *jobwatch_main(void *arg)
         sc->nclaims = 0;
         pthread_mutex_unlock(&sc->mu);
         check(sc, claims, n);
-        clock_gettime(CLOCK_MONOTONIC, &next);
+        clock_gettime(CLOCK_MONOTONIC, &last);
+        next = last;
         next.tv_sec += (time_t)sc->cfg->job_check;
         pthread_mutex_lock(&sc->mu);
     }
@@ -445,5 +483,6 @@ void jobwatch_stop(struct jobwatch *sc)
     pthread_join(sc->thread, NULL);
     pthread_cond_destroy(&sc->cond);
     pthread_mutex_destroy(&sc->mu);
+    free(sc->seen);
     free(sc);
 }

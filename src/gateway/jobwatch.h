@@ -10,7 +10,9 @@
  * one line "JOBID|STATE|UID" per job the scheduler knows), parses its output
  * strictly, and ends through the registry every job that the scheduler says
  * has finished (COMPLETED, CANCELLED, FAILED, TIMEOUT, …, and COMPLETING),
- * no longer knows, or knows as another user's. A command that fails, times
+ * no longer lists although an earlier answer did, or lists as another
+ * user's. (The gateway's user must see every user's jobs: no PrivateData=jobs
+ * for it; a job it never sees is never ended by the scheduler's silence.) A command that fails, times
  * out or prints one malformed line changes nothing: the gateway never ends a
  * job on a scheduler it cannot read.
  *
@@ -40,6 +42,8 @@ struct tunnel_hub;
 #define JOBWATCH_OUTPUT_MAX (32u << 20)  /* bytes of its output */
 #define JOBWATCH_STATE_MAX 32            /* bytes of a state name, NUL included */
 #define JOBWATCH_CLAIMS_MAX 256          /* tunnels waiting for an answer at once */
+#define JOBWATCH_CLAIMS_PER_UID 8        /* ... of one user */
+#define JOBWATCH_GAP_MS 1000             /* between two runs of the command, at least */
 
 /* One line of the command's output. */
 struct watched_job {

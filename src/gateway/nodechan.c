@@ -269,11 +269,16 @@ static int dest_host_ok(const char *h)
 {
     unsigned char a[16];
     if (inet_pton(AF_INET, h, a) == 1)
-        return a[0] != 127 && a[0] != 0;
-    if (inet_pton(AF_INET6, h, a) == 1)
-        return !IN6_IS_ADDR_LOOPBACK((struct in6_addr *)a) &&
-               !IN6_IS_ADDR_UNSPECIFIED((struct in6_addr *)a);
-    return job_name_valid(h, JOB_HOST_MAX);
+        /* not this host (0/8, 127/8), not link-local (169.254/16: cloud metadata lives
+         * there), not multicast, broadcast or reserved (224/3) */
+        return a[0] != 0 && a[0] != 127 && !(a[0] == 169 && a[1] == 254) && a[0] < 224;
+    if (inet_pton(AF_INET6, h, a) == 1) {
+        const struct in6_addr *v6 = (const struct in6_addr *)a;
+        return !IN6_IS_ADDR_LOOPBACK(v6) && !IN6_IS_ADDR_UNSPECIFIED(v6) &&
+               !IN6_IS_ADDR_LINKLOCAL(v6) && !IN6_IS_ADDR_MULTICAST(v6) &&
+               !IN6_IS_ADDR_V4MAPPED(v6) && !IN6_IS_ADDR_V4COMPAT(v6);
+    }
+    return 0; /* an IP address of the node: the gateway never resolves a name for a job */
 }
 
 static int job_ready(struct nodechan *nc, json_t *m, uid_t by, struct evbuffer *out)
@@ -295,8 +300,9 @@ static int job_ready(struct nodechan *nc, json_t *m, uid_t by, struct evbuffer *
         json_t *port = json_object_get(v, "port");
         if (!host || !dest_host_ok(host) || !json_is_integer(port) ||
             json_integer_value(port) < 1 || json_integer_value(port) > 65535)
-            return refuse(out, 400, "'listen' entries are {\"host\": a name or a non-loopback "
-                                    "address, \"port\": 1..65535}");
+            return refuse(out, 400, "'listen' entries are {\"host\": a unicast IP address of the "
+                                    "node (not loopback, link-local or mapped), \"port\": "
+                                    "1..65535}");
         memset(&d[i], 0, sizeof(d[i]));
         snprintf(d[i].node, sizeof(d[i].node), "%s", node);
         snprintf(d[i].host, sizeof(d[i].host), "%s", host);

@@ -459,6 +459,16 @@ static int job_record_locked(struct registry *reg, const struct job *j, const ch
         return -EEXIST;
     if (old && old->ended)
         return -ESTALE;
+    if (old && j->adopted && !old->adopted)
+        return -EPERM; /* its node recorded it: its agents prove it with its certificate */
+    if (old && old->adopted && !j->adopted) {
+        struct job up = *old; /* its node confirms it now */
+        up.adopted = 0;
+        job_put(reg->jobs, &up);
+        (void)store_job_put(reg->store, &up);
+        *out = up;
+        return 0;
+    }
     if (old) {
         *out = *old; /* another node of the job, another step, another agent */
         return 0;
@@ -528,9 +538,12 @@ static int job_end_locked(struct registry *reg, const struct job *job, uid_t by,
     free(jr.alias);
     job_dests_clear(reg->jobs, j.id);
     if (!j.ended) {
+        /* Ended in memory whatever the store says: its tunnels and routes must not live on. */
         j.ended = now_real();
-        if (store_job_put(reg->store, &j) < 0 || job_put(reg->jobs, &j) < 0)
-            return -EIO;
+        job_put(reg->jobs, &j);
+        if (store_job_put(reg->store, &j) < 0)
+            log_warn("job %u: its end could not be stored (a restart would show it running "
+                     "until the reaper asks the scheduler)", (unsigned)j.id);
         char detail[160];
         snprintf(detail, sizeof(detail), "job=%u routes=%d (%s)", (unsigned)j.id, gone, why);
         store_audit(reg->store, by, "job.end", NULL, detail);
@@ -597,6 +610,35 @@ int registry_job_dest(struct registry *reg, uint32_t id, uid_t uid, const char *
     const struct job *j = job_find(reg->jobs, id);
     int rc = !j || j->uid != uid ? -ENOENT : j->ended ? -ESTALE
              : job_dest_has(reg->jobs, id, host, port) ? 0 : -EPERM;
+    unlock(reg);
+    return rc;
+}
+
+struct direct_count {
+    uint32_t job;
+    unsigned n;
+};
+
+static int count_direct(const struct route *r, void *arg)
+{
+    struct direct_count *dc = arg;
+    if (r->kind == ROUTE_DIRECT && r->job == dc->job)
+        dc->n++;
+    return 0;
+}
+
+int registry_direct_add(struct registry *reg, struct route *r)
+{
+    wrlock(reg);
+    /* Checked under the same lock as the add: a job that ends meanwhile takes it along. */
+    const struct job *j = job_find(reg->jobs, r->job);
+    struct direct_count dc = {.job = r->job};
+    int rc = !j || j->uid != r->uid ? -ENOENT : j->ended ? -ESTALE
+             : !job_dest_has(reg->jobs, r->job, r->path, r->port) ? -EPERM : 0;
+    if (rc == 0) {
+        route_filter(reg->routes, count_direct, &dc);
+        rc = dc.n >= REGISTRY_DIRECT_MAX ? -ENOSPC : add_locked(reg, r);
+    }
     unlock(reg);
     return rc;
 }
@@ -826,6 +868,7 @@ int registry_status(struct registry *reg, const char *alias, const struct http1_
 /* ---- the reaper -------------------------------------------------------------------- */
 
 struct reap_ctx {
+    const struct job_table *jobs;
     int64_t now, grace_ms;
     char alias[REAP_BATCH][ROUTE_ALIAS_MAX + 1];
     uid_t uid[REAP_BATCH];
@@ -839,8 +882,11 @@ static int find_dead(const struct route *r, void *arg)
     const char *why = NULL;
     if (rc->n >= REAP_BATCH)
         return 0;
+    const struct job *j = r->job ? job_find(rc->jobs, r->job) : NULL;
     if (r->pid > 0 && kill(r->pid, 0) < 0 && errno == ESRCH)
         why = "owner process gone";
+    else if (r->job && (!j || j->ended))
+        why = "its job ended";
     else if (r->kind == ROUTE_TUNNEL && r->tunnel == 0 && rc->now - r->detached > rc->grace_ms)
         why = "agent gone longer than the grace time";
     if (why) {
@@ -853,7 +899,8 @@ static int find_dead(const struct route *r, void *arg)
 
 void registry_reap(struct registry *reg)
 {
-    struct reap_ctx rc = {.now = now_mono_ms(), .grace_ms = reg->cfg->grace * 1000};
+    struct reap_ctx rc = {.jobs = reg->jobs, .now = now_mono_ms(),
+                          .grace_ms = reg->cfg->grace * 1000};
     wrlock(reg);
     route_filter(reg->routes, find_dead, &rc);
     for (int i = 0; i < rc.n; i++)

@@ -163,8 +163,9 @@ int registry_job_start(struct registry *reg, const struct job *j, struct job *ou
 
 /* An agent's hello named job j->id (SLURM_JOB_ID, no certificate) and the
  * scheduler says it runs as j->uid: records it when it is not recorded
- * (then the reaper ends it with the job). 0, -EEXIST (recorded for another
- * uid), -ESTALE (it ended), -EIO. */
+ * (then the reaper ends it with the job). j->adopted must be set. 0, -EEXIST
+ * (recorded for another uid), -EPERM (its node recorded it: only its
+ * certificate proves it), -ESTALE (it ended), -EIO. */
 int registry_job_adopt(struct registry *reg, const struct job *j);
 
 /* Job id ended: every route of it goes with its links and sessions (open
@@ -184,6 +185,13 @@ int registry_job_ready(struct registry *reg, uint32_t id, const char *node,
  * one of its destinations). */
 int registry_job_dest(struct registry *reg, uint32_t id, uid_t uid, const char *host,
                       uint16_t port);
+/* Adds direct route r (ROUTE_DIRECT, r->job, r->uid, r->path:r->port) when,
+ * under the write lock, its job runs as r->uid and the address is one of its
+ * destinations, and the job has fewer than REGISTRY_DIRECT_MAX direct routes.
+ * 0 with r->alias, -ENOENT, -ESTALE, -EPERM, -ENOSPC, or -errno. */
+#define REGISTRY_DIRECT_MAX 16
+int registry_direct_add(struct registry *reg, struct route *r);
+
 /* The first of job id's destinations on port whose host is an IP literal,
  * into host: where a direct route of that port leads. 0, or as above. */
 int registry_job_dest_pick(struct registry *reg, uint32_t id, uid_t uid, uint16_t port,

@@ -81,9 +81,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_EXP_SESS] = "DELETE FROM sessions WHERE expires <= ?1",
     [ST_EXP_AUDIT] = "DELETE FROM audit WHERE time < ?1",
     [ST_AUDIT] = "INSERT INTO audit(time, uid, event, alias, detail) VALUES(?1, ?2, ?3, ?4, ?5)",
-    [ST_JOB_PUT] = ("INSERT OR REPLACE INTO jobs(id, uid, user, node, not_after, started, ended) "
-                    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-    [ST_JOB_LOAD] = "SELECT id, uid, user, node, not_after, started, ended FROM jobs ORDER BY id",
+    [ST_JOB_PUT] = ("INSERT OR REPLACE INTO jobs(id, uid, user, node, not_after, started, ended, "
+                    "adopted) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+    [ST_JOB_LOAD] = ("SELECT id, uid, user, node, not_after, started, ended, adopted FROM jobs "
+                     "ORDER BY id"),
     [ST_JOB_DEL] = "DELETE FROM jobs WHERE id = ?1",
 };
 
@@ -111,7 +112,7 @@ static const char schema_v2[] =
     "ALTER TABLE routes ADD COLUMN job INTEGER NOT NULL DEFAULT 0;"
     "CREATE TABLE jobs(id INTEGER PRIMARY KEY NOT NULL, uid INTEGER NOT NULL, user TEXT NOT NULL, "
     "  node TEXT NOT NULL, not_after INTEGER NOT NULL, started INTEGER NOT NULL, "
-    "  ended INTEGER NOT NULL);"
+    "  ended INTEGER NOT NULL, adopted INTEGER NOT NULL DEFAULT 0);"
     "PRAGMA user_version = 2;";
 
 struct store {
@@ -877,6 +878,8 @@ int store_job_put(struct store *s, const struct job *j)
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(st, 7, j->ended);
     if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int(st, 8, j->adopted ? 1 : 0);
+    if (rc == SQLITE_OK)
         rc = exec_stmt(st);
     else
         stmt_done(st);
@@ -901,18 +904,19 @@ int store_job_delete(struct store *s, uint32_t id)
 static int job_from_row(sqlite3_stmt *st, void *item)
 {
     struct job *j = item;
-    int64_t id, uid;
+    int64_t id, uid, adopted;
     memset(j, 0, sizeof(*j));
     if (col_range(st, 0, 1, UINT32_MAX, &id) < 0 || col_range(st, 1, 0, UINT32_MAX, &uid) < 0 ||
         col_text(st, 2, j->user, sizeof(j->user)) < 0 ||
         col_text(st, 3, j->node, sizeof(j->node)) < 0 ||
         col_range(st, 4, INT64_MIN, INT64_MAX, &j->not_after) < 0 ||
         col_range(st, 5, INT64_MIN, INT64_MAX, &j->started) < 0 ||
-        col_range(st, 6, 0, INT64_MAX, &j->ended) < 0 ||
+        col_range(st, 6, 0, INT64_MAX, &j->ended) < 0 || col_range(st, 7, 0, 1, &adopted) < 0 ||
         !job_name_valid(j->user, sizeof(j->user)) || !job_name_valid(j->node, sizeof(j->node)))
         return -1;
     j->id = (uint32_t)id;
     j->uid = (uid_t)uid;
+    j->adopted = (int)adopted;
     return 0;
 }
 

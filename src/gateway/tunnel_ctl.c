@@ -164,7 +164,7 @@ static int usercert_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, 
     const char *pem = json_string_value(json_object_get(auth, "cert"));
     const char *sig = json_string_value(json_object_get(auth, "signature"));
     X509 *cert = pem ? jobcert_parse(pem, strlen(pem)) : NULL;
-    char payload[64], dn[GRIDMAP_DN_MAX], user[GRIDMAP_USER_MAX], err[400];
+    char payload[64], user[GRIDMAP_USER_MAX], err[400], *dn = NULL;
     struct jobca_job cj;
     int rc = -1;
     if (!hub->client_store) {
@@ -187,8 +187,11 @@ static int usercert_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, 
         snprintf(why, wl, "certificate refused: %s", verr);
     } else if (!jobcert_verify(cert, payload, (size_t)n, sig)) {
         snprintf(why, wl, "the signature is not the certificate's key's");
-    } else if (!X509_NAME_oneline(X509_get_subject_name(cert), dn, sizeof(dn))) {
-        snprintf(why, wl, "the certificate's subject cannot be read");
+    } else if (!(dn = X509_NAME_oneline(X509_get_subject_name(cert), NULL, 0)) ||
+               strlen(dn) >= GRIDMAP_DN_MAX) {
+        /* Whole, or not at all: a subject cut short could name someone else. */
+        snprintf(why, wl, "the certificate's subject cannot be read whole (at most %d bytes)",
+                 GRIDMAP_DN_MAX - 1);
     } else if (gridmap_lookup(hub->gridmap, dn, user, sizeof(user), err, sizeof(err)) < 0) {
         snprintf(why, wl, "%s", err);
     } else {
@@ -202,6 +205,7 @@ static int usercert_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, 
             rc = 0;
         }
     }
+    OPENSSL_free(dn);
     X509_STORE_CTX_free(xs);
     X509_free(cert);
     ERR_clear_error();
@@ -430,7 +434,16 @@ static void register_direct(struct tunnel *t, const char *id, json_t *m, const c
     r.created = now_real();
     r.v6 = strchr(r.path, ':') != NULL;
     snprintf(r.name, sizeof(r.name), "%s", name);
-    if (registry_route_add(t->hub->reg, &r) < 0)
+    rc = registry_direct_add(t->hub->reg, &r);
+    if (rc == -ESTALE)
+        return ctl_error(t, id, "ended", "job %u has ended", (unsigned)t->job);
+    if (rc == -ENOSPC)
+        return ctl_error(t, id, "limit", "job %u has %d direct routes already", (unsigned)t->job,
+                         REGISTRY_DIRECT_MAX);
+    if (rc == -EPERM)
+        return ctl_error(t, id, "not_destination", "%s port %u is not a destination of job %u",
+                         r.path, (unsigned)r.port, (unsigned)t->job);
+    if (rc < 0)
         return ctl_error(t, id, "internal", "could not register the route (see the gateway's log)");
     json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "type", "registered", "alias", r.alias, "name",
                           r.name, "kind", "direct");
@@ -441,6 +454,8 @@ static void register_direct(struct tunnel *t, const char *id, json_t *m, const c
     struct registry_link l;
     if (registry_link(t->hub->reg, r.alias, t->uid, ROUTE_DIRECT, ttl, &l) < 0) {
         json_decref(o);
+        registry_route_remove(t->hub->reg, r.alias, t->uid, ROUTE_DIRECT, t->uid,
+                              "no link could be stored");
         return ctl_error(t, id, "internal", "could not store a link (see the gateway's log)");
     }
     json_object_set_new(o, "url", json_string(l.url));

@@ -6,7 +6,9 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -14,7 +16,6 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#define PEM_MAX (64 * 1024)     /* bytes of a key or certificate file read back */
 
 /* tls_errstr() of src/lib/tls.c, which the plugin does not link (see README.md). */
 /* Writes data into a new file name in dirfd (O_EXCL, no link followed), owned by uid:gid
@@ -69,130 +70,124 @@ static int open_dir(const char *dir, char *err, size_t errlen)
     return fd;
 }
 
-int jobkey_make(const char *dir, uid_t uid, gid_t gid, char **csr_pem, char *err, size_t errlen)
+int jobkey_request(EVP_PKEY **key, char **csr_pem, char *err, size_t errlen)
 {
     *csr_pem = NULL;
-    int dfd = open_dir(dir, err, errlen);
-    if (dfd < 0)
-        return dfd;
-    struct stat st;
-    if (fstatat(dfd, JOBKEY_KEY, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-        close(dfd);
-        return plug_err(err, errlen, -EEXIST, "%s/%s exists", dir, JOBKEY_KEY);
-    }
-    int rc = -EIO;
-    EVP_PKEY *key = EVP_EC_gen("P-256");
+    *key = EVP_EC_gen("P-256");
     X509_REQ *req = X509_REQ_new();
-    BIO *kb = BIO_new(BIO_s_mem()), *rb = BIO_new(BIO_s_mem());
-    char *key_pem = NULL;
-    if (!key || !req || !kb || !rb ||
-        !PEM_write_bio_PrivateKey(kb, key, NULL, NULL, 0, NULL, NULL) ||
-        !(key_pem = bio_string(kb))) {
-        plug_err(err, errlen, rc, "cannot make the job's key: %s", plug_ossl_err());
-        goto out;
-    }
+    BIO *rb = BIO_new(BIO_s_mem());
+    int rc = -EIO;
     /* The gateway takes no name from the request: it only proves the key. */
-    X509_NAME *name = X509_REQ_get_subject_name(req);
-    if (!X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"jobgate job",
+    X509_NAME *name = req ? X509_REQ_get_subject_name(req) : NULL;
+    if (!*key || !req || !rb || !name ||
+        !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"jobgate job",
                                     -1, -1, 0) ||
-        !X509_REQ_set_version(req, 0) || !X509_REQ_set_pubkey(req, key) ||
-        X509_REQ_sign(req, key, EVP_sha256()) <= 0 || !PEM_write_bio_X509_REQ(rb, req) ||
+        !X509_REQ_set_version(req, 0) || !X509_REQ_set_pubkey(req, *key) ||
+        X509_REQ_sign(req, *key, EVP_sha256()) <= 0 || !PEM_write_bio_X509_REQ(rb, req) ||
         !(*csr_pem = bio_string(rb))) {
-        plug_err(err, errlen, rc, "cannot make the job's certificate request: %s",
-                 plug_ossl_err());
-        goto out;
+        plug_err(err, errlen, rc, "cannot make the job's key and request: %s", plug_ossl_err());
+        EVP_PKEY_free(*key);
+        *key = NULL;
+    } else {
+        rc = 0;
     }
-    rc = write_new(dfd, JOBKEY_KEY, key_pem, strlen(key_pem), 0600, uid, gid);
-    if (rc < 0) {
-        plug_err(err, errlen, rc, "cannot write %s/%s: %s", dir, JOBKEY_KEY, strerror(-rc));
-        free(*csr_pem);
-        *csr_pem = NULL;
-    }
-out:
-    if (key_pem) {
-        OPENSSL_cleanse(key_pem, strlen(key_pem));
-        free(key_pem);
-    }
-    BIO_free(kb);
     BIO_free(rb);
     X509_REQ_free(req);
-    EVP_PKEY_free(key);
-    close(dfd);
     return rc;
 }
 
-/* The job's key, read back through dirfd (no link followed, at most PEM_MAX bytes). */
-static EVP_PKEY *read_key(int dirfd)
+int jobkey_present(const char *dir)
 {
-    int fd = openat(dirfd, JOBKEY_KEY, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return NULL;
-    char *buf = malloc(PEM_MAX);
-    ssize_t n = buf ? read(fd, buf, PEM_MAX) : -1;
-    close(fd);
-    EVP_PKEY *key = NULL;
-    if (n > 0 && n < PEM_MAX) {
-        BIO *b = BIO_new_mem_buf(buf, (int)n);
-        key = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
-        BIO_free(b);
-    }
-    if (buf) {
-        OPENSSL_cleanse(buf, PEM_MAX);
-        free(buf);
-    }
-    return key;
+    char err[64];
+    struct stat st;
+    int dfd = open_dir(dir, err, sizeof(err));
+    if (dfd < 0)
+        return 0;
+    int yes = fstatat(dfd, JOBKEY_KEY, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+    close(dfd);
+    return yes;
 }
 
-int jobkey_store(const char *dir, uid_t uid, gid_t gid, const char *cert_pem, const char *ca_pem,
-                 char *err, size_t errlen)
+int jobkey_lock(const char *dir, int timeout_ms, char *err, size_t errlen)
 {
     int dfd = open_dir(dir, err, errlen);
     if (dfd < 0)
         return dfd;
-    int rc = -EINVAL;
+    for (int waited = 0;; waited += 50) {
+        if (flock(dfd, LOCK_EX | LOCK_NB) == 0)
+            return dfd;
+        if (errno != EWOULDBLOCK || waited >= timeout_ms) {
+            int e = errno == EWOULDBLOCK ? ETIMEDOUT : errno;
+            close(dfd);
+            return plug_err(err, errlen, -e, "cannot lock %s: %s", dir, strerror(e));
+        }
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+void jobkey_unlock(int fd)
+{
+    if (fd >= 0)
+        close(fd); /* the lock goes with the descriptor */
+}
+
+int jobkey_install(const char *dir, uid_t uid, gid_t gid, EVP_PKEY *key, const char *cert_pem,
+                   const char *ca_pem, const char *gw_ca_pem, char *err, size_t errlen)
+{
     BIO *b = BIO_new_mem_buf(cert_pem, -1);
     X509 *crt = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
     BIO_free(b);
-    EVP_PKEY *key = read_key(dfd);
     if (!crt) {
-        plug_err(err, errlen, rc, "the gateway's answer is not a certificate: %s",
+        plug_err(err, errlen, -EINVAL, "the gateway's answer is not a certificate: %s",
                  plug_ossl_err());
-    } else if (!key) {
-        plug_err(err, errlen, rc, "cannot read %s/%s back", dir, JOBKEY_KEY);
-    } else if (X509_check_private_key(crt, key) != 1) {
-        ERR_clear_error();
-        plug_err(err, errlen, rc, "the gateway's certificate is not for this job's key");
-    } else if ((rc = write_new(dfd, JOBKEY_CERT, cert_pem, strlen(cert_pem), 0644, uid, gid)) < 0) {
-        plug_err(err, errlen, rc, "cannot write %s/%s: %s", dir, JOBKEY_CERT, strerror(-rc));
-    } else if ((rc = write_new(dfd, JOBKEY_CA, ca_pem, strlen(ca_pem), 0644, uid, gid)) < 0) {
-        plug_err(err, errlen, rc, "cannot write %s/%s: %s", dir, JOBKEY_CA, strerror(-rc));
-        unlinkat(dfd, JOBKEY_CERT, 0);      /* ours: just written */
+        return -EINVAL;
     }
+    int match = X509_check_private_key(crt, key) == 1;
     X509_free(crt);
-    EVP_PKEY_free(key);
-    close(dfd);
-    return rc;
-}
-
-int jobkey_store_gateway_ca(const char *dir, uid_t uid, gid_t gid, const char *pem, char *err,
-                            size_t errlen)
-{
+    ERR_clear_error();
+    if (!match)
+        return plug_err(err, errlen, -EINVAL, "the gateway's certificate is not for this job's key");
+    BIO *kb = BIO_new(BIO_s_mem());
+    char *key_pem = kb && PEM_write_bio_PrivateKey(kb, key, NULL, NULL, 0, NULL, NULL)
+                        ? bio_string(kb) : NULL;
+    BIO_free(kb);
+    if (!key_pem)
+        return plug_err(err, errlen, -EIO, "cannot write the key out: %s", plug_ossl_err());
     int dfd = open_dir(dir, err, errlen);
-    if (dfd < 0)
+    if (dfd < 0) {
+        OPENSSL_cleanse(key_pem, strlen(key_pem));
+        free(key_pem);
         return dfd;
-    int rc = write_new(dfd, JOBKEY_GATEWAY_CA, pem, strlen(pem), 0644, uid, gid);
+    }
+    /* The key last: its presence says the rest is there. */
+    const struct {
+        const char *name, *data;
+        mode_t mode;
+    } files[] = {
+        {JOBKEY_CERT, cert_pem, 0644}, {JOBKEY_CA, ca_pem, 0644},
+        {JOBKEY_GATEWAY_CA, gw_ca_pem, 0644}, {JOBKEY_KEY, key_pem, 0600},
+    };
+    size_t done = 0;
+    int rc = 0;
+    for (; done < sizeof(files) / sizeof(files[0]); done++) {
+        if (!files[done].data)
+            continue;
+        (void)unlinkat(dfd, files[done].name, 0); /* whatever the user left there: not followed */
+        rc = write_new(dfd, files[done].name, files[done].data, strlen(files[done].data),
+                       files[done].mode, uid, gid);
+        if (rc < 0) {
+            plug_err(err, errlen, rc, "cannot write %s/%s: %s", dir, files[done].name,
+                     strerror(-rc));
+            break;
+        }
+    }
     if (rc < 0)
-        plug_err(err, errlen, rc, "cannot write %s/%s: %s", dir, JOBKEY_GATEWAY_CA, strerror(-rc));
+        while (done-- > 0)
+            if (files[done].data)
+                unlinkat(dfd, files[done].name, 0); /* ours: just written */
+    OPENSSL_cleanse(key_pem, strlen(key_pem));
+    free(key_pem);
     close(dfd);
     return rc;
-}
-
-void jobkey_discard(const char *dir)
-{
-    char err[64];
-    int dfd = open_dir(dir, err, sizeof(err));
-    if (dfd < 0)
-        return;
-    (void)unlinkat(dfd, JOBKEY_KEY, 0);
-    close(dfd);
 }

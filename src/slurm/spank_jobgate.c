@@ -106,20 +106,20 @@ static int set_env(spank_t sp, const char *name, const char *value)
     return 0;
 }
 
-/* The node's name as Slurm knows it (slurmd -N), else the host's short name. */
-static void node_name(spank_t sp, char *node, size_t len)
+/* The node's name as slurmd knows it (its own environment, never the job's,
+ * which the user writes), else the host's short name. Returns node. */
+static const char *node_name(char *node, size_t len)
 {
     const char *env = getenv("SLURMD_NODENAME");
-    if (spank_getenv(sp, "SLURMD_NODENAME", node, (int)len) == ESPANK_SUCCESS && node[0])
-        return;
     if (env && *env && strlen(env) < len) {
         memcpy(node, env, strlen(env) + 1);
-        return;
+        return node;
     }
     if (gethostname(node, len) < 0)
         snprintf(node, len, "unknown");
     node[len - 1] = '\0';
     node[strcspn(node, ".")] = '\0';
+    return node;
 }
 
 /* Reads a small file (the gateway's CA) into a malloc'ed string; NULL if not. */
@@ -157,36 +157,29 @@ static int64_t job_time_left(uint32_t jobid)
     return left;
 }
 
-/* The job's key, its certificate from the gateway (the node channel) and the
- * gateway's CA, in dir. The first step on the node does it; later steps find
- * the key. On failure the key goes again, so that the next step tries anew. */
-static int job_credentials(spank_t sp, uint32_t jobid, uid_t uid, gid_t gid, const char *dir)
+/* How long a step waits for another step of the job that is getting its
+ * credentials (the node channel's own deadline, and some). */
+#define CREDENTIALS_LOCK_MS (NODECALL_TIMEOUT_MS + 5000)
+
+/* The gateway's answer to job-start for this job's key and request: the
+ * certificate and CA installed with the key (jobkey.c). 0 or -1 (logged). */
+static int job_start(uint32_t jobid, uid_t uid, gid_t gid, const char *dir, EVP_PKEY *key,
+                     const char *csr, const char *node)
 {
-    char err[1400], node[128], pwbuf[2048];
-    char *csr = NULL;
-    int rc = jobkey_make(dir, uid, gid, &csr, err, sizeof(err));
-    if (rc == -EEXIST)
-        return 0;
-    if (rc < 0) {
-        slurm_error("jobgate: job %u: %s", (unsigned)jobid, err);
-        return -1;
-    }
+    char err[1400], pwbuf[2048];
     struct passwd pw, *res = NULL;
     if (getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &res) != 0 || !res) {
         slurm_error("jobgate: job %u: uid %u has no user name on this node", (unsigned)jobid,
                     (unsigned)uid);
-        free(csr);
-        jobkey_discard(dir);
         return -1;
     }
-    node_name(sp, node, sizeof(node));
     json_t *req = json_pack("{s:I, s:I, s:s, s:s, s:I, s:s}", "job", (json_int_t)jobid, "uid",
                             (json_int_t)uid, "user", res->pw_name, "node", node, "time_limit",
                             (json_int_t)job_time_left(jobid), "csr", csr);
-    free(csr);
     json_t *ans = NULL;
     int status = 0;
-    rc = req ? nodecall_post(&conf, "job-start", req, &status, &ans, err, sizeof(err)) : -ENOMEM;
+    int rc = req ? nodecall_post(&conf, "job-start", req, &status, &ans, err, sizeof(err))
+                 : -ENOMEM;
     json_decref(req);
     if (rc < 0) {
         slurm_error("jobgate: job %u: the gateway %s: %s", (unsigned)jobid, conf.gateway, err);
@@ -198,23 +191,48 @@ static int job_credentials(spank_t sp, uint32_t jobid, uid_t uid, gid_t gid, con
     } else {
         const char *cert = json_string_value(json_object_get(ans, "cert"));
         const char *ca = json_string_value(json_object_get(ans, "ca"));
-        rc = cert && ca ? jobkey_store(dir, uid, gid, cert, ca, err, sizeof(err)) : -EPROTO;
-        if (rc == -EPROTO)
+        char *gw_ca = conf.ca[0] ? read_small(conf.ca, 1 << 20) : NULL;
+        if (!cert || !ca) {
             snprintf(err, sizeof(err), "the gateway's answer has no certificate");
-        char *gw_ca = rc == 0 && conf.ca[0] ? read_small(conf.ca, 1 << 20) : NULL;
-        if (rc == 0 && conf.ca[0] && !gw_ca) {
+            rc = -EPROTO;
+        } else if (conf.ca[0] && !gw_ca) {
             snprintf(err, sizeof(err), "cannot read ca=%s", conf.ca);
             rc = -EIO;
+        } else {
+            rc = jobkey_install(dir, uid, gid, key, cert, ca, gw_ca, err, sizeof(err));
         }
-        if (gw_ca)
-            rc = jobkey_store_gateway_ca(dir, uid, gid, gw_ca, err, sizeof(err));
         free(gw_ca);
         if (rc < 0)
             slurm_error("jobgate: job %u: %s", (unsigned)jobid, err);
     }
     json_decref(ans);
-    if (rc < 0)
-        jobkey_discard(dir);
+    return rc < 0 ? -1 : 0;
+}
+
+/* The job's key, its certificate from the gateway (the node channel) and the
+ * gateway's CA, in dir. The first step on the node does it, the others find
+ * the key (they wait for it under the directory's lock). 0 or -1 (logged). */
+static int job_credentials(uint32_t jobid, uid_t uid, gid_t gid, const char *dir)
+{
+    char err[512], node[128];
+    int lock = jobkey_lock(dir, CREDENTIALS_LOCK_MS, err, sizeof(err));
+    if (lock < 0) {
+        slurm_error("jobgate: job %u: %s", (unsigned)jobid, err);
+        return -1;
+    }
+    int rc = 0;
+    if (!jobkey_present(dir)) {
+        EVP_PKEY *key = NULL;
+        char *csr = NULL;
+        rc = jobkey_request(&key, &csr, err, sizeof(err));
+        if (rc < 0)
+            slurm_error("jobgate: job %u: %s", (unsigned)jobid, err);
+        else
+            rc = job_start(jobid, uid, gid, dir, key, csr, node_name(node, sizeof(node)));
+        EVP_PKEY_free(key);
+        free(csr);
+    }
+    jobkey_unlock(lock);
     return rc < 0 ? -1 : 0;
 }
 
@@ -236,7 +254,7 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
         slurm_error("jobgate: job %u: %s", (unsigned)jobid, err);
         return -1;
     }
-    if (job_credentials(sp, jobid, uid, gid, path) < 0)
+    if (job_credentials(jobid, uid, gid, path) < 0)
         return -1;
     snprintf(id, sizeof(id), "%u", (unsigned)jobid);
     if (set_env(sp, "JOBGATE_DIR", path) < 0 || set_env(sp, "JOBGATE_GATEWAY", conf.gateway) < 0 ||
@@ -245,7 +263,7 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
     /* JOBGATE_READY_FD: this step's listeners, registered when the job says so. */
     char node[128], fdtext[16];
     int fd;
-    node_name(sp, node, sizeof(node));
+    node_name(node, sizeof(node));
     if (jobready_start(&conf, jobid, node, &fd, err, sizeof(err)) < 0) {
         slurm_error("jobgate: job %u: JOBGATE_READY_FD: %s", (unsigned)jobid, err);
         return -1;
@@ -261,7 +279,7 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 static void job_end(spank_t sp, uint32_t jobid)
 {
     char node[128], err[512];
-    node_name(sp, node, sizeof(node));
+    node_name(node, sizeof(node));
     json_t *req = json_pack("{s:I, s:s}", "job", (json_int_t)jobid, "node", node), *ans = NULL;
     int status = 0;
     int rc = req ? nodecall_post(&conf, "job-end", req, &status, &ans, err, sizeof(err)) : -ENOMEM;

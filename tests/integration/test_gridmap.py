@@ -115,6 +115,14 @@ def test_certificates_that_are_refused(site, munged, tmp_path):
     for auth, want in cases:
         err = hello_error(gw, auth)
         assert err["code"] == "auth" and want in err["error"], (want, err)
+    # A subject too long to read whole is refused, never cut to a shorter one that maps.
+    long_key = ec.generate_private_key(ec.SECP256R1())
+    long_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
+                           x509.NameAttribute(NameOID.COMMON_NAME, "Alice")] +
+                          [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "x" * 60)] * 20)
+    long_cert = make_cert(long_name, long_key, ca.name, ca.key)
+    err = hello_error(gw, cert_auth(long_cert, long_key))
+    assert "cannot be read whole" in err["error"], err
     # The file changes: read again at the next hello; broken, every certificate is refused.
     cert, key = ca.user("Mallory")
     gridmap.write_text(gridmap.read_text() + f'"/O=Example/CN=Mallory" {USER}\n')

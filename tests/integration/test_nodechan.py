@@ -333,6 +333,7 @@ def test_the_reaper_ends_the_jobs_the_scheduler_says_ended(make_gateway, munged,
         a.wait_type("welcome")
         reg = a.register("nb", "nb")
         assert reg["type"] == "registered", reg
+        time.sleep(2.5)  # a round that lists all four: a job is missed only once it was seen
 
         def ended():
             text = gw.log_path.read_text()
@@ -345,7 +346,7 @@ def test_the_reaper_ends_the_jobs_the_scheduler_says_ended(make_gateway, munged,
             time.sleep(2.5)
             assert ended() == set()
         assert "squeue exited with 1: cannot reach slurmctld" in gw.log_path.read_text()
-        # Finished, forgotten, another user's: ended; still running: kept.
+        # Finished, forgotten (listed before), another user's: ended; still running: kept.
         states.write_text(f"4401|COMPLETED|{uid}\n4403|RUNNING|{uid + 1}\n4404|RUNNING|{uid}\n")
         wait_for(lambda: ended() == {4401, 4402, 4403}, 5, what="the reaper to end 3 jobs")
         text = gw.log_path.read_text()
@@ -364,7 +365,7 @@ def test_the_reaper_ends_the_jobs_the_scheduler_says_ended(make_gateway, munged,
 def test_destinations_are_checked_and_listed(gw, munged, job_user):
     start_job(gw, munged, job_user, 4501, new_key())
     ok = {"job": 4501, "node": "cn001",
-          "listen": [{"host": "cn001.cluster", "port": 8888}, {"host": "10.1.2.3", "port": 7000},
+          "listen": [{"host": "10.1.2.4", "port": 8888}, {"host": "10.1.2.3", "port": 7000},
                      {"host": "2001:db8::5", "port": 6002}]}
     st, ans = node_post(gw, "job-ready", ok, munged=munged)
     assert st == 200 and ans["destinations"] == 3, ans
@@ -372,10 +373,16 @@ def test_destinations_are_checked_and_listed(gw, munged, job_user):
         {**ok, "listen": [{"host": "127.0.0.1", "port": 80}]},       # loopback
         {**ok, "listen": [{"host": "::1", "port": 80}]},
         {**ok, "listen": [{"host": "0.0.0.0", "port": 80}]},
+        {**ok, "listen": [{"host": "169.254.169.254", "port": 80}]},  # link-local: metadata
+        {**ok, "listen": [{"host": "fe80::1", "port": 80}]},
+        {**ok, "listen": [{"host": "224.0.0.1", "port": 80}]},
+        {**ok, "listen": [{"host": "255.255.255.255", "port": 80}]},
+        {**ok, "listen": [{"host": "::ffff:10.0.0.1", "port": 80}]},
+        {**ok, "listen": [{"host": "cn001.cluster", "port": 80}]},  # names are not resolved
         {**ok, "listen": [{"host": "a b", "port": 80}]},
-        {**ok, "listen": [{"host": "cn001", "port": 0}]},
-        {**ok, "listen": [{"host": "cn001", "port": 65536}]},
-        {**ok, "listen": [{"host": "cn001", "port": p} for p in range(1, 34)]},  # 33 > 32
+        {**ok, "listen": [{"host": "10.0.0.1", "port": 0}]},
+        {**ok, "listen": [{"host": "10.0.0.1", "port": 65536}]},
+        {**ok, "listen": [{"host": "10.0.0.1", "port": p} for p in range(1, 34)]},  # 33 > 32
         {**ok, "listen": "cn001:80"},
     ]
     for body in bad:
@@ -383,13 +390,14 @@ def test_destinations_are_checked_and_listed(gw, munged, job_user):
         assert st == 400 and "'listen'" in ans["error"], (body, ans)
     # A second node of the job adds its own; the first node's second report replaces its own.
     st, _ = node_post(gw, "job-ready", {"job": 4501, "node": "cn002",
-                                        "listen": [{"host": "cn002", "port": 9}]}, munged=munged)
+                                        "listen": [{"host": "10.1.9.9", "port": 9}]},
+                      munged=munged)
     assert st == 200
     st, _ = node_post(gw, "job-ready", {**ok, "listen": ok["listen"][:1]}, munged=munged)
     assert st == 200
     job = [j for j in json.loads(gw.cli("jobs", "--json").stdout) if j["job"] == 4501][0]
     assert sorted((d["node"], d["host"], d["port"]) for d in job["destinations"]) == [
-        ("cn001", "cn001.cluster", 8888), ("cn002", "cn002", 9)], job
+        ("cn001", "10.1.2.4", 8888), ("cn002", "10.1.9.9", 9)], job
     assert job["user"] == USER and job["state"] == "running", job
     # Another user sees none of it.
     os.chmod(gw.root, 0o711)
@@ -433,13 +441,22 @@ def test_a_hello_that_names_a_job_is_bound_to_it_once_the_scheduler_agrees(
         assert route["job"] == 4601, route
         job = [j for j in json.loads(gw.cli("jobs", "--json").stdout) if j["job"] == 4601][0]
         assert job["node"] == "test" and job["state"] == "running", job
-        for claimed, why in (("4602", "job 4602 is not yours"),
+        # A job its node recorded proves itself with its certificate only.
+        st, _ = node_post(gw, "job-start", {"job": 4605, "uid": me, "user": pwd.getpwuid(me).pw_name,
+                                            "node": "cn9", "csr": csr_of(new_key())},
+                          munged=munged)
+        assert st == 200
+        states.write_text(f"4601|RUNNING|{me}\n4602|RUNNING|{me + 1}\n4603|COMPLETED|{me}\n"
+                          f"4605|RUNNING|{me}\n4606|PENDING|{me}\n")
+        for claimed, why in (("4605", "job 4605 has its own certificate"),
+                             ("4606", "job 4606 is PENDING"),
+                             ("4602", "job 4602 is not yours"),
                              ("4603", "job 4603 is COMPLETED"),
                              ("4604", "the scheduler does not know job 4604")):
             b = agent(claimed)
             try:
                 w = b.wait_type("welcome")
-                assert "job" not in w and w["job_refused"] == why, w
+                assert "job" not in w and w["job_refused"].startswith(why), w
                 r = b.register("x", "x")
                 assert "job" not in [x for x in gw.ls_json() if x["alias"] == r["alias"]][0]
             finally:
@@ -469,3 +486,19 @@ def test_a_hello_that_names_a_job_is_bound_to_it_once_the_scheduler_agrees(
         assert "job adopt job=4601" in gw.log_path.read_text()
     finally:
         a.close()
+
+
+def test_a_scheduler_that_lists_none_of_the_jobs_ends_none(make_gateway, munged, job_user,
+                                                         tmp_path):
+    """A squeue that shows the gateway other jobs only (PrivateData=jobs, another cluster):
+    a job it never listed is not ended by its silence."""
+    script = tmp_path / "squeue"
+    script.write_text("#!/bin/sh\necho '9999|RUNNING|0'\n")
+    script.chmod(0o755)
+    gw = make_gateway({"tunnel": {"munge_socket": munged.socket},
+                       "slurm": {"job_check": "1s", "squeue": str(script)}}, name="silent")
+    start_job(gw, munged, job_user, 4801, new_key())
+    time.sleep(3.5)
+    assert "job end job=4801" not in gw.log_path.read_text()
+    job = [j for j in json.loads(gw.cli("jobs", "--json").stdout) if j["job"] == 4801][0]
+    assert job["state"] == "running", job

@@ -1,5 +1,6 @@
-/* Unit tests for src/slurm/jobkey.c: the job's key made in its directory, a request that
- * proves it, the gateway's answer stored only when it is for that key, links never followed. */
+/* Unit tests for src/slurm/jobkey.c: the job's key and a request that proves it (in
+ * memory), everything installed at once only when the certificate is for that key (the key
+ * last), links never followed, failures leaving nothing, the steps' lock. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -74,81 +75,95 @@ static char *cert_for(EVP_PKEY *key, EVP_PKEY *signer)
 
 static void test_key_and_request(void **state)
 {
+    EVP_PKEY *key = NULL;
     char *csr = NULL;
-    assert_int_equal(jobkey_make(dir, getuid(), getgid(), &csr, err, sizeof(err)), 0);
-    assert_non_null(csr);
-    struct stat st;
-    snprintf(path, sizeof(path), "%s/%s", dir, JOBKEY_KEY);
-    assert_int_equal(lstat(path, &st), 0);
-    assert_int_equal(st.st_mode & 07777, 0600);
-    assert_int_equal(st.st_uid, getuid());
-
-    /* The request carries the key on file and is signed by it. */
-    EVP_PKEY *key = read_key_file();
+    assert_int_equal(jobkey_request(&key, &csr, err, sizeof(err)), 0);
+    assert_non_null(key);
+    /* The request proves that very key. */
     BIO *b = BIO_new_mem_buf(csr, -1);
     X509_REQ *req = PEM_read_bio_X509_REQ(b, NULL, NULL, NULL);
     BIO_free(b);
     assert_non_null(req);
-    assert_int_equal(EVP_PKEY_eq(X509_REQ_get0_pubkey(req), key), 1);
-    assert_int_equal(X509_REQ_verify(req, key), 1);
+    EVP_PKEY *pub = X509_REQ_get_pubkey(req);
+    assert_int_equal(EVP_PKEY_eq(pub, key), 1);
+    assert_int_equal(X509_REQ_verify(req, pub), 1);
+    EVP_PKEY_free(pub);
     X509_REQ_free(req);
     free(csr);
+    assert_false(jobkey_present(dir)); /* nothing written yet: the key stays in memory */
+    EVP_PKEY_free(key);
+}
 
-    /* A second step finds the key there and makes none. */
-    assert_int_equal(jobkey_make(dir, getuid(), getgid(), &csr, err, sizeof(err)), -EEXIST);
-    assert_null(csr);
+static void test_install_writes_all_key_last(void **state)
+{
+    EVP_PKEY *key = NULL, *ca_key = EVP_EC_gen("P-256");
+    char *csr = NULL;
+    assert_int_equal(jobkey_request(&key, &csr, err, sizeof(err)), 0);
+    free(csr);
+    char *good = cert_for(key, ca_key), *ca = cert_for(ca_key, ca_key);
+    assert_int_equal(jobkey_install(dir, getuid(), getgid(), key, good, ca, ca, err,
+                                    sizeof(err)), 0);
+    assert_true(jobkey_present(dir));
+    const struct { const char *name; unsigned mode; } want[] = {
+        {JOBKEY_CERT, 0644}, {JOBKEY_CA, 0644}, {JOBKEY_GATEWAY_CA, 0644}, {JOBKEY_KEY, 0600}};
+    for (size_t i = 0; i < 4; i++) {
+        struct stat st;
+        snprintf(path, sizeof(path), "%s/%s", dir, want[i].name);
+        assert_int_equal(lstat(path, &st), 0);
+        assert_true(S_ISREG(st.st_mode));
+        assert_int_equal(st.st_mode & 07777, want[i].mode);
+    }
     EVP_PKEY *again = read_key_file();
     assert_int_equal(EVP_PKEY_eq(again, key), 1);
     EVP_PKEY_free(again);
+    free(good);
+    free(ca);
     EVP_PKEY_free(key);
+    EVP_PKEY_free(ca_key);
 }
 
-static void test_a_planted_link_is_not_followed(void **state)
+static void test_planted_files_are_not_followed_and_failures_leave_nothing(void **state)
 {
     char target[128];
+    EVP_PKEY *key = NULL, *other = EVP_EC_gen("P-256");
+    char *csr = NULL;
+    assert_int_equal(jobkey_request(&key, &csr, err, sizeof(err)), 0);
+    free(csr);
+    /* A link planted where the key goes: replaced, never written through. */
     snprintf(target, sizeof(target), "%s/elsewhere", dir);
     snprintf(path, sizeof(path), "%s/%s", dir, JOBKEY_KEY);
     assert_int_equal(symlink(target, path), 0);
-    char *csr = NULL;
-    assert_int_equal(jobkey_make(dir, getuid(), getgid(), &csr, err, sizeof(err)), -EEXIST);
-    assert_int_equal(access(target, F_OK), -1);     /* nothing written through the link */
-
-    /* The same for the certificate's file. */
-    assert_int_equal(unlink(path), 0);
-    assert_int_equal(jobkey_make(dir, getuid(), getgid(), &csr, err, sizeof(err)), 0);
-    free(csr);
-    EVP_PKEY *key = read_key_file();
-    char *cert = cert_for(key, key);
-    snprintf(path, sizeof(path), "%s/%s", dir, JOBKEY_CERT);
-    assert_int_equal(symlink(target, path), 0);
-    assert_true(jobkey_store(dir, getuid(), getgid(), cert, cert, err, sizeof(err)) < 0);
+    assert_false(jobkey_present(dir)); /* a link is not the key */
+    char *good = cert_for(key, other), *ca = cert_for(other, other);
+    assert_int_equal(jobkey_install(dir, getuid(), getgid(), key, good, ca, NULL, err,
+                                    sizeof(err)), 0);
     assert_int_equal(access(target, F_OK), -1);
-    free(cert);
-    EVP_PKEY_free(key);
-}
+    assert_true(jobkey_present(dir));
 
-static void test_only_a_certificate_for_the_key_is_stored(void **state)
-{
-    char *csr = NULL;
-    assert_int_equal(jobkey_make(dir, getuid(), getgid(), &csr, err, sizeof(err)), 0);
-    free(csr);
-    EVP_PKEY *key = read_key_file(), *other = EVP_EC_gen("P-256");
-
+    /* A certificate for another key, or junk: refused, and nothing new is left. */
+    char cmd[160];
+    snprintf(cmd, sizeof(cmd), "rm -f '%s'/*", dir);
+    assert_int_equal(system(cmd), 0);
     char *wrong = cert_for(other, other);
-    assert_int_equal(jobkey_store(dir, getuid(), getgid(), wrong, wrong, err, sizeof(err)), -EINVAL);
+    assert_int_equal(jobkey_install(dir, getuid(), getgid(), key, wrong, ca, NULL, err,
+                                    sizeof(err)), -EINVAL);
     assert_non_null(strstr(err, "not for this job's key"));
-    assert_int_equal(jobkey_store(dir, getuid(), getgid(), "junk", "junk", err, sizeof(err)), -EINVAL);
+    assert_int_equal(jobkey_install(dir, getuid(), getgid(), key, "junk", ca, NULL, err,
+                                    sizeof(err)), -EINVAL);
+    /* A directory where a file goes makes the write fail: what was written is removed. */
+    snprintf(path, sizeof(path), "%s/%s", dir, JOBKEY_GATEWAY_CA);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof(path), "%s/%s/x", dir, JOBKEY_GATEWAY_CA);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fclose(f);
+    assert_true(jobkey_install(dir, getuid(), getgid(), key, good, ca, ca, err,
+                               sizeof(err)) < 0);
     snprintf(path, sizeof(path), "%s/%s", dir, JOBKEY_CERT);
     assert_int_equal(access(path, F_OK), -1);
-
-    /* Signed by another key (the CA), for this key: stored, with the CA beside it. */
-    char *good = cert_for(key, other), *ca = cert_for(other, other);
-    assert_int_equal(jobkey_store(dir, getuid(), getgid(), good, ca, err, sizeof(err)), 0);
-    struct stat st;
-    assert_int_equal(lstat(path, &st), 0);
-    assert_int_equal(st.st_mode & 07777, 0644);
     snprintf(path, sizeof(path), "%s/%s", dir, JOBKEY_CA);
-    assert_int_equal(lstat(path, &st), 0);
+    assert_int_equal(access(path, F_OK), -1);
+    assert_false(jobkey_present(dir));
     free(wrong);
     free(good);
     free(ca);
@@ -156,12 +171,27 @@ static void test_only_a_certificate_for_the_key_is_stored(void **state)
     EVP_PKEY_free(other);
 }
 
+static void test_the_lock_takes_turns(void **state)
+{
+    int a = jobkey_lock(dir, 100, err, sizeof(err));
+    assert_true(a >= 0);
+    /* Another step waits, then gives up with a clear reason. */
+    assert_int_equal(jobkey_lock(dir, 120, err, sizeof(err)), -ETIMEDOUT);
+    assert_non_null(strstr(err, "cannot lock"));
+    jobkey_unlock(a);
+    int b = jobkey_lock(dir, 100, err, sizeof(err));
+    assert_true(b >= 0);
+    jobkey_unlock(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_key_and_request, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_a_planted_link_is_not_followed, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_only_a_certificate_for_the_key_is_stored, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_install_writes_all_key_last, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_planted_files_are_not_followed_and_failures_leave_nothing,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_the_lock_takes_turns, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
