@@ -33,6 +33,8 @@ struct callback {
     struct evconnlistener *lis;
     struct event *stop_ev;
     int stop_fd;                      /* eventfd: the caller's stop */
+    struct event *resume_ev;          /* the listener back after an accept() error */
+    unsigned handshakes;              /* connections still in their TLS handshake */
     LIST_HEAD(, link) links;          /* open connections (the thread's) */
     SSL_CTX *ctx;
     pthread_t thread;
@@ -41,22 +43,31 @@ struct callback {
     unsigned port;
 };
 
-/* One gateway connection: the TLS side and the app's side. */
+/* One gateway connection: the TLS side and the app's side. Each direction
+ * ends on its own (half-close): the gateway's EOF is passed on as a shutdown
+ * of the app's write side, the app's EOF as TLS close_notify; the link goes
+ * when both directions have ended, on an error, or after a timeout. */
 struct link {
     struct callback *cb;
     LIST_ENTRY(link) entry;
     struct bufferevent *tls, *app;
-    int tls_eof, app_eof;
+    SSL *ssl;                   /* ours, as the socket under tls (no BEV_OPT_CLOSE_ON_FREE) */
+    evutil_socket_t fd;
+    int handshaking;            /* counted in cb->handshakes */
+    int tls_eof, app_eof;       /* a side sent all it will send */
+    int app_shut, tls_shut;     /* ... and we passed that on to the other side */
 };
 
 static void link_free(struct link *l)
 {
     LIST_REMOVE(l, entry);
-    if (l->tls) {
-        SSL *ssl = bufferevent_openssl_get_ssl(l->tls);
+    if (l->handshaking)
+        l->cb->handshakes--;
+    if (l->tls)
         bufferevent_free(l->tls);
-        (void)ssl; /* BEV_OPT_CLOSE_ON_FREE: the SSL and the socket go with it */
-    }
+    SSL_free(l->ssl);
+    if (l->fd >= 0)
+        close(l->fd);
     if (l->app)
         bufferevent_free(l->app);
     free(l);
@@ -70,12 +81,27 @@ static void pump(struct bufferevent *src, struct bufferevent *dst)
         bufferevent_disable(src, EV_READ);
 }
 
-/* Both sides ended, or one ended and the other has written all it got: done. */
-static void maybe_done(struct link *l)
+static size_t out_len(struct bufferevent *bev)
 {
-    size_t to_tls = l->tls ? evbuffer_get_length(bufferevent_get_output(l->tls)) : 0;
-    size_t to_app = l->app ? evbuffer_get_length(bufferevent_get_output(l->app)) : 0;
-    if ((l->app_eof && to_tls == 0) || (l->tls_eof && to_app == 0))
+    return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+}
+
+/* Passes an ended direction on once its bytes are out; frees when both ended. */
+static void progress(struct link *l)
+{
+    if (l->tls_eof && !l->app_shut && out_len(l->app) == 0) {
+        shutdown(bufferevent_getfd(l->app), SHUT_WR);
+        l->app_shut = 1;
+    }
+    if (l->app_eof && !l->tls_shut && out_len(l->tls) == 0) {
+        (void)SSL_shutdown(l->ssl); /* close_notify: the gateway knows the answer is whole */
+        ERR_clear_error();
+        l->tls_shut = 1;
+        /* and a lingering close: what the gateway still sends is read, not reset */
+        struct timeval linger = {CALLBACK_LINGER_S, 0};
+        bufferevent_set_timeouts(l->tls, &linger, &linger);
+    }
+    if (l->tls_eof && l->app_eof && l->app_shut && l->tls_shut)
         link_free(l);
 }
 
@@ -84,7 +110,9 @@ static void on_read(struct bufferevent *bev, void *arg)
     struct link *l = arg;
     if (!l->app)
         return;
-    if (bev == l->tls)
+    if (bev == l->tls && l->tls_shut)
+        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+    else if (bev == l->tls)
         pump(l->tls, l->app);
     else
         pump(l->app, l->tls);
@@ -94,9 +122,9 @@ static void on_write(struct bufferevent *bev, void *arg)
 {
     struct link *l = arg;
     struct bufferevent *other = bev == l->tls ? l->app : l->tls;
-    if (other && evbuffer_get_length(bufferevent_get_output(bev)) < CALLBACK_HIGH_WATER / 2)
+    if (other && out_len(bev) < CALLBACK_HIGH_WATER / 2)
         bufferevent_enable(other, EV_READ);
-    maybe_done(l);
+    progress(l);
 }
 
 static void on_app_event(struct bufferevent *bev, short what, void *arg)
@@ -104,13 +132,13 @@ static void on_app_event(struct bufferevent *bev, short what, void *arg)
     struct link *l = arg;
     if (what & BEV_EVENT_CONNECTED)
         return;
-    if (what & BEV_EVENT_EOF) {
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
         pump(l->app, l->tls);
         l->app_eof = 1;
-        maybe_done(l);
+        progress(l);
         return;
     }
-    link_free(l); /* the app refused or failed: the gateway sees the connection end */
+    link_free(l); /* the app refused, failed or idled: the gateway sees the connection end */
 }
 
 /* The app's side, once the gateway has shown its certificate. */
@@ -131,9 +159,19 @@ static int connect_app(struct link *l)
         s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         sl = sizeof(*s4);
     }
-    l->app = bufferevent_socket_new(l->cb->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (!l->app || bufferevent_socket_connect(l->app, (struct sockaddr *)&ss, (int)sl) < 0)
+    /* Our own socket: close-on-exec, which libevent's would not be. */
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
         return -1;
+    l->app = bufferevent_socket_new(l->cb->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!l->app) {
+        close(fd);
+        return -1;
+    }
+    if (bufferevent_socket_connect(l->app, (struct sockaddr *)&ss, (int)sl) < 0)
+        return -1;
+    struct timeval idle = {CALLBACK_IDLE_S, 0};
+    bufferevent_set_timeouts(l->app, &idle, NULL);
     bufferevent_setcb(l->app, on_read, on_write, on_app_event, l);
     bufferevent_enable(l->app, EV_READ | EV_WRITE);
     return 0;
@@ -143,33 +181,56 @@ static void on_tls_event(struct bufferevent *bev, short what, void *arg)
 {
     struct link *l = arg;
     if (what & BEV_EVENT_CONNECTED) {
-        SSL *ssl = bufferevent_openssl_get_ssl(bev);
-        X509 *peer = SSL_get1_peer_certificate(ssl);
-        int ok = peer && SSL_get_verify_result(ssl) == X509_V_OK &&
+        X509 *peer = SSL_get1_peer_certificate(l->ssl);
+        int ok = peer && SSL_get_verify_result(l->ssl) == X509_V_OK &&
                  jobcert_has_uri(peer, JOBCERT_GATEWAY_URI);
         X509_free(peer);
-        bufferevent_set_timeouts(bev, NULL, NULL);
+        l->handshaking = 0;
+        l->cb->handshakes--;
         if (!ok || connect_app(l) < 0) {
             link_free(l);
             return;
         }
+        struct timeval idle = {CALLBACK_IDLE_S, 0};
+        bufferevent_set_timeouts(bev, &idle, NULL);
         if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
             pump(l->tls, l->app);
         return;
     }
-    if ((what & BEV_EVENT_EOF) && l->app) {
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && l->app && !l->tls_eof) {
         pump(l->tls, l->app);
         l->tls_eof = 1;
-        maybe_done(l);
+        progress(l);
         return;
     }
     link_free(l); /* a failed handshake, a timeout, a reset */
+}
+
+/* accept() failed (out of descriptors, say): pause the listener for a second
+ * rather than spin on a socket that stays readable. */
+static void on_accept_error(struct evconnlistener *lis, void *arg)
+{
+    struct callback *cb = arg;
+    evconnlistener_disable(lis);
+    struct timeval one = {1, 0};
+    event_add(cb->resume_ev, &one);
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    evconnlistener_enable(((struct callback *)arg)->lis);
 }
 
 static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
     struct callback *cb = arg;
+    /* Handshakes in flight are bounded: others on the node must not hold the app's
+     * endpoint by opening connections and saying nothing. */
+    if (cb->handshakes >= CALLBACK_HANDSHAKES_MAX) {
+        close(fd);
+        return;
+    }
     SSL *ssl = SSL_new(cb->ctx);
     struct link *l = ssl ? calloc(1, sizeof(*l)) : NULL;
     if (!l) {
@@ -178,14 +239,15 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
         return;
     }
     l->cb = cb;
+    l->ssl = ssl;
+    l->fd = fd;
     LIST_INSERT_HEAD(&cb->links, l, entry);
-    l->tls = bufferevent_openssl_socket_new(cb->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                            BEV_OPT_CLOSE_ON_FREE);
+    l->handshaking = 1;
+    cb->handshakes++;
+    /* Options 0: the SSL and the socket stay ours (link_free), whatever libevent does. */
+    l->tls = bufferevent_openssl_socket_new(cb->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, 0);
     if (!l->tls) {
-        SSL_free(ssl);
-        close(fd);
-        LIST_REMOVE(l, entry);
-        free(l);
+        link_free(l);
         return;
     }
     struct timeval hs = {CALLBACK_HANDSHAKE_S, 0};
@@ -261,7 +323,10 @@ struct callback *callback_start(const char *jobdir, const char *sock, unsigned p
                                       (struct sockaddr *)&sin, sizeof(sin));
     cb->stop_ev = cb->stop_fd >= 0 ? event_new(cb->base, cb->stop_fd, EV_READ, on_stop, cb)
                                    : NULL;
-    if (!cb->lis || !cb->stop_ev || event_add(cb->stop_ev, NULL) < 0) {
+    cb->resume_ev = evtimer_new(cb->base, on_resume, cb);
+    if (cb->lis)
+        evconnlistener_set_error_cb(cb->lis, on_accept_error);
+    if (!cb->lis || !cb->stop_ev || !cb->resume_ev || event_add(cb->stop_ev, NULL) < 0) {
         errmsg(err, errlen, -errno, "cannot listen on port %u: %s", listen_port,
                strerror(errno));
         callback_stop(cb);
@@ -296,6 +361,8 @@ void callback_stop(struct callback *cb)
     }
     if (cb->stop_ev)
         event_free(cb->stop_ev);
+    if (cb->resume_ev)
+        event_free(cb->resume_ev);
     if (cb->stop_fd >= 0)
         close(cb->stop_fd);
     if (cb->lis)

@@ -19,6 +19,9 @@
 struct callback;
 
 #define CALLBACK_HANDSHAKE_S 15       /* a connection's TLS handshake */
+#define CALLBACK_HANDSHAKES_MAX 64    /* connections in their handshake at once */
+#define CALLBACK_IDLE_S 3600          /* no byte either way: the connection ends */
+#define CALLBACK_LINGER_S 5           /* after the app's end, what the gateway still sends */
 #define CALLBACK_HIGH_WATER (1 << 20) /* bytes held for a slow side before reading stops */
 
 /* Listens on listen_port (0: any) of every IPv4 address, and joins each

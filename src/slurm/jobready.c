@@ -32,6 +32,7 @@ static struct {
     pthread_t thread;
     struct plugconf conf;
     uint32_t jobid;
+    uid_t uid;
     pid_t stepd;
     char node[128];
 } w = {.rfd = -1, .wfd = -1, .stop = {-1, -1}};
@@ -81,8 +82,9 @@ static void addr_text(const char *hex, int v6, char *out, size_t len)
 
 struct list_ctx {
     json_t *arr;
-    const char *const *addrs; /* the node's addresses, for wildcard listeners */
+    const char *const *addrs; /* the node's addresses */
     size_t naddrs;
+    uid_t uid;                /* the job's: another user's socket is never the job's */
 };
 
 /* Adds host:port once; 1 when the list is full. */
@@ -102,13 +104,19 @@ static int add_listener(const struct procnet_sock *s, int v6, void *arg)
 {
     struct list_ctx *lc = arg;
     char text[INET6_ADDRSTRLEN];
-    if (strlen(s->local) != (v6 ? 32u : 8u))
+    if (strlen(s->local) != (v6 ? 32u : 8u) || (uid_t)s->uid != lc->uid)
         return 0;
     addr_text(s->local, v6, text, sizeof(text));
     if (!text[0])
         return 0;
-    if (text[0] != '*')
-        return add_dest(lc->arr, text, s->lport);
+    if (text[0] != '*') {
+        /* Only an address of this node (IP_FREEBIND binds any): else the gateway would be
+         * sent to someone else's host. */
+        for (size_t i = 0; i < lc->naddrs; i++)
+            if (strcmp(lc->addrs[i], text) == 0)
+                return add_dest(lc->arr, text, s->lport);
+        return 0;
+    }
     /* A wildcard: every address of the node (of IPv4 only, for 0.0.0.0), each once. */
     for (size_t i = 0; i < lc->naddrs; i++)
         if ((text[1] == '6' || !strchr(lc->addrs[i], ':')) &&
@@ -117,9 +125,10 @@ static int add_listener(const struct procnet_sock *s, int v6, void *arg)
     return 0;
 }
 
-json_t *jobready_list(const char *proc, pid_t root, const char *const *addrs, size_t naddrs)
+json_t *jobready_list(const char *proc, pid_t root, uid_t uid, const char *const *addrs,
+                      size_t naddrs)
 {
-    struct list_ctx lc = {.arr = json_array(), .addrs = addrs, .naddrs = naddrs};
+    struct list_ctx lc = {.arr = json_array(), .addrs = addrs, .naddrs = naddrs, .uid = uid};
     if (!lc.arr || procnet_tree_listeners(proc, root, add_listener, &lc) < 0) {
         json_decref(lc.arr);
         return NULL;
@@ -159,7 +168,7 @@ static void register_now(void)
     size_t na = node_addrs(addrs, JOBREADY_DESTS_MAX);
     for (size_t i = 0; i < na; i++)
         ap[i] = addrs[i];
-    json_t *list = jobready_list("/proc", w.stepd, ap, na);
+    json_t *list = jobready_list("/proc", w.stepd, w.uid, ap, na);
     if (!list) {
         slurm_error("jobgate: job %u: cannot list the job's listening sockets in /proc",
                     (unsigned)w.jobid);
@@ -208,42 +217,55 @@ static void *watch_main(void *arg)
         int64_t wait = last + JOBREADY_EVERY_MS - mono_ms();
         if (wait > 0 && poll(&p[1], 1, (int)wait) > 0)
             return NULL;
-        while (read(w.rfd, buf, sizeof(buf)) > 0)
+        /* What came meanwhile, but bounded: a task that writes without end must not keep
+         * this thread from its stop. */
+        for (int i = 0; i < 64 && read(w.rfd, buf, sizeof(buf)) > 0; i++)
             ;
         register_now();
         last = mono_ms();
     }
 }
 
-int jobready_start(const struct plugconf *c, uint32_t jobid, const char *node, int *fd,
-                   char *err, size_t errlen)
+int jobready_prepare(const struct plugconf *c, uint32_t jobid, uid_t uid, const char *node,
+                     int *fd, char *err, size_t errlen)
 {
-    int p[2];
-    if (w.started)
+    int p[2] = {-1, -1};
+    if (w.rfd >= 0)
         return plug_err(err, errlen, -EALREADY, "JOBGATE_READY_FD is set up already");
     /* The read end non-blocking (drained in a loop) and never inherited; the write end
      * inherited by the tasks. */
-    if (pipe2(p, O_CLOEXEC) < 0 || pipe2(w.stop, O_CLOEXEC) < 0)
-        return plug_err(err, errlen, -errno, "cannot make a pipe: %s", strerror(errno));
-    fcntl(p[0], F_SETFL, O_NONBLOCK);
-    fcntl(p[1], F_SETFD, 0);
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0 || pipe2(w.stop, O_CLOEXEC) < 0 ||
+        fcntl(p[1], F_SETFD, 0) < 0) {
+        int e = errno;
+        for (int i = 0; i < 2; i++)
+            if (p[i] >= 0)
+                close(p[i]);
+        jobready_stop();
+        return plug_err(err, errlen, -e, "cannot make a pipe: %s", strerror(e));
+    }
     w.rfd = p[0];
     w.wfd = p[1];
     w.conf = *c;
     w.jobid = jobid;
+    w.uid = uid;
     w.stepd = getpid();
     snprintf(w.node, sizeof(w.node), "%s", node);
+    *fd = w.wfd;
+    return 0;
+}
+
+int jobready_run(char *err, size_t errlen)
+{
+    if (w.rfd < 0 || w.started)
+        return 0;
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     int rc = pthread_create(&w.thread, NULL, watch_main, NULL);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        jobready_stop();
+    if (rc != 0)
         return plug_err(err, errlen, -rc, "cannot start a thread: %s", strerror(rc));
-    }
     w.started = 1;
-    *fd = w.wfd;
     return 0;
 }
 
@@ -251,9 +273,18 @@ void jobready_stop(void)
 {
     if (w.started) {
         if (write(w.stop[1], "x", 1) < 0) {
-            /* the thread then ends at the read end's EOF or the step's exit */
+            /* the thread then ends at its next look at the stop pipe */
         }
-        pthread_join(w.thread, NULL);
+        /* It may be in a node call (bounded by its deadline): wait that long, then let
+         * it go with the process rather than hold up the step's end. */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += NODECALL_TIMEOUT_MS / 1000 + 2;
+        if (pthread_timedjoin_np(w.thread, NULL, &until) != 0) {
+            pthread_detach(w.thread);
+            w.started = 0;
+            return; /* its descriptors stay with it */
+        }
         w.started = 0;
     }
     int *fds[] = {&w.rfd, &w.wfd, &w.stop[0], &w.stop[1]};

@@ -31,21 +31,28 @@
 #define JOBREADY_EVERY_MS 1000   /* at most one registration per this */
 #define JOBREADY_DESTS_MAX 32    /* listeners sent per node (the gateway's limit) */
 
-/* Makes the pipe and starts the thread for job jobid's step run by this
- * process (its descendants are the job's processes) on node (Slurm's name).
- * On success 0 and the write end's number in *fd (inherited by the tasks:
+/* Makes the pipe for job jobid's step run by this process (its descendants
+ * of the job's uid are the job's processes) on node (Slurm's name). On
+ * success 0 and the write end's number in *fd (inherited by the tasks:
  * JOBGATE_READY_FD); else -errno with err. */
-int jobready_start(const struct plugconf *c, uint32_t jobid, const char *node, int *fd,
-                   char *err, size_t errlen);
+int jobready_prepare(const struct plugconf *c, uint32_t jobid, uid_t uid, const char *node,
+                     int *fd, char *err, size_t errlen);
 
-/* Stops the thread and closes both ends (slurm_spank_exit). Safe when not started. */
+/* Starts the thread, once slurmstepd has forked its last task (no task is
+ * forked while the thread holds a lock or a descriptor of a node call).
+ * 0 (also when not prepared), or -errno with err. */
+int jobready_run(char *err, size_t errlen);
+
+/* Stops the thread (waiting at most for a node call's deadline) and closes
+ * both ends (slurm_spank_exit). Safe when not started. */
 void jobready_stop(void);
 
-/* The destination list of the listeners root's tree holds under proc (the
- * JSON array the node channel takes), a wildcard listener once per address
- * of addrs[0..naddrs) (the node's own; IPv4 ones only for 0.0.0.0): for the
- * unit test. NULL on error. */
-struct json_t *jobready_list(const char *proc, pid_t root, const char *const *addrs,
+/* The destination list of the listeners that uid's processes in root's tree
+ * hold under proc (the JSON array the node channel takes): a wildcard
+ * listener once per address of addrs[0..naddrs) (the node's own; IPv4 ones
+ * only for 0.0.0.0), one on a specific address only when it is one of
+ * addrs: for the unit test. NULL on error. */
+struct json_t *jobready_list(const char *proc, pid_t root, uid_t uid, const char *const *addrs,
                              size_t naddrs);
 
 #endif

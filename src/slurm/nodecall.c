@@ -77,13 +77,58 @@ static int split_url(const char *url, char *host, size_t hl, char *port, size_t 
     return 0;
 }
 
-static int dial(const char *host, const char *port, int64_t deadline, char *err, size_t errlen)
+/* host:port resolved within the deadline (getaddrinfo_a: a slow resolver must
+ * not hold slurmstepd beyond it). 0 with *res, or -errno with err. */
+static int resolve(const char *host, const char *port, int64_t deadline, struct addrinfo **res,
+                   char *err, size_t errlen)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    int rc = getaddrinfo(host, port, &hints, &res);
-    if (rc != 0)
+    /* On the heap: a lookup that cannot be cancelled in time still writes into it. */
+    struct {
+        struct addrinfo hints;
+        struct gaicb req;
+        char host[256], port[8];
+    } *q = calloc(1, sizeof(*q));
+    if (!q)
+        return plug_err(err, errlen, -ENOMEM, "out of memory");
+    snprintf(q->host, sizeof(q->host), "%s", host);
+    snprintf(q->port, sizeof(q->port), "%s", port);
+    q->hints.ai_family = AF_UNSPEC;
+    q->hints.ai_socktype = SOCK_STREAM;
+    q->req.ar_name = q->host;
+    q->req.ar_service = q->port;
+    q->req.ar_request = &q->hints;
+    struct gaicb *list[1] = {&q->req};
+    int rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
+    while (rc == 0 && (rc = gai_error(&q->req)) == EAI_INPROGRESS) {
+        int64_t left = deadline - now_ms();
+        if (left <= 0) {
+            if (gai_cancel(&q->req) == EAI_CANCELED) {
+                free(q);
+            } /* else: left to the resolver's thread (a small, rare leak, never a hang) */
+            return plug_err(err, errlen, -ETIMEDOUT, "cannot resolve %s in time", host);
+        }
+        struct timespec ts = {(time_t)(left / 1000), (long)(left % 1000) * 1000000L};
+        gai_suspend((const struct gaicb *const *)list, 1, &ts);
+        rc = 0;
+    }
+    if (rc != 0) {
+        if (q->req.ar_result)
+            freeaddrinfo(q->req.ar_result);
+        free(q);
         return plug_err(err, errlen, -EHOSTUNREACH, "cannot resolve %s: %s", host,
                         gai_strerror(rc));
+    }
+    *res = q->req.ar_result;
+    free(q);
+    return 0;
+}
+
+static int dial(const char *host, const char *port, int64_t deadline, char *err, size_t errlen)
+{
+    struct addrinfo *res = NULL;
+    int rc = resolve(host, port, deadline, &res, err, errlen);
+    if (rc < 0)
+        return rc;
     int fd = -1, e = -ECONNREFUSED;
     for (struct addrinfo *a = res; a && fd < 0; a = a->ai_next) {
         fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
@@ -200,7 +245,7 @@ static int exchange(SSL *ssl, int fd, const char *req, size_t len, int64_t deadl
     return 0;
 }
 
-/* "HTTP/1.1 200 ..." head and JSON body. */
+/* "HTTP/1.1 200 ..." head and JSON body, whole (its Content-Length). */
 static int parse_answer(const char *a, size_t n, int *status, json_t **answer, char *err,
                         size_t errlen)
 {
@@ -208,6 +253,10 @@ static int parse_answer(const char *a, size_t n, int *status, json_t **answer, c
     if (n < 12 || memcmp(a, "HTTP/1.", 7) != 0 || a[8] != ' ' || !body)
         return plug_err(err, errlen, -EPROTO, "the gateway's answer is not HTTP");
     *status = atoi(a + 9);
+    const char *cl = strcasestr(a, "\r\ncontent-length:");
+    size_t want = cl && cl < body ? strtoul(cl + 17, NULL, 10) : (size_t)-1;
+    if (want == (size_t)-1 || n - (size_t)(body + 4 - a) != want)
+        return plug_err(err, errlen, -EPROTO, "the gateway's answer is cut short");
     json_error_t je;
     body += 4;
     *answer = json_loadb(body, n - (size_t)(body - a), 0, &je);
@@ -221,8 +270,30 @@ static int parse_answer(const char *a, size_t n, int *status, json_t **answer, c
     return 0;
 }
 
+static int post(const struct plugconf *c, const char *op, json_t *body, int *status,
+                json_t **answer, char *err, size_t errlen);
+
 int nodecall_post(const struct plugconf *c, const char *op, json_t *body, int *status,
                   json_t **answer, char *err, size_t errlen)
+{
+    /* A gateway that closes early must not kill slurmstepd or slurmd with SIGPIPE (OpenSSL
+     * writes in the handshake and after): blocked for the whole call, and a pending one
+     * taken before it is unblocked. */
+    sigset_t pipe, old;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, &old);
+    int rc = post(c, op, body, status, answer, err, errlen);
+    struct timespec zero = {0, 0};
+    if (!sigismember(&old, SIGPIPE))
+        while (sigtimedwait(&pipe, NULL, &zero) == SIGPIPE)
+            ;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+static int post(const struct plugconf *c, const char *op, json_t *body, int *status,
+                json_t **answer, char *err, size_t errlen)
 {
     int64_t deadline = now_ms() + NODECALL_TIMEOUT_MS;
     char host[256], port[8];
@@ -286,19 +357,7 @@ int nodecall_post(const struct plugconf *c, const char *op, json_t *body, int *s
             goto out;
         }
     }
-    /* A gateway that closes early must not kill slurmstepd with SIGPIPE: blocked while we
-     * write, and a pending one taken before it is unblocked. */
-    sigset_t pipe, old;
-    sigemptyset(&pipe);
-    sigaddset(&pipe, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe, &old);
-    rc = exchange(ssl, fd, req, strlen(req), deadline, &ans, &alen, err, errlen);
-    struct timespec zero = {0, 0};
-    if (!sigismember(&old, SIGPIPE))
-        while (sigtimedwait(&pipe, NULL, &zero) == SIGPIPE)
-            ;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc < 0)
+    if ((rc = exchange(ssl, fd, req, strlen(req), deadline, &ans, &alen, err, errlen)) < 0)
         goto out;
     rc = parse_answer(ans, alen, status, answer, err, errlen);
 out:

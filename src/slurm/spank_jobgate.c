@@ -264,7 +264,7 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
     char node[128], fdtext[16];
     int fd;
     node_name(node, sizeof(node));
-    if (jobready_start(&conf, jobid, node, &fd, err, sizeof(err)) < 0) {
+    if (jobready_prepare(&conf, jobid, uid, node, &fd, err, sizeof(err)) < 0) {
         slurm_error("jobgate: job %u: JOBGATE_READY_FD: %s", (unsigned)jobid, err);
         return -1;
     }
@@ -295,6 +295,22 @@ static void job_end(spank_t sp, uint32_t jobid)
         slurm_verbose("jobgate: job %u: ended at the gateway (%" JSON_INTEGER_FORMAT " routes)",
                       (unsigned)jobid, json_integer_value(json_object_get(ans, "routes")));
     json_decref(ans);
+}
+
+int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
+{
+    /* The JOBGATE_READY_FD watcher starts once the step's last local task is forked. */
+    int task = -1;
+    uint32_t count = 0;
+    char err[256];
+    if (!spank_remote(sp) || !want_jobgate ||
+        spank_get_item(sp, S_TASK_ID, &task) != ESPANK_SUCCESS ||
+        spank_get_item(sp, S_JOB_LOCAL_TASK_COUNT, &count) != ESPANK_SUCCESS ||
+        task < 0 || (uint32_t)task + 1 < count)
+        return 0;
+    if (jobready_run(err, sizeof(err)) < 0)
+        slurm_error("jobgate: JOBGATE_READY_FD: %s", err); /* the job runs without it */
+    return 0;
 }
 
 int slurm_spank_exit(spank_t sp, int ac, char **av)

@@ -62,24 +62,37 @@ static void test_destinations_of_a_tree(void **state)
     }
     fdlink("60/fd/3", "socket:[999]");
 
-    const char *addrs[] = {"192.0.2.10", "2001:db8::a"}; /* the node's own */
-    json_t *list = jobready_list(fake, 50, addrs, 2);
+    const char *addrs[] = {"192.0.2.10", "10.1.2.3", "2001:db8::a", "10.9.8.7",
+                           "2001:db8::5"}; /* the node's own */
+    json_t *list = jobready_list(fake, 50, 1000, addrs, 5);
     assert_non_null(list);
     char *text = json_dumps(list, JSON_COMPACT);
-    /* 0.0.0.0:8888 at the IPv4 address; [::]:8888 at both (once each); the rest as bound. */
+    /* 0.0.0.0:8888 at each IPv4 address; [::]:8888 at every address (once each); the
+     * others as bound; loopback and link-local never. */
     assert_string_equal(text, "[{\"host\":\"192.0.2.10\",\"port\":8888},"
+                              "{\"host\":\"10.1.2.3\",\"port\":8888},"
+                              "{\"host\":\"10.9.8.7\",\"port\":8888},"
                               "{\"host\":\"10.1.2.3\",\"port\":7000},"
                               "{\"host\":\"2001:db8::a\",\"port\":8888},"
+                              "{\"host\":\"2001:db8::5\",\"port\":8888},"
                               "{\"host\":\"10.9.8.7\",\"port\":6000},"
                               "{\"host\":\"2001:db8::5\",\"port\":6002}]");
     free(text);
     json_decref(list);
-    /* A node without addresses: wildcard listeners cannot be reached. */
-    list = jobready_list(fake, 50, addrs, 0);
-    assert_int_equal(json_array_size(list), 3);
+    /* An address that is not the node's (IP_FREEBIND binds any) is never reported. */
+    list = jobready_list(fake, 50, 1000, addrs, 2);
+    text = json_dumps(list, JSON_COMPACT);
+    assert_string_equal(text, "[{\"host\":\"192.0.2.10\",\"port\":8888},"
+                              "{\"host\":\"10.1.2.3\",\"port\":8888},"
+                              "{\"host\":\"10.1.2.3\",\"port\":7000}]");
+    free(text);
+    json_decref(list);
+    /* Sockets of another uid are not the job's, even in its tree. */
+    list = jobready_list(fake, 50, 1001, addrs, 5);
+    assert_int_equal(json_array_size(list), 0);
     json_decref(list);
     /* Another tree's: only its own. */
-    list = jobready_list(fake, 60, addrs, 2);
+    list = jobready_list(fake, 60, 1000, addrs, 5);
     assert_int_equal(json_array_size(list), 1);
     json_decref(list);
 
