@@ -218,11 +218,17 @@ static int load_pair(struct agent_tunnel *t, int cert_fd, const char *cert_path,
 
 int trust_job_load(struct agent_tunnel *t, char *ca, size_t calen, char *err, size_t errlen)
 {
-    const char *dir = getenv("JOBGATE_DIR");
-    char path[PATH_MAX], kpath[PATH_MAX];
+    const char *dir = getenv("JOBGATE_DIR"), *gw = getenv("JOBGATE_GATEWAY");
+    char path[PATH_MAX], kpath[PATH_MAX], host[256], perr[64];
+    unsigned port;
     struct stat st;
     ca[0] = '\0';
     if (!dir || !*dir)
+        return 0;
+    /* The job's key answers only its own gateway's challenges: another gateway could
+     * relay one and act as the job. */
+    if (!gw || agent_tunnel_parse_gateway(gw, host, sizeof(host), &port, perr, sizeof(perr)) < 0 ||
+        strcmp(host, t->host) != 0 || port != t->port)
         return 0;
     int fd = open_own_file(dir, "job.crt", 022, JOBCERT_PEM_MAX, &st, path, sizeof(path), err,
                            errlen);

@@ -208,10 +208,19 @@ def test_jobgate_run_callback_holds_no_tunnel(topology, dgw, munged):
     job = Job(topology, dgw, munged, 5301)
     port = 20000 + (job.id % 10000)
     job.ready(port)  # what the plugin would report once the endpoint listens
-    env = {"JOBGATE_DIR": str(job.dir), "JOBGATE_JOB_ID": str(job.id)}
+    env = {"JOBGATE_DIR": str(job.dir), "JOBGATE_JOB_ID": str(job.id),
+           "JOBGATE_GATEWAY": dgw.url("node"), "JOBGATE_MUNGE_SOCKET": munged.socket}
+    # The job's key answers its own gateway only: named otherwise (by name, not by the
+    # address the plugin gave), the agent proves its user, not the job, and gets no direct
+    # route.
+    other = dgw.publish_http(host="node", name="cb", wait=False, extra=[
+        "-g", dgw.url("node", by_name=True), "--ca", str(dgw.ca_path), "--callback",
+        "--callback-port", str(port)], env_extra=env)
+    assert other.wait_exit(30) == 1
+    assert "a direct route belongs to a job" in other.log_path.read_text(), \
+        other.log_path.read_text()
     app = dgw.publish_http(host="node", name="cb", extra=[
-        "-g", dgw.url("node"), "--ca", str(dgw.ca_path), "--callback", "--callback-port",
-        str(port)], env_extra=env)
+        "--ca", str(dgw.ca_path), "--callback", "--callback-port", str(port)], env_extra=env)
     try:
         route = [r for r in dgw.ls_json() if r["alias"] == app.alias][0]
         assert route["backend"] == f"direct:{topology.addr('node')}:{port}", route
