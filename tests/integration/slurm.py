@@ -59,8 +59,11 @@ def cluster_user(name):
 
 
 class Slurm:
-    def __init__(self, munged, plugin_args="", plugin_required=True):
+    def __init__(self, munged, plugin_args="", plugin_required=True, topo=None):
+        """topo: a netns.Topology: slurmctld (and the commands) on its "login" host, slurmd and
+        the jobs on "node", each at its own address; else everything on 127.0.0.1."""
         self.munged = munged
+        self.topo = topo
         self.dir = mkdtemp("jgslurm-")
         os.chmod(self.dir, 0o755)
         self.jobs_dir = self.dir / "jobdirs"        # the plugin's dir=
@@ -75,10 +78,12 @@ class Slurm:
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
         self.write_plugstack(plugin_args, plugin_required)
         ctld_port, slurmd_port = free_port(), free_port()
+        ctld_addr = topo.addr("login", "node") if topo else "127.0.0.1"
+        node_addr = topo.addr("node") if topo else "127.0.0.1"
         cpus = os.cpu_count() or 1
         self.conf.write_text(f"""\
 ClusterName=jgtest
-SlurmctldHost={socket.gethostname()}(127.0.0.1)
+SlurmctldHost={socket.gethostname()}({ctld_addr})
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -106,17 +111,23 @@ ReturnToService=2
 KillWait=2
 MinJobAge=300
 PlugStackConfig={self.plugstack}
-NodeName={NODE} NodeHostname={socket.gethostname()} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+NodeName={NODE} NodeHostname={socket.gethostname()} NodeAddr={node_addr} CPUs={cpus} State=UNKNOWN
 PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
 """)
         _logs["slurmctld"] = str(self.ctld_log)
         _logs["slurmd"] = str(self.slurmd_log)
-        self.ctld = spawn([SLURMCTLD, "-D", "-i", "-f", str(self.conf)], env=self.env,
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=open(self.dir / "slurmctld.err", "wb"))
-        self.slurmd = spawn([SLURMD, "-D", "-N", NODE, "-f", str(self.conf)], env=self.env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(self.dir / "slurmd.err", "wb"))
+        def start(host, argv, err):
+            kw = dict(env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                      stderr=open(self.dir / err, "wb"))
+            if topo:
+                # The host's network only (nsenter): `ip netns exec` would mount a sysfs
+                # of its own, without the cgroup tree that slurmd wants.
+                from netns import NETNS_DIR
+                argv = ["nsenter", f"--net={NETNS_DIR / topo.ns[host]}", *argv]
+            return spawn(argv, **kw)
+        self.ctld = start("login", [SLURMCTLD, "-D", "-i", "-f", str(self.conf)], "slurmctld.err")
+        self.slurmd = start("node", [SLURMD, "-D", "-N", NODE, "-f", str(self.conf)],
+                            "slurmd.err")
         try:
             wait_for(lambda: (self.node_state() or "").split("+")[0] in ("IDLE", "MIXED", "ALLOCATED")
                      or self.ctld.poll() is not None or self.slurmd.poll() is not None,
@@ -140,7 +151,10 @@ PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP OverSubsc
         if user:
             uid, gid = cluster_user(user)
             pre = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups"]
-        p = subprocess.run(pre + [str(a) for a in args], env=self.env, capture_output=True,
+        argv = pre + [str(a) for a in args]
+        if self.topo:
+            argv = self.topo.argv("login", argv)
+        p = subprocess.run(argv, env=self.env, capture_output=True,
                            text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.out_dir)
         if check and p.returncode:
             raise AssertionError(f"{' '.join(map(str, args))}: exit {p.returncode}\n"
@@ -211,6 +225,32 @@ def slurm_cluster(munged, binaries):
     gw = Gateway({"tunnel": {"munge_socket": munged.socket},
                   "slurm": {"job_check": "1s", "squeue": SQUEUE}}, name="slurm")
     c = Slurm(munged, plugin_args=plugin_args(gw, munged))
+    c.gateway = gw
+    try:
+        gw.env["SLURM_CONF"] = str(c.conf)
+        start_gateway(gw)
+    except BaseException:
+        c.stop()
+        raise
+    yield c
+    c.stop()
+    _finish(gw)
+
+
+@pytest.fixture(scope="module")
+def slurm_ns_cluster(topology, munged, binaries):
+    """The test Slurm across the namespace topology (netns.py): slurmctld and a shared
+    jobgated on "login", slurmd and the jobs on "node" at node's own address, so that the
+    gateway dials a job's endpoint over the network (direct routes)."""
+    from netns import NsGateway
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    gw = NsGateway(topology, config={"tunnel": {"munge_socket": munged.socket},
+                                     "slurm": {"job_check": "1s", "squeue": SQUEUE}},
+                   name="slurm-ns")
+    args = f"gateway={gw.url('node')} ca={gw.ca_path} munge_socket={munged.socket}"
+    c = Slurm(munged, plugin_args=args, topo=topology)
     c.gateway = gw
     try:
         gw.env["SLURM_CONF"] = str(c.conf)

@@ -5,6 +5,7 @@ gateway reaches over the network), the browser on outside. The endpoint here is 
 own (Python's ssl, in node's namespace), so that each refusal can be shown; the real agent
 (`jobgate run --callback`) is driven at the end."""
 import base64
+import json
 import pwd
 import socket
 import ssl
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from conftest import _finish, mkdtemp, start_gateway, wait_for
 from fakeagent import FakeAgent
 from netns import NsGateway
-from slurm import cluster_user
+from slurm import cluster_user, slurm_ns_cluster  # noqa: F401
 from test_nodechan import csr_of, new_key, node_post
 
 USER = "jgnode1"
@@ -251,3 +252,31 @@ def test_jobgate_run_callback_holds_no_tunnel(topology, dgw, munged):
         app.stop()
     wait_for(lambda: not [r for r in dgw.ls_json() if r["alias"] == app.alias], 10,
              what="the direct route to go with the app")
+
+
+def test_a_slurm_job_serves_its_app_through_a_direct_route(slurm_ns_cluster, topology):
+    """sbatch --jobgate with `jobgate run --callback`: the plugin gives the job its
+    certificate and reports its endpoint (JOBGATE_READY_FD, at node's own address), the
+    gateway on login dials it for the browser on outside, and scancel ends it all."""
+    from slurm import SCANCEL, cluster_user
+    from test_slurm import USER, wait_ready_in
+    from conftest import HTTPAPP, JOBGATE, PY
+    c = slurm_ns_cluster
+    gw = c.gateway
+    uid, _ = cluster_user(USER)
+    job = c.sbatch(USER, "--jobgate", "--wrap",
+                   f"exec {JOBGATE} run --json --callback -- {PY} {HTTPAPP} --unix {{socket}}")
+    ev = wait_ready_in(c, job)
+    route = [r for r in gw.ls_json() if r["alias"] == ev["alias"]]
+    assert route and route[0]["job"] == job and route[0]["uid"] == uid, route
+    assert route[0]["backend"] == f"direct:{topology.addr('node')}:{ev['callback_port']}", route
+    s = gw.login(ev["alias"], ev["link"])
+    for _ in range(2):
+        r = s.get("/hello", conn=s.conn())
+        assert r.status == 200 and r.body == b"hello\n", r
+    dests = [j for j in json.loads(gw.cli("jobs", "--json").stdout) if j["job"] == job][0]
+    assert {"node": "jgnode", "host": topology.addr("node"), "port": ev["callback_port"]} in \
+        dests["destinations"], dests
+    c.run(SCANCEL, job)
+    wait_for(lambda: not [r for r in gw.ls_json() if r["alias"] == ev["alias"]], 10,
+             what="the direct route to go with the job")
