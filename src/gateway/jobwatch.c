@@ -320,8 +320,8 @@ static void check(struct jobwatch *sc, const struct claim *claims, unsigned ncla
 {
     uint32_t *ids;
     int n = registry_jobs_running(sc->reg, &ids);
-    if (n <= 0 && nclaims == 0) {
-        free(ids);
+    if (n <= 0 && nclaims == 0 && !sc->cfg->shared) {
+        free(ids); /* a personal gateway asks only about jobs it has */
         return;
     }
     char err[700], *out = NULL;
@@ -344,6 +344,14 @@ static void check(struct jobwatch *sc, const struct claim *claims, unsigned ncla
     if (sc->failing)
         log_info("jobwatch: the scheduler answers again (%d jobs)", m);
     sc->failing = 0;
+    /* The whole answer, for listings (queued jobs, jobs without jobgate). */
+    struct registry_sched_job *view = xcalloc((size_t)m + 1, sizeof(*view));
+    for (int i = 0; i < m; i++) {
+        view[i].id = jobs[i].id;
+        view[i].uid = jobs[i].uid;
+        snprintf(view[i].state, sizeof(view[i].state), "%s", jobs[i].state);
+    }
+    registry_sched_set(sc->reg, view, (size_t)m);
     /* A job missing from an answer ends only when an earlier answer listed it: a
      * scheduler that shows the gateway nothing (PrivateData=jobs, another cluster) must
      * not end every job. */

@@ -16,6 +16,10 @@
  * out or prints one malformed line changes nothing: the gateway never ends a
  * job on a scheduler it cannot read.
  *
+ * A shared gateway asks every round, jobs or not, and hands the whole answer
+ * to the registry for listings (registry_sched_set: queued jobs, jobs that
+ * run without jobgate).
+ *
  * The same answer settles the jobs that agents' hellos name without a job
  * certificate (SLURM_JOB_ID at a site without the plugin): a tunnel asks
  * (jobwatch_ask), the thread runs the command at once, and the tunnel

@@ -34,6 +34,8 @@ struct registry {
     int lock_ready;
     struct route_table *routes;
     struct job_table *jobs;
+    struct registry_sched_job *sched; /* the scheduler's last word (jobwatch), by id */
+    size_t nsched;
     struct auth *auth;
     struct store *store;
     atomic_uint revocations;
@@ -164,6 +166,7 @@ void registry_close(struct registry *reg)
     auth_free(reg->auth);
     route_table_free(reg->routes);
     job_table_free(reg->jobs);
+    free(reg->sched);
     store_close(reg->store);
     if (reg->lock_ready)
         pthread_rwlock_destroy(&reg->lock);
@@ -740,6 +743,43 @@ void registry_jobs_free(struct registry_jobs *j)
     free(j->count);
     free(j->dests);
     memset(j, 0, sizeof(*j));
+}
+
+void registry_sched_set(struct registry *reg, struct registry_sched_job *v, size_t n)
+{
+    wrlock(reg);
+    struct registry_sched_job *old = reg->sched;
+    reg->sched = v;
+    reg->nsched = n;
+    unlock(reg);
+    free(old); /* outside the lock: a swap is all it holds it for */
+}
+
+static int sched_over(const char *state)
+{
+    static const char *const over[] = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE",
+                                       "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                                       "REVOKED", "SPECIAL_EXIT", "TIMEOUT"};
+    for (size_t i = 0; i < JG_ARRAY_LEN(over); i++)
+        if (strcmp(state, over[i]) == 0)
+            return 1;
+    return 0;
+}
+
+int registry_sched_jobs(struct registry *reg, uid_t uid, int all,
+                        struct registry_sched_job **out)
+{
+    rdlock(reg);
+    struct registry_sched_job *v = xcalloc(reg->nsched + 1, sizeof(*v));
+    size_t n = 0;
+    for (size_t i = 0; i < reg->nsched; i++) {
+        const struct registry_sched_job *s = &reg->sched[i];
+        if ((all || s->uid == uid) && !sched_over(s->state) && !job_find(reg->jobs, s->id))
+            v[n++] = *s;
+    }
+    unlock(reg);
+    *out = v;
+    return (int)n;
 }
 
 int registry_job_get(struct registry *reg, uint32_t id, struct job *out)

@@ -211,6 +211,20 @@ void registry_jobs_free(struct registry_jobs *j);
 /* A copy of job id. 0, or -ENOENT. */
 int registry_job_get(struct registry *reg, uint32_t id, struct job *out);
 
+/* The scheduler's last word on every job it lists (jobwatch.h), for
+ * listings: queued jobs, and jobs that run without jobgate. */
+struct registry_sched_job {
+    uint32_t id;
+    uid_t uid;
+    char state[32];    /* the scheduler's, e.g. PENDING, RUNNING */
+};
+/* Replaces the view by v[0..n) (taken: freed by the registry). */
+void registry_sched_set(struct registry *reg, struct registry_sched_job *v, size_t n);
+/* Copies of the view's jobs of uid (everyone's when all) that are not
+ * recorded and not over, by id, into a new array (caller frees). The count. */
+int registry_sched_jobs(struct registry *reg, uid_t uid, int all,
+                        struct registry_sched_job **out);
+
 /* The ids of the recorded jobs that have not ended, in a new array (the
  * caller frees it): what the scheduler is asked about (sched.h). The count. */
 int registry_jobs_running(struct registry *reg, uint32_t **ids);

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import socket
 import ssl
 import subprocess
@@ -493,12 +494,19 @@ def test_a_scheduler_that_lists_none_of_the_jobs_ends_none(make_gateway, munged,
     """A squeue that shows the gateway other jobs only (PrivateData=jobs, another cluster):
     a job it never listed is not ended by its silence."""
     script = tmp_path / "squeue"
-    script.write_text("#!/bin/sh\necho '9999|RUNNING|0'\n")
+    script.write_text("#!/bin/sh\nprintf '9999|RUNNING|0\\n9998|PENDING|0\\n9997|COMPLETED|0\\n'\n")
     script.chmod(0o755)
     gw = make_gateway({"tunnel": {"munge_socket": munged.socket},
                        "slurm": {"job_check": "1s", "squeue": str(script)}}, name="silent")
     start_job(gw, munged, job_user, 4801, new_key())
     time.sleep(3.5)
     assert "job end job=4801" not in gw.log_path.read_text()
-    job = [j for j in json.loads(gw.cli("jobs", "--json").stdout) if j["job"] == 4801][0]
-    assert job["state"] == "running", job
+    jobs = {j["job"]: j for j in json.loads(gw.cli("jobs", "--json").stdout)}
+    assert jobs[4801]["state"] == "running", jobs
+    # The scheduler's other jobs are listed too: queued, or running without jobgate; not
+    # those that are over.
+    assert jobs[9998]["state"] == "queued" and jobs[9998]["user"] == "root", jobs
+    assert jobs[9999]["state"] == "running" and jobs[9999]["destinations"] == [], jobs
+    assert 9997 not in jobs, jobs
+    table = gw.cli("jobs").stdout.decode()
+    assert re.search(r"^9998\s+root\s+-\s+queued\s+-$", table, re.M), table

@@ -318,3 +318,25 @@ def test_without_the_plugin_a_job_id_is_checked_with_the_scheduler(slurm_cluster
     assert s.get("/hello").status == 404
     wait_for(lambda: re.search(rf"job end job={job} .*\(the scheduler says [A-Z_]+\)",
                                gw.log_path.read_text()), 15, what="the reaper to end the job")
+
+
+def test_jobgate_jobs_shows_queued_running_and_ended_jobs(slurm_cluster):
+    """The scheduler's word in `jobgate jobs`: a job held in the queue is "queued" before it
+    starts; a --jobgate job is "running", then "ended"."""
+    c = slurm_cluster
+    gw = c.gateway
+    held = c.sbatch(USER, "--hold", "--wrap", "true")
+    job = c.sbatch(USER, "--jobgate", "--wrap", "sleep 60")
+
+    def state(j):
+        js = [x for x in json.loads(gw.cli("jobs", "--json").stdout) if x["job"] == j]
+        return js[0]["state"] if js else None
+    try:
+        wait_for(lambda: state(held) == "queued", 10, what="the held job to show as queued")
+        wait_for(lambda: state(job) == "running", 30, what="the --jobgate job to run")
+        table = gw.cli("jobs").stdout.decode()
+        assert re.search(rf"^{held}\s+{USER}\s+-\s+queued", table, re.M), table
+    finally:
+        c.run(SCANCEL, held, job)
+    wait_for(lambda: state(job) == "ended", 15, what="the --jobgate job to end")
+    wait_for(lambda: state(held) is None, 15, what="the cancelled held job to leave the list")
