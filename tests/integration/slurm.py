@@ -215,16 +215,16 @@ def plugin_args(gw, munged):
             f"munge_socket={munged.socket}")
 
 
-@pytest.fixture(scope="module")
-def slurm_cluster(munged, binaries):
-    """The test Slurm with a shared jobgated (as root) beside it: the nodes reach it over the
-    node channel, and it asks this Slurm's squeue about jobs every second (the reaper)."""
+def _need_slurm():
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    gw = Gateway({"tunnel": {"munge_socket": munged.socket},
-                  "slurm": {"job_check": "1s", "squeue": SQUEUE}}, name="slurm")
-    c = Slurm(munged, plugin_args=plugin_args(gw, munged))
+
+
+def _cluster_with_gateway(munged, gw, plugin_args, topo=None):
+    """A Slurm whose nodes reach gw (not started yet: it needs the cluster's SLURM_CONF for
+    squeue), gw started; the fixtures yield it and call _stop_cluster."""
+    c = Slurm(munged, plugin_args=plugin_args, topo=topo)
     c.gateway = gw
     try:
         gw.env["SLURM_CONF"] = str(c.conf)
@@ -232,9 +232,24 @@ def slurm_cluster(munged, binaries):
     except BaseException:
         c.stop()
         raise
-    yield c
+    return c
+
+
+def _stop_cluster(c):
     c.stop()
-    _finish(gw)
+    _finish(c.gateway)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(munged, binaries):
+    """The test Slurm with a shared jobgated (as root) beside it: the nodes reach it over the
+    node channel, and it asks this Slurm's squeue about jobs every second (the reaper)."""
+    _need_slurm()
+    gw = Gateway({"tunnel": {"munge_socket": munged.socket},
+                  "slurm": {"job_check": "1s", "squeue": SQUEUE}}, name="slurm")
+    c = _cluster_with_gateway(munged, gw, plugin_args(gw, munged))
+    yield c
+    _stop_cluster(c)
 
 
 @pytest.fixture(scope="module")
@@ -243,21 +258,11 @@ def slurm_ns_cluster(topology, munged, binaries):
     jobgated on "login", slurmd and the jobs on "node" at node's own address, so that the
     gateway dials a job's endpoint over the network (direct routes)."""
     from netns import NsGateway
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    _need_slurm()
     gw = NsGateway(topology, config={"tunnel": {"munge_socket": munged.socket},
                                      "slurm": {"job_check": "1s", "squeue": SQUEUE}},
                    name="slurm-ns")
     args = f"gateway={gw.url('node')} ca={gw.ca_path} munge_socket={munged.socket}"
-    c = Slurm(munged, plugin_args=args, topo=topology)
-    c.gateway = gw
-    try:
-        gw.env["SLURM_CONF"] = str(c.conf)
-        start_gateway(gw)
-    except BaseException:
-        c.stop()
-        raise
+    c = _cluster_with_gateway(munged, gw, args, topo=topology)
     yield c
-    c.stop()
-    _finish(gw)
+    _stop_cluster(c)
