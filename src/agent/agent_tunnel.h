@@ -31,7 +31,15 @@
  *  - After a successful open the thread reconnects by itself (backoff from
  *    0.5 s doubling to 30 s, full jitter, reset when a welcomed connection
  *    ends after lasting 10 s or more) and registers
- *    every app again under the alias it had, until agent_tunnel_close().
+ *    every app again under the alias it had, until agent_tunnel_close();
+ *    with a policy without reconnect it ends instead ("lost").
+ *  - The policy (docs/policy.md) goes to the gateway in the hello. When it
+ *    lets the tunnel sleep (keepalive(S) with callback or poll), the tunnel
+ *    closes S seconds after its last app stream ended, with a "sleep"
+ *    message first, and the thread dials again at the poll interval (with
+ *    jitter; every TUNNEL_CHECKIN_MS without poll), for a register, or to
+ *    unregister at close. A poll connection that finds nothing held for
+ *    its apps sleeps again after TUNNEL_WAKE_LINGER_MS.
  */
 #ifndef JG_AGENT_TUNNEL_H
 #define JG_AGENT_TUNNEL_H
@@ -47,6 +55,8 @@
 #define TUNNEL_CLOSE_TIMEOUT_MS 2000      /* unregister + GOAWAY on close */
 #define TUNNEL_PING_INTERVAL_MS 15000
 #define TUNNEL_PING_TIMEOUT_MS 30000
+#define TUNNEL_CHECKIN_MS 300000          /* asleep without poll: come back this often */
+#define TUNNEL_WAKE_LINGER_MS 1000        /* a poll that finds nothing held */
 
 /* What the tunnel thread tells the user while it runs (from that thread). */
 struct agent_tunnel_event {
@@ -56,6 +66,11 @@ struct agent_tunnel_event {
      * "ready":        an app had to be registered anew (the gateway did not
      *                 take its alias back): reply is the new answer, as from
      *                 agent_tunnel_register();
+     * "sleeping":     keepalive ran out: the tunnel closed on purpose and
+     *                 comes back by poll (retry_in: when) or for a close;
+     *                 message is NULL;
+     * "lost":         the connection was lost and the policy has no
+     *                 reconnect: the tunnel's thread has ended (message);
      * "notice":       anything else worth a line on stderr (message). */
     const char *event;
     const char *message;
@@ -75,11 +90,14 @@ struct agent_tunnel_opts {
     const char *key_file;      /* cert); NULL: $JOBGATE_CERT, $JOBGATE_KEY, else none */
     int64_t ping_interval_ms;  /* 0: TUNNEL_PING_INTERVAL_MS */
     int64_t ping_timeout_ms;   /* 0: TUNNEL_PING_TIMEOUT_MS */
+    const struct policy *policy; /* keepalive, reconnect, callback, poll (policy.h);
+                                  * NULL: persistent, with reconnect */
     agent_tunnel_event_fn on_event;   /* NULL: "jobgate: message" lines on stderr */
     void *event_arg;
 };
 
 struct agent_tunnel;
+struct policy;
 
 /*
  * Splits a -g value into host (IPv6 literal without brackets) and port:
@@ -118,6 +136,13 @@ int agent_tunnel_open(const struct agent_tunnel_opts *o, struct agent_tunnel **o
  */
 int agent_tunnel_register(struct agent_tunnel *t, const char *name, const char *sock,
                           unsigned port, int64_t ttl, json_t **reply, char *err, size_t errlen);
+/* As agent_tunnel_register, with the policy's callback (docs/policy.md): the
+ * job's own endpoint on callback_port of this node (callback.h), which the
+ * gateway dials while the tunnel sleeps. It must be one of the job's
+ * destinations: -EREMOTEIO "not_destination" until the node reported it. */
+int agent_tunnel_register_cb(struct agent_tunnel *t, const char *name, const char *sock,
+                             unsigned port, int64_t ttl, unsigned callback_port, json_t **reply,
+                             char *err, size_t errlen);
 
 /*
  * Registers a direct route (jobgate run --callback, docs/slurm.md): the

@@ -8,6 +8,7 @@
 #ifndef JG_CMD_H
 #define JG_CMD_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define EXIT_USAGE 2
@@ -20,6 +21,12 @@ int cmd_link(int argc, char **argv);
 int cmd_jobs(int argc, char **argv);
 int cmd_rm(int argc, char **argv);
 int cmd_tunnel(int argc, char **argv);
+int cmd_policy(int argc, char **argv);
+
+/* The host name that policy lines match (policy.h), from GATEWAY as -g
+ * (https://HOST[:PORT]), --via (ssh:HOST) or a bare host name. 0, or
+ * -EINVAL with a sentence in err. */
+int cli_gateway_host(const char *arg, char *host, size_t len, char *err, size_t errlen);
 
 /* Prints "jobgate: <message>" on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -24,7 +24,9 @@ static void usage_ls(FILE *f)
 {
     fputs("usage: jobgate ls [--json]\n"
           "\n"
-          "Lists your apps on the gateway: alias, name, backend, age and URL.\n"
+          "Lists your apps on the gateway: alias, name, job, backend, how a remote app is\n"
+          "reached now (REACH: tunnel, reconnecting, poll 30s, callback) and when its agent\n"
+          "was last seen (SEEN), age and URL.\n"
           "\n"
           "  --json      print the list as one JSON array\n"
           "  -h, --help  show this help\n",
@@ -112,7 +114,7 @@ static void fmt_age(int64_t secs, char *out, size_t outlen)
         (void)xsnprintf(out, outlen, "%" PRId64 "d", secs / 86400);
 }
 
-enum { COL_ALIAS, COL_NAME, COL_JOB, COL_BACKEND, COL_AGE, COL_URL, NCOLS };
+enum { COL_ALIAS, COL_NAME, COL_JOB, COL_BACKEND, COL_REACH, COL_SEEN, COL_AGE, COL_URL, NCOLS };
 
 /* Field of a route as a printable string; unknown or odd values print as "-". */
 static char *route_field(const json_t *r, const char *key)
@@ -166,7 +168,8 @@ static char *int_field(const json_t *o, const char *key)
 
 static int print_table(const json_t *routes)
 {
-    static const char *const head[NCOLS] = {"ALIAS", "NAME", "JOB", "BACKEND", "AGE", "URL"};
+    static const char *const head[NCOLS] = {"ALIAS", "NAME", "JOB", "BACKEND", "REACH", "SEEN",
+                                            "AGE", "URL"};
     size_t n = json_array_size(routes);
     char **cell = xcalloc(n * NCOLS + 1, sizeof(*cell));
     int64_t now = now_real();
@@ -180,6 +183,18 @@ static int print_table(const json_t *routes)
         row[COL_NAME] = route_field(r, "name");
         row[COL_JOB] = int_field(r, "job");
         row[COL_BACKEND] = route_field(r, "backend");
+        /* How a remote app is reached now, and when its agent was last seen
+         * (docs/policy.md); "-" for the others. */
+        row[COL_REACH] = route_field(r, "reach");
+        char seen[32] = "-";
+        json_t *sv = json_object_get(r, "seen");
+        if (json_is_integer(sv) && now - (int64_t)json_integer_value(sv) < 2)
+            (void)xsnprintf(seen, sizeof(seen), "now");
+        else if (json_is_integer(sv))
+            fmt_age(now - (int64_t)json_integer_value(sv), seen, sizeof(seen));
+        if (json_is_integer(sv) && strcmp(seen, "now") != 0)
+            (void)xsnprintf(seen + strlen(seen), sizeof(seen) - strlen(seen), " ago");
+        row[COL_SEEN] = xstrdup(seen);
         row[COL_AGE] = xstrdup(age);
         row[COL_URL] = route_field(r, "url");
     }

@@ -40,6 +40,8 @@ static void usage(FILE *f)
           "  link ALIAS [--ttl DURATION] [--json]\n"
           "                      make a new one-time link to an app\n"
           "  rm ALIAS...         remove apps from the gateway\n"
+          "  policy [GATEWAY]    show how 'run' reaches GATEWAY (keepalive, reconnect,\n"
+          "                      callback, poll) and which policy file says so\n"
           "  tunnel --stdio      the gateway host's end of 'run --via ssh:HOST' (run by ssh)\n"
           "\n"
           "Options:\n"
@@ -173,6 +175,7 @@ static const struct command commands[] = {
     {"jobs", cmd_jobs},
     {"rm", cmd_rm},
     {"tunnel", cmd_tunnel},
+    {"policy", cmd_policy},
 };
 
 int main(int argc, char **argv)

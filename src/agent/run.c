@@ -36,7 +36,7 @@
 
 enum { OPT_TCP = 256, OPT_JSON, OPT_TTL, OPT_TIMEOUT, OPT_VIA, OPT_CA, OPT_CERT, OPT_KEY,
        OPT_CALLBACK, OPT_CALLBACK_PORT, OPT_PING_INTERVAL,
-       OPT_PING_TIMEOUT };
+       OPT_PING_TIMEOUT, OPT_POLICY };
 
 /* Standard output: this thread and the tunnel's both print events. */
 static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -46,7 +46,8 @@ static void usage_run(FILE *f)
     fputs("usage: jobgate run [-n NAME] [--tcp] [--json] [--ttl DURATION] [--timeout DURATION]\n"
           "                   [-g https://HOST[:PORT] [--ca FILE] [--cert FILE --key FILE] |\n"
           "                    --via ssh:HOST]\n"
-          "                   [--ping-interval DURATION] [--ping-timeout DURATION] -- CMD ARG...\n"
+          "                   [--policy OPTIONS] [--ping-interval DURATION]\n"
+          "                   [--ping-timeout DURATION] -- CMD ARG...\n"
           "\n"
           "Starts CMD, waits until it listens, publishes it through the gateway and prints a\n"
           "one-time link that opens it in a browser. The route ends when CMD exits; jobgate\n"
@@ -77,7 +78,8 @@ static void usage_run(FILE *f)
           "                        gateway dials this node instead, with mutual TLS on a\n"
           "                        port of its own (a direct route, docs/slurm.md)\n"
           "      --callback-port PORT\n"
-          "                        that port (default: any free one)\n"
+          "                        that port (default: any free one); with --policy, the port\n"
+          "                        of the policy's callback endpoint\n"
           "      --cert FILE --key FILE\n"
           "                        prove who you are with your own certificate and its key\n"
           "                        (PEM; default: $JOBGATE_CERT, $JOBGATE_KEY): the gateway\n"
@@ -85,6 +87,10 @@ static void usage_run(FILE *f)
           "      --via ssh:HOST    publish through the gateway on HOST, reached with\n"
           "                        'ssh HOST jobgate tunnel --stdio' ($JOBGATE_SSH,\n"
           "                        $JOBGATE_REMOTE_JOBGATE)\n"
+          "      --policy OPTIONS  how to reach the gateway, for this run instead of your\n"
+          "                        policy file, e.g. \"keepalive(60) poll(30)\": options\n"
+          "                        keepalive(SECONDS), reconnect, callback, poll(SECONDS); the\n"
+          "                        site's /etc/jobgate/policy may narrow it ('jobgate policy')\n"
           "      --ping-interval DURATION\n"
           "                        how often to check the tunnel (default 15s)\n"
           "      --ping-timeout DURATION\n"
@@ -249,6 +255,7 @@ static int parse_options(struct run *r, int argc, char **argv)
         {"key", required_argument, NULL, OPT_KEY},
         {"ping-interval", required_argument, NULL, OPT_PING_INTERVAL},
         {"ping-timeout", required_argument, NULL, OPT_PING_TIMEOUT},
+        {"policy", required_argument, NULL, OPT_POLICY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -297,7 +304,6 @@ static int parse_options(struct run *r, int argc, char **argv)
                 return cli_usage_error("run", "--callback-port must be 1..65535, not '%s'",
                                        optarg);
             r->callback_port = (unsigned)v;
-            r->callback = 1;
             break;
         }
         case OPT_CERT:
@@ -321,6 +327,13 @@ static int parse_options(struct run *r, int argc, char **argv)
                                        optarg);
             break;
         }
+        case OPT_POLICY: {
+            struct policy p;
+            if (policy_parse_options(optarg, &p, err, sizeof(err)) < 0)
+                return cli_usage_error("run", "%s", err);
+            r->policy_opt = optarg;
+            break;
+        }
         case 'h':
             usage_run(stdout);
             return fflush(stdout) == 0 ? 0 : 1;
@@ -330,6 +343,10 @@ static int parse_options(struct run *r, int argc, char **argv)
     }
     if (r->gateway && r->via)
         return cli_usage_error("run", "give either -g or --via, not both");
+    /* --callback-port alone means --callback, but with --policy it is the
+     * port of the policy's callback endpoint. */
+    if (r->callback_port && !r->policy_opt)
+        r->callback = 1;
     if (!r->gateway && !r->via && getenv("JOBGATE_GATEWAY") && *getenv("JOBGATE_GATEWAY")) {
         /* In a --jobgate job (docs/slurm.md): the plugin named the gateway. */
         r->gateway = getenv("JOBGATE_GATEWAY");
@@ -351,6 +368,8 @@ static int parse_options(struct run *r, int argc, char **argv)
         return cli_usage_error("run", "--cert and --key go with -g");
     if (!r->cert != !r->key)
         return cli_usage_error("run", "--cert and --key go together");
+    if (r->policy_opt && ((!r->gateway && !r->via) || r->callback))
+        return cli_usage_error("run", "--policy goes with -g or --via (not --callback)");
     if ((r->ping_interval || r->ping_timeout) && !r->gateway && !r->via)
         return cli_usage_error("run", "--ping-interval and --ping-timeout go with -g or --via");
     if (optind >= argc)
@@ -452,6 +471,10 @@ int cmd_run(int argc, char **argv)
     app_wait_exit(&r);
     status = app_reap(&r);
     r.pub->remove(&r, reg);
+    if (atomic_load(&r.lost)) {
+        cli_error("%s has stopped with its tunnel", r.name);
+        status = 1;
+    }
 
 exit_event:
     if (r.json)

@@ -22,9 +22,12 @@
 #include <sys/types.h>
 #include <sys/un.h>
 
+#include <stdatomic.h>
+
 #include <jansson.h>
 
 #include "app.h"
+#include "policy.h"
 
 
 struct agent_tunnel;
@@ -43,6 +46,9 @@ struct run {
     unsigned callback_port;         /* --callback-port (0: any) */
     struct callback *cb;            /* the endpoint, while it runs */
     int64_t ping_interval, ping_timeout; /* seconds; 0: the tunnel's defaults */
+    const char *policy_opt;         /* --policy OPTIONS, or NULL */
+    struct policy policy;           /* -g, --via: resolved (policy.h) */
+    atomic_int lost;                /* the tunnel's thread: lost, and no reconnect */
     const struct publish_ops *pub;  /* local or tunnel */
     struct agent_tunnel *tunnel;    /* remote mode, once open */
 
@@ -82,6 +88,9 @@ void app_wait_exit(const struct run *r);
 int app_reap(struct run *r);
 /* SIGTERM, then SIGKILL after a grace period, to the app's group; reaps. */
 int app_stop(struct run *r);
+/* SIGTERM to the app's group, if it runs, from any thread: app_wait_exit
+ * returns once it has ended (the tunnel was lost, run.lost). */
+void app_end(void);
 
 /* ---- run_dir.c: where the app listens (0, or -1 after printing why) ------- */
 

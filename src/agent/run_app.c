@@ -6,8 +6,8 @@
  * its own process tree: procnet.h), then until it ends; stops it (SIGTERM,
  * then SIGKILL) when it must.
  *
- * Main thread only; the signal handler touches only app_pgid and
- * got_signal. The tunnel's thread blocks the forwarded signals, so they
+ * Main thread only, but for app_end (any thread); the signal handler
+ * touches only app_pgid and got_signal. The tunnel's thread blocks the forwarded signals, so they
  * always arrive here.
  */
 #include "run.h"
@@ -52,6 +52,14 @@ static void on_signal(int sig)
         (void)kill(-(pid_t)app_pgid, SIGCONT);
     }
     errno = saved;
+}
+
+void app_end(void)
+{
+    if (app_pgid > 0) {
+        (void)kill(-(pid_t)app_pgid, SIGTERM);
+        (void)kill(-(pid_t)app_pgid, SIGCONT);
+    }
 }
 
 /*

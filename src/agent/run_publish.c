@@ -113,17 +113,54 @@ static void on_tunnel_event(void *arg, const struct agent_tunnel_event *ev)
         run_emit_json(j);
     } else if (r->json && strcmp(ev->event, "reconnected") == 0) {
         run_emit_json(json_pack("{s:s}", "event", "reconnected"));
+    } else if (strcmp(ev->event, "sleeping") == 0) {
+        if (r->json)
+            run_emit_json(json_pack("{s:s,s:f}", "event", "sleeping", "next_poll", ev->retry_in));
+    } else if (strcmp(ev->event, "lost") == 0) {
+        /* No reconnect: the app ends with its tunnel (run.c says so). */
+        atomic_store(&((struct run *)arg)->lost, 1);
+        if (r->json)
+            run_emit_json(json_pack("{s:s,s:s}", "event", "lost", "reason",
+                                    ev->reason ? ev->reason : ""));
+        cli_error("%s", ev->message);
+        app_end();
     } else if (ev->message) {
         cli_error("%s", ev->message);
     }
 }
 
-static int tunnel_open(struct run *r)
+/* The connection policy for the gateway (policy.h): files, --policy. */
+static int resolve_policy(struct run *r)
+{
+    char host[256], err[1024], text[160];
+    struct policy_result pr;
+    if (cli_gateway_host(r->gateway ? r->gateway : r->via, host, sizeof(host), err,
+                         sizeof(err)) < 0 ||
+        policy_for_gateway(host, r->policy_opt, &pr, err, sizeof(err)) < 0) {
+        cli_error("%s", err);
+        return -1;
+    }
+    r->policy = pr.p;
+    if (r->policy.callback && (!getenv("JOBGATE_DIR") || !*getenv("JOBGATE_DIR") || r->via)) {
+        /* The gateway proves the endpoint by the job's certificate. */
+        cli_error("the connection policy's callback needs a Slurm job started with --jobgate "
+                  "and -g (the job's certificate); without it: %s",
+                  r->policy.poll ? "poll only" : "the tunnel stays open");
+        r->policy.callback = 0;
+    }
+    policy_format(&r->policy, text, sizeof(text));
+    if (r->json)
+        run_emit_json(json_pack("{s:s,s:s}", "event", "policy", "policy", text));
+    return 0;
+}
+
+static int tunnel_open_with(struct run *r, const struct policy *policy)
 {
     struct agent_tunnel_opts o;
     char err[1024];
 
     memset(&o, 0, sizeof(o));
+    o.policy = policy;
     o.gateway = r->gateway;
     o.via = r->via;
     o.ca_file = r->ca;
@@ -140,15 +177,69 @@ static int tunnel_open(struct run *r)
     return 0;
 }
 
+static int tunnel_open(struct run *r)
+{
+    return tunnel_open_with(r, NULL);
+}
+
+static int policy_tunnel_open(struct run *r)
+{
+    if (resolve_policy(r) < 0)
+        return -1;
+    return tunnel_open_with(r, &r->policy);
+}
+
+#define DIRECT_WAIT_MS 20000 /* for the node to report our port as the job's destination */
+
+static void signal_ready(void);
+
+/* The policy's callback: the job's own endpoint, started before the app is
+ * registered; its port in *bound. 0, or -1 after saying why (the app is then
+ * registered without it). */
+static int start_callback(struct run *r, unsigned *bound)
+{
+    char err[1024];
+    r->cb = callback_start(getenv("JOBGATE_DIR"), r->tcp ? NULL : r->sock, r->port,
+                           r->callback_port, bound, err, sizeof(err));
+    if (!r->cb) {
+        cli_error("no callback endpoint (%s): the app is reached through the tunnel%s", err,
+                  r->policy.poll ? " and by poll" : "");
+        return -1;
+    }
+    signal_ready();
+    return 0;
+}
+
 static json_t *tunnel_add(struct run *r)
 {
     char err[1024];
     json_t *reply = NULL;
-    if (agent_tunnel_register(r->tunnel, r->name, r->tcp ? NULL : r->sock, r->port, r->ttl, &reply, err,
-                              sizeof(err)) < 0) {
-        cli_error("%s", err);
-        return NULL;
+    unsigned bound = 0;
+    if (r->policy.callback && start_callback(r, &bound) < 0)
+        bound = 0;
+    int64_t deadline = now_mono_ms() + DIRECT_WAIT_MS;
+    for (;;) {
+        int rc = agent_tunnel_register_cb(r->tunnel, r->name, r->tcp ? NULL : r->sock, r->port,
+                                          r->ttl, bound, &reply, err, sizeof(err));
+        if (rc == 0)
+            break;
+        if (bound && rc == -EREMOTEIO && strstr(err, "not a destination") &&
+            now_mono_ms() > deadline) {
+            cli_error("%s: registering without the callback", err);
+            callback_stop(r->cb);
+            r->cb = NULL;
+            bound = 0;
+            continue;
+        }
+        if (!bound || rc != -EREMOTEIO || !strstr(err, "not a destination")) {
+            cli_error("%s", err);
+            return NULL;
+        }
+        struct timespec ts = {0, 250 * 1000 * 1000};
+        nanosleep(&ts, NULL); /* the node's report is on its way */
     }
+    if (bound)
+        json_object_set_new(reply, "callback_port", json_integer(bound));
     return reply;
 }
 
@@ -158,12 +249,16 @@ static void tunnel_remove(struct run *r, const json_t *reg)
     (void)reg;
     agent_tunnel_close(r->tunnel);
     r->tunnel = NULL;
+    callback_stop(r->cb);
+    r->cb = NULL;
 }
 
 static void tunnel_close(struct run *r)
 {
     agent_tunnel_close(r->tunnel);
     r->tunnel = NULL;
+    callback_stop(r->cb);
+    r->cb = NULL;
 }
 
 /* The gateway drops a local route of ours when this process is gone (it
@@ -181,15 +276,13 @@ const struct publish_ops publish_local = {
 };
 
 const struct publish_ops publish_tunnel = {
-    .open = tunnel_open,
+    .open = policy_tunnel_open,
     .add = tunnel_add,
     .remove = tunnel_remove,
     .close = tunnel_close,
 };
 
 /* ---- --callback: a direct route, no tunnel held ------------------------------------ */
-
-#define DIRECT_WAIT_MS 20000 /* for the node to report our port as the job's destination */
 
 /* Tells the plugin (JOBGATE_READY_FD) that we listen: it reports our port to the gateway. */
 static void signal_ready(void)

@@ -39,6 +39,7 @@
 
 #include "agent_tunnel.h"
 #include "app.h"
+#include "policy.h"
 #include "proxyconn.h"
 #include "tunnel_bridge.h"
 #include "tunnel_proto.h"
@@ -78,6 +79,7 @@ struct app_entry {
     unsigned direct_port;           /* a direct route (--callback): the job's endpoint's port;
                                      * never re-registered: it does not live on the tunnel */
     int keep;                       /* direct: closing the tunnel does not unregister it */
+    unsigned cb_port;               /* the policy's callback: the job's endpoint (0: none) */
     struct waiter *w;               /* the caller waiting for the first answer */
     struct event *timer;            /* bounds that wait */
 };
@@ -121,7 +123,11 @@ struct tconn {
     struct evbuffer *ctl_out;       /* control output not yet framed */
     int ctl_deferred;
     struct event *phase_timer, *ping_timer, *ping_deadline, *close_timer;
+    struct event *idle_timer;       /* keepalive: no data stream for this long, then sleep */
     int ping_out;
+    int wake;                       /* dialled to poll (or to close) while asleep */
+    int wanted;                     /* the gateway held requests for an app while we slept */
+    int sleeping;                   /* closing on purpose (keepalive ran out): sleep after */
     int64_t ready_at;               /* when the welcome came (PH_READY) */
     unsigned char *pin;             /* DER of <state_dir>/tls.crt, or NULL */
     int pinlen;
@@ -156,6 +162,7 @@ struct agent_tunnel {
     char **ssh_argv;
     char **envp;
     int64_t ping_interval_ms, ping_timeout_ms;
+    struct policy policy;           /* keepalive, reconnect, callback, poll (policy.h) */
     agent_tunnel_event_fn on_event;
     void *event_arg;
 
@@ -169,6 +176,7 @@ struct agent_tunnel {
     pthread_cond_t cond;
     struct cmd *cmds, **cmds_tail;
     struct waiter open_w;
+    int ended;                      /* the thread has taken its last commands */
 
     /* Owned by the thread. */
     struct tconn *conn;
@@ -176,6 +184,7 @@ struct agent_tunnel {
     unsigned attempt;               /* attempts since the last lasting connection */
     int opening;                    /* no welcome yet: a failure ends agent_tunnel_open() */
     int ever_welcomed;
+    int asleep;                     /* no connection on purpose: retry_ev is the next poll */
     int stopping;
     pid_t reap[MAX_REAP];
     unsigned nreap;
@@ -242,6 +251,8 @@ void app_entry_free(struct app_entry *a);
 void app_entry_remove(struct agent_tunnel *t, struct app_entry *a);
 void cmsg_register(struct tconn *c, struct app_entry *a);
 void cmsg_unregister(struct tconn *c, const char *alias);
+/* Tells the gateway that the tunnel closes to sleep (keepalive ran out). */
+void cmsg_sleep(struct tconn *c);
 void cmsg_input(struct tconn *c, const uint8_t *data, size_t len);
 ssize_t cmsg_read_cb(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t len,
                      uint32_t *flags, nghttp2_data_source *src, void *ud);
@@ -262,5 +273,16 @@ void conn_protocol_error(struct tconn *c, const char *fmt, ...)
 void conn_pump(struct tconn *c);
 void conn_teardown(struct tconn *c);
 void conn_retry_cb(evutil_socket_t fd, short what, void *arg);
+/* Dials now (the retry timer's work; also to wake a sleeping tunnel). */
+void conn_attempt(struct agent_tunnel *t);
+/* Arms or stops the keepalive timer after anything that changes whether
+ * the connection is idle (a stream ended, an answer came). */
+void conn_idle_check(struct tconn *c);
+
+/* ---- tunnel_thread.c: closing ---------------------------------------------- */
+
+/* On a welcomed connection of a closing tunnel: resets the app streams,
+ * unregisters the apps, then GOAWAY (bounded by the close timer). */
+void tun_close_apps(struct tconn *c);
 
 #endif

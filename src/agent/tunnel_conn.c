@@ -254,22 +254,86 @@ static void conn_event_cb(struct bufferevent *b, short what, void *arg)
     conn_pump(c);
 }
 
+/* Keepalive ran out: tell the gateway that we sleep, then close as at the
+ * end (GOAWAY, close_notify, FIN); conn_teardown schedules the next poll. */
+static void idle_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct tconn *c = arg;
+    (void)fd;
+    (void)what;
+    if (c->dead || c->closing || c->ph != PH_READY)
+        return;
+    cmsg_sleep(c);
+    c->sleeping = 1;
+    c->closing = 1;
+    memcpy(c->reason, "asleep", sizeof("asleep"));
+    struct timeval tv = tun_ms_tv(TUNNEL_CLOSE_TIMEOUT_MS);
+    evtimer_add(c->close_timer, &tv);
+    conn_pump(c);
+}
+
+/* Idle: welcomed, no app stream, every app registered and answered. */
+static int conn_idle(const struct tconn *c)
+{
+    const struct agent_tunnel *t = c->t;
+    unsigned data = c->nstreams - (c->ctl ? 1u : 0u);
+    if (c->ph != PH_READY || c->dead || c->closing || t->stopping || data > 0 ||
+        c->rereg_pending > 0 || !policy_sleeps(&t->policy))
+        return 0;
+    int routes = 0;
+    for (const struct app_entry *a = t->apps; a; a = a->next) {
+        if (a->id[0] || a->w)
+            return 0;
+        routes |= a->alias != NULL && !a->direct_port;
+    }
+    return routes;
+}
+
+void conn_idle_check(struct tconn *c)
+{
+    if (!c->idle_timer)
+        return;
+    if (!conn_idle(c)) {
+        evtimer_del(c->idle_timer);
+        return;
+    }
+    if (evtimer_pending(c->idle_timer, NULL))
+        return;
+    /* A poll that found nothing held goes back to sleep at once. */
+    int64_t ms = c->wake && !c->wanted ? TUNNEL_WAKE_LINGER_MS : c->t->policy.keepalive * 1000;
+    struct timeval tv = tun_ms_tv(ms);
+    evtimer_add(c->idle_timer, &tv);
+}
+
+/* When a sleeping tunnel dials again: the poll interval (or the check-in
+ * interval without poll), within 10 % either way so that the agents of a
+ * cluster spread out. */
+static int64_t poll_delay_ms(const struct agent_tunnel *t)
+{
+    int64_t base = t->policy.poll > 0 ? t->policy.poll * 1000 : TUNNEL_CHECKIN_MS;
+    int64_t spread = base / 5;
+    return base - base / 10 + (spread > 0 ? (int64_t)(rand32() % (uint64_t)spread) : 0);
+}
+
 /* One connection attempt. Dialing blocks this thread (bounded by
  * TUNNEL_OPEN_TIMEOUT_MS); nothing else needs it while there is no
  * connection, and commands wait in the queue. */
-static void conn_attempt(struct agent_tunnel *t)
+void conn_attempt(struct agent_tunnel *t)
 {
     char err[ERRLEN];
     struct tconn *c = xcalloc(1, sizeof(*c));
     c->t = t;
+    c->wake = t->asleep;
+    t->asleep = 0;
     t->conn = c;
+    c->idle_timer = evtimer_new(t->base, idle_cb, c);
     c->phase_timer = evtimer_new(t->base, phase_timer_cb, c);
     c->ping_timer = event_new(t->base, -1, EV_PERSIST, ping_cb, c);
     c->ping_deadline = evtimer_new(t->base, ping_deadline_cb, c);
     c->close_timer = evtimer_new(t->base, close_timer_cb, c);
     c->ctl_out = evbuffer_new();
     if (!c->phase_timer || !c->ping_timer || !c->ping_deadline ||
-        !c->close_timer || !c->ctl_out) {
+        !c->close_timer || !c->ctl_out || !c->idle_timer) {
         conn_fail(c, "out of memory");
         conn_pump(c);
         return;
@@ -340,7 +404,8 @@ void conn_teardown(struct tconn *c)
 {
     struct agent_tunnel *t = c->t;
     int was_ready = c->ph == PH_READY;
-    if (was_ready && now_mono_ms() - c->ready_at >= STABLE_MS)
+    int sleeping = c->sleeping, wake = c->wake;
+    if (was_ready && (sleeping || now_mono_ms() - c->ready_at >= STABLE_MS))
         t->attempt = 0;
     int rc = c->rc ? c->rc : -EIO;
     char reason[ERRLEN];
@@ -364,6 +429,8 @@ void conn_teardown(struct tconn *c)
         event_free(c->ping_deadline);
     if (c->close_timer)
         event_free(c->close_timer);
+    if (c->idle_timer)
+        event_free(c->idle_timer);
     if (c->ctl_out)
         evbuffer_free(c->ctl_out);
     tunnel_lines_free(&c->lines);
@@ -382,6 +449,33 @@ void conn_teardown(struct tconn *c)
     }
     if (t->opening) {
         tun_waiter_done(t, &t->open_w, rc, NULL, "%s", reason);
+        t->stopping = 1;
+        event_base_loopbreak(t->base);
+        return;
+    }
+    if (sleeping || (wake && !was_ready)) {
+        /* Asleep on purpose (or a poll that found no gateway): the next
+         * poll, or at once for an app that waits to be registered. */
+        int64_t delay = poll_delay_ms(t);
+        for (struct app_entry *a = t->apps; a; a = a->next)
+            if (a->w)
+                delay = 0;
+        t->asleep = 1;
+        if (!sleeping)
+            tun_notice(t, "cannot reach the gateway to collect requests: %s; next poll in %.0f s",
+                       reason, (double)delay / 1000.0);
+        struct agent_tunnel_event ev = {.event = "sleeping", .retry_in = (double)delay / 1000.0};
+        tun_tell(t, &ev);
+        struct timeval tv = tun_ms_tv(delay);
+        evtimer_add(t->retry_ev, &tv);
+        return;
+    }
+    if (!t->policy.reconnect) {
+        char msg[ERRLEN + 128];
+        (void)xsnprintf(msg, sizeof(msg), "lost the connection to the gateway (%s); the "
+                        "connection policy has no reconnect", reason);
+        struct agent_tunnel_event ev = {.event = "lost", .message = msg, .reason = reason};
+        tun_tell(t, &ev);
         t->stopping = 1;
         event_base_loopbreak(t->base);
         return;

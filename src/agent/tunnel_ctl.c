@@ -94,6 +94,8 @@ void cmsg_register(struct tconn *c, struct app_entry *a)
                           "local", a->local);
     if (m && a->direct_port)
         (void)json_object_set_new(m, "direct", json_pack("{s:i}", "port", (int)a->direct_port));
+    if (m && a->cb_port)
+        (void)json_object_set_new(m, "callback", json_pack("{s:i}", "port", (int)a->cb_port));
     if (m && a->alias)
         (void)json_object_set_new(m, "alias", json_string(a->alias));
     else if (m && a->ttl > 0)
@@ -110,6 +112,28 @@ void cmsg_unregister(struct tconn *c, const char *alias)
     json_t *m = json_pack("{s:s,s:s}", "type", "unregister", "alias", alias);
     if (m)
         (void)cmsg_send(c, m, 0);
+}
+
+void cmsg_sleep(struct tconn *c)
+{
+    json_t *m = json_pack("{s:s}", "type", "sleep");
+    if (m)
+        (void)cmsg_send(c, m, 0);
+}
+
+/* The hello's "policy": what the gateway needs to know of ours
+ * (docs/tunnel-protocol.md). */
+static json_t *hello_policy(const struct agent_tunnel *t)
+{
+    const struct policy *p = &t->policy;
+    int64_t checkin = p->poll ? p->poll : TUNNEL_CHECKIN_MS / 1000;
+    json_t *o = json_pack("{s:b,s:b,s:I,s:b}", "reconnect", p->reconnect, "callback",
+                          p->callback, "poll", (json_int_t)p->poll, "sleeps", policy_sleeps(p));
+    if (o && policy_sleeps(p)) {
+        (void)json_object_set_new(o, "keepalive", json_integer(p->keepalive));
+        (void)json_object_set_new(o, "checkin", json_integer(checkin));
+    }
+    return o;
 }
 
 ssize_t cmsg_read_cb(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t len,
@@ -158,6 +182,8 @@ static void on_challenge(struct tconn *c, json_t *m)
                               "jobgate/" JG_VERSION, "node", t->node);
     if (hello && t->job)
         (void)json_object_set_new(hello, "job", json_string(t->job));
+    if (hello)
+        (void)json_object_set_new(hello, "policy", hello_policy(t));
     if (!hello || json_object_set_new(hello, "auth", auth) < 0) {
         json_decref(hello);
         conn_fail(c, "cannot build the hello");
@@ -191,6 +217,11 @@ static void on_welcome(struct tconn *c, json_t *m)
         t->opening = 0;
         tun_waiter_done(t, &t->open_w, 0, NULL, NULL);
     }
+    if (t->stopping) {
+        /* Woken from sleep to take the apps back. */
+        tun_close_apps(c);
+        return;
+    }
     struct app_entry *a = t->apps, *next;
     for (; a; a = next) {
         next = a->next;
@@ -205,13 +236,15 @@ static void on_welcome(struct tconn *c, json_t *m)
             c->rereg_pending++;
         cmsg_register(c, a);
     }
-    c->announce_reconnected = again;
-    if (again && c->rereg_pending == 0) {
+    /* A poll is not news: only a reconnection after a loss is announced. */
+    c->announce_reconnected = again && !c->wake;
+    if (c->announce_reconnected && c->rereg_pending == 0) {
         struct agent_tunnel_event ev = {.event = "reconnected",
                                         .message = "reconnected to the gateway"};
         c->announce_reconnected = 0;
         tun_tell(t, &ev);
     }
+    conn_idle_check(c);
 }
 
 static void rereg_answered(struct tconn *c, struct app_entry *a)
@@ -254,6 +287,8 @@ static void on_registered(struct tconn *c, struct app_entry *a, json_t *m)
     }
     int changed = !a->alias || strcmp(a->alias, alias) != 0;
     int first = a->w != NULL;
+    if (json_is_true(json_object_get(m, "wanted")))
+        c->wanted = 1; /* requests came while we slept: stay for the keepalive */
     if (changed) {
         free(a->alias);
         a->alias = xstrdup(alias);
@@ -269,6 +304,7 @@ static void on_registered(struct tconn *c, struct app_entry *a, json_t *m)
     }
     a->fresh = 0;
     rereg_answered(c, a);
+    conn_idle_check(c);
 }
 
 static void on_request_error(struct tconn *c, struct app_entry *a, json_t *m)
@@ -303,6 +339,7 @@ static void on_request_error(struct tconn *c, struct app_entry *a, json_t *m)
                    a->name, msg);
     rereg_answered(c, a);
     app_entry_remove(t, a);
+    conn_idle_check(c);
 }
 
 static void cmsg_message(struct tconn *c, const char *line, size_t len)

@@ -49,6 +49,7 @@ void ds_free(struct dstream *ds)
     if (c->ctl == ds)
         c->ctl = NULL;
     free(ds);
+    conn_idle_check(c); /* the last app stream: keepalive starts */
 }
 
 static void ds_drop_app(struct dstream *ds)
@@ -225,6 +226,8 @@ static int cb_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
         c->streams->prev = ds;
     c->streams = ds;
     c->nstreams++;
+    if (c->idle_timer)
+        evtimer_del(c->idle_timer); /* busy again */
     if (nghttp2_session_set_stream_user_data(s, ds->br.sid, ds) != 0) {
         ds->br.sid = 0;
         ds_free(ds);

@@ -105,12 +105,24 @@ static void register_timeout_cb(evutil_socket_t fd, short what, void *arg)
         app_entry_remove(t, a);
 }
 
+/* Does the gateway hold a route of ours on this tunnel (to take back)? */
+static int has_routes(const struct agent_tunnel *t)
+{
+    for (const struct app_entry *a = t->apps; a; a = a->next)
+        if (a->alias && !a->keep)
+            return 1;
+    return 0;
+}
+
 static void start_close(struct agent_tunnel *t)
 {
     t->stopping = 1;
     evtimer_del(t->retry_ev);
     struct tconn *c = t->conn;
     int up = c && c->ph == PH_READY && !c->dead && !c->closing;
+    /* Asleep: dial once more to take the routes back (tun_close_apps on the
+     * welcome; the dial and handshake timeouts bound it). */
+    int wake = !c && t->asleep && has_routes(t);
     for (struct app_entry *a = t->apps; a; a = a->next) {
         if (a->w) {
             struct waiter *w = a->w;
@@ -119,12 +131,16 @@ static void start_close(struct agent_tunnel *t)
         }
         if (a->keep)
             continue; /* a direct route outlives this tunnel */
-        if (a->alias && !up) {
+        if (a->alias && !up && !wake) {
             char palias[256];
             tun_printable(palias, sizeof(palias), a->alias, 255);
             tun_notice(t, "could not remove %s from the gateway (the tunnel is down); the gateway "
                        "drops it after its grace period", palias);
         }
+    }
+    if (wake) {
+        conn_attempt(t);
+        return;
     }
     if (!c) {
         event_base_loopbreak(t->base);
@@ -135,6 +151,13 @@ static void start_close(struct agent_tunnel *t)
         conn_pump(c);
         return;
     }
+    tun_close_apps(c);
+    conn_pump(c);
+}
+
+void tun_close_apps(struct tconn *c)
+{
+    struct agent_tunnel *t = c->t;
     /* The app has ended: its browser connections end too. */
     for (struct dstream *ds = c->streams; ds; ds = ds->next)
         if (ds->kind == DS_CONNECT && ds->br.sid)
@@ -143,10 +166,11 @@ static void start_close(struct agent_tunnel *t)
         if (a->alias && !a->keep)
             cmsg_unregister(c, a->alias);
     c->closing = 1;
+    if (c->idle_timer)
+        evtimer_del(c->idle_timer);
     memcpy(c->reason, "closed", sizeof("closed"));
     struct timeval tv = tun_ms_tv(TUNNEL_CLOSE_TIMEOUT_MS);
     evtimer_add(c->close_timer, &tv);
-    conn_pump(c);
 }
 
 static void do_register(struct agent_tunnel *t, struct app_entry *a, struct waiter *w)
@@ -170,8 +194,13 @@ static void do_register(struct agent_tunnel *t, struct app_entry *a, struct wait
     struct timeval tv = tun_ms_tv(TUNNEL_REGISTER_TIMEOUT_MS);
     evtimer_add(a->timer, &tv);
     struct tconn *c = t->conn;
-    if (c && c->ph == PH_READY && !c->dead && !c->closing)
+    if (c && c->ph == PH_READY && !c->dead && !c->closing) {
         cmsg_register(c, a);
+        conn_idle_check(c);
+    } else if (!c && t->asleep) {
+        evtimer_del(t->retry_ev); /* wake now: the welcome registers it */
+        conn_attempt(t);
+    }
 }
 
 /* Empties the queue the caller's thread fills, in one step under mu. */
@@ -217,6 +246,16 @@ static void cmd_cb(evutil_socket_t fd, short what, void *arg)
 static void post_cmd(struct agent_tunnel *t, struct cmd *cm)
 {
     pthread_mutex_lock(&t->mu);
+    if (t->ended) {
+        /* The thread is gone (a lost tunnel without reconnect). */
+        pthread_mutex_unlock(&t->mu);
+        if (cm->w)
+            tun_waiter_done(t, cm->w, -ECONNRESET, NULL, "the tunnel to the gateway is closed");
+        if (cm->app)
+            app_entry_free(cm->app);
+        free(cm);
+        return;
+    }
     *t->cmds_tail = cm;
     t->cmds_tail = &cm->next;
     pthread_mutex_unlock(&t->mu);
@@ -245,7 +284,10 @@ static void *tunnel_thread(void *arg)
      * in the last turn, or just above, that turn (LeakSanitizer saw the
      * leftovers when the open failed after the handshake). */
     (void)event_base_loop(t->base, EVLOOP_NONBLOCK);
-    /* Commands that came too late. */
+    /* Commands that came too late; later ones are refused by post_cmd. */
+    pthread_mutex_lock(&t->mu);
+    t->ended = 1;
+    pthread_mutex_unlock(&t->mu);
     struct cmd *list = take_cmds(t);
     while (list) {
         struct cmd *cm = list;
@@ -333,6 +375,7 @@ int agent_tunnel_open(const struct agent_tunnel_opts *o, struct agent_tunnel **o
     t->ping_timeout_ms = o->ping_timeout_ms > 0 ? o->ping_timeout_ms : TUNNEL_PING_TIMEOUT_MS;
     t->on_event = o->on_event;
     t->event_arg = o->event_arg;
+    t->policy = o->policy ? *o->policy : POLICY_DEFAULT;
 
     int rc;
     if (o->via) {
@@ -465,6 +508,13 @@ static int register_wait(struct agent_tunnel *t, struct app_entry *a, json_t **r
 int agent_tunnel_register(struct agent_tunnel *t, const char *name, const char *sock,
                           unsigned port, int64_t ttl, json_t **reply, char *err, size_t errlen)
 {
+    return agent_tunnel_register_cb(t, name, sock, port, ttl, 0, reply, err, errlen);
+}
+
+int agent_tunnel_register_cb(struct agent_tunnel *t, const char *name, const char *sock,
+                             unsigned port, int64_t ttl, unsigned callback_port, json_t **reply,
+                             char *err, size_t errlen)
+{
     *reply = NULL;
     if (!app_name_valid(name, APP_NAME_MAX))
         return errmsg(err, errlen, -EINVAL, "bad app name '%s'", name ? name : "");
@@ -483,6 +533,7 @@ int agent_tunnel_register(struct agent_tunnel *t, const char *name, const char *
     }
     a->port = sock ? 0 : port;
     a->ttl = ttl;
+    a->cb_port = callback_port <= 65535 ? callback_port : 0;
     return register_wait(t, a, reply, err, errlen);
 }
 

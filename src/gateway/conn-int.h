@@ -62,6 +62,11 @@ struct conn {
     int in_head_loop;
     int revoked;         /* marked by the sweep, acted on after the lock */
     int64_t wait_until;  /* CS_WAIT: when the agent's reconnect wait ends (ms), 0 if not waiting */
+    int held;            /* counted among held_alias's held requests (registry_hold) */
+    char held_alias[ROUTE_ALIAS_MAX + 1];
+    int via_cb;          /* this exchange dials a sleeping agent's callback endpoint */
+    int cb_failed;       /* ... which failed: the request waits for the poll instead */
+    struct evbuffer *cb_head; /* via_cb: the request's head as received, to handle it again */
     struct worker *move_to; /* CS_MOVING: the tunnel's worker */
     int move_wait;          /* a head for a tunnel elsewhere waits for our answers to go out */
     int body_wait;          /* a node request's head waits for the rest of its body */
@@ -108,6 +113,24 @@ void conn_local_reply(struct conn *c, int status, const char *detail, int must_c
                       const char *extra);
 /* Reads request heads from the browser while the connection waits for one. */
 void conn_on_head(struct conn *c);
+/* Sends the parsed request (head_len bytes at the front of the input) to r. */
+void conn_forward(struct conn *c, const struct route *r, const struct http1_head *h,
+                  size_t head_len);
+/* The exchange is over (response complete): log, then keep-alive or close. */
+void conn_exchange_done(struct conn *c);
+/* CS_WAIT: the head stays in the input and is handled again shortly (TK_WAIT). */
+void conn_wait(struct conn *c);
+
+/* conn_asleep.c */
+/* A request for r, whose agent sleeps (ADMIT_ASLEEP): callback, or held
+ * (CS_WAIT) until the agent's poll, or the waking page. */
+void conn_asleep_request(struct conn *c, const struct route *r, struct http1_head *h,
+                         size_t head_len, int has_body);
+/* A callback dial failed before the app answered: the request is handled
+ * again from its head (CS_WAIT) and waits for the poll. 1 if so. */
+int conn_callback_failed(struct conn *c, const char *why);
+/* The request no longer waits for a sleeping agent (no-op when it did not). */
+void conn_unhold(struct conn *c);
 
 /* conn_move.c */
 /* In handle_request, for a tunnel route: 1 when the request is taken care

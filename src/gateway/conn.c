@@ -42,7 +42,6 @@ static void be_write(struct bufferevent *bev, void *arg);
 static void be_event(struct bufferevent *bev, short what, void *arg);
 static void pump_request(struct conn *c);
 static void pump_response(struct conn *c);
-static void exchange_done(struct conn *c);
 
 static int64_t now_ms(struct conn *c)
 {
@@ -104,6 +103,9 @@ void conn_free(struct conn *c)
     if (c->st == CS_EXCHANGE && c->method[0] && !c->status)
         c->status = 499; /* nginx's "client closed request", for the log */
     access_log(c);
+    conn_unhold(c);
+    if (c->cb_head)
+        evbuffer_free(c->cb_head);
     conn_be_drop(c);
     if (c->cli)
         xprt_free(c->cli);
@@ -155,12 +157,13 @@ void conn_local_reply(struct conn *c, int status, const char *detail, int must_c
     c->client_close = close;
     c->req_done = 1;
     c->resp_done = 1;
-    exchange_done(c);
+    conn_exchange_done(c);
 }
 
 static void reset_exchange(struct conn *c)
 {
     c->wait_until = 0; /* the next request waits for a reconnecting agent afresh */
+    c->via_cb = c->cb_failed = 0;
     c->alias[0] = '\0';
     c->uid = (uid_t)-1;
     c->head_req = c->upgrade_req = 0;
@@ -178,7 +181,7 @@ static void reset_exchange(struct conn *c)
 }
 
 /* The exchange is over (response complete): log, then keep-alive or close. */
-static void exchange_done(struct conn *c)
+void conn_exchange_done(struct conn *c)
 {
     access_log(c);
     if (!c->req_done) {
@@ -272,7 +275,7 @@ static void pump_request(struct conn *c)
     }
     c->req_done = r;
     if (c->req_done && c->resp_done)
-        exchange_done(c);
+        conn_exchange_done(c);
 }
 
 static void pump_response(struct conn *c)
@@ -288,7 +291,7 @@ static void pump_response(struct conn *c)
         c->resp_done = r;
     }
     if (c->resp_done)
-        exchange_done(c);
+        conn_exchange_done(c);
 }
 
 static void pump_tunnel(struct conn *c)
@@ -304,6 +307,8 @@ static void be_start(struct conn *c, const struct route *r)
 {
     int ready;
     c->be = backend_connect(c->w->env, c->w->base, r, &ready);
+    if (!c->be && conn_callback_failed(c, strerror(errno)))
+        return;
     if (!c->be) {
         log_info("conn=%llu alias=%s cannot reach the app: %s", (unsigned long long)c->id,
                  c->alias, strerror(errno));
@@ -332,8 +337,8 @@ static void be_send_head(struct conn *c)
 }
 
 /* Forwards a request head that passed every check. */
-static void forward(struct conn *c, const struct route *r, const struct http1_head *h,
-                    size_t head_len)
+void conn_forward(struct conn *c, const struct route *r, const struct http1_head *h,
+                  size_t head_len)
 {
     if (!c->reqhead)
         c->reqhead = evbuffer_new();
@@ -392,7 +397,15 @@ static void node_request(struct conn *c, const struct http1_head *h, size_t head
     evbuffer_drain(in, head_len + blen);
     c->client_close = 1;
     c->req_done = c->resp_done = 1;
-    exchange_done(c);
+    conn_exchange_done(c);
+}
+
+void conn_wait(struct conn *c)
+{
+    c->st = CS_WAIT;
+    c->method[0] = '\0'; /* logged when it is answered */
+    bufferevent_disable(c->cli, EV_READ);
+    conn_timer_set(c, TK_WAIT);
 }
 
 /* A complete, parsed request head of head_len bytes at the front of the input. */
@@ -434,7 +447,7 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
         evbuffer_drain(bufferevent_get_input(c->cli), head_len);
         c->client_close = close;
         c->req_done = c->resp_done = 1;
-        exchange_done(c);
+        conn_exchange_done(c);
         return;
     }
     struct admission a;
@@ -454,6 +467,12 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
     memcpy(c->sess_hash, a.sess_hash, sizeof(c->sess_hash));
     c->has_session = 1;
     memcpy(c->sess_alias, c->alias, sizeof(c->sess_alias));
+    if (verdict != ADMIT_ASLEEP)
+        conn_unhold(c); /* its agent is back (or the app gone) */
+    if (verdict == ADMIT_ASLEEP) {
+        conn_asleep_request(c, &a.route, h, head_len, has_body);
+        return;
+    }
     if (verdict == ADMIT_RECONNECTING) {
         /* The agent is reconnecting: hold the request (its head stays in the
          * input) for up to reconnect_wait, then 503. */
@@ -461,10 +480,7 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
         if (c->wait_until == 0)
             c->wait_until = now + w->cfg->reconnect_wait * 1000;
         if (now < c->wait_until) {
-            c->st = CS_WAIT;
-            c->method[0] = '\0'; /* logged when it is answered */
-            bufferevent_disable(c->cli, EV_READ);
-            conn_timer_set(c, TK_WAIT);
+            conn_wait(c);
             return;
         }
         c->wait_until = 0;
@@ -486,7 +502,7 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
     }
     if (a.route.kind == ROUTE_TUNNEL && conn_start_move(c, &a.route, head_len, has_body))
         return;
-    forward(c, &a.route, h, head_len);
+    conn_forward(c, &a.route, h, head_len);
 }
 
 /* Reads request heads from the browser while the connection waits for one. */
@@ -733,6 +749,8 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
         if (backend_verify_peer(c->w->env, bev, &c->be_route, why, sizeof(why)) < 0) {
             log_warn("conn=%llu alias=%s refusing the app's connection: %s",
                      (unsigned long long)c->id, c->alias, why);
+            if (conn_callback_failed(c, "its endpoint is not the job's"))
+                return;
             conn_be_drop(c);
             conn_local_reply(c, 502, "The app's address is not held by the app's owner.", !c->req_done,
                         NULL);
@@ -781,7 +799,7 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
             pump_response(c);
             c->resp_done = 1;
             conn_be_drop(c);
-            exchange_done(c);
+            conn_exchange_done(c);
             return;
         }
         if (!c->resp_done) {
@@ -791,6 +809,8 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
         }
         return;
     }
+    if (!c->be_connected && conn_callback_failed(c, evutil_socket_error_to_string(err)))
+        return;
     if (!c->be_connected)
         log_info("conn=%llu alias=%s cannot reach the app: %s", (unsigned long long)c->id, c->alias,
                  evutil_socket_error_to_string(err));
@@ -835,6 +855,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         return;
     case TK_CONNECT:
     case TK_IO:
+        if (c->st == CS_EXCHANGE && !c->resp_started && c->tk == TK_CONNECT &&
+            conn_callback_failed(c, "no answer in time"))
+            return;
         if (c->st == CS_EXCHANGE && !c->resp_started) {
             log_info("conn=%llu alias=%s the app did not answer in time", (unsigned long long)c->id,
                      c->alias);

@@ -57,6 +57,16 @@ static json_t *route_json(struct registry *reg, const struct route *r)
                           (json_int_t)r->created, "state", route_state(r));
     if (o && r->job)
         json_object_set_new(o, "job", json_integer(r->job));
+    if (o && r->kind == ROUTE_TUNNEL) {
+        /* How it is reached now (docs/policy.md), and when its agent was
+         * last seen: now while its tunnel is up. */
+        char reach[64];
+        route_reach(r, reach, sizeof(reach));
+        json_object_set_new(o, "reach", json_string(reach));
+        json_object_set_new(o, "seen", json_integer(r->tunnel ? now_real() : r->seen));
+        if (r->asleep && !r->tunnel)
+            json_object_set_new(o, "held", json_integer(r->held)); /* requests waiting */
+    }
     return o;
 }
 

@@ -113,6 +113,32 @@ void page_error(struct evbuffer *out, int status, const char *detail, int close,
     page_send(out, status, "text/html; charset=utf-8", body, (size_t)n, close, extra, head_only);
 }
 
+void page_waking(struct evbuffer *out, unsigned retry, int html, int close, int head_only)
+{
+    char body[1024], extra[64];
+    int n;
+    (void)snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry);
+    if (!html) {
+        n = snprintf(body, sizeof(body), "The app is asleep: its agent comes back within %u s. "
+                     "Try again then.\n", retry);
+        page_send(out, 503, "text/plain; charset=utf-8", body, n > 0 ? (size_t)n : 0, close,
+                  extra, head_only);
+        return;
+    }
+    n = snprintf(body, sizeof(body),
+                 "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
+                 "<meta http-equiv=\"refresh\" content=\"%u\">"
+                 "<title>Waking the app</title>"
+                 "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:4em auto;"
+                 "padding:0 1em;color:#222}h1{font-size:1.4em}small{color:#777}</style></head>\n"
+                 "<body><h1>Waking the app&hellip;</h1>\n<p>Its agent is asleep and comes back "
+                 "within %u s. This page tries again by itself.</p>\n"
+                 "<p><small>jobgate</small></p></body></html>\n", retry, retry);
+    if (n < 0 || (size_t)n >= sizeof(body))
+        n = (int)strlen(body);
+    page_send(out, 503, "text/html; charset=utf-8", body, (size_t)n, close, extra, head_only);
+}
+
 void page_redirect(struct evbuffer *out, const char *location, int close, const char *extra)
 {
     evbuffer_add_printf(out,

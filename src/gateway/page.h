@@ -24,6 +24,13 @@ const char *page_reason(int status);
 void page_error(struct evbuffer *out, int status, const char *detail, int close, const char *extra,
                 int head_only);
 
+/*
+ * Appends the 503 of an app whose agent sleeps (docs/policy.md) with
+ * Retry-After: retry seconds: for a browser (html) a short page that tries
+ * again by itself after that long, else one line of plain text.
+ */
+void page_waking(struct evbuffer *out, unsigned retry, int html, int close, int head_only);
+
 /* Appends a response with a given content type and body (for JSON, small pages). */
 void page_send(struct evbuffer *out, int status, const char *ctype, const char *body, size_t len,
                int close, const char *extra, int head_only);

@@ -57,6 +57,7 @@ enum admit {
     ADMIT_FORBIDDEN,    /* no live session for it among the cookies: 403 */
     ADMIT_RECONNECTING, /* its agent is away (session checked): wait, then 503 */
     ADMIT_STARTING,     /* registered, not listening yet (session checked): 503 */
+    ADMIT_ASLEEP,       /* its agent sleeps (docs/policy.md): callback, or hold, then 503 */
 };
 
 struct admission {
@@ -83,10 +84,10 @@ int registry_redeem(struct registry *reg, const char *alias, const char *tok, si
 /* Ends every live session of alias among the cookie values. */
 void registry_logout(struct registry *reg, const char *alias, const struct http1_str *vals, int n);
 
-/* /_jobgate/status: 0 with *starting and *job (the batch job it belongs to,
- * 0 for none), -ENXIO no such app, -EACCES no session. */
+/* /_jobgate/status: 0 with a copy of the route in *out, -ENXIO no such app,
+ * -EACCES no session. */
 int registry_status(struct registry *reg, const char *alias, const struct http1_str *vals, int n,
-                    int *starting, uint32_t *job);
+                    struct route *out);
 
 /* ---- owners: the control socket and agents' tunnels ----------------------- */
 
@@ -145,13 +146,31 @@ struct tunnel_claim {
     int full;
     int (*mine)(void *arg, const char *alias);
     void *arg;
+    /* The tunnel's policy (the hello's, docs/policy.md) and the app's callback. */
+    int once;          /* no reconnect */
+    uint32_t poll, checkin;
+    uint16_t cb_port;  /* 0: no callback */
+    const char *cb_host;
 };
+/* out->wanted is 1 when requests came for the route while its agent slept. */
 int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, struct route *out);
 
 /* Tunnel id is gone: its routes among aliases[0..n) wait for their agent
- * (for the grace time; registry_reap ends them after it). */
+ * (for the grace time; registry_reap ends them after it); with asleep (the
+ * agent said "sleep") they sleep until its next poll or check-in; a route of
+ * an agent without reconnect (route.once) ends at once otherwise. */
 void registry_tunnel_detach(struct registry *reg, uint64_t tunnel, const char *const *aliases,
-                            unsigned n);
+                            unsigned n, int asleep);
+
+/* A request starts (delta 1) or stops (-1) waiting for alias's sleeping
+ * agent; a start marks the route wanted. 0; -EBUSY when max wait already
+ * (wanted is marked all the same); -ENOENT (gone, or not asleep: a stop
+ * is then a no-op). */
+int registry_hold(struct registry *reg, const char *alias, int delta, unsigned max);
+
+/* A callback to alias's sleeping agent failed: requests wait for its poll
+ * until its tunnel is back (attach clears it). */
+void registry_callback_down(struct registry *reg, const char *alias);
 
 /* ---- batch jobs (the node channel, docs/slurm.md) ------------------------- */
 

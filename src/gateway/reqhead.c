@@ -156,6 +156,22 @@ int reqhead_cookies(const struct http1_head *h, const char *name, struct http1_s
     return found;
 }
 
+int reqhead_wants_html(const struct http1_head *h)
+{
+    static const char th[] = "text/html";
+    for (size_t f = 0; f < h->nfields; f++) {
+        const struct http1_str *v = &h->fields[f].value;
+        if (http1_name_is(&h->fields[f].name, "sec-fetch-mode") && http1_list_has(v, "navigate"))
+            return 1;
+        if (!http1_name_is(&h->fields[f].name, "accept"))
+            continue;
+        for (size_t i = 0; i + sizeof(th) - 1 <= v->n; i++)
+            if (strncasecmp(v->p + i, th, sizeof(th) - 1) == 0)
+                return 1;
+    }
+    return 0;
+}
+
 int reqhead_cookie_strip(const struct http1_str *value, const char *name, char *out, size_t outlen)
 {
     size_t pos = 0, s, e, o = 0;

@@ -49,6 +49,10 @@ int reqhead_absolute_form(struct http1_head *h);
  */
 int reqhead_cookies(const struct http1_head *h, const char *name, struct http1_str *vals, int max);
 
+/* 1 when the request comes from a browser that shows a page: it navigates
+ * (Sec-Fetch-Mode: navigate) or accepts text/html. */
+int reqhead_wants_html(const struct http1_head *h);
+
 /*
  * Writes into out (size outlen) the Cookie value with every cookie called
  * name removed. Returns the length written, or -1 when out is too small.

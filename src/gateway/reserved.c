@@ -90,9 +90,9 @@ static int status(struct registry *reg, const char *alias, const struct http1_he
                   struct evbuffer *out, int close, int head_only)
 {
     struct http1_str vals[4];
-    int starting, n = reqhead_cookies(h, REQHEAD_COOKIE, vals, 4);
-    uint32_t job;
-    int rc = registry_status(reg, alias, vals, n, &starting, &job);
+    int n = reqhead_cookies(h, REQHEAD_COOKIE, vals, 4);
+    struct route r;
+    int rc = registry_status(reg, alias, vals, n, &r);
     if (rc == -ENXIO) {
         page_error(out, 404, NULL, close, NULL, head_only);
         return 404;
@@ -101,11 +101,16 @@ static int status(struct registry *reg, const char *alias, const struct http1_he
         page_error(out, 403, NULL, close, NULL, head_only);
         return 403;
     }
-    char body[256], jobf[32] = "";
-    if (job)
-        snprintf(jobf, sizeof(jobf), ",\"job\":%u", (unsigned)job);
-    int blen = snprintf(body, sizeof(body), "{\"alias\":\"%s\",\"state\":\"%s\"%s}\n", alias,
-                        starting ? "starting" : "ready", jobf);
+    /* Every string here is ours: an alias (a DNS label) and fixed words. */
+    char body[512], jobf[32] = "", reach[64], seen[48] = "";
+    if (r.job)
+        snprintf(jobf, sizeof(jobf), ",\"job\":%u", (unsigned)r.job);
+    route_reach(&r, reach, sizeof(reach));
+    if (r.kind == ROUTE_TUNNEL)
+        snprintf(seen, sizeof(seen), ",\"seen\":%lld", (long long)(r.tunnel ? now_real() : r.seen));
+    int blen = snprintf(body, sizeof(body),
+                        "{\"alias\":\"%s\",\"state\":\"%s\",\"reach\":\"%s\"%s%s}\n", alias,
+                        route_state(&r), reach, jobf, seen);
     page_send(out, 200, "application/json", body, (size_t)blen, close, NULL, head_only);
     return 200;
 }

@@ -144,5 +144,25 @@ const char *route_state(const struct route *r)
 {
     if (r->starting)
         return "starting";
-    return r->kind == ROUTE_TUNNEL && !r->tunnel ? "reconnecting" : "ready";
+    if (r->kind == ROUTE_TUNNEL && !r->tunnel)
+        return r->asleep ? "asleep" : "reconnecting";
+    return "ready";
+}
+
+void route_reach(const struct route *r, char *buf, size_t len)
+{
+    if (r->kind != ROUTE_TUNNEL)
+        (void)xsnprintf(buf, len, "%s", r->kind == ROUTE_DIRECT ? "direct" : "");
+    else if (r->tunnel)
+        (void)xsnprintf(buf, len, "tunnel");
+    else if (!r->asleep)
+        (void)xsnprintf(buf, len, "reconnecting");
+    else if (r->cb_port && r->poll)
+        (void)xsnprintf(buf, len, "callback, poll %us", (unsigned)r->poll);
+    else if (r->cb_port)
+        (void)xsnprintf(buf, len, "callback");
+    else if (r->poll)
+        (void)xsnprintf(buf, len, "poll %us", (unsigned)r->poll);
+    else
+        (void)xsnprintf(buf, len, "asleep");
 }

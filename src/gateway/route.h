@@ -43,9 +43,21 @@ struct route {
     int starting;       /* registered, app not listening yet: requests get 503 */
     uint32_t job;       /* the batch job it belongs to (job.h), 0 for none: ends with it */
     /* ROUTE_TUNNEL only, not stored: the tunnel it goes through (0 while its
-     * agent reconnects) and since when it has had none (monotonic ms). */
+     * agent reconnects or sleeps) and since when it has had none (monotonic ms). */
     uint64_t tunnel;
     int64_t detached;
+    /* ROUTE_TUNNEL only, not stored: how its agent comes back while it has no
+     * tunnel, from the hello's policy (docs/policy.md). */
+    int asleep;         /* the tunnel closed on purpose (keepalive): not reconnecting */
+    int once;           /* no reconnect: the route ends with its tunnel */
+    uint32_t poll;      /* seconds: the agent polls this often while asleep; 0: never */
+    uint32_t checkin;   /* seconds: ... and comes back at least this often */
+    uint16_t cb_port;   /* callback: the job's own endpoint, dialled while asleep (0: none) */
+    char cb_host[46];   /* ... at this destination of the job (an IP literal) */
+    int cb_down;        /* a callback failed: wait for the agent's poll until it is back */
+    int64_t seen;       /* wall clock: the agent's tunnel was last up then */
+    unsigned held;      /* requests waiting for it now (registry_hold) */
+    int wanted;         /* a request came while asleep: the agent hears it at its next poll */
 };
 
 struct route_table;
@@ -69,8 +81,12 @@ void route_filter(struct route_table *t, int (*cb)(const struct route *r, void *
  * "direct:10.1.2.3:8443". 0, or
  * -ENAMETOOLONG (cut). */
 int route_describe(const struct route *r, char *buf, size_t len);
-/* "starting", "reconnecting" (a tunnel route whose agent is away) or "ready". */
+/* "starting", "reconnecting" (a tunnel route whose agent is away),
+ * "asleep" (its agent closed the tunnel on purpose: poll, callback) or "ready". */
 const char *route_state(const struct route *r);
+/* How a tunnel route is reached now, for listings: "tunnel", "reconnecting",
+ * "poll 30s", "callback", "callback, poll 30s"; "" for other kinds. */
+void route_reach(const struct route *r, char *buf, size_t len);
 
 /* 1 if s is a valid alias (see route_add). */
 int route_alias_valid(const char *s, size_t len);

@@ -108,6 +108,12 @@ struct tunnel {
     int verdict;                /* under the hub's mutex: 1 confirmed, -1 not, 0 none yet */
     char verdict_why[160];      /* under the hub's mutex */
     unsigned seen_revocation;   /* job tunnels: the registry's count at the last look */
+    /* The hello's policy (docs/policy.md): what becomes of its routes when it ends. */
+    int once;                   /* no reconnect: its routes end with it */
+    int sleeps;                 /* keepalive with callback or poll: it may say "sleep" */
+    int callback;               /* its apps may name a callback endpoint */
+    uint32_t poll, checkin;     /* seconds (poll raised to [tunnel] poll_min) */
+    int asleep;                 /* it said "sleep": its routes wait for its next poll */
     char method[12];
     char nonce[TOKEN_STR_LEN + 1];
     int32_t ctl_id;

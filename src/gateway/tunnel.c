@@ -375,7 +375,7 @@ static void detach_routes(struct tunnel *t)
     const char *aliases[TUN_MAX_REG];
     for (unsigned i = 0; i < t->nreg; i++)
         aliases[i] = t->reg[i].alias;
-    registry_tunnel_detach(t->hub->reg, t->id, aliases, t->nreg);
+    registry_tunnel_detach(t->hub->reg, t->id, aliases, t->nreg, t->asleep);
 }
 
 static void t_free(struct tunnel *t)

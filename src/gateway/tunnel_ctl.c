@@ -284,6 +284,39 @@ static int hello_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, siz
     return 0;
 }
 
+/* The hello's "policy" (docs/tunnel-protocol.md); none: persistent, with
+ * reconnect. -1 with why when it is malformed. */
+static int hello_policy(struct tunnel *t, json_t *p, char *why, size_t wl)
+{
+    if (!p)
+        return 0;
+    json_t *rc = json_object_get(p, "reconnect"), *cb = json_object_get(p, "callback");
+    json_t *sl = json_object_get(p, "sleeps"), *poll = json_object_get(p, "poll");
+    json_t *ci = json_object_get(p, "checkin");
+    if (!json_is_object(p) || (rc && !json_is_boolean(rc)) || (cb && !json_is_boolean(cb)) ||
+        (sl && !json_is_boolean(sl)) ||
+        (poll && (!json_is_integer(poll) || json_integer_value(poll) < 0 ||
+                  json_integer_value(poll) > 86400)) ||
+        (ci && (!json_is_integer(ci) || json_integer_value(ci) < 1 ||
+                json_integer_value(ci) > 86400)) ||
+        (json_is_true(sl) && !ci)) {
+        snprintf(why, wl, "'policy' must be {\"reconnect\": bool, \"callback\": bool, "
+                 "\"sleeps\": bool, \"poll\": 0..86400, \"checkin\": 1..86400 (with sleeps)}");
+        return -1;
+    }
+    int64_t min = t->hub->cfg->poll_min;
+    t->once = rc && json_is_false(rc);
+    t->callback = json_is_true(cb);
+    t->sleeps = json_is_true(sl);
+    int64_t pv = poll ? json_integer_value(poll) : 0;
+    t->poll = (uint32_t)(pv > 0 && pv < min ? min : pv);
+    if (t->sleeps) {
+        int64_t cv = t->poll ? t->poll : json_integer_value(ci);
+        t->checkin = (uint32_t)(cv < min ? min : cv);
+    }
+    return 0;
+}
+
 static void on_hello(struct tunnel *t, json_t *m)
 {
     char why[400], node[65], job[33], agent[65];
@@ -295,6 +328,10 @@ static void on_hello(struct tunnel *t, json_t *m)
     }
     if (!json_is_integer(ver) || json_integer_value(ver) != 1) {
         tctl_refuse(t, "version", "this gateway speaks tunnel protocol version 1");
+        return;
+    }
+    if (hello_policy(t, json_object_get(m, "policy"), why, sizeof(why)) < 0) {
+        tctl_refuse(t, "protocol", why);
         return;
     }
     if (hello_auth(t, json_object_get(m, "auth"), &uid, why, sizeof(why)) < 0) {
@@ -346,6 +383,9 @@ void tctl_welcome(struct tunnel *t, const char *job_refused)
         json_object_set_new(w, "job", json_integer(t->job));
     if (w && job_refused)
         json_object_set_new(w, "job_refused", json_string(job_refused));
+    if (w && t->sleeps) /* what we expect of it (poll raised to poll_min) */
+        json_object_set_new(w, "policy", json_pack("{s:I, s:I}", "poll", (json_int_t)t->poll,
+                                                   "checkin", (json_int_t)t->checkin));
     t->claimed = 0;
     tctl_send(t, w);
 }
@@ -399,42 +439,62 @@ static int add_link(struct tunnel *t, const char *id, json_t *o, const char *ali
  * dials itself, to the job's own TLS endpoint (backend_direct.c). Only a
  * job's tunnel, only to one of the job's destinations. Not one of the
  * tunnel's apps: it lives until the job ends or the agent unregisters it. */
+/* The job's own endpoint named by d ({"port": P[, "host": IP]}, of a
+ * "direct" or "callback" register): one of the job's destinations, into
+ * *port and host. 0, or -1 after answering the error. */
+static int job_endpoint(struct tunnel *t, const char *id, const char *what, json_t *d,
+                        uint16_t *port, char *host, size_t hostlen)
+{
+    json_t *pv = json_object_get(d, "port");
+    const char *h = json_string_value(json_object_get(d, "host"));
+    if (!t->job) {
+        ctl_error(t, id, "forbidden", "a %s belongs to a job: prove it with the job's "
+                  "certificate (a --jobgate job)",
+                  strcmp(what, "direct") == 0 ? "direct route" : "callback endpoint");
+        return -1;
+    }
+    if (!json_is_integer(pv) || json_integer_value(pv) < 1 || json_integer_value(pv) > 65535 ||
+        (json_object_get(d, "host") && !h)) {
+        ctl_error(t, id, "invalid", "'%s' must be {\"port\": 1..65535[, \"host\": an IP "
+                  "address]}", what);
+        return -1;
+    }
+    *port = (uint16_t)json_integer_value(pv);
+    int rc = h ? (strlen(h) < hostlen ? 0 : -EINVAL) :
+             registry_job_dest_pick(t->hub->reg, t->job, t->uid, *port, host, hostlen);
+    if (h && rc == 0) {
+        snprintf(host, hostlen, "%s", h);
+        rc = registry_job_dest(t->hub->reg, t->job, t->uid, host, *port);
+    }
+    if (rc == -ESTALE) {
+        ctl_error(t, id, "ended", "job %u has ended", (unsigned)t->job);
+        return -1;
+    }
+    if (rc < 0) {
+        ctl_error(t, id, "not_destination",
+                  "port %u%s%s is not a destination of job %u yet (write to "
+                  "JOBGATE_READY_FD once it listens)", (unsigned)*port,
+                  h ? " of " : "", h ? h : "", (unsigned)t->job);
+        return -1;
+    }
+    return 0;
+}
+
 static void register_direct(struct tunnel *t, const char *id, json_t *m, const char *name,
                             int64_t ttl)
 {
-    json_t *d = json_object_get(m, "direct"), *port = json_object_get(d, "port");
-    const char *host = json_string_value(json_object_get(d, "host"));
     struct route r;
     memset(&r, 0, sizeof(r));
-    if (!t->job)
-        return ctl_error(t, id, "forbidden", "a direct route belongs to a job: prove it with "
-                         "the job's certificate (a --jobgate job)");
-    if (!json_is_integer(port) || json_integer_value(port) < 1 ||
-        json_integer_value(port) > 65535 || (json_object_get(d, "host") && !host))
-        return ctl_error(t, id, "invalid", "'direct' must be {\"port\": 1..65535[, \"host\": "
-                         "an IP address]}");
-    r.port = (uint16_t)json_integer_value(port);
-    int rc = host ? (strlen(host) < sizeof(r.path) ? 0 : -EINVAL) :
-             registry_job_dest_pick(t->hub->reg, t->job, t->uid, r.port, r.path,
-                                    sizeof(r.path));
-    if (host && rc == 0) {
-        snprintf(r.path, sizeof(r.path), "%s", host);
-        rc = registry_job_dest(t->hub->reg, t->job, t->uid, r.path, r.port);
-    }
-    if (rc == -ESTALE)
-        return ctl_error(t, id, "ended", "job %u has ended", (unsigned)t->job);
-    if (rc < 0)
-        return ctl_error(t, id, "not_destination",
-                         "port %u%s%s is not a destination of job %u yet (write to "
-                         "JOBGATE_READY_FD once it listens)", (unsigned)r.port,
-                         host ? " of " : "", host ? host : "", (unsigned)t->job);
+    if (job_endpoint(t, id, "direct", json_object_get(m, "direct"), &r.port, r.path,
+                     sizeof(r.path)) < 0)
+        return;
     r.uid = t->uid;
     r.job = t->job;
     r.kind = ROUTE_DIRECT;
     r.created = now_real();
     r.v6 = strchr(r.path, ':') != NULL;
     snprintf(r.name, sizeof(r.name), "%s", name);
-    rc = registry_direct_add(t->hub->reg, &r);
+    int rc = registry_direct_add(t->hub->reg, &r);
     if (rc == -ESTALE)
         return ctl_error(t, id, "ended", "job %u has ended", (unsigned)t->job);
     if (rc == -ENOSPC)
@@ -486,7 +546,15 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
     struct tunnel_claim claim = {.uid = t->uid, .job = t->job, .tunnel = t->id, .alias = alias,
                                  .name = name,
                                  .local = local, .full = t->nreg >= TUN_MAX_REG,
-                                 .mine = reg_mine, .arg = t};
+                                 .mine = reg_mine, .arg = t,
+                                 .once = t->once, .poll = t->poll, .checkin = t->checkin};
+    char cb_host[46];
+    json_t *cb = json_object_get(m, "callback");
+    if (cb && !t->callback)
+        return ctl_error(t, id, "invalid", "'callback' needs a policy with callback in the hello");
+    if (cb && job_endpoint(t, id, "callback", cb, &claim.cb_port, cb_host, sizeof(cb_host)) < 0)
+        return;
+    claim.cb_host = cb_host;
     struct route r;
     int rc = registry_tunnel_attach(t->hub->reg, &claim, &r);
     if (rc == -ENOSPC)
@@ -508,8 +576,27 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
         return;
     if (id)
         json_object_set_new(o, "id", json_string(id));
+    if (r.wanted)
+        json_object_set_new(o, "wanted", json_true()); /* requests came while it slept */
     if (add_link(t, id, o, r.alias, ttl) == 0)
         tctl_send(t, o);
+}
+
+/* The agent closes the tunnel to sleep (keepalive ran out): its routes wait
+ * for its next poll (or are served by callback) rather than reconnecting. */
+static void op_sleep(struct tunnel *t, const char *id)
+{
+    if (!t->sleeps)
+        return ctl_error(t, id, "invalid", "the hello's policy does not let this tunnel sleep "
+                         "(keepalive with callback or poll)");
+    const char *aliases[TUN_MAX_REG];
+    for (unsigned i = 0; i < t->nreg; i++)
+        aliases[i] = t->reg[i].alias;
+    t->asleep = 1;
+    registry_tunnel_detach(t->hub->reg, t->id, aliases, t->nreg, 1);
+    log_info("tunnel=%" PRIx64 " uid=%u sleeps: %u app(s), back within %u s", t->id,
+             (unsigned)t->uid, t->nreg, (unsigned)t->checkin);
+    t->nreg = 0; /* not ours any more: a request waits for the next poll */
 }
 
 static void op_unregister(struct tunnel *t, const char *id, json_t *m)
@@ -517,10 +604,14 @@ static void op_unregister(struct tunnel *t, const char *id, json_t *m)
     const char *alias = json_string_value(json_object_get(m, "alias"));
     int slot = alias ? tctl_reg_find(t, alias) : -1;
     struct route r;
-    if (slot < 0 && alias && t->job && registry_route_get(t->hub->reg, alias, &r) == 0 &&
-        r.kind == ROUTE_DIRECT && r.job == t->job && r.uid == t->uid) {
-        /* A direct route of this tunnel's job: any of the job's agents may end it. */
-        int rc = registry_route_remove(t->hub->reg, alias, t->uid, ROUTE_DIRECT, t->uid,
+    /* Not this tunnel's, but the same uid's and job's: a direct route of the
+     * job (any of its agents may end it), or a tunnel route whose agent's
+     * tunnel slept or was lost (this one came to take it back without
+     * registering it first). */
+    if (slot < 0 && alias && registry_route_get(t->hub->reg, alias, &r) == 0 &&
+        r.uid == t->uid && r.job == t->job &&
+        ((r.kind == ROUTE_DIRECT && t->job) || (r.kind == ROUTE_TUNNEL && r.tunnel == 0))) {
+        int rc = registry_route_remove(t->hub->reg, alias, t->uid, r.kind, t->uid,
                                        "agent unregistered");
         if (rc < 0 && rc != -ENOENT)
             return ctl_error(t, id, "internal", "could not remove the route (see the gateway's "
@@ -596,6 +687,8 @@ static void ctl_line(struct tunnel *t, const char *line, size_t len)
         op_unregister(t, id, m);
     else if (strcmp(type, "link") == 0)
         op_link(t, id, m);
+    else if (strcmp(type, "sleep") == 0)
+        op_sleep(t, id);
     else
         ctl_error(t, id, "invalid", "unknown message type");
     json_decref(m);

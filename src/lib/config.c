@@ -106,6 +106,9 @@ int config_defaults(struct jg_config *c)
     c->ping_timeout = 30;
     c->reconnect_wait = 5;
     c->grace = 10 * MINUTE;
+    c->hold = 20;
+    c->hold_max = 32;
+    c->poll_min = 5;
     c->munge_socket = NULL;
     c->node_users = NULL;
     c->client_ca = NULL;
@@ -321,6 +324,9 @@ static const struct keydef keys[] = {
     {"tunnel", "ping_timeout", K_DURATION, OFF(ping_timeout), 1, HOUR, "1s..1h"},
     {"tunnel", "reconnect_wait", K_DURATION, OFF(reconnect_wait), 0, MINUTE, "0s..1m"},
     {"tunnel", "grace", K_DURATION, OFF(grace), 1, 7 * DAY, "1s..7d"},
+    {"tunnel", "hold", K_DURATION, OFF(hold), 0, 5 * MINUTE, "0s..5m"},
+    {"tunnel", "hold_max", K_UINT, OFF(hold_max), 0, 10000, "0..10000"},
+    {"tunnel", "poll_min", K_DURATION, OFF(poll_min), 1, HOUR, "1s..1h"},
     {"tunnel", "munge_socket", K_SOCKPATH, OFF(munge_socket), 0, 0, NULL},
     {"tunnel", "client_ca", K_PATH, OFF(client_ca), 0, 0, NULL},
     {"tunnel", "gridmap", K_PATH, OFF(gridmap), 0, 0, NULL},

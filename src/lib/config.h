@@ -35,6 +35,10 @@
  *   ping_interval = 15s   ping_timeout = 30s
  *   reconnect_wait = 5s           a request waits this long for a reconnecting agent, then 503
  *   grace = 10m                   routes of an agent that is gone are removed after this
+ *   hold = 20s                    a request for a sleeping app (docs/policy.md) waits this
+ *                                 long for its agent, then the "waking" page / 503
+ *   hold_max = 32                 requests held at once per app; more get that page at once
+ *   poll_min = 5s                 agents poll at most this often (slower ones are told so)
  *   munge_socket = /run/munge/munge.socket.2   (default: MUNGE's own)
  *   client_ca = /etc/jobgate/users-ca.pem     users' own certificates (hello method cert),
  *   gridmap = /etc/grid-security/grid-mapfile  mapped to users by subject; both or neither
@@ -78,6 +82,9 @@ struct jg_config {
     int64_t ping_interval, ping_timeout;  /* seconds */
     int64_t reconnect_wait;               /* a request for a reconnecting route waits this long */
     int64_t grace;                        /* a route without its agent lives this long */
+    int64_t hold;                         /* a request for a sleeping app waits this long */
+    unsigned hold_max;                    /* ... and so many per app at once */
+    int64_t poll_min;                     /* shortest poll interval accepted (seconds) */
     char *munge_socket;                   /* NULL: MUNGE's default socket */
     char *client_ca;                      /* NULL: no users' certificates */
     char *gridmap;                        /* NULL: none (needed with client_ca) */

@@ -25,7 +25,7 @@ def ls_table(gw):
     assert out.returncode == 0, out
     lines = out.stdout.decode().splitlines()
     head = re.split(r"\s{2,}", lines[0].strip())
-    assert head == ["ALIAS", "NAME", "JOB", "BACKEND", "AGE", "URL"], lines
+    assert head == ["ALIAS", "NAME", "JOB", "BACKEND", "REACH", "SEEN", "AGE", "URL"], lines
     return [dict(zip(head, re.split(r"\s{2,}", ln.strip()))) for ln in lines[1:]]
 
 

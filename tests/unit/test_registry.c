@@ -114,13 +114,14 @@ static void test_admission_verdicts(void **state)
     assert_int_equal(registry_route_add(f->reg, &r2), 0);
     assert_int_equal(registry_admit(f->reg, r2.alias, vals, 2, &a), ADMIT_FORBIDDEN);
 
-    int starting;
-    uint32_t job = 99;
-    assert_int_equal(registry_status(f->reg, r.alias, vals, 2, &starting, &job), 0);
-    assert_int_equal(job, 0);
-    assert_false(starting);
-    assert_int_equal(registry_status(f->reg, r2.alias, vals, 2, &starting, &job), -EACCES);
-    assert_int_equal(registry_status(f->reg, "no-such-app", vals, 2, &starting, &job), -ENXIO);
+    struct route st;
+    st.job = 99;
+    assert_int_equal(registry_status(f->reg, r.alias, vals, 2, &st), 0);
+    assert_int_equal(st.job, 0);
+    assert_false(st.starting);
+    assert_string_equal(st.alias, r.alias);
+    assert_int_equal(registry_status(f->reg, r2.alias, vals, 2, &st), -EACCES);
+    assert_int_equal(registry_status(f->reg, "no-such-app", vals, 2, &st), -ENXIO);
 }
 
 static void test_starting_then_ready(void **state)
@@ -240,9 +241,9 @@ static void test_tunnel_reconnect_keeps_alias(void **state)
     assert_int_equal(registry_admit(f->reg, r.alias, &v, 1, &a), ADMIT_OK);
 
     const char *aliases[1] = {r.alias};
-    registry_tunnel_detach(f->reg, 8, aliases, 1); /* not its tunnel: nothing happens */
+    registry_tunnel_detach(f->reg, 8, aliases, 1, 0); /* not its tunnel: nothing happens */
     assert_int_equal(registry_admit(f->reg, r.alias, &v, 1, &a), ADMIT_OK);
-    registry_tunnel_detach(f->reg, 7, aliases, 1);
+    registry_tunnel_detach(f->reg, 7, aliases, 1, 0);
     assert_int_equal(registry_admit(f->reg, r.alias, &v, 1, &a), ADMIT_RECONNECTING);
 
     /* Back with its alias on a new tunnel: same route, same session. */
@@ -261,7 +262,7 @@ static void test_tunnel_reconnect_keeps_alias(void **state)
     assert_string_equal(again.alias, r.alias);
 
     /* A restarted agent (no alias) takes the only orphan of that name. */
-    registry_tunnel_detach(f->reg, 9, aliases, 1);
+    registry_tunnel_detach(f->reg, 9, aliases, 1, 0);
     struct tunnel_claim fresh = c;
     fresh.tunnel = 11;
     assert_int_equal(registry_tunnel_attach(f->reg, &fresh, &again), 0);
@@ -312,7 +313,7 @@ static void test_job_routes_end_with_the_job(void **state)
     assert_int_equal(registry_tunnel_attach(f->reg, &thief, &again), -ESTALE);
     /* An orphan of the job is not another job's, nor a jobless agent's. */
     const char *aliases[1] = {r.alias};
-    registry_tunnel_detach(f->reg, 3, aliases, 1);
+    registry_tunnel_detach(f->reg, 3, aliases, 1, 0);
     struct tunnel_claim plain = {.uid = ME, .tunnel = 4, .name = "nb", .local = "a",
                                  .mine = mine_none};
     assert_int_equal(registry_tunnel_attach(f->reg, &plain, &again), 0);
@@ -352,7 +353,7 @@ static void test_reap_dead_owner_and_orphan(void **state)
     struct route t;
     assert_int_equal(registry_tunnel_attach(f->reg, &c, &t), 0);
     const char *aliases[1] = {t.alias};
-    registry_tunnel_detach(f->reg, 5, aliases, 1);
+    registry_tunnel_detach(f->reg, 5, aliases, 1, 0);
     usleep(2000); /* grace 0: away longer than the grace time */
 
     unsigned before = registry_revocations(f->reg);
