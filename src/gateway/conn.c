@@ -32,6 +32,7 @@
 
 #define LINGER_SECS 2
 #define PIPELINE_BATCH 32 /* requests handled per read event before yielding */
+#define CALLBACK_CONNECT_S 3 /* a callback endpoint's connect and handshake */
 #define WAIT_POLL_MS 100  /* how often a request waiting for its agent looks again */
 
 static void cli_read(struct bufferevent *bev, void *arg);
@@ -57,7 +58,11 @@ static int64_t timer_secs(struct conn *c, enum timer_kind k)
     case TK_HANDSHAKE: return cf->t_handshake;
     case TK_HEAD: return cf->t_request_head;
     case TK_IDLE: return cf->t_idle;
-    case TK_CONNECT: return cf->t_connect;
+    case TK_CONNECT:
+        /* A sleeping agent's endpoint that does not answer soon is down: the
+         * request waits for the poll instead (conn_asleep.c). */
+        return c->via_cb && cf->t_connect > CALLBACK_CONNECT_S ? CALLBACK_CONNECT_S
+                                                              : cf->t_connect;
     case TK_IO: return cf->t_io;
     case TK_TUNNEL: return cf->t_tunnel;
     case TK_CLOSE: return LINGER_SECS;

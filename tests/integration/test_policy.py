@@ -239,3 +239,56 @@ def test_without_reconnect_a_lost_tunnel_ends_the_run(topology, pgw, munged, sit
     err = app.log_path.read_text()
     assert "the connection policy has no reconnect" in err and "stopped with its tunnel" in err, err
     assert [e for e in app.events() if e.get("event") == "lost"], app.lines
+
+
+# --------------------------------------------------------------------------- callback
+
+
+def test_callback_serves_while_asleep_and_a_failed_dial_waits_for_the_poll(
+        topology, pgw, munged, site_policy):
+    """keepalive(2) callback poll(4) in a job (its certificate from the node channel, as the
+    plugin would have it): while the tunnel sleeps the gateway dials the job's own endpoint on
+    node for each browser connection; when that dial fails, the request waits for the agent's
+    next poll and is served through the tunnel it opens."""
+    from slurm import cluster_user
+    from test_direct import USER, Job
+    cluster_user(USER)
+    job = Job(topology, pgw, munged, 5401)
+    port, extra = 21401, "10.231.2.3"
+    # The job's endpoint as the gateway knows it: an address of node's that the test can
+    # take away (the endpoint listens on every address of node).
+    topology.run("node", ["ip", "addr", "add", f"{extra}/24", "dev", "to-login"], check=True)
+    job.ready(port, host=extra)
+    env = {"JOBGATE_DIR": str(job.dir), "JOBGATE_JOB_ID": str(job.id),
+           "JOBGATE_GATEWAY": pgw.url("node"), "JOBGATE_MUNGE_SOCKET": munged.socket,
+           "JOBGATE_SITE_POLICY": str(site_policy)}
+    app = pgw.publish_http(host="node", name="cbpol", env_extra=env, extra=[
+        "--ca", str(pgw.ca_path), "--policy", "keepalive(2) callback poll(4)",
+        "--callback-port", str(port), "--ping-interval", "1s", "--ping-timeout", "3s"])
+    try:
+        assert app.ready.get("callback_port") == port, app.ready
+        r = route(pgw, app.alias)
+        assert r["reach"] == "tunnel" and r["job"] == job.id, r
+        s = pgw.login(app.alias, app.link)
+        assert s.get("/hello").body == b"hello\n"
+        r = wait_asleep(pgw, app.alias)
+        assert r["reach"] == "callback, poll 4s", r
+        # Asleep: each new browser connection is dialled through to the job's endpoint.
+        for _ in range(3):
+            resp = s.get("/hello", conn=s.conn())
+            assert resp.status == 200 and resp.body == b"hello\n", resp
+        log = pgw.log_path.read_text()
+        assert "the callback failed" not in log
+        assert route(pgw, app.alias)["reach"] in ("callback, poll 4s", "tunnel")
+        # The endpoint's address goes: the dial fails (no answer within 3 s), and the request
+        # is served after the agent's next poll (at most 4.4 s away; it is held for 6).
+        topology.run("node", ["ip", "addr", "del", f"{extra}/24", "dev", "to-login"],
+                      check=True)
+        wait_asleep(pgw, app.alias)
+        resp = s.get("/hello", conn=s.conn(HOLD + 10))
+        assert resp.status == 200 and resp.body == b"hello\n", resp
+        assert "the callback failed" in pgw.log_path.read_text()
+    finally:
+        topology.run("node", ["ip", "addr", "del", f"{extra}/24", "dev", "to-login"])
+        app.stop()
+    wait_for(lambda: pgw.route(app.alias) is None, 15, what="the route to go with its app")
