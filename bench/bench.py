@@ -30,6 +30,8 @@ import tempfile
 import threading
 import time
 
+import idle  # scenario I, beside this file
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PY = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
@@ -39,7 +41,7 @@ GIB = 1 << 30
 FRONT = ["jobgate", "nginx", "haproxy", "apache", "chp", "direct"]
 TUNNEL = ["jobgate-tunnel", "ssh", "stunnel"]
 ALL_CONTENDERS = FRONT + TUNNEL
-ALL_SCENARIOS = ["C", "A", "N", "B", "E", "D", "T", "R", "P"]
+ALL_SCENARIOS = ["C", "A", "N", "B", "E", "D", "T", "R", "I", "P"]
 COOKIE = "__Host-jobgate"
 
 
@@ -606,7 +608,8 @@ sed "s|__SOCK__|$1|" {tmpl} > {h.tmp}/{app}.conf
 exec {which('nginx')} -p {h.tmp} -c {h.tmp}/{app}.conf -g 'daemon off;'
 """)
         os.chmod(wrapper, 0o700)
-        argv = [h.jobgate, "run", "--json", "-n", "bench",
+        # A tunnel of its own (not the node's shared one): the agent's CPU is this process's.
+        argv = [h.jobgate, "run", "--json", "-n", "bench", "--own-tunnel",
                 "-g", f"https://127.0.0.1:{self.gw.port}", "--ca", self.gw.cert,
                 "--", "/bin/sh", wrapper, "{socket}"]
         out = h.path(f"{self.tag}-agent.out")
@@ -1531,6 +1534,8 @@ def report(h, results, contenders, started, load_before):
                        f"{m['agent_idle_rss_kb'] / 1024:.1f}; "
                        f"{m.get('agent_idle_anon_kb', 0) / 1024:.1f}; "
                        f"{m.get('agent_idle_pss_kb', 0) / 1024:.1f} MiB |")
+    if "I" in results:
+        out += idle.report(results["I"])
     if "P" in results:
         out += profile_section(results["P"])
     if h.failures:
@@ -1635,10 +1640,15 @@ def parse_args(argv):
     # results/2026-12-04-3.md) and D is the longest scenario: one round unless asked.
     a.idle_rounds = env_int("BENCH_IDLE_ROUNDS", 1)
     a.routes = env_int("BENCH_ROUTES", 200 if s else 100000)
+    a.idle_apps = env_int("BENCH_IDLE_APPS", 20 if s else 1000)
+    a.poll_seconds = env_int("BENCH_POLL", 5)
+    a.poll_samples = env_int("BENCH_POLL_SAMPLES", 1 if s else 5)
     if a.seconds < 1 or a.rounds < 1 or a.idle_rounds < 1 or a.connections < 1 or a.big_bytes < 1 or a.idle < 1 \
-            or a.routes < 2 or a.ws_sockets < 1:
+            or a.routes < 2 or a.ws_sockets < 1 or a.idle_apps < 1 or a.poll_seconds < 5 \
+            or a.poll_samples < 1:
         raise BenchError("BENCH_SECONDS, _ROUNDS, _IDLE_ROUNDS, _CONNECTIONS, _BIG_MIB, _IDLE, "
-                         "_WS_SOCKETS must be at least 1, BENCH_ROUTES at least 2")
+                         "_WS_SOCKETS, _IDLE_APPS, _POLL_SAMPLES must be at least 1, BENCH_ROUTES "
+                         "at least 2, BENCH_POLL at least 5 (the gateway's poll_min)")
     a.build = os.path.abspath(a.build)
     if not a.out:
         a.out = os.path.join(a.build, "bench-smoke" if s else "bench")
@@ -1727,6 +1737,11 @@ def main(argv):
                     log(f"R: {results['R']}")
                 except BenchError as e:
                     fail(h, "R", "jobgate", e)
+            elif s == "I":
+                try:
+                    results["I"] = idle.scenario_I(h, sys.modules[__name__])
+                except BenchError as e:
+                    fail(h, "I", "jobgate", e)
             else:
                 continue
             log(f"scenario {s} done in {time.monotonic() - t0:.1f} s")

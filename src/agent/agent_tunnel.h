@@ -65,7 +65,7 @@ struct agent_tunnel_event {
      * "reconnected":  a new connection is up and every app is registered again;
      * "ready":        an app had to be registered anew (the gateway did not
      *                 take its alias back): reply is the new answer, as from
-     *                 agent_tunnel_register();
+     *                 agent_tunnel_register(), with "local";
      * "sleeping":     keepalive ran out: the tunnel closed on purpose and
      *                 comes back by poll (retry_in: when) or for a close;
      *                 message is NULL;
@@ -136,13 +136,31 @@ int agent_tunnel_open(const struct agent_tunnel_opts *o, struct agent_tunnel **o
  */
 int agent_tunnel_register(struct agent_tunnel *t, const char *name, const char *sock,
                           unsigned port, int64_t ttl, json_t **reply, char *err, size_t errlen);
-/* As agent_tunnel_register, with the policy's callback (docs/policy.md): the
- * job's own endpoint on callback_port of this node (callback.h), which the
- * gateway dials while the tunnel sleeps. It must be one of the job's
- * destinations: -EREMOTEIO "not_destination" until the node reported it. */
-int agent_tunnel_register_cb(struct agent_tunnel *t, const char *name, const char *sock,
-                             unsigned port, int64_t ttl, unsigned callback_port, json_t **reply,
-                             char *err, size_t errlen);
+/* One app for agent_tunnel_add: agent_tunnel_register's arguments, and */
+struct agent_app {
+    const char *name;
+    const char *sock;          /* or NULL and port */
+    unsigned port;
+    int64_t ttl;
+    unsigned callback_port;    /* the policy's callback (docs/policy.md): the job's own
+                                * endpoint on this port of this node (callback.h), dialled
+                                * while the tunnel sleeps; one of the job's destinations
+                                * (-EREMOTEIO "not_destination" until the node reported it);
+                                * 0: none */
+    const char *alias;         /* the route to take back (its previous agent's tunnel, e.g.
+                                * the holder of a shared tunnel, ended); registered anew if
+                                * the gateway no longer has it; NULL: a new route */
+};
+/* As agent_tunnel_register; the answer also carries "local", the app's name
+ * within this tunnel (for agent_tunnel_unregister). */
+int agent_tunnel_add(struct agent_tunnel *t, const struct agent_app *app, json_t **reply,
+                     char *err, size_t errlen);
+/* Takes the app registered as local back (at once, or at the next
+ * connection while the tunnel sleeps or reconnects); its other apps stay.
+ * With release, the route is not ended but left to wait for a new agent (as
+ * when a tunnel is lost: its run died, the app may live on), and the app's
+ * streams are reset. */
+void agent_tunnel_unregister(struct agent_tunnel *t, const char *local, int release);
 
 /*
  * Registers a direct route (jobgate run --callback, docs/slurm.md): the

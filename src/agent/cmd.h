@@ -22,6 +22,8 @@ int cmd_jobs(int argc, char **argv);
 int cmd_rm(int argc, char **argv);
 int cmd_tunnel(int argc, char **argv);
 int cmd_policy(int argc, char **argv);
+/* jobgate tunnel --hold: the shared tunnel's holder (cmd_hold.c). */
+int cmd_hold(int argc, char **argv);
 
 /* The host name that policy lines match (policy.h), from GATEWAY as -g
  * (https://HOST[:PORT]), --via (ssh:HOST) or a bare host name. 0, or

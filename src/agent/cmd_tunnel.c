@@ -38,6 +38,8 @@ static void usage_tunnel(FILE *f)
           "The gateway's end of 'jobgate run --via ssh:HOST': hands this process's standard\n"
           "input and output to the gateway (jobgated) on this host, which then carries the\n"
           "tunnel on them. Run by ssh, not by hand.\n"
+          "('jobgate tunnel --hold ...' is the process that 'jobgate run' starts to hold one\n"
+          "tunnel for all your runs on a node to one gateway; not run by hand either.)\n"
           "\n"
           "      --stdio           the tunnel is on standard input and output (required)\n"
           "  -h, --help            show this help\n",
@@ -92,6 +94,9 @@ int cmd_tunnel(int argc, char **argv)
     };
     int stdio = 0, c;
 
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--hold") == 0)
+            return cmd_hold(argc, argv); /* the shared tunnel of `jobgate run` */
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {

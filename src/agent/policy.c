@@ -422,6 +422,12 @@ int policy_for_gateway(const char *host, const char *options, struct policy_resu
         char path[512];
         if (policy_user_path(path, sizeof(path)) == 0) {
             rc = policy_load(&user, path, err, errlen);
+            if (rc == -EACCES) {
+                /* Not the user's to read (a job's HOME that is another's):
+                 * as if there were none, said once. */
+                fprintf(stderr, "jobgate: %s; going without it\n", err);
+                rc = 0;
+            }
             if (rc == 0 && (ur = policy_match(&user, host)) != NULL) {
                 opt = ur->p;
                 (void)xsnprintf(user_from, sizeof(user_from), "user %s:%u", user.path,

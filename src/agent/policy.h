@@ -112,7 +112,9 @@ int policy_user_path(char *buf, size_t len);
 /*
  * Everything together for `jobgate run` and `jobgate policy`: loads both
  * files, matches host, resolves (options: --policy, or NULL). 0, or -errno
- * with err (a file that does not parse, --policy that does not).
+ * with err (a file that does not parse, --policy that does not). A user's
+ * file that cannot be read for permissions is skipped with a line on
+ * standard error; the site's is an error.
  */
 int policy_for_gateway(const char *host, const char *options, struct policy_result *out,
                        char *err, size_t errlen);

@@ -36,7 +36,7 @@
 
 enum { OPT_TCP = 256, OPT_JSON, OPT_TTL, OPT_TIMEOUT, OPT_VIA, OPT_CA, OPT_CERT, OPT_KEY,
        OPT_CALLBACK, OPT_CALLBACK_PORT, OPT_PING_INTERVAL,
-       OPT_PING_TIMEOUT, OPT_POLICY };
+       OPT_PING_TIMEOUT, OPT_POLICY, OPT_OWN_TUNNEL };
 
 /* Standard output: this thread and the tunnel's both print events. */
 static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -46,7 +46,7 @@ static void usage_run(FILE *f)
     fputs("usage: jobgate run [-n NAME] [--tcp] [--json] [--ttl DURATION] [--timeout DURATION]\n"
           "                   [-g https://HOST[:PORT] [--ca FILE] [--cert FILE --key FILE] |\n"
           "                    --via ssh:HOST]\n"
-          "                   [--policy OPTIONS] [--ping-interval DURATION]\n"
+          "                   [--policy OPTIONS] [--own-tunnel] [--ping-interval DURATION]\n"
           "                   [--ping-timeout DURATION] -- CMD ARG...\n"
           "\n"
           "Starts CMD, waits until it listens, publishes it through the gateway and prints a\n"
@@ -68,9 +68,10 @@ static void usage_run(FILE *f)
           "                        how long to wait for CMD to listen (default 120s; 0: no limit)\n"
           "  -g, --gateway https://HOST[:PORT]\n"
           "                        publish through the gateway at HOST (port 443 by default)\n"
-          "                        over a tunnel that this process keeps open (https_proxy is\n"
-          "                        honoured); without -g and --via: $JOBGATE_GATEWAY (a Slurm\n"
-          "                        job started with --jobgate), else the local gateway\n"
+          "                        over the one tunnel that your runs on this node share\n"
+          "                        (https_proxy is honoured); without -g and --via:\n"
+          "                        $JOBGATE_GATEWAY (a Slurm job started with --jobgate), else\n"
+          "                        the local gateway\n"
           "      --ca FILE         trust the gateway's certificate through the CA certificates\n"
           "                        in FILE (default: $JOBGATE_CA, else the job's\n"
           "                        $JOBGATE_DIR/gateway-ca.crt, else the system's)\n"
@@ -87,6 +88,8 @@ static void usage_run(FILE *f)
           "      --via ssh:HOST    publish through the gateway on HOST, reached with\n"
           "                        'ssh HOST jobgate tunnel --stdio' ($JOBGATE_SSH,\n"
           "                        $JOBGATE_REMOTE_JOBGATE)\n"
+          "      --own-tunnel      hold a tunnel of this run's own, instead of sharing the one\n"
+          "                        that your other runs on this node hold to the gateway\n"
           "      --policy OPTIONS  how to reach the gateway, for this run instead of your\n"
           "                        policy file, e.g. \"keepalive(60) poll(30)\": options\n"
           "                        keepalive(SECONDS), reconnect, callback, poll(SECONDS); the\n"
@@ -256,6 +259,7 @@ static int parse_options(struct run *r, int argc, char **argv)
         {"ping-interval", required_argument, NULL, OPT_PING_INTERVAL},
         {"ping-timeout", required_argument, NULL, OPT_PING_TIMEOUT},
         {"policy", required_argument, NULL, OPT_POLICY},
+        {"own-tunnel", no_argument, NULL, OPT_OWN_TUNNEL},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -334,6 +338,7 @@ static int parse_options(struct run *r, int argc, char **argv)
             r->policy_opt = optarg;
             break;
         }
+        case OPT_OWN_TUNNEL: r->own_tunnel = 1; break;
         case 'h':
             usage_run(stdout);
             return fflush(stdout) == 0 ? 0 : 1;
@@ -370,6 +375,8 @@ static int parse_options(struct run *r, int argc, char **argv)
         return cli_usage_error("run", "--cert and --key go together");
     if (r->policy_opt && ((!r->gateway && !r->via) || r->callback))
         return cli_usage_error("run", "--policy goes with -g or --via (not --callback)");
+    if (r->own_tunnel && !r->gateway && !r->via)
+        return cli_usage_error("run", "--own-tunnel goes with -g or --via");
     if ((r->ping_interval || r->ping_timeout) && !r->gateway && !r->via)
         return cli_usage_error("run", "--ping-interval and --ping-timeout go with -g or --via");
     if (optind >= argc)
@@ -405,7 +412,9 @@ int cmd_run(int argc, char **argv)
         default_name(cmd[0], r.name);
 
     /* Before anything is started: no point in an app nobody can reach. */
-    r.pub = r.callback ? &publish_callback : r.gateway || r.via ? &publish_tunnel : &publish_local;
+    r.pub = r.callback ? &publish_callback
+            : r.gateway || r.via ? (r.own_tunnel ? &publish_tunnel : &publish_shared)
+            : &publish_local;
     if (r.pub->open(&r) < 0)
         return 1;
     /* From here on a signal must not end jobgate before it has cleaned up;

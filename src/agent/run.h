@@ -33,6 +33,7 @@
 struct agent_tunnel;
 struct callback;
 struct publish_ops;
+struct shared;
 
 struct run {
     char name[APP_NAME_MAX + 1];
@@ -51,6 +52,8 @@ struct run {
     atomic_int lost;                /* the tunnel's thread: lost, and no reconnect */
     const struct publish_ops *pub;  /* local or tunnel */
     struct agent_tunnel *tunnel;    /* remote mode, once open */
+    int own_tunnel;                 /* --own-tunnel: not the node's shared one */
+    struct shared *shared;          /* the shared tunnel's holder, while connected */
 
     char dir[PATH_MAX];             /* private directory, "" when none */
     char sock[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -114,7 +117,23 @@ struct publish_ops {
 };
 
 extern const struct publish_ops publish_local;  /* jobgated on this host */
-extern const struct publish_ops publish_tunnel; /* -g or --via */
+extern const struct publish_ops publish_tunnel; /* -g or --via, --own-tunnel */
+extern const struct publish_ops publish_shared; /* -g or --via: the node's shared tunnel */
 extern const struct publish_ops publish_callback; /* --callback: a direct route */
+
+/* What run_publish.c lends run_shared.c: */
+struct agent_tunnel_event;
+struct agent_app;
+/* The policy for -g/--via into r->policy (policy.h; files, --policy). 0, or
+ * -1 after saying why. */
+int publish_resolve_policy(struct run *r);
+/* Prints or emits a tunnel event (agent_tunnel.h) for r; "lost" ends the
+ * app (r->lost). Any thread. */
+void publish_tunnel_event(void *arg, const struct agent_tunnel_event *ev);
+/* Registers r's app with reg (once, or again while the node has not reported
+ * the policy's callback endpoint yet), starting that endpoint first: the
+ * answer, or NULL after saying why. */
+json_t *publish_register(struct run *r, int (*reg)(struct run *r, const struct agent_app *app,
+                                                  json_t **reply, char *err, size_t errlen));
 
 #endif

@@ -98,9 +98,9 @@ static void local_remove(struct run *r, const json_t *reg)
         cli_error("could not remove %s from the gateway: %s", alias, err);
 }
 
-/* From the tunnel's thread: reconnects on stderr (or as JSON events), an
- * app registered anew like the first ready. */
-static void on_tunnel_event(void *arg, const struct agent_tunnel_event *ev)
+/* From the tunnel's thread (or run_shared's): reconnects on stderr (or as
+ * JSON events), an app registered anew like the first ready. */
+void publish_tunnel_event(void *arg, const struct agent_tunnel_event *ev)
 {
     const struct run *r = arg;
 
@@ -129,8 +129,7 @@ static void on_tunnel_event(void *arg, const struct agent_tunnel_event *ev)
     }
 }
 
-/* The connection policy for the gateway (policy.h): files, --policy. */
-static int resolve_policy(struct run *r)
+int publish_resolve_policy(struct run *r)
 {
     char host[256], err[1024], text[160];
     struct policy_result pr;
@@ -168,7 +167,7 @@ static int tunnel_open_with(struct run *r, const struct policy *policy)
     o.key_file = r->key;
     o.ping_interval_ms = r->ping_interval * 1000;
     o.ping_timeout_ms = r->ping_timeout * 1000;
-    o.on_event = on_tunnel_event;
+    o.on_event = publish_tunnel_event;
     o.event_arg = r;
     if (agent_tunnel_open(&o, &r->tunnel, err, sizeof(err)) < 0) {
         cli_error("%s", err);
@@ -184,7 +183,7 @@ static int tunnel_open(struct run *r)
 
 static int policy_tunnel_open(struct run *r)
 {
-    if (resolve_policy(r) < 0)
+    if (publish_resolve_policy(r) < 0)
         return -1;
     return tunnel_open_with(r, &r->policy);
 }
@@ -210,7 +209,8 @@ static int start_callback(struct run *r, unsigned *bound)
     return 0;
 }
 
-static json_t *tunnel_add(struct run *r)
+json_t *publish_register(struct run *r, int (*reg)(struct run *r, const struct agent_app *app,
+                                                  json_t **reply, char *err, size_t errlen))
 {
     char err[1024];
     json_t *reply = NULL;
@@ -219,8 +219,9 @@ static json_t *tunnel_add(struct run *r)
         bound = 0;
     int64_t deadline = now_mono_ms() + DIRECT_WAIT_MS;
     for (;;) {
-        int rc = agent_tunnel_register_cb(r->tunnel, r->name, r->tcp ? NULL : r->sock, r->port,
-                                          r->ttl, bound, &reply, err, sizeof(err));
+        struct agent_app app = {.name = r->name, .sock = r->tcp ? NULL : r->sock,
+                                .port = r->port, .ttl = r->ttl, .callback_port = bound};
+        int rc = reg(r, &app, &reply, err, sizeof(err));
         if (rc == 0)
             break;
         if (bound && rc == -EREMOTEIO && strstr(err, "not a destination") &&
@@ -241,6 +242,17 @@ static json_t *tunnel_add(struct run *r)
     if (bound)
         json_object_set_new(reply, "callback_port", json_integer(bound));
     return reply;
+}
+
+static int tunnel_reg(struct run *r, const struct agent_app *app, json_t **reply, char *err,
+                      size_t errlen)
+{
+    return agent_tunnel_add(r->tunnel, app, reply, err, errlen);
+}
+
+static json_t *tunnel_add(struct run *r)
+{
+    return publish_register(r, tunnel_reg);
 }
 
 /* Closing the tunnel unregisters every app on it (and waits, bounded). */

@@ -80,11 +80,13 @@ struct app_entry {
                                      * never re-registered: it does not live on the tunnel */
     int keep;                       /* direct: closing the tunnel does not unregister it */
     unsigned cb_port;               /* the policy's callback: the job's endpoint (0: none) */
+    int gone;                       /* unregistered while the tunnel was down: at the welcome */
+    int release;                    /* CMD_UNREGISTER: leave the route to a new agent */
     struct waiter *w;               /* the caller waiting for the first answer */
     struct event *timer;            /* bounds that wait */
 };
 
-enum cmd_type { CMD_REGISTER, CMD_ADOPT, CMD_CLOSE };
+enum cmd_type { CMD_REGISTER, CMD_ADOPT, CMD_UNREGISTER, CMD_CLOSE };
 
 struct cmd {
     struct cmd *next;
@@ -253,6 +255,8 @@ void cmsg_register(struct tconn *c, struct app_entry *a);
 void cmsg_unregister(struct tconn *c, const char *alias);
 /* Tells the gateway that the tunnel closes to sleep (keepalive ran out). */
 void cmsg_sleep(struct tconn *c);
+/* Lets alias go without ending it: it waits for a new agent. */
+void cmsg_release(struct tconn *c, const char *alias);
 void cmsg_input(struct tconn *c, const uint8_t *data, size_t len);
 ssize_t cmsg_read_cb(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t len,
                      uint32_t *flags, nghttp2_data_source *src, void *ud);

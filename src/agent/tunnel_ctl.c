@@ -114,6 +114,13 @@ void cmsg_unregister(struct tconn *c, const char *alias)
         (void)cmsg_send(c, m, 0);
 }
 
+void cmsg_release(struct tconn *c, const char *alias)
+{
+    json_t *m = json_pack("{s:s,s:s}", "type", "release", "alias", alias);
+    if (m)
+        (void)cmsg_send(c, m, 0);
+}
+
 void cmsg_sleep(struct tconn *c)
 {
     json_t *m = json_pack("{s:s}", "type", "sleep");
@@ -231,7 +238,12 @@ static void on_welcome(struct tconn *c, json_t *m)
         }
         if (a->direct_port && a->alias)
             continue; /* a direct route does not live on the tunnel */
-        a->rereg = a->alias != NULL;
+        if (a->gone) { /* it left while we were away */
+            cmsg_unregister(c, a->alias);
+            app_entry_remove(t, a);
+            continue;
+        }
+        a->rereg = a->alias != NULL && !a->w;
         if (a->rereg)
             c->rereg_pending++;
         cmsg_register(c, a);
@@ -293,6 +305,7 @@ static void on_registered(struct tconn *c, struct app_entry *a, json_t *m)
         free(a->alias);
         a->alias = xstrdup(alias);
     }
+    (void)json_object_set_new(m, "local", json_string(a->local));
     if (first) {
         struct waiter *w = a->w;
         a->w = NULL;
@@ -316,7 +329,7 @@ static void on_request_error(struct tconn *c, struct app_entry *a, json_t *m)
     if (!msg[0])
         (void)xsnprintf(msg, sizeof(msg), "the gateway refused (%s)", code[0] ? code : "no reason");
     a->id[0] = '\0';
-    if (a->w) {
+    if (a->w && !a->alias) {
         struct waiter *w = a->w;
         a->w = NULL;
         tun_waiter_done(t, w, -EREMOTEIO, NULL, "%s", msg);

@@ -203,6 +203,49 @@ static void do_register(struct agent_tunnel *t, struct app_entry *a, struct wait
     }
 }
 
+/* One app leaves a tunnel that others keep: unregistered now when the
+ * connection is up, else at the next welcome (waking a sleeping tunnel). */
+static void do_unregister(struct agent_tunnel *t, const char *local, int release)
+{
+    struct app_entry *a = app_entry_find_local(t, local);
+    if (!a || a->keep)
+        return;
+    if (release && t->conn && t->conn->h2) {
+        /* Its run is gone: so are its browser connections, as with a lost tunnel. */
+        for (struct dstream *ds = t->conn->streams; ds; ds = ds->next)
+            if (ds->kind == DS_CONNECT && ds->br.sid && strcmp(ds->authority, a->local) == 0)
+                (void)nghttp2_submit_rst_stream(t->conn->h2, NGHTTP2_FLAG_NONE, ds->br.sid,
+                                                NGHTTP2_CANCEL);
+    }
+    if (a->w) {
+        struct waiter *w = a->w;
+        a->w = NULL;
+        tun_waiter_done(t, w, -ECANCELED, NULL, "the app left");
+    }
+    struct tconn *c = t->conn;
+    if (!a->alias) {
+        if (a->id[0])
+            a->abandoned = 1; /* answered later: on_registered takes it back */
+        else
+            app_entry_remove(t, a);
+    } else if (c && c->ph == PH_READY && !c->dead && !c->closing) {
+        if (release)
+            cmsg_release(c, a->alias);
+        else
+            cmsg_unregister(c, a->alias);
+        app_entry_remove(t, a);
+        conn_idle_check(c);
+    } else if (release) {
+        app_entry_remove(t, a); /* not taken back: its route waits as it is */
+    } else {
+        a->gone = 1;
+        if (!c && t->asleep) {
+            evtimer_del(t->retry_ev);
+            conn_attempt(t);
+        }
+    }
+}
+
 /* Empties the queue the caller's thread fills, in one step under mu. */
 static struct cmd *take_cmds(struct agent_tunnel *t)
 {
@@ -226,7 +269,10 @@ static void cmd_cb(evutil_socket_t fd, short what, void *arg)
         list = cm->next;
         if (cm->type == CMD_REGISTER)
             do_register(t, cm->app, cm->w);
-        else if (cm->type == CMD_ADOPT) {
+        else if (cm->type == CMD_UNREGISTER) {
+            do_unregister(t, cm->app->local, cm->app->release);
+            app_entry_free(cm->app);
+        } else if (cm->type == CMD_ADOPT) {
             /* Only to be unregistered when the tunnel closes. */
             cm->app->t = t;
             app_entry_pick_local(t, cm->app);
@@ -295,7 +341,7 @@ static void *tunnel_thread(void *arg)
         if (cm->type == CMD_REGISTER) {
             tun_waiter_done(t, cm->w, -ECANCELED, NULL, "the tunnel is closed");
             app_entry_free(cm->app);
-        } else if (cm->type == CMD_ADOPT) {
+        } else if (cm->type == CMD_ADOPT || cm->type == CMD_UNREGISTER) {
             app_entry_free(cm->app);
         }
         free(cm);
@@ -508,14 +554,18 @@ static int register_wait(struct agent_tunnel *t, struct app_entry *a, json_t **r
 int agent_tunnel_register(struct agent_tunnel *t, const char *name, const char *sock,
                           unsigned port, int64_t ttl, json_t **reply, char *err, size_t errlen)
 {
-    return agent_tunnel_register_cb(t, name, sock, port, ttl, 0, reply, err, errlen);
+    struct agent_app app = {.name = name, .sock = sock, .port = port, .ttl = ttl};
+    return agent_tunnel_add(t, &app, reply, err, errlen);
 }
 
-int agent_tunnel_register_cb(struct agent_tunnel *t, const char *name, const char *sock,
-                             unsigned port, int64_t ttl, unsigned callback_port, json_t **reply,
-                             char *err, size_t errlen)
+int agent_tunnel_add(struct agent_tunnel *t, const struct agent_app *app, json_t **reply,
+                     char *err, size_t errlen)
 {
+    const char *name = app->name, *sock = app->sock;
+    unsigned port = app->port;
     *reply = NULL;
+    if (app->alias && (!*app->alias || strlen(app->alias) > 255))
+        return errmsg(err, errlen, -EINVAL, "bad alias");
     if (!app_name_valid(name, APP_NAME_MAX))
         return errmsg(err, errlen, -EINVAL, "bad app name '%s'", name ? name : "");
     size_t nlen = strlen(name);
@@ -532,8 +582,9 @@ int agent_tunnel_register_cb(struct agent_tunnel *t, const char *name, const cha
         return errmsg(err, errlen, -EINVAL, "bad port %u", port);
     }
     a->port = sock ? 0 : port;
-    a->ttl = ttl;
-    a->cb_port = callback_port <= 65535 ? callback_port : 0;
+    a->ttl = app->ttl;
+    a->cb_port = app->callback_port <= 65535 ? app->callback_port : 0;
+    a->alias = app->alias ? xstrdup(app->alias) : NULL;
     return register_wait(t, a, reply, err, errlen);
 }
 
@@ -561,6 +612,17 @@ void agent_tunnel_unregister_at_close(struct agent_tunnel *t, const char *name,
     struct cmd *cm = xcalloc(1, sizeof(*cm));
     cm->type = CMD_ADOPT;
     cm->app = a;
+    post_cmd(t, cm);
+}
+
+void agent_tunnel_unregister(struct agent_tunnel *t, const char *local, int release)
+{
+    struct app_entry *a = xcalloc(1, sizeof(*a));
+    (void)xsnprintf(a->local, sizeof(a->local), "%s", local);
+    a->release = release;
+    struct cmd *cm = xcalloc(1, sizeof(*cm));
+    cm->type = CMD_UNREGISTER;
+    cm->app = a; /* only its local name: which app to take back */
     post_cmd(t, cm);
 }
 

@@ -582,6 +582,21 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
         tctl_send(t, o);
 }
 
+/* The agent lets one of its routes go without ending it (the run that
+ * registered it through a shared tunnel died; its app may live on): the
+ * route waits for a new agent as if its tunnel had been lost. */
+static void op_release(struct tunnel *t, const char *id, json_t *m)
+{
+    const char *alias = json_string_value(json_object_get(m, "alias"));
+    int slot = alias ? tctl_reg_find(t, alias) : -1;
+    if (slot < 0)
+        return ctl_error(t, id, "not_found", "this tunnel registered no app '%s'",
+                         alias ? alias : "");
+    const char *aliases[1] = {t->reg[slot].alias};
+    registry_tunnel_detach(t->hub->reg, t->id, aliases, 1, 0);
+    t->reg[slot] = t->reg[--t->nreg];
+}
+
 /* The agent closes the tunnel to sleep (keepalive ran out): its routes wait
  * for its next poll (or are served by callback) rather than reconnecting. */
 static void op_sleep(struct tunnel *t, const char *id)
@@ -689,6 +704,8 @@ static void ctl_line(struct tunnel *t, const char *line, size_t len)
         op_link(t, id, m);
     else if (strcmp(type, "sleep") == 0)
         op_sleep(t, id);
+    else if (strcmp(type, "release") == 0)
+        op_release(t, id, m);
     else
         ctl_error(t, id, "invalid", "unknown message type");
     json_decref(m);

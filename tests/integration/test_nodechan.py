@@ -212,8 +212,11 @@ def test_a_job_certificate_opens_a_tunnel_for_its_job_alone(gw, munged, job_user
         s = gw.login(reg["alias"], reg["link"])
         assert s.get("/hello").status == 200
         st = s.get("/_jobgate/status")
-        assert st.status == 200 and st.json() == {"alias": reg["alias"], "state": "ready",
-                                                  "job": 4201}, st
+        assert st.status == 200, st
+        got = st.json()
+        assert abs(got.pop("seen") - time.time()) < 5, st  # its agent's tunnel is up: now
+        assert got == {"alias": reg["alias"], "state": "ready", "reach": "tunnel",
+                       "job": 4201}, st
         # The job ends (the plugin's epilog): route, session and tunnel go within seconds.
         st, end = node_post(gw, "job-end", {"job": 4201, "node": "cn001"}, munged=munged)
         assert st == 200 and end["routes"] == 1, end

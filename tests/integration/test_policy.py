@@ -292,3 +292,92 @@ def test_callback_serves_while_asleep_and_a_failed_dial_waits_for_the_poll(
         topology.run("node", ["ip", "addr", "del", f"{extra}/24", "dev", "to-login"])
         app.stop()
     wait_for(lambda: pgw.route(app.alias) is None, 15, what="the route to go with its app")
+
+
+# --------------------------------------------------------------------------- one tunnel
+
+
+def established_to(topology, host, port):
+    """ESTABLISHED TCP connections to port in host's namespace, from /proc/net/tcp{,6}."""
+    n = 0
+    for f in ("/proc/net/tcp", "/proc/net/tcp6"):
+        out = topology.run(host, ["cat", f]).stdout.decode()
+        for ln in out.splitlines()[1:]:
+            fields = ln.split()
+            if len(fields) > 3 and fields[3] == "01" and int(fields[2].split(":")[1], 16) == port:
+                n += 1
+    return n
+
+
+def holders(gw):
+    """Pids of the tunnel holders (`jobgate tunnel --hold`) for gw's gateway."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"--hold" in argv and any(f":{gw.port}".encode() in a for a in argv):
+            out.append(int(d))
+    return out
+
+
+def test_apps_of_a_user_on_a_node_share_one_tunnel(topology, pgw, munged, site_policy):
+    """Two, then ten apps of one user on node: one TCP connection to the gateway, held by
+    one holder process; it lives while any app does, and the last one out closes it."""
+    apps = []
+    try:
+        for i in range(2):
+            apps.append(run_app(pgw, munged, site_policy, f"share{i}"))
+        assert established_to(topology, "node", pgw.port) == 1
+        assert len(holders(pgw)) == 1
+        for i in range(2, 10):
+            apps.append(run_app(pgw, munged, site_policy, f"share{i}"))
+        assert established_to(topology, "node", pgw.port) == 1
+        assert len({a.alias for a in apps}) == 10
+        sessions = [pgw.login(a.alias, a.link) for a in apps[:3]]
+        for s in sessions:
+            assert s.get("/hello").body == b"hello\n"
+        # The first app (whose run started the holder) ends: the others keep the tunnel.
+        apps[0].stop()
+        wait_for(lambda: pgw.route(apps[0].alias) is None, 10, what="the first app's route")
+        assert established_to(topology, "node", pgw.port) == 1
+        assert len(holders(pgw)) == 1
+        assert sessions[1].get("/hello").status == 200
+        for a in apps[1:]:
+            a.stop()
+        wait_for(lambda: established_to(topology, "node", pgw.port) == 0, 10,
+                 what="the last one out to close the tunnel")
+        wait_for(lambda: holders(pgw) == [], 10, what="the holder to exit")
+        assert all(pgw.route(a.alias) is None for a in apps)
+    finally:
+        for a in apps:
+            a.stop()
+
+
+def test_killing_the_holder_moves_the_tunnel_and_loses_no_app(topology, pgw, munged,
+                                                              site_policy):
+    apps = [run_app(pgw, munged, site_policy, f"keep{i}") for i in range(3)]
+    try:
+        sessions = [pgw.login(a.alias, a.link) for a in apps]
+        [old] = holders(pgw)
+        os.kill(old, 9)
+        # Within the reconnect backoff another holder (started by one of the runs) carries
+        # every app again under its alias; the browsers' cookies still work.
+        wait_for(lambda: [p for p in holders(pgw) if p != old], 15, what="a new holder")
+        for a in apps:
+            wait_for(lambda a=a: (pgw.route(a.alias) or {}).get("reach") == "tunnel", 15,
+                     what=f"{a.alias} to be carried again")
+        for s in sessions:
+            assert s.get("/hello").body == b"hello\n"
+        assert established_to(topology, "node", pgw.port) == 1
+        assert all(a.proc.poll() is None for a in apps)
+        said = [e for a in apps for e in a.events() if e.get("event") == "reconnecting"]
+        assert said and all(e["reason"] == "the process holding the tunnel ended"
+                            for e in said), said
+    finally:
+        for a in apps:
+            a.stop()

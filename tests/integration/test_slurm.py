@@ -201,6 +201,9 @@ def test_the_reaper_ends_a_job_whose_end_never_reached_the_gateway(slurm_cluster
     finally:
         c.wait_idle(60)
         c.write_plugstack(plugin_args(gw, c.munged))
+        # Without its slurmstepd nothing ends the job's processes (this Slurm tracks them by
+        # process group): the agent, its tunnel's holder and the app.
+        subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
 
 
 READY_SCRIPT = r"""
