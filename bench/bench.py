@@ -1642,7 +1642,7 @@ def parse_args(argv):
     a.routes = env_int("BENCH_ROUTES", 200 if s else 100000)
     a.idle_apps = env_int("BENCH_IDLE_APPS", 20 if s else 1000)
     a.poll_seconds = env_int("BENCH_POLL", 5)
-    a.poll_samples = env_int("BENCH_POLL_SAMPLES", 1 if s else 5)
+    a.poll_samples = env_int("BENCH_POLL_SAMPLES", 1 if s else 10)
     if a.seconds < 1 or a.rounds < 1 or a.idle_rounds < 1 or a.connections < 1 or a.big_bytes < 1 or a.idle < 1 \
             or a.routes < 2 or a.ws_sockets < 1 or a.idle_apps < 1 or a.poll_seconds < 5 \
             or a.poll_samples < 1:

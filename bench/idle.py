@@ -36,21 +36,26 @@ def _fleet(B, h, gw, n, policy):
     with open(os.path.join(gw.dir, "state", "jobgate", "agent.token")) as f:
         token = f.read().strip()
     agents = []
+
+    def one(i):
+        a = FakeAgent(port=gw.port, targets={f"a{i}": h.app_sock},
+                      auth={"method": "token", "token": token},
+                      hello_extra={"policy": policy} if policy else {})
+        agents.append(a)
+        a.wait_type("welcome", 60)
+        m = a.register(f"idle{i}", f"a{i}", rid=f"r{i}")
+        if m.get("type") != "registered":
+            raise B.BenchError(f"I: agent {i} was not registered: {m}")
+        return a
     try:
         for i in range(n):
-            agents.append(FakeAgent(port=gw.port, targets={f"a{i}": h.app_sock},
-                                    auth={"method": "token", "token": token},
-                                    hello_extra={"policy": policy} if policy else {}))
-        for i, a in enumerate(agents):
-            a.wait_type("welcome", 60)
-            m = a.register(f"idle{i}", f"a{i}", rid=f"r{i}")
-            if m.get("type") != "registered":
-                raise B.BenchError(f"I: agent {i} was not registered: {m}")
-        if policy:
-            for a in agents:
+            a = one(i)
+            if policy:
+                # One at a time, as agents of many jobs fall asleep: the gateway's memory is
+                # then that of n sleeping apps, not of n tunnels that were open at once.
                 a.send_ctl({"type": "sleep"})
-            for a in agents:
-                a.close()
+                a.close()  # as the real agent: "sleep", then its end of the connection
+        if policy:
             B.wait_until(lambda: sum(r.get("state") == "asleep" for r in _routes(B, gw)) == n,
                          60, "every app asleep", gw.proc, h.logf(gw.name))
         else:
@@ -128,14 +133,16 @@ def _first_request(B, h, poll, samples):
         def asleep():
             return any(r["alias"] == ready["alias"] and r.get("state") == "asleep"
                        for r in _routes(B, gw))
-        lat = []
+        lat, waits = [], []
         for _ in range(samples):
             B.wait_until(asleep, 30, "the tunnel to sleep", agent, h.logf("poller"))
-            time.sleep(random.uniform(0, poll))
+            waits.append(random.uniform(0, poll))
+            time.sleep(waits[-1])
             code, secs = _curl(gw, ready["alias"], cookie)
             if code != 200:
                 raise B.BenchError(f"I: the first request to the sleeping app got {code}")
             lat.append(secs)
+        B.log(f"I: first requests {lat} s after waiting {waits} s into the sleep")
         h.procs.stop(agent)
         return {"poll_s": poll, "samples": samples, "open_ms": open_s * 1000,
                 "first_median_s": statistics.median(lat), "first_max_s": max(lat)}
@@ -167,4 +174,6 @@ def report(res):
             f"The first request to a polling app (`keepalive(1) poll({f['poll_s']})`), sent at a "
             f"random moment after its tunnel went to sleep, {f['samples']} times: median "
             f"{f['first_median_s']:.2f} s, at most {f['first_max_s']:.2f} s, for a poll interval "
-            f"of {f['poll_s']} s (a request while the tunnel is open: {f['open_ms']:.1f} ms)."]
+            f"of {f['poll_s']} s (it waits for the next poll: half the interval on average, the "
+            f"whole at worst, plus 10 % of jitter; a request while the tunnel is open: "
+            f"{f['open_ms']:.1f} ms)."]
