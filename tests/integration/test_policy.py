@@ -381,3 +381,37 @@ def test_killing_the_holder_moves_the_tunnel_and_loses_no_app(topology, pgw, mun
     finally:
         for a in apps:
             a.stop()
+
+
+def test_callback_alone_and_callback_without_a_job(topology, pgw, munged, site_policy):
+    """keepalive(1) callback: asleep, every browser connection is dialled to the job's
+    endpoint (reach "callback"); without a job's certificate the agent says that callback
+    needs one and keeps its tunnel open instead."""
+    from slurm import cluster_user
+    from test_direct import USER, Job
+    cluster_user(USER)
+    job = Job(topology, pgw, munged, 5402)
+    port = 21402
+    job.ready(port)
+    env = {"JOBGATE_DIR": str(job.dir), "JOBGATE_JOB_ID": str(job.id),
+           "JOBGATE_GATEWAY": pgw.url("node"), "JOBGATE_MUNGE_SOCKET": munged.socket,
+           "JOBGATE_SITE_POLICY": str(site_policy)}
+    app = pgw.publish_http(host="node", name="cbonly", env_extra=env, extra=[
+        "--ca", str(pgw.ca_path), "--policy", "keepalive(1) callback",
+        "--callback-port", str(port)])
+    plain = run_app(pgw, munged, site_policy, "nojob", policy="keepalive(1) callback")
+    try:
+        s = pgw.login(app.alias, app.link)
+        r = wait_asleep(pgw, app.alias)
+        assert r["reach"] == "callback", r
+        for _ in range(2):
+            resp = s.get("/hello", conn=s.conn())
+            assert resp.status == 200 and resp.body == b"hello\n", resp
+        assert route(pgw, app.alias)["state"] == "asleep"
+        time.sleep(2)
+        assert route(pgw, plain.alias)["reach"] == "tunnel"
+        assert "callback needs a Slurm job started with --jobgate" in plain.log_path.read_text()
+        assert {"event": "policy", "policy": "keepalive(1)"} in plain.events(), plain.lines
+    finally:
+        app.stop()
+        plain.stop()
