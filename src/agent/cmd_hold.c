@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -62,13 +63,16 @@ static struct {
     unsigned nruns;            /* under mu */
     json_t *early;             /* under mu: events told before any run came, for the first */
     int had_run;               /* under mu */
+    int lost;                  /* under mu: the tunnel was lost for good (no reconnect) */
     struct agent_tunnel *t;
 } H = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
+/* Never waits: the tunnel's thread calls this, and a run that does not read
+ * (stopped with ^Z) must not stop the tunnel for the others. */
 static void send_to(struct run_conn *rc, json_t *msg)
 {
     pthread_mutex_lock(&rc->wmu);
-    if (rdv_send(rc->fd, msg) < 0)
+    if (rdv_send_nowait(rc->fd, msg) < 0)
         (void)shutdown(rc->fd, SHUT_RDWR); /* gone, or not reading: its thread ends */
     pthread_mutex_unlock(&rc->wmu);
 }
@@ -89,6 +93,8 @@ static void on_event(void *arg, const struct agent_tunnel_event *ev)
     if (ev->reply)
         json_object_set_new(m, "reply", json_deep_copy(ev->reply));
     pthread_mutex_lock(&H.mu);
+    if (strcmp(ev->event, "lost") == 0)
+        H.lost = 1;
     if (!H.had_run && json_array_size(H.early) < HOLD_EARLY_MAX) {
         /* The welcome's notices (a job the gateway did not bind) come before
          * the run that started us is here: they are its. */
@@ -273,6 +279,8 @@ int cmd_hold(int argc, char **argv)
     if (status_fd > 3)
         (void)close_range(3, (unsigned)status_fd - 1, 0);
     (void)close_range(status_fd >= 3 ? (unsigned)status_fd + 1 : 3, ~0U, 0);
+    if (status_fd >= 0)
+        (void)fcntl(status_fd, F_SETFD, FD_CLOEXEC); /* not into an ssh child */
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (null >= 0) {
         (void)dup2(null, STDIN_FILENO);
@@ -309,22 +317,50 @@ int cmd_hold(int argc, char **argv)
         return 1;
     }
     tell_status(&status_fd, "ok", NULL);
+    /* From here on the runs hear everything: the standard error of the run
+     * that started us (a terminal, a pipe to tee) is not ours to keep open. */
+    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (devnull >= 0) {
+        (void)dup2(devnull, STDERR_FILENO);
+        close(devnull);
+    }
 
     int64_t started = now_mono_ms();
     int had_runs = 0;
     for (;;) {
         pthread_mutex_lock(&H.mu);
         unsigned n = H.nruns;
+        int lost = H.lost;
         pthread_mutex_unlock(&H.mu);
         if (n == 0 && (had_runs || now_mono_ms() - started > HOLD_FIRST_RUN_MS))
             break; /* the last one out closes it */
+        if (lost && lfd >= 0) {
+            /* No new run on a tunnel that is gone: they start their own holder. */
+            (void)unlink(p.sock);
+            close(lfd);
+            lfd = -1;
+            close(lockfd);
+            lockfd = -1;
+        }
+        if (lfd < 0) {
+            struct timespec ts = {0, 200 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
         struct pollfd pfd = {.fd = lfd, .events = POLLIN};
         if (poll(&pfd, 1, 200) <= 0)
             continue;
         int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0)
             continue;
-        if (!rdv_peer_is_me(fd) || n >= HOLD_MAX_RUNS) {
+        if (!rdv_peer_is_me(fd)) {
+            close(fd);
+            continue;
+        }
+        if (n >= HOLD_MAX_RUNS) {
+            (void)rdv_send_nowait(fd, json_pack("{s:s,s:s,s:s}", "type", "error", "code", "limit",
+                                                "error", "the tunnel's holder carries "
+                                                "64 apps already: use --own-tunnel"));
             close(fd);
             continue;
         }
@@ -355,11 +391,14 @@ int cmd_hold(int argc, char **argv)
             run_gone(rc);
         pthread_attr_destroy(&at);
     }
-    /* No run left: nobody may find us any more, then the tunnel goes. */
-    (void)unlink(p.sock);
-    close(lfd);
+    /* No run left: nobody may find us any more (a new run starts its own
+     * holder at once), then the tunnel goes. */
+    if (lfd >= 0) {
+        (void)unlink(p.sock);
+        close(lfd);
+        close(lockfd);
+    }
     agent_tunnel_close(H.t);
-    close(lockfd);
     json_decref(H.early);
     return 0;
 }

@@ -175,7 +175,7 @@ static int parse_line(struct policy_file *f, char *line, unsigned lineno, char *
     r->text[relen] = '\0';
     char anchored[POLICY_RE_MAX + 8];
     (void)xsnprintf(anchored, sizeof(anchored), "^(%s)$", r->text);
-    int rc = regcomp(&r->re, anchored, REG_EXTENDED | REG_ICASE | REG_NOSUB);
+    int rc = regcomp(&r->re, anchored, REG_EXTENDED | REG_ICASE);
     if (rc != 0) {
         char msg[128];
         (void)regerror(rc, &r->re, msg, sizeof(msg));
@@ -274,9 +274,13 @@ void policy_file_free(struct policy_file *f)
 
 const struct policy_rule *policy_match(const struct policy_file *f, const char *host)
 {
-    for (unsigned i = f->n; i-- > 0;)
-        if (regexec(&f->rules[i].re, host, 0, NULL, 0) == 0)
+    /* The whole name: the anchors alone can be escaped ("a)|(b"). */
+    regoff_t len = (regoff_t)strlen(host);
+    for (unsigned i = f->n; i-- > 0;) {
+        regmatch_t m;
+        if (regexec(&f->rules[i].re, host, 1, &m, 0) == 0 && m.rm_so == 0 && m.rm_eo == len)
             return &f->rules[i];
+    }
     return NULL;
 }
 

@@ -128,6 +128,24 @@ int rdv_listen(const struct rdv_paths *p, char *err, size_t errlen)
     return fd;
 }
 
+int rdv_send_nowait(int fd, json_t *msg)
+{
+    char *s = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+    json_decref(msg);
+    if (!s)
+        return -ENOMEM;
+    size_t n = strlen(s);
+    s[n] = '\n';
+    ssize_t w;
+    do
+        w = send(fd, s, n + 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (w < 0 && errno == EINTR);
+    free(s);
+    if (w < 0)
+        return -errno;
+    return (size_t)w == n + 1 ? 0 : -EAGAIN; /* a part went: the line is broken */
+}
+
 int rdv_send(int fd, json_t *msg)
 {
     char *s = msg ? json_dumps(msg, JSON_COMPACT) : NULL;

@@ -59,6 +59,10 @@ int rdv_peer_is_me(int fd);
  * -EPIPE, never SIGPIPE). */
 int rdv_send(int fd, json_t *msg);
 
+/* As rdv_send, but never waits: a peer whose buffer is full gets -EAGAIN
+ * (and possibly part of the line: the caller ends that connection). */
+int rdv_send_nowait(int fd, json_t *msg);
+
 /* A line reader over one socket. */
 struct rdv_reader {
     int fd;

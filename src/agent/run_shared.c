@@ -71,14 +71,29 @@ static void make_ident(const struct run *r, char *buf, size_t len)
         job = getenv("SLURM_JOB_ID");
     policy_format(&r->policy, pol, sizeof(pol));
     const char *dir = getenv("JOBGATE_DIR"), *munge = getenv("JOBGATE_MUNGE_SOCKET");
-    const char *ca = r->ca ? r->ca : getenv("JOBGATE_CA");
     char *state = config_default_state_dir(); /* a personal gateway's pinned certificate */
+    /* Files by what they are, not by how a run named them (relative paths). */
+    char *ca = realpath(r->ca ? r->ca : getenv("JOBGATE_CA") ? getenv("JOBGATE_CA") : "", NULL);
+    char *cert = realpath(r->cert ? r->cert : getenv("JOBGATE_CERT") ? getenv("JOBGATE_CERT")
+                                                                     : "", NULL);
+    char *key = realpath(r->key ? r->key : getenv("JOBGATE_KEY") ? getenv("JOBGATE_KEY") : "",
+                         NULL);
+    const char *env[] = {"https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "JOBGATE_SSH",
+                         "JOBGATE_REMOTE_JOBGATE"};
+    char more[1024] = "";
+    for (size_t i = 0; i < sizeof(env) / sizeof(env[0]); i++)
+        if (getenv(env[i]))
+            (void)xsnprintf(more + strlen(more), sizeof(more) - strlen(more), "\n%s=%s", env[i],
+                            getenv(env[i]));
     (void)xsnprintf(buf, len, "jobgate/1\n%s\n%s\nca=%s\ncert=%s\nkey=%s\ndir=%s\nmunge=%s\n"
-                    "state=%s\npolicy=%s\nping=%lld/%lld", r->gateway ? r->gateway : r->via,
-                    job ? job : "", ca ? ca : "", r->cert ? r->cert : "", r->key ? r->key : "",
+                    "state=%s\npolicy=%s\nping=%lld/%lld%s", r->gateway ? r->gateway : r->via,
+                    job ? job : "", ca ? ca : "", cert ? cert : "", key ? key : "",
                     dir ? dir : "", munge ? munge : "", state ? state : "", pol,
-                    (long long)r->ping_interval, (long long)r->ping_timeout);
+                    (long long)r->ping_interval, (long long)r->ping_timeout, more);
     free(state);
+    free(ca);
+    free(cert);
+    free(key);
 }
 
 /* Starts a holder (double fork: it is nobody's child to reap) and reads how
@@ -134,11 +149,19 @@ static int spawn_holder(const struct run *r, const struct shared *sh, char *err,
         return errmsg(err, errlen, -1, "fork: %s", strerror(errno));
     }
     if (pid == 0) {
+        /* The run's handlers (which forward ^C to its app) are not the holder's. */
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof(dfl));
+        dfl.sa_handler = SIG_DFL;
+        (void)sigaction(SIGINT, &dfl, NULL);
+        (void)sigaction(SIGTERM, &dfl, NULL);
+        (void)sigaction(SIGHUP, &dfl, NULL);
         sigset_t none;
         sigemptyset(&none);
         (void)sigprocmask(SIG_SETMASK, &none, NULL);
         if (fork() != 0)
             _exit(0);
+        (void)setsid(); /* out of the terminal's process group before anything else */
         (void)fcntl(pfd[1], F_SETFD, 0);
         execv("/proc/self/exe", (char *const *)argv);
         _exit(127);
@@ -159,6 +182,8 @@ static int spawn_holder(const struct run *r, const struct shared *sh, char *err,
         if (k <= 0)
             break;
         got += (size_t)k;
+        if (memchr(line, '\n', got))
+            break; /* one line: the holder's word */
     }
     close(pfd[0]);
     line[got] = '\0';
@@ -175,6 +200,14 @@ static int spawn_holder(const struct run *r, const struct shared *sh, char *err,
     return errmsg(err, errlen, -1, "the tunnel's holder (jobgate tunnel --hold) did not start");
 }
 
+static int stopping(struct shared *sh)
+{
+    pthread_mutex_lock(&sh->mu);
+    int s = sh->stopping;
+    pthread_mutex_unlock(&sh->mu);
+    return s;
+}
+
 /* A connection to a holder whose tunnel is open: the fd, with its reader
  * in *rd, or -1 with err. */
 static int find_holder(const struct run *r, const struct shared *sh, struct rdv_reader *rd,
@@ -182,6 +215,8 @@ static int find_holder(const struct run *r, const struct shared *sh, struct rdv_
 {
     int64_t deadline = now_mono_ms() + SHARED_FIND_MS;
     for (unsigned i = 0;; i++) {
+        if (stopping((struct shared *)sh))
+            return errmsg(err, errlen, -1, "stopping");
         int fd = rdv_connect(sh->paths.sock, err, errlen);
         if (fd >= 0) {
             json_t *m = NULL;
@@ -189,6 +224,14 @@ static int find_holder(const struct run *r, const struct shared *sh, struct rdv_
             int rc = rdv_recv(rd, &m, 5000);
             const char *type = json_string_value(json_object_get(m, "type"));
             int open = rc == 0 && type && strcmp(type, "open") == 0;
+            if (rc == 0 && type && strcmp(type, "error") == 0) {
+                (void)errmsg(err, errlen, -1, "%s",
+                             json_string_value(json_object_get(m, "error")) ?: "refused");
+                json_decref(m);
+                rdv_reader_free(rd);
+                close(fd);
+                return -1;
+            }
             json_decref(m);
             if (open)
                 return fd;
@@ -277,13 +320,6 @@ static void tell(struct run *r, const char *event, const char *msg, const char *
     publish_tunnel_event(r, &ev);
 }
 
-static int stopping(struct shared *sh)
-{
-    pthread_mutex_lock(&sh->mu);
-    int s = sh->stopping;
-    pthread_mutex_unlock(&sh->mu);
-    return s;
-}
 
 /* The holder is gone: find or start another and register again under our
  * alias, with the backoff of a reconnect. 0, or -1 when stopping. */
@@ -319,6 +355,11 @@ static int take_over(struct run *r, struct shared *sh)
         int fd = find_holder(r, sh, &rd, err, sizeof(err));
         if (fd < 0)
             continue;
+        if (stopping(sh)) { /* the run ends: nothing to register any more */
+            rdv_reader_free(&rd);
+            close(fd);
+            return -1;
+        }
         struct agent_app app = {.name = r->name, .sock = r->tcp ? NULL : r->sock,
                                 .port = r->port, .ttl = r->ttl, .callback_port = sh->cb_port,
                                 .alias = sh->alias[0] ? sh->alias : NULL};

@@ -164,7 +164,9 @@ struct agent_tunnel {
     char **ssh_argv;
     char **envp;
     int64_t ping_interval_ms, ping_timeout_ms;
-    struct policy policy;           /* keepalive, reconnect, callback, poll (policy.h) */
+    struct policy policy;           /* keepalive, reconnect, callback, poll (policy.h): set
+                                     * before the thread starts, then the thread's alone (the
+                                     * welcome may change poll to the gateway's) */
     agent_tunnel_event_fn on_event;
     void *event_arg;
 

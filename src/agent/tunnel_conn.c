@@ -305,6 +305,15 @@ void conn_idle_check(struct tconn *c)
     evtimer_add(c->idle_timer, &tv);
 }
 
+/* Routes that the gateway still holds for us (start_close takes them back). */
+static int has_gone_routes(const struct agent_tunnel *t)
+{
+    for (const struct app_entry *a = t->apps; a; a = a->next)
+        if (a->alias && !a->keep)
+            return 1;
+    return 0;
+}
+
 /* When a sleeping tunnel dials again: the poll interval (or the check-in
  * interval without poll), within 10 % either way so that the agents of a
  * cluster spread out. */
@@ -443,6 +452,13 @@ void conn_teardown(struct tconn *c)
         a->rereg = 0;
     }
 
+    if (t->stopping && sleeping && has_gone_routes(t)) {
+        /* Closed to sleep while the tunnel was being closed: once more,
+         * to take the routes back. */
+        t->asleep = 1;
+        conn_attempt(t);
+        return;
+    }
     if (t->stopping) {
         event_base_loopbreak(t->base);
         return;
@@ -458,8 +474,8 @@ void conn_teardown(struct tconn *c)
          * poll, or at once for an app that waits to be registered. */
         int64_t delay = poll_delay_ms(t);
         for (struct app_entry *a = t->apps; a; a = a->next)
-            if (a->w)
-                delay = 0;
+            if (a->w || a->gone) /* an app waits to come or go: soon, but not in a loop */
+                delay = sleeping ? 0 : backoff_ms(t);
         t->asleep = 1;
         if (!sleeping)
             tun_notice(t, "cannot reach the gateway to collect requests: %s; next poll in %.0f s",

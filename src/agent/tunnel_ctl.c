@@ -8,6 +8,7 @@
 #include "tunnel-int.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -216,6 +217,16 @@ static void on_welcome(struct tconn *c, json_t *m)
      * redialled a few times a second for ever. */
     int again = t->ever_welcomed;
     t->ever_welcomed = 1;
+    /* The gateway's word on how often we come back (its poll_min, its cap). */
+    json_t *gp = json_object_get(json_object_get(m, "policy"), "poll");
+    if (json_is_integer(gp) && t->policy.poll > 0 && json_integer_value(gp) > 0 &&
+        json_integer_value(gp) <= POLICY_SECONDS_MAX &&
+        json_integer_value(gp) != t->policy.poll) {
+        if (!again)
+            tun_notice(t, "the gateway asks to be polled every %" JSON_INTEGER_FORMAT " s, not %"
+                       PRId64 " s", json_integer_value(gp), t->policy.poll);
+        t->policy.poll = json_integer_value(gp);
+    }
     const char *refused = json_string_value(json_object_get(m, "job_refused"));
     if (refused && !again)
         tun_notice(t, "the gateway does not bind this app to job %s: %.200s",
@@ -291,10 +302,15 @@ static void on_registered(struct tconn *c, struct app_entry *a, json_t *m)
     if (a->timer)
         evtimer_del(a->timer);
     if (a->abandoned) {
-        /* The caller gave up waiting; take the route back. */
-        cmsg_unregister(c, alias);
+        /* The caller gave up waiting, or the app left meanwhile: take the
+         * route back (or let it wait for a new agent). */
+        if (a->release)
+            cmsg_release(c, alias);
+        else
+            cmsg_unregister(c, alias);
         rereg_answered(c, a);
         app_entry_remove(t, a);
+        conn_idle_check(c);
         return;
     }
     int changed = !a->alias || strcmp(a->alias, alias) != 0;
@@ -336,7 +352,13 @@ static void on_request_error(struct tconn *c, struct app_entry *a, json_t *m)
         app_entry_remove(t, a);
         return;
     }
-    if (a->alias && !a->abandoned) {
+    if (a->abandoned) { /* it left while the answer was on its way */
+        rereg_answered(c, a);
+        app_entry_remove(t, a);
+        conn_idle_check(c);
+        return;
+    }
+    if (a->alias) {
         char palias[256];
         tun_printable(palias, sizeof(palias), a->alias, 255);
         tun_notice(t, "the gateway did not take %s back (%s); registering %s anew", palias, msg,

@@ -228,6 +228,8 @@ static int cb_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
     c->nstreams++;
     if (c->idle_timer)
         evtimer_del(c->idle_timer); /* busy again */
+    if (c->ph == PH_READY)
+        c->wanted = 1; /* a browser came: stay for the keepalive after it */
     if (nghttp2_session_set_stream_user_data(s, ds->br.sid, ds) != 0) {
         ds->br.sid = 0;
         ds_free(ds);

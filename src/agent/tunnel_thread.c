@@ -123,6 +123,7 @@ static void start_close(struct agent_tunnel *t)
     /* Asleep: dial once more to take the routes back (tun_close_apps on the
      * welcome; the dial and handshake timeouts bound it). */
     int wake = !c && t->asleep && has_routes(t);
+    int waking = c && !c->dead && !c->closing && c->ph != PH_READY && has_routes(t);
     for (struct app_entry *a = t->apps; a; a = a->next) {
         if (a->w) {
             struct waiter *w = a->w;
@@ -131,7 +132,7 @@ static void start_close(struct agent_tunnel *t)
         }
         if (a->keep)
             continue; /* a direct route outlives this tunnel */
-        if (a->alias && !up && !wake) {
+        if (a->alias && !up && !wake && !waking) {
             char palias[256];
             tun_printable(palias, sizeof(palias), a->alias, 255);
             tun_notice(t, "could not remove %s from the gateway (the tunnel is down); the gateway "
@@ -144,6 +145,11 @@ static void start_close(struct agent_tunnel *t)
     }
     if (!c) {
         event_base_loopbreak(t->base);
+        return;
+    }
+    if (!up && !c->dead && !c->closing && c->ph != PH_READY && has_routes(t)) {
+        /* Dialled to wake: the welcome takes the apps back (on_welcome sees
+         * stopping); the phase timer bounds the wait. */
         return;
     }
     if (!up) {
@@ -200,6 +206,8 @@ static void do_register(struct agent_tunnel *t, struct app_entry *a, struct wait
     } else if (!c && t->asleep) {
         evtimer_del(t->retry_ev); /* wake now: the welcome registers it */
         conn_attempt(t);
+        if (t->conn)
+            t->conn->wanted = 1; /* a new app: its link is about to be opened */
     }
 }
 
@@ -223,11 +231,12 @@ static void do_unregister(struct agent_tunnel *t, const char *local, int release
         tun_waiter_done(t, w, -ECANCELED, NULL, "the app left");
     }
     struct tconn *c = t->conn;
-    if (!a->alias) {
-        if (a->id[0])
-            a->abandoned = 1; /* answered later: on_registered takes it back */
-        else
-            app_entry_remove(t, a);
+    if (a->id[0]) {
+        /* Its (re-)registration is on its way: the answer takes it back. */
+        a->abandoned = 1;
+        a->release = release;
+    } else if (!a->alias) {
+        app_entry_remove(t, a);
     } else if (c && c->ph == PH_READY && !c->dead && !c->closing) {
         if (release)
             cmsg_release(c, a->alias);

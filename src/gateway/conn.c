@@ -167,6 +167,7 @@ void conn_local_reply(struct conn *c, int status, const char *detail, int must_c
 
 static void reset_exchange(struct conn *c)
 {
+    conn_unhold(c); /* whatever answered it (a 403 after a logout, say) */
     c->wait_until = 0; /* the next request waits for a reconnecting agent afresh */
     c->via_cb = c->cb_failed = 0;
     c->alias[0] = '\0';
@@ -475,6 +476,11 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
     if (verdict != ADMIT_ASLEEP)
         conn_unhold(c); /* its agent is back (or the app gone) */
     if (verdict == ADMIT_ASLEEP) {
+        if (h->flags & HTTP1_F_EXPECT_OTHER) {
+            evbuffer_drain(bufferevent_get_input(c->cli), head_len);
+            conn_local_reply(c, 417, "Only 'Expect: 100-continue' is supported.", has_body, NULL);
+            return;
+        }
         conn_asleep_request(c, &a.route, h, head_len, has_body);
         return;
     }
@@ -787,8 +793,10 @@ static void be_event(struct bufferevent *bev, short what, void *arg)
     if (!c->resp_started && c->be_reused && !c->retried && c->req_body == HTTP1_BODY_NONE &&
         safe_method(c->method) && evbuffer_get_length(bufferevent_get_input(c->be)) == 0) {
         /* The app closed a kept-alive connection as we sent on it: once, on a fresh one. */
-        struct route rc;
-        int found = registry_route_get(c->w->reg, c->alias, &rc) == 0;
+        struct route rc = c->be_route;
+        /* A sleeping app's callback endpoint goes again where it went (the registry's
+         * route is the tunnel route, with no tunnel). */
+        int found = c->via_cb || registry_route_get(c->w->reg, c->alias, &rc) == 0;
         c->retried = 1;
         conn_be_drop(c);
         if (!found) {

@@ -8,6 +8,7 @@
 #include "conn.h"
 #include "conn-int.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -60,15 +61,18 @@ void conn_asleep_request(struct conn *c, const struct route *r, struct http1_hea
         return;
     }
     int64_t now = now_mono_ms();
-    if (c->wait_until == 0) {
+    if (c->wait_until == 0 && !c->held) {
         /* Counted per app; over the bound (or hold = 0) it is answered at
          * once, and the agent still hears that it was wanted. */
         unsigned max = w->cfg->hold > 0 ? w->cfg->hold_max : 0;
+        int rc = registry_hold(w->reg, c->alias, 1, max);
         c->wait_until = now;
-        if (registry_hold(w->reg, c->alias, 1, max) == 0) {
+        if (rc == 0) {
             c->held = 1;
             snprintf(c->held_alias, sizeof(c->held_alias), "%s", c->alias);
             c->wait_until = now + w->cfg->hold * 1000;
+        } else if (rc == -ENOENT) {
+            c->wait_until = now + 1000; /* its agent came back meanwhile: look again */
         }
     }
     if (now < c->wait_until) {

@@ -356,6 +356,7 @@ int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, s
             log_info("tunnel=%" PRIx64 " takes %s over from tunnel=%" PRIx64, c->tunnel, r.alias,
                      r.tunnel);
         int changed = strcmp(r.name, c->name) != 0 || strcmp(r.path, c->local) != 0;
+        int wanted = old->wanted; /* old is the table's entry: route_replace overwrites it */
         snprintf(r.name, sizeof(r.name), "%s", c->name);
         snprintf(r.path, sizeof(r.path), "%s", c->local);
         r.tunnel = c->tunnel;
@@ -366,9 +367,9 @@ int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, s
             rc = -EIO;
         else
             log_info("route attach alias=%s uid=%u tunnel=%" PRIx64 "%s", r.alias,
-                     (unsigned)r.uid, c->tunnel, old->wanted ? " (requests held)" : "");
+                     (unsigned)r.uid, c->tunnel, wanted ? " (requests held)" : "");
         *out = r;
-        out->wanted = old->wanted;
+        out->wanted = wanted;
     } else {
         out->uid = c->uid;
         out->kind = ROUTE_TUNNEL;

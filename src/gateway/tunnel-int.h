@@ -50,6 +50,7 @@ struct worker;
 #define TUN_TICK_MS 1000
 #define TUN_CTL_OUT_MAX (1024 * 1024)        /* answers the agent has not taken yet */
 #define TUN_GONE_TICKS 5                     /* ticks a stream whose conn left may stall */
+#define TUN_CHECKIN_MAX 3600                 /* a sleeping agent's poll and check-in: at most */
 
 enum tstate {
     T_HELLO,   /* challenge sent, waiting for the hello */
@@ -114,6 +115,7 @@ struct tunnel {
     int callback;               /* its apps may name a callback endpoint */
     uint32_t poll, checkin;     /* seconds (poll raised to [tunnel] poll_min) */
     int asleep;                 /* it said "sleep": its routes wait for its next poll */
+    unsigned released;          /* routes it let go ("release"): at most TUN_MAX_REG */
     char method[12];
     char nonce[TOKEN_STR_LEN + 1];
     int32_t ctl_id;

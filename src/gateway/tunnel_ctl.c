@@ -299,20 +299,24 @@ static int hello_policy(struct tunnel *t, json_t *p, char *why, size_t wl)
                   json_integer_value(poll) > 86400)) ||
         (ci && (!json_is_integer(ci) || json_integer_value(ci) < 1 ||
                 json_integer_value(ci) > 86400)) ||
-        (json_is_true(sl) && !ci)) {
+        (json_is_true(sl) && (!ci || (!json_is_true(cb) && (!poll ||
+                                                             json_integer_value(poll) == 0))))) {
         snprintf(why, wl, "'policy' must be {\"reconnect\": bool, \"callback\": bool, "
-                 "\"sleeps\": bool, \"poll\": 0..86400, \"checkin\": 1..86400 (with sleeps)}");
+                 "\"sleeps\": bool, \"poll\": 0..86400, \"checkin\": 1..86400}, with "
+                 "checkin and callback or poll when it sleeps");
         return -1;
     }
-    int64_t min = t->hub->cfg->poll_min;
+    /* Between poll_min and an hour: a sleeping route outlives its agent by at
+     * most twice that (or the grace time), whatever the agent asks. */
+    int64_t min = t->hub->cfg->poll_min, max = TUN_CHECKIN_MAX;
     t->once = rc && json_is_false(rc);
     t->callback = json_is_true(cb);
     t->sleeps = json_is_true(sl);
     int64_t pv = poll ? json_integer_value(poll) : 0;
-    t->poll = (uint32_t)(pv > 0 && pv < min ? min : pv);
+    t->poll = (uint32_t)(pv > 0 && pv < min ? min : pv > max ? max : pv);
     if (t->sleeps) {
         int64_t cv = t->poll ? t->poll : json_integer_value(ci);
-        t->checkin = (uint32_t)(cv < min ? min : cv);
+        t->checkin = (uint32_t)(cv < min ? min : cv > max ? max : cv);
     }
     return 0;
 }
@@ -540,6 +544,8 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
         return ctl_error(t, id, "invalid", "'ttl' must be " APP_LINK_TTL_RULE);
     if (json_object_get(m, "alias") && !alias)
         return ctl_error(t, id, "invalid", "'alias' must be a string");
+    if (t->asleep)
+        return ctl_error(t, id, "invalid", "this tunnel said it sleeps: register on the next one");
     if (json_object_get(m, "direct"))
         return register_direct(t, id, m, name, ttl);
 
@@ -592,9 +598,12 @@ static void op_release(struct tunnel *t, const char *id, json_t *m)
     if (slot < 0)
         return ctl_error(t, id, "not_found", "this tunnel registered no app '%s'",
                          alias ? alias : "");
+    if (t->released >= TUN_MAX_REG)
+        return ctl_error(t, id, "limit", "at most %d routes released per tunnel", TUN_MAX_REG);
     const char *aliases[1] = {t->reg[slot].alias};
     registry_tunnel_detach(t->hub->reg, t->id, aliases, 1, 0);
     t->reg[slot] = t->reg[--t->nreg];
+    t->released++;
 }
 
 /* The agent closes the tunnel to sleep (keepalive ran out): its routes wait

@@ -155,10 +155,11 @@ def test_default_policy_keeps_the_tunnel(topology, pgw, munged, site_policy):
 
 def test_keepalive_then_poll_serves_a_request_held_while_away(topology, pgw, munged,
                                                              site_policy):
-    """keepalive(2) poll(4): the tunnel closes 2 s after the last stream; a request that
-    arrives while the agent is away is held and served after its next poll; then the tunnel
-    sleeps again. Link, session and alias stay valid throughout."""
-    app = run_app(pgw, munged, site_policy, "poller", policy="keepalive(2) poll(4)")
+    """keepalive(3) poll(4): the tunnel closes 3 s after the last stream; a request that
+    arrives while the agent is away is held and served after its next poll, and the agent,
+    told that it was wanted, stays for its keepalive (a poll that finds nothing goes after
+    1 s); then the tunnel sleeps again. Link, session and alias stay valid throughout."""
+    app = run_app(pgw, munged, site_policy, "poller", policy="keepalive(3) poll(4)")
     try:
         s = pgw.login(app.alias, app.link)
         assert s.get("/hello").body == b"hello\n"
@@ -178,7 +179,10 @@ def test_keepalive_then_poll_serves_a_request_held_while_away(topology, pgw, mun
                  what="the request to be held")
         t.join(HOLD + 6)
         assert got["r"].status == 200 and got["r"].body == b"hello\n", got
-        # Served through the tunnel its poll opened; it sleeps again after the keepalive.
+        # Served through the tunnel its poll opened, which stays for the keepalive ...
+        time.sleep(2)
+        assert route(pgw, app.alias)["reach"] == "tunnel"
+        # ... and then sleeps again.
         wait_asleep(pgw, app.alias, timeout=10)
         sleeps = [e for e in app.events() if e.get("event") == "sleeping"]
         assert len(sleeps) >= 2 and all(3.5 <= e["next_poll"] <= 4.5 for e in sleeps), sleeps

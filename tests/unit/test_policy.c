@@ -64,6 +64,14 @@ static void test_parse_and_match(void **state)
     assert_int_equal(r->line, 2);
     policy_file_free(&f);
 
+    /* An expression that closes the anchors' group still matches whole names only. */
+    assert_int_equal(parse(&f, "\"a)|(b\" poll(5)\n", err, sizeof(err)), 0);
+    assert_null(policy_match(&f, "ab"));
+    assert_null(policy_match(&f, "a.evil"));
+    assert_null(policy_match(&f, "evil.b"));
+    assert_non_null(policy_match(&f, "b"));
+    policy_file_free(&f);
+
     /* An empty file, and one of comments only: no rule. */
     assert_int_equal(parse(&f, "", err, sizeof(err)), 0);
     assert_null(policy_match(&f, "a"));

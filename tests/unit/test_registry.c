@@ -225,6 +225,67 @@ static int mine_all(void *arg, const char *alias)
     return 1;
 }
 
+/* A tunnel that sleeps (docs/policy.md): its routes are asleep, requests for
+ * them are held (bounded per route), the agent hears at its next poll that
+ * it was wanted, and a lost tunnel without reconnect ends its routes. */
+static void test_tunnel_sleep_hold_wanted(void **state)
+{
+    struct fx *f = *state;
+    struct route r, again;
+    struct admission a;
+    char cookie[TOKEN_STR_LEN + 1];
+    struct tunnel_claim c = {.uid = ME, .tunnel = 21, .name = "poller", .local = "p",
+                             .mine = mine_none, .poll = 30, .checkin = 30};
+    assert_int_equal(registry_tunnel_attach(f->reg, &c, &r), 0);
+    assert_int_equal(r.wanted, 0);
+    session(f, r.alias, ME, cookie);
+    struct http1_str v = str(cookie);
+    /* Not asleep: nothing to hold. */
+    assert_int_equal(registry_hold(f->reg, r.alias, 1, 4), -ENOENT);
+
+    const char *aliases[1] = {r.alias};
+    registry_tunnel_detach(f->reg, 21, aliases, 1, 1);
+    assert_int_equal(registry_admit(f->reg, r.alias, &v, 1, &a), ADMIT_ASLEEP);
+    assert_true(a.route.asleep);
+    assert_string_equal(route_state(&a.route), "asleep");
+    char reach[64];
+    route_reach(&a.route, reach, sizeof(reach));
+    assert_string_equal(reach, "poll 30s");
+    assert_int_equal(registry_hold(f->reg, r.alias, 1, 2), 0);
+    assert_int_equal(registry_hold(f->reg, r.alias, 1, 2), 0);
+    assert_int_equal(registry_hold(f->reg, r.alias, 1, 2), -EBUSY);
+    assert_int_equal(registry_route_get(f->reg, r.alias, &again), 0);
+    assert_int_equal(again.held, 2);
+
+    /* The poll: same route, told that it was wanted, the count kept for the
+     * requests that still wait; once told, not again. */
+    struct tunnel_claim back = c;
+    back.tunnel = 22;
+    back.alias = r.alias;
+    assert_int_equal(registry_tunnel_attach(f->reg, &back, &again), 0);
+    assert_int_equal(again.wanted, 1);
+    assert_int_equal(again.held, 2);
+    assert_int_equal(registry_admit(f->reg, r.alias, &v, 1, &a), ADMIT_OK);
+    assert_int_equal(registry_hold(f->reg, r.alias, -1, 0), 0);
+    assert_int_equal(registry_hold(f->reg, r.alias, -1, 0), 0);
+    assert_int_equal(registry_hold(f->reg, r.alias, -1, 0), 0); /* not below zero */
+    assert_int_equal(registry_route_get(f->reg, r.alias, &again), 0);
+    assert_int_equal(again.held, 0);
+    back.tunnel = 23;
+    assert_int_equal(registry_tunnel_attach(f->reg, &back, &again), 0);
+    assert_int_equal(again.wanted, 0);
+
+    /* No reconnect: a lost tunnel (not a sleep) ends the route at once. */
+    struct tunnel_claim once = c;
+    once.tunnel = 24;
+    once.name = "once";
+    once.once = 1;
+    assert_int_equal(registry_tunnel_attach(f->reg, &once, &r), 0);
+    aliases[0] = r.alias;
+    registry_tunnel_detach(f->reg, 24, aliases, 1, 0);
+    assert_int_equal(registry_route_get(f->reg, r.alias, &again), -ENOENT);
+}
+
 static void test_tunnel_reconnect_keeps_alias(void **state)
 {
     struct fx *f = *state;
@@ -384,7 +445,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_admission_verdicts),     T(test_starting_then_ready),
         T(test_logout_and_remove_revoke), T(test_redeem_errors),
-        T(test_resolve_by_alias_or_name), T(test_tunnel_reconnect_keeps_alias),
+        T(test_resolve_by_alias_or_name), T(test_tunnel_sleep_hold_wanted),
+        T(test_tunnel_reconnect_keeps_alias),
         T(test_reap_dead_owner_and_orphan), T(test_routes_survive_reopen),
         T(test_job_routes_end_with_the_job),
     };
