@@ -449,6 +449,8 @@ static void *reader_thread(void *arg)
     return NULL;
 }
 
+static void shared_stop(struct run *r, int unregister);
+
 static int shared_open(struct run *r)
 {
     char err[1024];
@@ -467,6 +469,8 @@ static int shared_open(struct run *r)
     if (rdv_paths(sh->ident, &sh->paths, err, sizeof(err)) < 0 ||
         (sh->fd = find_holder(r, sh, &sh->rd, err, sizeof(err))) < 0) {
         cli_error("%s", err);
+        sh->fd = -1;
+        shared_stop(r, 0); /* cmd_run calls no close after a failed open */
         return -1;
     }
     return 0;
