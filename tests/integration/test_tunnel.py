@@ -330,3 +330,16 @@ def test_tcp_port_answered_by_another_user_is_refused(gateway):
         assert r.status == 200 and r.body == b"mine\n", (r, r.body)
     assert "answered by uid 65534" in app.log_path.read_text()
     app.stop()
+
+
+def test_the_shared_tunnel_lives_only_in_a_private_directory(gateway, tmp_path):
+    """The rendezvous of the node's shared tunnel (docs/policy.md) is refused in a directory
+    that others may enter: nobody else may offer a tunnel, or learn of one."""
+    run = tmp_path / "run"
+    (run / "jobgate").mkdir(parents=True)
+    os.chmod(run / "jobgate", 0o755)
+    r = gateway.cli("run", "-g", gw_url(gateway), "--", "true",
+                    env_extra={"XDG_RUNTIME_DIR": str(run)}, timeout=30)
+    assert r.returncode == 1, r
+    assert b"is not a private directory of this user" in r.stderr, r.stderr
+    assert not list((run / "jobgate").iterdir())
