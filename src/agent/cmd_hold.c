@@ -45,7 +45,7 @@
 #define HOLD_FIRST_RUN_MS 15000   /* the run that started us connects within this */
 #define HOLD_MAX_RUNS 64          /* one app each: the gateway's apps per tunnel */
 
-enum { OPT_HOLD = 256, OPT_IDENT, OPT_VIA, OPT_CA, OPT_CERT, OPT_KEY, OPT_POLICY,
+enum { OPT_HOLD = 256, OPT_KEY_NAME, OPT_VIA, OPT_CA, OPT_CERT, OPT_KEY, OPT_POLICY,
        OPT_PING_INTERVAL, OPT_PING_TIMEOUT, OPT_STATUS_FD };
 
 struct run_conn {
@@ -219,7 +219,7 @@ int cmd_hold(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"hold", no_argument, NULL, OPT_HOLD},
-        {"ident", required_argument, NULL, OPT_IDENT},
+        {"name", required_argument, NULL, OPT_KEY_NAME},
         {"gateway", required_argument, NULL, 'g'},
         {"via", required_argument, NULL, OPT_VIA},
         {"ca", required_argument, NULL, OPT_CA},
@@ -233,7 +233,7 @@ int cmd_hold(int argc, char **argv)
     };
     struct agent_tunnel_opts o;
     struct policy policy = POLICY_DEFAULT;
-    const char *ident = NULL;
+    const char *key = NULL;
     char err[1024];
     int c, status_fd = -1;
     uint64_t v;
@@ -243,7 +243,7 @@ int cmd_hold(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":g:", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_HOLD: break;
-        case OPT_IDENT: ident = optarg; break;
+        case OPT_KEY_NAME: key = optarg; break;
         case 'g': o.gateway = optarg; break;
         case OPT_VIA: o.via = optarg; break;
         case OPT_CA: o.ca_file = optarg; break;
@@ -268,8 +268,8 @@ int cmd_hold(int argc, char **argv)
         default: return cli_getopt_error("tunnel", c, argc, argv);
         }
     }
-    if (!ident || (!o.gateway == !o.via))
-        return cli_usage_error("tunnel", "--hold is started by 'jobgate run' (--ident, and -g or "
+    if (!key || (!o.gateway == !o.via))
+        return cli_usage_error("tunnel", "--hold is started by 'jobgate run' (--name, and -g or "
                                "--via)");
 
     /* Our own session: a terminal's signals to the run that started us are
@@ -290,7 +290,7 @@ int cmd_hold(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     struct rdv_paths p;
-    if (rdv_paths(ident, &p, err, sizeof(err)) < 0) {
+    if (rdv_paths(key, &p, err, sizeof(err)) < 0) {
         tell_status(&status_fd, "error", err);
         return 1;
     }

@@ -32,8 +32,21 @@ static int own_dir(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-int rdv_paths(const char *ident, struct rdv_paths *p, char *err, size_t errlen)
+int rdv_key(const char *ident, char key[RDV_KEY_LEN + 1])
 {
+    unsigned char md[32];
+    unsigned mdlen = 0;
+    if (!EVP_Digest(ident, strlen(ident), md, &mdlen, EVP_sha256(), NULL))
+        return -EIO;
+    for (int i = 0; i < RDV_KEY_LEN / 2; i++)
+        (void)snprintf(key + 2 * i, 3, "%02x", md[i]);
+    return 0;
+}
+
+int rdv_paths(const char *key, struct rdv_paths *p, char *err, size_t errlen)
+{
+    if (strlen(key) != RDV_KEY_LEN || strspn(key, "0123456789abcdef") != RDV_KEY_LEN)
+        return errmsg(err, errlen, -EINVAL, "a tunnel's key is %d hex digits", RDV_KEY_LEN);
     const char *run = getenv("XDG_RUNTIME_DIR");
     struct stat st;
     int rc;
@@ -47,15 +60,8 @@ int rdv_paths(const char *ident, struct rdv_paths *p, char *err, size_t errlen)
     rc = own_dir(p->dir, err, errlen);
     if (rc < 0)
         return rc;
-    unsigned char md[32];
-    unsigned mdlen = 0;
-    if (!EVP_Digest(ident, strlen(ident), md, &mdlen, EVP_sha256(), NULL))
-        return errmsg(err, errlen, -EIO, "cannot hash the tunnel's name");
-    char hex[17];
-    for (int i = 0; i < 8; i++)
-        (void)snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    if (xsnprintf(p->sock, sizeof(p->sock), "%s/tunnel-%s.sock", p->dir, hex) < 0 ||
-        xsnprintf(p->lock, sizeof(p->lock), "%s/tunnel-%s.lock", p->dir, hex) < 0)
+    if (xsnprintf(p->sock, sizeof(p->sock), "%s/tunnel-%s.sock", p->dir, key) < 0 ||
+        xsnprintf(p->lock, sizeof(p->lock), "%s/tunnel-%s.lock", p->dir, key) < 0)
         return errmsg(err, errlen, -ENAMETOOLONG, "%s: too long a path for a socket", p->dir);
     return 0;
 }

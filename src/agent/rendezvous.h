@@ -35,10 +35,17 @@ struct rdv_paths {
     char lock[128];
 };
 
+#define RDV_KEY_LEN 16
+
+/* The key of a tunnel's name (ident: what makes two runs' tunnels one): hex
+ * of its SHA-256, what the holder is given on its command line (the ident
+ * may hold a proxy's credentials; `ps` shows everyone the key only). */
+int rdv_key(const char *ident, char key[RDV_KEY_LEN + 1]);
+
 /* The directory ($XDG_RUNTIME_DIR/jobgate, else /tmp/jobgate-UID: made 0700,
- * and refused unless it is ours and nobody else's) and the names for ident.
+ * and refused unless it is ours and nobody else's) and the names for key.
  * 0, or -errno with err. */
-int rdv_paths(const char *ident, struct rdv_paths *p, char *err, size_t errlen);
+int rdv_paths(const char *key, struct rdv_paths *p, char *err, size_t errlen);
 
 /* Connects to the holder at path: the fd (blocking, close-on-exec), or
  * -ENOENT / -ECONNREFUSED when there is none, -EPERM when its peer is not

@@ -48,6 +48,7 @@
 
 struct shared {
     char ident[2048];
+    char key[RDV_KEY_LEN + 1];  /* rdv_key(ident): the holder's --name */
     struct rdv_paths paths;
     pthread_t th;
     int th_started;
@@ -113,8 +114,8 @@ static int spawn_holder(const struct run *r, const struct shared *sh, char *err,
     argv[n++] = "jobgate";
     argv[n++] = "tunnel";
     argv[n++] = "--hold";
-    argv[n++] = "--ident";
-    argv[n++] = sh->ident;
+    argv[n++] = "--name";
+    argv[n++] = sh->key;
     argv[n++] = r->gateway ? "-g" : "--via";
     argv[n++] = r->gateway ? r->gateway : r->via;
     if (r->ca) {
@@ -466,7 +467,9 @@ static int shared_open(struct run *r)
     sh->fd = -1;
     r->shared = sh;
     make_ident(r, sh->ident, sizeof(sh->ident));
-    if (rdv_paths(sh->ident, &sh->paths, err, sizeof(err)) < 0 ||
+    if (rdv_key(sh->ident, sh->key) < 0)
+        (void)xsnprintf(err, sizeof(err), "cannot hash the tunnel's name");
+    if (!sh->key[0] || rdv_paths(sh->key, &sh->paths, err, sizeof(err)) < 0 ||
         (sh->fd = find_holder(r, sh, &sh->rd, err, sizeof(err))) < 0) {
         cli_error("%s", err);
         sh->fd = -1;
