@@ -73,18 +73,44 @@ static int log_line(char *line, size_t size, const char *lvl, const char *msg)
     return n;
 }
 
+/* The one place where what a line says is made safe: every string in it
+ * may come from a client, an agent or a node (an alias, an op name, a
+ * reason), so control characters and DEL become \xHH and a backslash \\:
+ * no message can end its line early, forge another, or move a terminal's
+ * cursor. */
+static void log_escape(char *dst, size_t size, const char *src)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)src; *p && o + 5 < size; p++) {
+        if (*p < 0x20 || *p == 0x7f) {
+            dst[o++] = '\\';
+            dst[o++] = 'x';
+            dst[o++] = hex[*p >> 4];
+            dst[o++] = hex[*p & 15];
+        } else if (*p == '\\') {
+            dst[o++] = '\\';
+            dst[o++] = '\\';
+        } else {
+            dst[o++] = (char)*p;
+        }
+    }
+    dst[o] = '\0';
+}
+
 static void log_v(enum log_level lvl, int access_line, const char *fmt, va_list ap)
 {
     static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
     static const char *name[] = {"error", "warn", "info", "debug"};
     if (lvl > log_max)
         return;
+    char raw[2048], msg[2048], line[2200];
+    vsnprintf(raw, sizeof(raw), fmt, ap);
+    log_escape(msg, sizeof(msg), raw);
     if (log_syslog) {
-        vsyslog(prio[lvl], fmt, ap);
+        syslog(prio[lvl], "%s", msg);
         return;
     }
-    char msg[2048], line[2200];
-    vsnprintf(msg, sizeof(msg), fmt, ap);
     int n = log_line(line, sizeof(line), name[lvl], msg);
     if (lvl == LOG_LVL_INFO && access_line) {
         if (acc_len + (size_t)n > sizeof(acc_buf))

@@ -3,6 +3,9 @@
  *
  * Rule for every caller: never pass a token, cookie, credential or query
  * string to these functions. Name the object instead (conn id, alias, uid).
+ * Untrusted strings may be passed as they are: every message is escaped here,
+ * in one place (control characters and DEL as \xHH, a backslash as \\), so
+ * one message is always one line.
  */
 #ifndef JG_LOG_H
 #define JG_LOG_H

@@ -306,3 +306,18 @@ def test_control_personal_refuses_other_user(gateway):
     finally:
         for d, m in zip(dirs, modes):
             os.chmod(d, m)
+
+
+def test_log_lines_cannot_be_forged(gateway):
+    """Issue 13, log injection: an alias or an op name with a newline in a control request
+    forged a whole line of the gateway's log. Every message is escaped in the logger."""
+    forged = "2026-01-01T00:00:00.000Z jobgated[1] info: FORGED route add alias=evil"
+    for req in ({"op": "remove", "alias": "x\n" + forged}, {"op": "link", "alias": "y\r\n" + forged},
+                {"op": "bogus\n" + forged}):
+        ans = gateway.control(req)
+        assert not ans.get("ok"), ans
+    wait_for(lambda: gateway.log_path.read_text().count("\\x0a2026-01-01") >= 2, 5,
+             what="the escaped requests in the log")
+    lines = gateway.log_path.read_text().splitlines()
+    assert not [ln for ln in lines if ln.startswith("2026-01-01") or "FORGED" in ln.split(":")[0]]
+    assert [ln for ln in lines if "\\x0d\\x0a2026-01-01" in ln], lines[-5:]
