@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/listener.h>
@@ -105,7 +106,23 @@ static int listen_on(struct worker *w, unsigned nworkers, char *err, size_t errl
         return errmsg(err, errlen, -EINVAL, "listen address '%s' is not a numeric IP address",
                       host);
     }
-    /* Every worker binds the same address; the kernel spreads connections. */
+    /* Every worker binds the same address; the kernel spreads connections.
+     * SO_REUSEPORT would also let a second jobgated of the same user share
+     * the port in silence: the first worker tries the address without it
+     * first, which another process's listener refuses. */
+    if (w->idx == 0 && nworkers > 1) {
+        int probe = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int one = 1;
+        if (probe >= 0)
+            (void)setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (probe >= 0 && bind(probe, (struct sockaddr *)&ss, sl) < 0 && errno == EADDRINUSE) {
+            close(probe);
+            return errmsg(err, errlen, -EADDRINUSE, "cannot listen on %s: another process "
+                          "listens there (another jobgated?)", cfg->listen);
+        }
+        if (probe >= 0)
+            close(probe);
+    }
     unsigned flags = LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
     if (nworkers > 1)
         flags |= LEV_OPT_REUSEABLE_PORT;

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from conftest import JOBGATED, NOBODY, build_request, control_as, free_port
+from conftest import (JOBGATED, NOBODY, Gateway, _finish, build_request, control_as, free_port,
+                      start_gateway)
 
 
 def check(path, timeout=10):
@@ -343,3 +344,24 @@ def test_shared_control_other_user_sees_only_own(shared, shared_app):
         assert shared_app.session.get("/hello").status == 200
     finally:
         tcp_app.stop()
+
+
+def test_a_second_gateway_on_the_same_port_is_refused(tmp_path):
+    """Issue 13: with several workers the listeners use SO_REUSEPORT, and a second jobgated of
+    the same user on the same port started without a word and took a share of the
+    connections. It must refuse to start, and say why."""
+    gw = start_gateway(Gateway({"gateway": {"workers": "2"}}, name="first"))
+    try:
+        conf = gw.config_path.read_text()
+        for d in ("state", "run"):
+            (tmp_path / d).mkdir(mode=0o700)
+        conf = conf.replace(str(gw.state_dir), str(tmp_path / "state")) \
+                   .replace(str(gw.control_path), str(tmp_path / "run" / "control.sock"))
+        (tmp_path / "second.conf").write_text(conf)
+        r = subprocess.run([JOBGATED, "-f", "-c", str(tmp_path / "second.conf")],
+                           capture_output=True, timeout=20)
+        assert r.returncode != 0, r
+        assert b"another process listens there" in r.stderr, r.stderr
+        assert gw.proc.poll() is None
+    finally:
+        _finish(gw)
