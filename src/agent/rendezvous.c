@@ -134,36 +134,43 @@ int rdv_listen(const struct rdv_paths *p, char *err, size_t errlen)
     return fd;
 }
 
-int rdv_send_nowait(int fd, json_t *msg)
+/* msg (taken) as one line, newline included: *n bytes; NULL on failure. */
+static char *line_of(json_t *msg, size_t *n)
 {
     char *s = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
     json_decref(msg);
     if (!s)
+        return NULL;
+    *n = strlen(s) + 1;
+    s[*n - 1] = '\n'; /* json_dumps' NUL becomes the line's end */
+    return s;
+}
+
+int rdv_send_nowait(int fd, json_t *msg)
+{
+    size_t n;
+    char *s = line_of(msg, &n);
+    if (!s)
         return -ENOMEM;
-    size_t n = strlen(s);
-    s[n] = '\n';
     ssize_t w;
     do
-        w = send(fd, s, n + 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        w = send(fd, s, n, MSG_NOSIGNAL | MSG_DONTWAIT);
     while (w < 0 && errno == EINTR);
     free(s);
     if (w < 0)
         return -errno;
-    return (size_t)w == n + 1 ? 0 : -EAGAIN; /* a part went: the line is broken */
+    return (size_t)w == n ? 0 : -EAGAIN; /* a part went: the line is broken */
 }
 
 int rdv_send(int fd, json_t *msg)
 {
-    char *s = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
-    json_decref(msg);
+    size_t n, off = 0;
+    char *s = line_of(msg, &n);
     if (!s)
         return -ENOMEM;
-    size_t n = strlen(s);
-    s[n] = '\n'; /* json_dumps' NUL becomes the line's end */
-    size_t off = 0;
     int rc = 0;
-    while (off < n + 1) {
-        ssize_t w = send(fd, s + off, n + 1 - off, MSG_NOSIGNAL);
+    while (off < n) {
+        ssize_t w = send(fd, s + off, n - off, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0) {

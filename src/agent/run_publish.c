@@ -255,22 +255,19 @@ static json_t *tunnel_add(struct run *r)
     return publish_register(r, tunnel_reg);
 }
 
-/* Closing the tunnel unregisters every app on it (and waits, bounded). */
-static void tunnel_remove(struct run *r, const json_t *reg)
-{
-    (void)reg;
-    agent_tunnel_close(r->tunnel);
-    r->tunnel = NULL;
-    callback_stop(r->cb);
-    r->cb = NULL;
-}
-
 static void tunnel_close(struct run *r)
 {
     agent_tunnel_close(r->tunnel);
     r->tunnel = NULL;
     callback_stop(r->cb);
     r->cb = NULL;
+}
+
+/* Closing the tunnel unregisters every app on it (and waits, bounded). */
+static void tunnel_remove(struct run *r, const json_t *reg)
+{
+    (void)reg;
+    tunnel_close(r);
 }
 
 /* The gateway drops a local route of ours when this process is gone (it

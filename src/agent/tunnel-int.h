@@ -287,6 +287,9 @@ void conn_idle_check(struct tconn *c);
 
 /* ---- tunnel_thread.c: closing ---------------------------------------------- */
 
+/* 1 when the gateway holds a route of ours on this tunnel (to take back at
+ * the close): an app with an alias that lives on the tunnel. */
+int tun_has_routes(const struct agent_tunnel *t);
 /* On a welcomed connection of a closing tunnel: resets the app streams,
  * unregisters the apps, then GOAWAY (bounded by the close timer). */
 void tun_close_apps(struct tconn *c);

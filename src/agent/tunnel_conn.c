@@ -305,15 +305,6 @@ void conn_idle_check(struct tconn *c)
     evtimer_add(c->idle_timer, &tv);
 }
 
-/* Routes that the gateway still holds for us (start_close takes them back). */
-static int has_gone_routes(const struct agent_tunnel *t)
-{
-    for (const struct app_entry *a = t->apps; a; a = a->next)
-        if (a->alias && !a->keep)
-            return 1;
-    return 0;
-}
-
 /* When a sleeping tunnel dials again: the poll interval (or the check-in
  * interval without poll), within 10 % either way so that the agents of a
  * cluster spread out. */
@@ -452,7 +443,7 @@ void conn_teardown(struct tconn *c)
         a->rereg = 0;
     }
 
-    if (t->stopping && sleeping && has_gone_routes(t)) {
+    if (t->stopping && sleeping && tun_has_routes(t)) {
         /* Closed to sleep while the tunnel was being closed: once more,
          * to take the routes back. */
         t->asleep = 1;

@@ -105,8 +105,7 @@ static void register_timeout_cb(evutil_socket_t fd, short what, void *arg)
         app_entry_remove(t, a);
 }
 
-/* Does the gateway hold a route of ours on this tunnel (to take back)? */
-static int has_routes(const struct agent_tunnel *t)
+int tun_has_routes(const struct agent_tunnel *t)
 {
     for (const struct app_entry *a = t->apps; a; a = a->next)
         if (a->alias && !a->keep)
@@ -122,8 +121,8 @@ static void start_close(struct agent_tunnel *t)
     int up = c && c->ph == PH_READY && !c->dead && !c->closing;
     /* Asleep: dial once more to take the routes back (tun_close_apps on the
      * welcome; the dial and handshake timeouts bound it). */
-    int wake = !c && t->asleep && has_routes(t);
-    int waking = c && !c->dead && !c->closing && c->ph != PH_READY && has_routes(t);
+    int wake = !c && t->asleep && tun_has_routes(t);
+    int waking = c && !c->dead && !c->closing && c->ph != PH_READY && tun_has_routes(t);
     for (struct app_entry *a = t->apps; a; a = a->next) {
         if (a->w) {
             struct waiter *w = a->w;
@@ -147,7 +146,7 @@ static void start_close(struct agent_tunnel *t)
         event_base_loopbreak(t->base);
         return;
     }
-    if (!up && !c->dead && !c->closing && c->ph != PH_READY && has_routes(t)) {
+    if (!up && !c->dead && !c->closing && c->ph != PH_READY && tun_has_routes(t)) {
         /* Dialled to wake: the welcome takes the apps back (on_welcome sees
          * stopping); the phase timer bounds the wait. */
         return;
