@@ -21,11 +21,13 @@
 #include "config.h"
 #include "control_ops.h"
 #include "log.h"
+#include "nodechan.h"
 #include "util.h"
 
 #define CTL_LINE_MAX 65536
 #define CTL_IDLE_SECS 60
-#define CTL_MAX_CLIENTS 512
+#define CTL_MAX_CLIENTS 512 /* in all, for users under the quota */
+#define CTL_RESERVED 64     /* more, for root, the gateway's own user and node users */
 #define CTL_OUT_MAX 65536 /* answers waiting unread: stop reading requests beyond this */
 
 struct control {
@@ -45,7 +47,10 @@ struct ctl_client {
     struct event *ev_first; /* the first read, with recvmsg: it may carry descriptors */
     struct evbuffer *in;    /* requests not yet handled (the bufferevent's input moves here) */
     struct ctl_peer peer;   /* who, and the descriptors sent with the request */
+    int64_t first_by;       /* the first bytes are due by then (now_mono_ms) */
 };
+
+static struct log_limit refused_log; /* worker 0's loop only */
 
 static void client_free(struct ctl_client *c)
 {
@@ -147,8 +152,18 @@ static void first_read(evutil_socket_t fd, short what, void *arg)
         return;
     }
     ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return; /* still armed */
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        /* Woken with nothing to read: the event is not persistent, so arm it
+         * again for what is left of the deadline (never beyond it). */
+        int64_t left = c->first_by - now_mono_ms();
+        if (left <= 0) {
+            client_free(c);
+            return;
+        }
+        struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
+        event_add(c->ev_first, &tv);
+        return;
+    }
     for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); n >= 0 && h; h = CMSG_NXTHDR(&mh, h)) {
         if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
             continue;
@@ -184,6 +199,40 @@ static void first_read(evutil_socket_t fd, short what, void *arg)
     client_read(c->bev, c);
 }
 
+/* Root, the gateway's own user and node users are outside the quota. */
+static int exempt(const struct control *ctl, uid_t uid)
+{
+    return uid == 0 || uid == ctl->uid || nodechan_trusts(ctl->w->nodes, uid);
+}
+
+/* Refuses (answers, logs within a rate, closes fd) a client over its uid's
+ * quota or over the total; 1 if refused. The quota keeps one user from
+ * taking the slots of all; the reserve keeps the exempt users in. */
+static int refuse_over_quota(struct control *ctl, int fd, uid_t uid)
+{
+    char msg[200];
+    int free_pass = exempt(ctl, uid);
+    unsigned mine = 0, quota = ctl->w->cfg->quota_control;
+    struct ctl_client *c;
+    LIST_FOREACH(c, &ctl->clients, link)
+        mine += c->peer.uid == uid;
+    if (!free_pass && mine >= quota)
+        snprintf(msg, sizeof(msg), "uid %u has %u control connections open, its quota "
+                 "([quota] control_clients)", (unsigned)uid, mine);
+    else if (ctl->nclients >= CTL_MAX_CLIENTS + (free_pass ? CTL_RESERVED : 0))
+        snprintf(msg, sizeof(msg), "the gateway has %u control connections open, its most",
+                 ctl->nclients);
+    else
+        return 0;
+    char line[300];
+    int n = snprintf(line, sizeof(line), "{\"ok\":false,\"code\":\"quota\",\"error\":\"%s\"}\n", msg);
+    ssize_t w = write(fd, line, (size_t)n);
+    (void)w;
+    log_limited(&refused_log, LOG_LVL_WARN, "control: refused uid=%u: %s", (unsigned)uid, msg);
+    close(fd);
+    return 1;
+}
+
 static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
@@ -205,11 +254,12 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
         close(fd);
         return;
     }
-    if (ctl->nclients >= CTL_MAX_CLIENTS) {
-        log_warn("control: %u clients already; refusing uid=%u", ctl->nclients, (unsigned)cred.uid);
-        close(fd);
+    if (refuse_over_quota(ctl, fd, cred.uid))
         return;
-    }
+    /* An out-of-band byte is an ordinary (bad) byte of the request here, so
+     * that it can never leave a readable socket that reads nothing. */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
     struct ctl_client *c = xcalloc(1, sizeof(*c));
     c->ctl = ctl;
     c->peer.w = ctl->w;
@@ -232,6 +282,7 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     c->ev_first = event_new(ctl->w->base, fd, EV_READ, first_read, c);
     if (!c->ev_first)
         fatal("out of memory (control client)");
+    c->first_by = now_mono_ms() + CTL_IDLE_SECS * 1000;
     event_add(c->ev_first, &idle);
 }
 

@@ -82,6 +82,14 @@ void nodechan_free(struct nodechan *nc)
     free(nc);
 }
 
+int nodechan_trusts(const struct nodechan *nc, uid_t uid)
+{
+    for (unsigned i = 0; nc && i < nc->ntrusted; i++)
+        if (nc->trusted[i] == uid)
+            return 1;
+    return 0;
+}
+
 int nodechan_match(const struct http1_str *target)
 {
     return target->n >= sizeof(NODECHAN_PREFIX) - 1 &&
@@ -137,11 +145,10 @@ static int node_auth(struct nodechan *nc, const struct http1_head *h, const char
         snprintf(why, sizeof(why), "MUNGE credential refused: %s", err);
         return refuse(out, 401, why);
     }
-    for (unsigned k = 0; k < nc->ntrusted; k++)
-        if (nc->trusted[k] == id.uid) {
-            *uid = id.uid;
-            return 0;
-        }
+    if (nodechan_trusts(nc, id.uid)) {
+        *uid = id.uid;
+        return 0;
+    }
     char why[200];
     snprintf(why, sizeof(why), "uid %u may not speak for nodes (the gateway's [slurm] node_users)",
              (unsigned)id.uid);

@@ -45,6 +45,9 @@ struct nodechan *nodechan_new(const struct jg_config *cfg, struct registry *reg,
                               const struct jobca *ca, uid_t self, char *err, size_t errlen);
 void nodechan_free(struct nodechan *nc);
 
+/* 1 if uid is one of node_users (they speak for nodes; quotas do not bound them). */
+int nodechan_trusts(const struct nodechan *nc, uid_t uid);
+
 /* 1 if the request target is under NODECHAN_PREFIX. */
 int nodechan_match(const struct http1_str *target);
 

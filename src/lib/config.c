@@ -109,6 +109,9 @@ int config_defaults(struct jg_config *c)
     c->hold = 20;
     c->hold_max = 32;
     c->poll_min = 5;
+    c->hello_wait = 5;
+    c->pending_max = 1024;
+    c->pending_per_address = 32;
     c->munge_socket = NULL;
     c->node_users = NULL;
     c->client_ca = NULL;
@@ -117,6 +120,11 @@ int config_defaults(struct jg_config *c)
     c->job_cert_max = 7 * DAY;
     c->job_check = 30;
     c->squeue = NULL;
+    c->quota_routes = 256;
+    c->quota_links = 1024;
+    c->quota_tunnels = 64;
+    c->quota_control = 16;
+    c->quota_held = 64;
     if (!c->state_dir || !c->control_socket)
         return -ENOENT;
     if (strlen(c->control_socket) >= SUN_PATH_MAX)
@@ -327,6 +335,9 @@ static const struct keydef keys[] = {
     {"tunnel", "hold", K_DURATION, OFF(hold), 0, 5 * MINUTE, "0s..5m"},
     {"tunnel", "hold_max", K_UINT, OFF(hold_max), 0, 10000, "0..10000"},
     {"tunnel", "poll_min", K_DURATION, OFF(poll_min), 1, HOUR, "1s..1h"},
+    {"tunnel", "hello_wait", K_DURATION, OFF(hello_wait), 1, MINUTE, "1s..1m"},
+    {"tunnel", "pending_max", K_UINT, OFF(pending_max), 1, 1000000, "1..1000000"},
+    {"tunnel", "pending_per_address", K_UINT, OFF(pending_per_address), 1, 1000000, "1..1000000"},
     {"tunnel", "munge_socket", K_SOCKPATH, OFF(munge_socket), 0, 0, NULL},
     {"tunnel", "client_ca", K_PATH, OFF(client_ca), 0, 0, NULL},
     {"tunnel", "gridmap", K_PATH, OFF(gridmap), 0, 0, NULL},
@@ -335,12 +346,17 @@ static const struct keydef keys[] = {
     {"slurm", "job_cert_max", K_DURATION, OFF(job_cert_max), MINUTE, 366 * DAY, "1m..366d"},
     {"slurm", "job_check", K_DURATION, OFF(job_check), 0, HOUR, "0s..1h (0: never)"},
     {"slurm", "squeue", K_PATH, OFF(squeue), 0, 0, NULL},
+    {"quota", "routes", K_UINT, OFF(quota_routes), 1, 1000000, "1..1000000"},
+    {"quota", "links", K_UINT, OFF(quota_links), 1, 1000000, "1..1000000"},
+    {"quota", "tunnels", K_UINT, OFF(quota_tunnels), 1, 1000000, "1..1000000"},
+    {"quota", "control_clients", K_UINT, OFF(quota_control), 1, 512, "1..512"},
+    {"quota", "held", K_UINT, OFF(quota_held), 0, 1000000, "0..1000000"},
 };
 
 #define NKEYS JG_ARRAY_LEN(keys)
 
 static const char *const sections[] = {"gateway", "limits", "timeouts", "links", "tunnel",
-                                       "slurm"};
+                                       "slurm", "quota"};
 
 /* ---- errors ------------------------------------------------------------- */
 

@@ -39,6 +39,9 @@
  *                                 long for its agent, then the "waking" page / 503
  *   hold_max = 32                 requests held at once per app; more get that page at once
  *   poll_min = 5s                 agents poll at most this often (slower ones are told so)
+ *   hello_wait = 5s               a tunnel that has not said hello by then is closed
+ *   pending_max = 1024            tunnels without hello yet, in all (more are closed at once)
+ *   pending_per_address = 32      ... from one source address
  *   munge_socket = /run/munge/munge.socket.2   (default: MUNGE's own)
  *   client_ca = /etc/jobgate/users-ca.pem     users' own certificates (hello method cert),
  *   gridmap = /etc/grid-security/grid-mapfile  mapped to users by subject; both or neither
@@ -49,6 +52,8 @@
  *   job_cert_max = 7d             ... and lives at most this long
  *   job_check = 30s               how often the scheduler is asked about running jobs (0: never)
  *   squeue = /usr/bin/squeue      the command that answers (default: squeue on PATH)
+ *   [quota]                       per user (not root, not the gateway's own user)
+ *   routes = 256   links = 1024   tunnels = 64   control_clients = 16   held = 64
  *
  * A config file selects shared mode; without one jobgated runs in personal mode.
  */
@@ -85,6 +90,9 @@ struct jg_config {
     int64_t hold;                         /* a request for a sleeping app waits this long */
     unsigned hold_max;                    /* ... and so many per app at once */
     int64_t poll_min;                     /* shortest poll interval accepted (seconds) */
+    int64_t hello_wait;                   /* a tunnel says hello within this (seconds) */
+    unsigned pending_max;                 /* tunnels without hello yet, gateway-wide */
+    unsigned pending_per_address;         /* ... and from one source address */
     char *munge_socket;                   /* NULL: MUNGE's default socket */
     char *client_ca;                      /* NULL: no users' certificates */
     char *gridmap;                        /* NULL: none (needed with client_ca) */
@@ -94,6 +102,13 @@ struct jg_config {
     int64_t job_cert_margin, job_cert_max; /* seconds */
     int64_t job_check;                    /* seconds between the reaper's checks; 0: none */
     char *squeue;                         /* NULL: "squeue" on PATH */
+
+    /* per-user quotas (root and the gateway's own user are outside them) */
+    unsigned quota_routes;                /* routes of one uid */
+    unsigned quota_links;                 /* unredeemed one-time links of one uid */
+    unsigned quota_tunnels;               /* authenticated tunnels of one uid */
+    unsigned quota_control;               /* control-socket clients of one uid */
+    unsigned quota_held;                  /* requests held for one uid's sleeping apps */
 };
 
 /* Fills personal-mode defaults, including the paths below. Returns 0 or -errno

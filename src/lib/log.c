@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 static const char *log_ident = "jobgate";
 static int log_syslog;
 static enum log_level log_max = LOG_LVL_INFO;
@@ -129,6 +131,32 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
     va_start(ap, fmt);
     log_v(lvl, 0, fmt, ap);
     va_end(ap);
+}
+
+void log_limited(struct log_limit *l, enum log_level lvl, const char *fmt, ...)
+{
+    if (lvl > log_max)
+        return;
+    long long sec = (long long)(now_mono_ms() / 1000);
+    if (sec != l->window) {
+        l->window = sec;
+        l->lines = 0;
+    }
+    if (l->lines >= LOG_LIMIT_BURST) {
+        l->suppressed++;
+        return;
+    }
+    l->lines++;
+    char raw[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(raw, sizeof(raw), fmt, ap);
+    va_end(ap);
+    if (l->suppressed)
+        log_msg(lvl, "%s (%lu similar lines before it not logged)", raw, l->suppressed);
+    else
+        log_msg(lvl, "%s", raw);
+    l->suppressed = 0;
 }
 
 void log_access(const char *fmt, ...)

@@ -23,6 +23,22 @@ int log_enabled(enum log_level lvl);
 #define log_debug(...) do { if (log_enabled(LOG_LVL_DEBUG)) log_msg(LOG_LVL_DEBUG, __VA_ARGS__); } while (0)
 
 /*
+ * A line that a peer can cause at will (a refused client, a wrong token):
+ * at most LOG_LIMIT_BURST such lines a second per limiter, and the first one
+ * after a suppressed stretch says how many were left out. A limiter belongs
+ * to one thread (a static one in code that runs on one loop, or one per
+ * worker); zero-initialise it.
+ */
+#define LOG_LIMIT_BURST 10
+struct log_limit {
+    long long window;          /* the second (monotonic) being counted */
+    unsigned lines;            /* written in that second */
+    unsigned long suppressed;  /* left out since the last written line */
+};
+void log_limited(struct log_limit *l, enum log_level lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/*
  * Access-log lines (one per request) go through a per-thread buffer written
  * out when it fills, when log_flush() is called from that thread (each
  * event-loop thread does so every second and at exit) or before any other
