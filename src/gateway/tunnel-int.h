@@ -44,7 +44,7 @@ struct worker;
 #define TUN_OUT_HIGH (256 * 1024)            /* transport output: make no frames beyond */
 #define TUN_MAX_REG 64                       /* registrations per tunnel */
 #define TUN_MAX_STREAMS 10000                /* data streams per tunnel, queued ones included */
-#define TUN_MAX_TUNNELS 10000                /* whole gateway */
+#define TUN_MAX_TUNNELS 10000                /* past their hello, whole gateway */
 #define TUN_LOCAL_MAX 64                     /* the agent's name for a target */
 #define TUN_ID_MAX 64                        /* a control request's id */
 #define TUN_TICK_MS 1000
@@ -101,6 +101,10 @@ struct tunnel {
     int stdio;                  /* handed over by `jobgate tunnel --stdio` */
     int hold_fd;                /* stdio: its control connection, closed when we end */
     uid_t peer_uid;             /* stdio: SO_PEERCRED of the hand-over */
+    char source[48];            /* whom the pre-hello cap counts it for: the address, or
+                                 * "uid N" for a hand-over */
+    int pending;                /* counted in hub->pending (no hello yet); under hub->mu */
+    int counted;                /* counted in hub->tunnels and by_uid (hello passed) */
     uid_t uid;                  /* the owner, once welcomed */
     uint32_t job;               /* its job: the certificate's (jobcert), or the hello's once
                                  * the scheduler confirmed it; else 0 */
@@ -143,7 +147,13 @@ struct tunnel_hub {
     pthread_mutex_t mu;
     struct hmap *byid; /* id (8 bytes) -> struct tunnel; under mu */
     uint64_t next_id;
-    unsigned count;
+    /* Under mu. Tunnels that have not said hello are capped apart from the
+     * others ([tunnel] pending_max, pending_per_address), so that a flood of
+     * connections that never authenticate cannot keep agents out. */
+    unsigned pending;
+    struct hmap *pending_by; /* source -> how many of them (hmap_tally) */
+    unsigned tunnels;        /* past their hello: at most TUN_MAX_TUNNELS */
+    struct hmap *by_uid;     /* uid -> its tunnels past hello ([quota] tunnels) */
     int have_token;
     uint8_t token_hash[TOKEN_HASH_LEN];
     /* Set by the daemon before the workers start (read-only after): asks the
@@ -158,6 +168,9 @@ void tunnel_flush(struct tunnel *t);
 /* Marks t dead with a logged reason; it is freed by the last tunnel_leave(). */
 void tunnel_kill(struct tunnel *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void tunnel_leave(struct tunnel *t);
+/* The hello passed as uid: counts t against the gateway's and uid's tunnel
+ * caps and no longer as pending. 0, or -1 with why (the quota) and t uncounted. */
+int tunnel_count_hello(struct tunnel *t, uid_t uid, char *why, size_t wl);
 
 /* tunnel_ctl.c: the control stream. */
 void tctl_welcome(struct tunnel *t, const char *job_refused);  /* T_READY, and the welcome */

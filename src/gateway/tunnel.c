@@ -101,6 +101,8 @@ struct tunnel_hub *tunnel_hub_new(const struct jg_config *cfg, struct registry *
     hub->uid = uid;
     pthread_mutex_init(&hub->mu, NULL);
     hub->byid = hmap_new();
+    hub->pending_by = hmap_new();
+    hub->by_uid = hmap_new();
     if (!cfg->shared && ensure_agent_token(hub, err, errlen) < 0) {
         tunnel_hub_free(hub);
         return NULL;
@@ -149,6 +151,8 @@ void tunnel_hub_free(struct tunnel_hub *hub)
     if (!hub)
         return;
     hmap_free(hub->byid, NULL);
+    hmap_free(hub->pending_by, NULL);
+    hmap_free(hub->by_uid, NULL);
     X509_STORE_free(hub->client_store);
     gridmap_free(hub->gridmap);
     pthread_mutex_destroy(&hub->mu);
@@ -343,7 +347,9 @@ static void t_tick(evutil_socket_t fd, short what, void *arg)
     const struct jg_config *cf = t->hub->cfg;
     int64_t now = now_mono_ms();
     t->busy++;
-    if (t->st == T_VERIFY && now - t->started > cf->t_handshake * 500) {
+    if (t->st == T_HELLO && now - t->started > cf->hello_wait * 1000) {
+        tunnel_kill(t, "no hello within %" PRId64 " s", cf->hello_wait);
+    } else if (t->st == T_VERIFY && now - t->started > cf->t_handshake * 500) {
         /* The scheduler is slow: the tunnel works, without the job. */
         tctl_welcome(t, "the scheduler did not answer in time");
     } else if (t->st != T_READY && now - t->started > cf->t_handshake * 1000) {
@@ -378,12 +384,61 @@ static void detach_routes(struct tunnel *t)
     registry_tunnel_detach(t->hub->reg, t->id, aliases, t->nreg, t->asleep);
 }
 
+/* Takes t out of the pending count (under hub->mu). */
+static void unpend(struct tunnel *t)
+{
+    struct tunnel_hub *hub = t->hub;
+    if (!t->pending)
+        return;
+    t->pending = 0;
+    hub->pending--;
+    hmap_tally(hub->pending_by, t->source, strlen(t->source), -1);
+}
+
+/* Takes t out of every count (under hub->mu). */
+static void uncount(struct tunnel *t)
+{
+    struct tunnel_hub *hub = t->hub;
+    unpend(t);
+    if (t->counted) {
+        t->counted = 0;
+        hub->tunnels--;
+        hmap_tally(hub->by_uid, &t->uid, sizeof(t->uid), -1);
+    }
+}
+
+int tunnel_count_hello(struct tunnel *t, uid_t uid, char *why, size_t wl)
+{
+    struct tunnel_hub *hub = t->hub;
+    unsigned quota = hub->cfg->quota_tunnels;
+    int exempt = uid == 0 || uid == hub->uid;
+    int rc = 0;
+    pthread_mutex_lock(&hub->mu);
+    unpend(t);
+    size_t mine = hmap_tally(hub->by_uid, &uid, sizeof(uid), 0);
+    if (hub->tunnels >= TUN_MAX_TUNNELS) {
+        snprintf(why, wl, "the gateway has %u tunnels open, its most", hub->tunnels);
+        rc = -1;
+    } else if (!exempt && mine >= quota) {
+        snprintf(why, wl, "uid %u has %zu tunnels open, its quota ([quota] tunnels)",
+                 (unsigned)uid, mine);
+        rc = -1;
+    } else {
+        t->counted = 1;
+        t->uid = uid; /* what uncount() takes it off */
+        hub->tunnels++;
+        hmap_tally(hub->by_uid, &uid, sizeof(uid), 1);
+    }
+    pthread_mutex_unlock(&hub->mu);
+    return rc;
+}
+
 static void t_free(struct tunnel *t)
 {
     struct tunnel_hub *hub = t->hub;
     pthread_mutex_lock(&hub->mu);
     hmap_del(hub->byid, &t->id, sizeof(t->id));
-    hub->count--;
+    uncount(t);
     struct post *p = t->posted;
     t->posted = NULL;
     pthread_mutex_unlock(&hub->mu);
@@ -437,16 +492,29 @@ void tunnel_leave(struct tunnel *t)
         t_free(t);
 }
 
-static struct tunnel *t_new(struct worker *w, const char *peer)
+/* A new tunnel from source (an address, or "uid N"), not said hello yet:
+ * NULL (logged within a rate) when the pre-hello caps are full. */
+static struct tunnel *t_new(struct worker *w, const char *peer, const char *source)
 {
+    static __thread struct log_limit refused_log;
     struct tunnel_hub *hub = w->hub;
+    const struct jg_config *cf = hub->cfg;
+    size_t slen = strlen(source);
     pthread_mutex_lock(&hub->mu);
-    if (hub->count >= TUN_MAX_TUNNELS) {
+    size_t from = hmap_tally(hub->pending_by, source, slen, 0);
+    if (hub->pending >= cf->pending_max || from >= cf->pending_per_address) {
+        unsigned all = hub->pending;
         pthread_mutex_unlock(&hub->mu);
-        log_warn("refusing a tunnel from %s: %d tunnels open", peer, TUN_MAX_TUNNELS);
+        log_limited(&refused_log, LOG_LVL_WARN, "refusing a tunnel from %s: %zu from there and "
+                    "%u in all have not said hello yet ([tunnel] pending_per_address, "
+                    "pending_max)", source, from, all);
         return NULL;
     }
     struct tunnel *t = xcalloc(1, sizeof(*t));
+    snprintf(t->source, sizeof(t->source), "%s", source);
+    t->pending = 1;
+    hub->pending++;
+    hmap_tally(hub->pending_by, t->source, strlen(t->source), 1);
     /* Unpredictable ids: an id names a tunnel in the route table, nothing more,
      * but there is no reason to let one be guessed. */
     do {
@@ -454,9 +522,8 @@ static struct tunnel *t_new(struct worker *w, const char *peer)
             t->id = ++hub->next_id;
     } while (t->id == 0 || hmap_get(hub->byid, &t->id, sizeof(t->id)));
     hmap_put(hub->byid, &t->id, sizeof(t->id), t);
-    hub->count++;
-    pthread_mutex_unlock(&hub->mu);
     t->hub = hub;
+    pthread_mutex_unlock(&hub->mu);
     t->w = w;
     snprintf(t->peer, sizeof(t->peer), "%s", peer);
     t->uid = (uid_t)-1;
@@ -518,7 +585,7 @@ static int t_start(struct tunnel *t)
 
 void tunnel_adopt_tls(struct worker *w, struct bufferevent *bev, const char *ip)
 {
-    struct tunnel *t = t_new(w, ip);
+    struct tunnel *t = t_new(w, ip, ip);
     if (!t) {
         xprt_free(bev);
         return;
@@ -534,7 +601,9 @@ void tunnel_adopt_tls(struct worker *w, struct bufferevent *bev, const char *ip)
 
 int tunnel_adopt_stdio(struct worker *w, int in_fd, int out_fd, int hold_fd, uid_t uid)
 {
-    struct tunnel *t = t_new(w, "ssh");
+    char source[32];
+    snprintf(source, sizeof(source), "uid %u", (unsigned)uid);
+    struct tunnel *t = t_new(w, "ssh", source);
     if (!t) {
         close(in_fd);
         close(out_fd);

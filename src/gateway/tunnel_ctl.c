@@ -342,6 +342,10 @@ static void on_hello(struct tunnel *t, json_t *m)
         tctl_refuse(t, "auth", why);
         return;
     }
+    if (tunnel_count_hello(t, uid, why, sizeof(why)) < 0) {
+        tctl_refuse(t, "quota", why);
+        return;
+    }
     log_str(json_object_get(m, "node"), node, sizeof(node));
     log_str(json_object_get(m, "job"), job, sizeof(job));
     log_str(json_object_get(m, "agent"), agent, sizeof(agent));

@@ -135,6 +135,15 @@ size_t hmap_count(const struct hmap *m)
     return m->count;
 }
 
+size_t hmap_tally(struct hmap *m, const void *key, size_t klen, long delta)
+{
+    uintptr_t n = (uintptr_t)hmap_del(m, key, klen);
+    n = delta < 0 && (uintptr_t)-delta > n ? 0 : n + (uintptr_t)delta;
+    if (n)
+        hmap_put(m, key, klen, (void *)n);
+    return n;
+}
+
 static uint64_t hmap_hash(const struct hmap *m, const void *key, size_t klen)
 {
     return siphash24(m->key, key, klen);

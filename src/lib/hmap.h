@@ -25,6 +25,10 @@ void *hmap_get(const struct hmap *m, const void *key, size_t klen);
 void *hmap_del(struct hmap *m, const void *key, size_t klen);
 size_t hmap_count(const struct hmap *m);
 
+/* For a map of counters (the values are counts, never pointers): adds delta
+ * to key's count (absent: 0), drops the entry at 0, returns the new count. */
+size_t hmap_tally(struct hmap *m, const void *key, size_t klen, long delta);
+
 /*
  * Calls cb for each entry, in no particular order. If cb returns nonzero the
  * entry is removed from the map after cb returns (cb may free the value then).

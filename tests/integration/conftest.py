@@ -281,8 +281,14 @@ except OSError as e:
 f = s.makefile("rwb")
 out = []
 for q in json.loads(sys.argv[2]):
-    f.write(json.dumps(q).encode() + b"\\n"); f.flush()
-    line = f.readline()
+    try:
+        f.write(json.dumps(q).encode() + b"\\n"); f.flush()
+    except OSError:
+        pass  # closed on us: what it answered first is still to be read
+    try:
+        line = f.readline()
+    except OSError:
+        line = b""
     out.append(json.loads(line) if line else None)
 print(json.dumps(out))
 """
@@ -1107,8 +1113,11 @@ class Munged:
                  what="munged to listen")
         assert self.proc.poll() is None, "munged exited at start"
 
-    def encode(self, payload, ttl=None):
+    def encode(self, payload, ttl=None, uid=None):
+        """A credential for payload, of this process's user or of uid (setpriv)."""
         args = [self.MUNGE, f"--socket={self.socket}", "-s", payload]
+        if uid is not None:
+            args = [*as_user(uid), *args]
         if ttl:
             args += ["-t", str(ttl)]
         return subprocess.run(args, check=True, capture_output=True).stdout.decode().strip()

@@ -6,11 +6,16 @@ still served and that the flooding user gets a clear `quota` answer.
 """
 import json
 import os
+import socket
+import ssl
 import subprocess
+import time
 
 import pytest
 
-from conftest import NOBODY, PY, _finish, _gateway, as_user, control_as, need_second_user
+from conftest import (NOBODY, PY, _finish, _gateway, as_user, control_as, need_second_user,
+                      wait_for)
+from fakeagent import FakeAgent
 
 OTHER = NOBODY - 1  # a second unprivileged uid (setpriv needs no passwd entry)
 
@@ -140,3 +145,152 @@ def test_root_keeps_a_reserve_when_every_slot_is_taken(binaries):
             h.close()
     finally:
         _finish(gw)
+
+
+# --------------------------------------------------------------------------- tunnels
+
+def _tls_tunnel(port, source):
+    """A TLS connection that chose ALPN jobgate/1 from source, and says nothing more."""
+    raw = socket.socket()
+    raw.bind((source, 0))
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", port))
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["jobgate/1"])
+    s = ctx.wrap_socket(raw, server_hostname="localhost")
+    assert s.selected_alpn_protocol() == "jobgate/1"
+    return s
+
+
+def _closed_soon(s, timeout):
+    """True if the gateway closes s within timeout (whatever it sent first is read)."""
+    s.settimeout(timeout)
+    end = time.monotonic() + timeout
+    try:
+        while time.monotonic() < end:
+            if not s.recv(65536):
+                return True
+    except (socket.timeout, TimeoutError):
+        return False
+    except (OSError, ssl.SSLError):
+        return True
+    return False
+
+
+def _states(socks, timeout=1.0):
+    """For each socket, "closed" or "open" after the gateway had timeout to act."""
+    time.sleep(timeout)
+    return ["closed" if _closed_soon(s, 0.2) else "open" for s in socks]
+
+
+def _munge_agent(gw, munged, uid=None):
+    return FakeAgent(port=gw.port, auth=lambda nonce: {
+        "method": "munge", "credential": munged.encode(f"jobgate/1 hello {nonce}", uid=uid)})
+
+
+def test_tunnels_without_hello_are_capped_per_address_and_in_all(make_gateway, munged):
+    """Connections that chose jobgate/1 but never said hello used to count against the 10,000
+    tunnels of the whole gateway: one address could keep every agent out. They are capped
+    apart now, per source address and in all."""
+    gw = make_gateway({"tunnel": {"pending_per_address": 4, "pending_max": 6,
+                                  "hello_wait": "30s", "munge_socket": munged.socket}},
+                      name="pending")
+    flood = [_tls_tunnel(gw.port, "127.0.0.2") for _ in range(7)]
+    other = [_tls_tunnel(gw.port, "127.0.0.3") for _ in range(3)]
+    try:
+        assert _states(flood) == ["open"] * 4 + ["closed"] * 3
+        assert _states(other) == ["open"] * 2 + ["closed"]
+        assert "have not said hello yet" in gw.log_path.read_text()
+        # All six pre-hello slots are taken: an agent waits for one to free.
+        a = _munge_agent(gw, munged)
+        try:
+            a.wait_closed(5)
+        finally:
+            a.close()
+        for s in flood:
+            s.close()
+        a = _munge_agent(gw, munged)
+        try:
+            assert a.wait_type("welcome")["uid"] == os.getuid()
+            # Past its hello it no longer counts: the flood's address has its four again.
+            again = [_tls_tunnel(gw.port, "127.0.0.2") for _ in range(5)]
+            assert _states(again) == ["open"] * 4 + ["closed"], "the welcomed agent still counts"
+            for s in again:
+                s.close()
+        finally:
+            a.close()
+    finally:
+        for s in flood + other:
+            s.close()
+
+
+def test_a_tunnel_that_never_says_hello_is_closed(make_gateway):
+    gw = make_gateway({"tunnel": {"hello_wait": "2s"}}, name="hello-wait")
+    s = _tls_tunnel(gw.port, "127.0.0.1")
+    try:
+        assert _closed_soon(s, 15), "a silent tunnel was kept beyond hello_wait"
+        assert "closed: no hello within 2 s" in gw.log_path.read_text()
+    finally:
+        s.close()
+
+
+def _frame(typ, flags, sid, payload):
+    return len(payload).to_bytes(3, "big") + bytes([typ, flags]) + sid.to_bytes(4, "big") + payload
+
+
+def test_continuation_flood_before_hello_ends_the_tunnel(make_gateway):
+    """CVE-2024-27316 class: HEADERS without END_HEADERS, then CONTINUATION frames without
+    end, each one header more. Debian's nghttp2 (1.52.0-1+deb12u3) stops it; the tunnel must
+    end on the flood, long before the hello deadline."""
+    gw = make_gateway({"tunnel": {"hello_wait": "60s"}}, name="continuation")
+    s = _tls_tunnel(gw.port, "127.0.0.1")
+    try:
+        s.settimeout(5)
+        got = b""
+        while b"PRI * HTTP/2.0" not in got or len(got) < 24 + 9:
+            got += s.recv(65536)  # the gateway (HTTP/2 client) speaks first
+        s.sendall(_frame(0x4, 0, 0, b""))                       # our SETTINGS
+        s.sendall(_frame(0x1, 0, 1, b"\x88"))                   # HEADERS :status 200, no end
+        one = _frame(0x9, 0, 1, b"\x00\x03x-a\x01b")            # CONTINUATION, no end
+        closed_at = None
+        for i in range(200):
+            try:
+                s.sendall(one)
+            except OSError:
+                closed_at = i
+                break
+        assert closed_at is not None or _closed_soon(s, 10), \
+            "200 CONTINUATION frames did not end the tunnel"
+        log = gw.log_path.read_text()
+        assert "closed:" in log and "no hello within" not in log, log[-2000:]
+    finally:
+        s.close()
+    gw.assert_alive()
+
+
+def test_tunnels_per_user_are_capped(make_gateway, munged):
+    """Past the hello, [quota] tunnels bounds one uid's tunnels; root is outside it."""
+    need_second_user("tunnels")
+    gw = make_gateway({"tunnel": {"munge_socket": munged.socket}, "quota": {"tunnels": 2}},
+                      name="tunnel-quota")
+
+    agents = [_munge_agent(gw, munged, NOBODY) for _ in range(3)]
+    try:
+        assert agents[0].wait_type("welcome")["uid"] == NOBODY
+        assert agents[1].wait_type("welcome")["uid"] == NOBODY
+        err = agents[2].wait_type("error")
+        assert err["code"] == "quota" and "[quota] tunnels" in err["error"], err
+        agents[2].wait_closed()
+        root = _munge_agent(gw, munged)
+        agents.append(root)
+        assert root.wait_type("welcome")["uid"] == 0
+        agents[0].close()
+        wait_for(lambda: "tunnel" in gw.log_path.read_text(), 5)
+        late = _munge_agent(gw, munged, NOBODY)
+        agents.append(late)
+        assert late.wait_type("welcome")["uid"] == NOBODY, "a closed tunnel still counted"
+    finally:
+        for a in agents:
+            a.close()

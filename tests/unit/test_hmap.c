@@ -46,6 +46,28 @@ static void test_put_get_del(void **state)
     hmap_free(m, NULL);
 }
 
+/* A map of counters: entries come at the first count and go at zero. */
+static void test_tally(void **state)
+{
+    (void)state;
+    struct hmap *m = hmap_new();
+    assert_int_equal(hmap_tally(m, "10.0.0.1", 8, 0), 0);
+    assert_int_equal(hmap_count(m), 0);
+    assert_int_equal(hmap_tally(m, "10.0.0.1", 8, 1), 1);
+    assert_int_equal(hmap_tally(m, "10.0.0.1", 8, 1), 2);
+    assert_int_equal(hmap_tally(m, "10.0.0.2", 8, 5), 5);
+    assert_int_equal(hmap_tally(m, "10.0.0.1", 8, 0), 2);
+    assert_int_equal(hmap_count(m), 2);
+    assert_int_equal(hmap_tally(m, "10.0.0.1", 8, -1), 1);
+    assert_int_equal(hmap_tally(m, "10.0.0.1", 8, -1), 0);
+    assert_int_equal(hmap_count(m), 1);
+    /* Never below zero: a stray decrement leaves no entry behind. */
+    assert_int_equal(hmap_tally(m, "10.0.0.1", 8, -1), 0);
+    assert_int_equal(hmap_tally(m, "10.0.0.2", 8, -9), 0);
+    assert_int_equal(hmap_count(m), 0);
+    hmap_free(m, NULL);
+}
+
 static void test_keys_are_copied(void **state)
 {
     (void)state;
@@ -365,6 +387,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_put_get_del),
+        cmocka_unit_test(test_tally),
         cmocka_unit_test(test_keys_are_copied),
         cmocka_unit_test(test_duplicate),
         cmocka_unit_test(test_binary_keys),
