@@ -150,6 +150,8 @@ struct agent_app {
     const char *alias;         /* the route to take back (its previous agent's tunnel, e.g.
                                 * the holder of a shared tunnel, ended); registered anew if
                                 * the gateway no longer has it; NULL: a new route */
+    int cross_site;            /* the route takes state-changing requests from other sites'
+                                * pages (jobgate run --cross-site) */
 };
 /* As agent_tunnel_register; the answer also carries "local", the app's name
  * within this tunnel (for agent_tunnel_unregister). */

@@ -133,6 +133,7 @@ static json_t *do_register(struct run_conn *rc, json_t *m)
                          json_integer_value(cbp) <= 65535 ? (unsigned)json_integer_value(cbp)
                                                           : 0,
         .alias = json_string_value(json_object_get(m, "alias")),
+        .cross_site = json_is_true(json_object_get(m, "cross_site")),
     };
     if (!app.name)
         return error_msg("invalid", "a register needs a name");

@@ -36,7 +36,7 @@
 
 enum { OPT_TCP = 256, OPT_JSON, OPT_TTL, OPT_TIMEOUT, OPT_VIA, OPT_CA, OPT_CERT, OPT_KEY,
        OPT_CALLBACK, OPT_CALLBACK_PORT, OPT_PING_INTERVAL,
-       OPT_PING_TIMEOUT, OPT_POLICY, OPT_OWN_TUNNEL };
+       OPT_PING_TIMEOUT, OPT_POLICY, OPT_OWN_TUNNEL, OPT_CROSS_SITE };
 
 /* Standard output: this thread and the tunnel's both print events. */
 static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -46,8 +46,8 @@ static void usage_run(FILE *f)
     fputs("usage: jobgate run [-n NAME] [--tcp] [--json] [--ttl DURATION] [--timeout DURATION]\n"
           "                   [-g https://HOST[:PORT] [--ca FILE] [--cert FILE --key FILE] |\n"
           "                    --via ssh:HOST]\n"
-          "                   [--policy OPTIONS] [--own-tunnel] [--ping-interval DURATION]\n"
-          "                   [--ping-timeout DURATION] -- CMD ARG...\n"
+          "                   [--policy OPTIONS] [--own-tunnel] [--cross-site]\n"
+          "                   [--ping-interval DURATION] [--ping-timeout DURATION] -- CMD ARG...\n"
           "\n"
           "Starts CMD, waits until it listens, publishes it through the gateway and prints a\n"
           "one-time link that opens it in a browser. The route ends when CMD exits; jobgate\n"
@@ -90,6 +90,9 @@ static void usage_run(FILE *f)
           "                        $JOBGATE_REMOTE_JOBGATE)\n"
           "      --own-tunnel      hold a tunnel of this run's own, instead of sharing the one\n"
           "                        that your other runs on this node hold to the gateway\n"
+          "      --cross-site      let pages of other apps and sites send the app requests that\n"
+          "                        change state (POST, WebSocket...): the gateway refuses them\n"
+          "                        by default (403), since all apps share one domain\n"
           "      --policy OPTIONS  how to reach the gateway, for this run instead of your\n"
           "                        policy file, e.g. \"keepalive(60) poll(30)\": options\n"
           "                        keepalive(SECONDS), reconnect, callback, poll(SECONDS); the\n"
@@ -260,6 +263,7 @@ static int parse_options(struct run *r, int argc, char **argv)
         {"ping-timeout", required_argument, NULL, OPT_PING_TIMEOUT},
         {"policy", required_argument, NULL, OPT_POLICY},
         {"own-tunnel", no_argument, NULL, OPT_OWN_TUNNEL},
+        {"cross-site", no_argument, NULL, OPT_CROSS_SITE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -339,6 +343,7 @@ static int parse_options(struct run *r, int argc, char **argv)
             break;
         }
         case OPT_OWN_TUNNEL: r->own_tunnel = 1; break;
+        case OPT_CROSS_SITE: r->cross_site = 1; break;
         case 'h':
             usage_run(stdout);
             return fflush(stdout) == 0 ? 0 : 1;

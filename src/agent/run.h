@@ -53,6 +53,7 @@ struct run {
     const struct publish_ops *pub;  /* local or tunnel */
     struct agent_tunnel *tunnel;    /* remote mode, once open */
     int own_tunnel;                 /* --own-tunnel: not the node's shared one */
+    int cross_site;                 /* --cross-site: other sites' pages may act in the app */
     struct shared *shared;          /* the shared tunnel's holder, while connected */
 
     char dir[PATH_MAX];             /* private directory, "" when none */

@@ -57,6 +57,8 @@ static json_t *local_add(struct run *r)
         bad = json_object_set_new(req, "socket", json_string(r->sock)) < 0;
     if (!bad)
         bad = json_object_set_new(req, "pid", json_integer(getpid())) < 0;
+    if (!bad && r->cross_site)
+        bad = json_object_set_new(req, "cross_site", json_true()) < 0;
     if (!bad && r->ttl > 0)
         bad = json_object_set_new(req, "ttl", json_integer(r->ttl)) < 0;
     if (bad) {
@@ -220,7 +222,8 @@ json_t *publish_register(struct run *r, int (*reg)(struct run *r, const struct a
     int64_t deadline = now_mono_ms() + DIRECT_WAIT_MS;
     for (;;) {
         struct agent_app app = {.name = r->name, .sock = r->tcp ? NULL : r->sock,
-                                .port = r->port, .ttl = r->ttl, .callback_port = bound};
+                                .port = r->port, .ttl = r->ttl, .callback_port = bound,
+                                .cross_site = r->cross_site};
         int rc = reg(r, &app, &reply, err, sizeof(err));
         if (rc == 0)
             break;

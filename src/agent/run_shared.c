@@ -274,6 +274,8 @@ static int register_on(struct run *r, struct rdv_reader *rd, const struct agent_
         json_object_set_new(m, "callback_port", json_integer(app->callback_port));
     if (m && app->alias)
         json_object_set_new(m, "alias", json_string(app->alias));
+    if (m && app->cross_site)
+        json_object_set_new(m, "cross_site", json_true());
     if (rdv_send(fd, m) < 0)
         return errmsg(err, errlen, -EPIPE, "the tunnel's holder went away");
     int rc;
@@ -363,7 +365,8 @@ static int take_over(struct run *r, struct shared *sh)
         }
         struct agent_app app = {.name = r->name, .sock = r->tcp ? NULL : r->sock,
                                 .port = r->port, .ttl = r->ttl, .callback_port = sh->cb_port,
-                                .alias = sh->alias[0] ? sh->alias : NULL};
+                                .alias = sh->alias[0] ? sh->alias : NULL,
+                                .cross_site = r->cross_site};
         json_t *reply;
         if (register_on(r, &rd, &app, &reply, err, sizeof(err)) < 0) {
             rdv_reader_free(&rd);

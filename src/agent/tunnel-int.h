@@ -80,6 +80,7 @@ struct app_entry {
                                      * never re-registered: it does not live on the tunnel */
     int keep;                       /* direct: closing the tunnel does not unregister it */
     unsigned cb_port;               /* the policy's callback: the job's endpoint (0: none) */
+    int cross_site;                 /* agent_app.cross_site, sent with every register */
     int gone;                       /* unregistered while the tunnel was down: at the welcome */
     int release;                    /* CMD_UNREGISTER: leave the route to a new agent */
     struct waiter *w;               /* the caller waiting for the first answer */

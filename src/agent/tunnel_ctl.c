@@ -97,6 +97,8 @@ void cmsg_register(struct tconn *c, struct app_entry *a)
         (void)json_object_set_new(m, "direct", json_pack("{s:i}", "port", (int)a->direct_port));
     if (m && a->cb_port)
         (void)json_object_set_new(m, "callback", json_pack("{s:i}", "port", (int)a->cb_port));
+    if (m && a->cross_site)
+        (void)json_object_set_new(m, "cross_site", json_true());
     if (m && a->alias)
         (void)json_object_set_new(m, "alias", json_string(a->alias));
     else if (m && a->ttl > 0)

@@ -592,6 +592,7 @@ int agent_tunnel_add(struct agent_tunnel *t, const struct agent_app *app, json_t
     a->port = sock ? 0 : port;
     a->ttl = app->ttl;
     a->cb_port = app->callback_port <= 65535 ? app->callback_port : 0;
+    a->cross_site = app->cross_site;
     a->alias = app->alias ? xstrdup(app->alias) : NULL;
     return register_wait(t, a, reply, err, errlen);
 }

@@ -469,6 +469,17 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
         conn_local_reply(c, 403, NULL, has_body, NULL);
         return;
     }
+    const char *why = a.route.cross_site ? NULL : reqhead_cross_site(h);
+    if (why) {
+        /* A page of another app (same-site to this one) or of another site. */
+        char detail[400];
+        snprintf(detail, sizeof(detail), "This request was refused: %s. Open the app at its own "
+                 "address and try again. (An app that must take such requests is started with "
+                 "'jobgate run --cross-site'.)", why);
+        evbuffer_drain(bufferevent_get_input(c->cli), head_len);
+        conn_local_reply(c, 403, detail, has_body, NULL);
+        return;
+    }
     c->uid = a.uid;
     memcpy(c->sess_hash, a.sess_hash, sizeof(c->sess_hash));
     c->has_session = 1;

@@ -57,6 +57,8 @@ static json_t *route_json(struct registry *reg, const struct route *r)
                           (json_int_t)r->created, "state", route_state(r));
     if (o && r->job)
         json_object_set_new(o, "job", json_integer(r->job));
+    if (o && r->cross_site)
+        json_object_set_new(o, "cross_site", json_true());
     if (o && r->kind == ROUTE_TUNNEL) {
         /* How it is reached now (docs/policy.md), and when its agent was
          * last seen: now while its tunnel is up. */
@@ -167,6 +169,10 @@ static void op_register(struct ctl_peer *p, uid_t uid, json_t *req, struct reply
     if (starting && !json_is_boolean(starting))
         return fail(rp, "invalid", "'starting' must be true or false");
     r.starting = json_is_true(starting);
+    json_t *cross = json_object_get(req, "cross_site");
+    if (cross && !json_is_boolean(cross))
+        return fail(rp, "invalid", "'cross_site' must be true or false");
+    r.cross_site = json_is_true(cross);
     if (get_ttl(req, p->w->cfg->link_ttl, &ttl, rp) < 0 || check_target(p, &r, r.starting, rp) < 0)
         return;
     if (registry_route_add(p->w->reg, &r) < 0)

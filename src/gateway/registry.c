@@ -355,12 +355,14 @@ int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, s
         if (r.tunnel && r.tunnel != c->tunnel)
             log_info("tunnel=%" PRIx64 " takes %s over from tunnel=%" PRIx64, c->tunnel, r.alias,
                      r.tunnel);
-        int changed = strcmp(r.name, c->name) != 0 || strcmp(r.path, c->local) != 0;
+        int changed = strcmp(r.name, c->name) != 0 || strcmp(r.path, c->local) != 0 ||
+                      r.cross_site != c->cross_site;
         int wanted = old->wanted; /* old is the table's entry: route_replace overwrites it */
         snprintf(r.name, sizeof(r.name), "%s", c->name);
         snprintf(r.path, sizeof(r.path), "%s", c->local);
         r.tunnel = c->tunnel;
         r.detached = 0;
+        r.cross_site = c->cross_site;
         set_reach(&r, c);
         r.wanted = 0;
         if ((changed && store_route_put(reg->store, &r) < 0) || route_replace(reg->routes, &r) < 0)
@@ -376,6 +378,7 @@ int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, s
         out->created = now_real();
         out->tunnel = c->tunnel;
         out->job = c->job;
+        out->cross_site = c->cross_site;
         set_reach(out, c);
         snprintf(out->name, sizeof(out->name), "%s", c->name);
         snprintf(out->path, sizeof(out->path), "%s", c->local);

@@ -151,6 +151,7 @@ struct tunnel_claim {
     uint32_t poll, checkin;
     uint16_t cb_port;  /* 0: no callback */
     const char *cb_host;
+    int cross_site;    /* route.cross_site, as the agent asks */
 };
 /* out->wanted is 1 when requests came for the route while its agent slept. */
 int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, struct route *out);

@@ -172,6 +172,23 @@ int reqhead_wants_html(const struct http1_head *h)
     return 0;
 }
 
+/* Appends one "name=value; attr" piece (trailing blanks cut) to out, after
+ * "; " unless it is the first: -1 when out has no room for it. */
+static int put_pair(char *out, size_t outlen, size_t *o, const char *p, size_t len)
+{
+    while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+        len--;
+    if (*o + (*o ? 2 : 0) + len > outlen)
+        return -1;
+    if (*o) {
+        out[(*o)++] = ';';
+        out[(*o)++] = ' ';
+    }
+    memcpy(out + *o, p, len);
+    *o += len;
+    return 0;
+}
+
 int reqhead_cookie_strip(const struct http1_str *value, const char *name, char *out, size_t outlen)
 {
     size_t pos = 0, s, e, o = 0;
@@ -179,19 +196,51 @@ int reqhead_cookie_strip(const struct http1_str *value, const char *name, char *
     while (cookie_next(value->p, value->n, &pos, &cn, &cv, &s, &e)) {
         if (str_eq(&cn, name))
             continue;
-        size_t len = e - s;
-        while (len > 0 && (value->p[s + len - 1] == ' ' || value->p[s + len - 1] == '\t'))
-            len--;
-        if (o + (o ? 2 : 0) + len > outlen)
+        if (put_pair(out, outlen, &o, value->p + s, e - s) < 0)
             return -1;
-        if (o) {
-            out[o++] = ';';
-            out[o++] = ' ';
-        }
-        memcpy(out + o, value->p + s, len);
-        o += len;
     }
     return (int)o;
+}
+
+const char *reqhead_cross_site(const struct http1_head *h)
+{
+    static const char https[] = "https://";
+    const struct http1_str *m = &h->method;
+    if (!(h->flags & HTTP1_F_UPGRADE) &&
+        (http1_name_is(m, "get") || http1_name_is(m, "head") || http1_name_is(m, "options")))
+        return NULL; /* safe methods: a link from anywhere still opens the app */
+    const struct http1_str *host = &h->host; /* after an absolute-form target's rewrite */
+    for (size_t f = 0; f < h->nfields; f++) {
+        const struct http1_str *n = &h->fields[f].name, *v = &h->fields[f].value;
+        if (http1_name_is(n, "sec-fetch-site") &&
+            (http1_name_is(v, "same-site") || http1_name_is(v, "cross-site")))
+            return "it comes from a page of another app or site (Sec-Fetch-Site)";
+        if (!http1_name_is(n, "origin"))
+            continue;
+        if (host->n == 0 || v->n != sizeof(https) - 1 + host->n ||
+            strncasecmp(v->p, https, sizeof(https) - 1) != 0 ||
+            strncasecmp(v->p + sizeof(https) - 1, host->p, host->n) != 0)
+            return "it comes from a page of another app or site (Origin)";
+    }
+    return NULL;
+}
+
+int reqhead_set_cookie(const struct http1_str *value, char *out, size_t outlen)
+{
+    size_t pos = 0, s, e, o = 0;
+    struct http1_str cn, cv;
+    int first = 1;
+    while (cookie_next(value->p, value->n, &pos, &cn, &cv, &s, &e)) {
+        if (first && cn.n == sizeof(REQHEAD_COOKIE) - 1 &&
+            strncasecmp(cn.p, REQHEAD_COOKIE, cn.n) == 0)
+            return -1; /* the gateway's own cookie is the gateway's to set */
+        if (!first && http1_name_is(&cn, "domain"))
+            continue;
+        first = 0;
+        if (put_pair(out, outlen, &o, value->p + s, e - s) < 0)
+            return -1;
+    }
+    return o ? (int)o : -1;
 }
 
 int reqhead_next(const struct http1_str *target, char *out, size_t outlen)
@@ -357,6 +406,22 @@ static void add_cookie(struct evbuffer *out, const struct http1_field *f)
         free(buf);
 }
 
+/* Appends an app's Set-Cookie field made host-only (reqhead_set_cookie). */
+static void add_set_cookie(struct evbuffer *out, const struct http1_field *f)
+{
+    char stack[4096];
+    size_t cap = 2 * f->value.n + 2;
+    char *buf = cap <= sizeof(stack) ? stack : xmalloc(cap);
+    int n = reqhead_set_cookie(&f->value, buf, cap);
+    if (n > 0) {
+        evbuffer_add(out, "Set-Cookie: ", 12);
+        evbuffer_add(out, buf, (size_t)n);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (buf != stack)
+        free(buf);
+}
+
 static int is_forwarded(const struct http1_str *name)
 {
     return http1_name_is(name, "forwarded") ||
@@ -394,7 +459,10 @@ void reqhead_forward_response(struct evbuffer *out, const struct http1_head *h, 
         const struct http1_field *f = &h->fields[i];
         if (reqhead_hop_by_hop(h, &f->name))
             continue;
-        add_field(out, f);
+        if (http1_name_is(&f->name, "set-cookie"))
+            add_set_cookie(out, f);
+        else
+            add_field(out, f);
     }
     add_framing(out, h);
     if (close && h->status >= 200)

@@ -14,7 +14,10 @@
  *  - X-Forwarded-* and Forwarded from the browser are dropped and replaced by
  *    the gateway's own X-Forwarded-For/-Proto/-Host;
  *  - the gateway's cookie is cut out of every Cookie field before the
- *    request reaches the app; a Cookie field left empty is dropped.
+ *    request reaches the app; a Cookie field left empty is dropped;
+ *  - an app's cookies are host-only: Domain is cut out of every Set-Cookie
+ *    (sibling apps share a registrable domain), and an app cannot set the
+ *    gateway's cookie.
  */
 #ifndef JG_REQHEAD_H
 #define JG_REQHEAD_H
@@ -58,6 +61,28 @@ int reqhead_wants_html(const struct http1_head *h);
  * name removed. Returns the length written, or -1 when out is too small.
  */
 int reqhead_cookie_strip(const struct http1_str *value, const char *name, char *out, size_t outlen);
+
+/*
+ * Why a request must not reach its app, or NULL (cross-app isolation: every
+ * app lives under the gateway's domain, so a page of one app is "same-site"
+ * to all the others and the browser sends them its cookies). A request that
+ * can change state (a method other than GET, HEAD and OPTIONS, or an upgrade
+ * such as a WebSocket) is refused when its Sec-Fetch-Site is same-site or
+ * cross-site, or when it has an Origin other than https://<its Host>
+ * ("null" included). Requests without either field (not a browser's, or an
+ * old one) pass: the session cookie is still needed.
+ */
+const char *reqhead_cross_site(const struct http1_head *h);
+
+/*
+ * An app's Set-Cookie value as the browser gets it: host-only, every Domain
+ * attribute dropped, so that a cookie one app sets reaches no other app
+ * (they all live under the gateway's domain). Writes it into out and returns
+ * its length, or -1 when the field is dropped whole: a cookie named like the
+ * gateway's own, an empty one, or out too small (2 * value length + 2 is
+ * always enough).
+ */
+int reqhead_set_cookie(const struct http1_str *value, char *out, size_t outlen);
 
 /*
  * From a request target "/_jobgate/redeem/TOKEN?next=..." takes the next

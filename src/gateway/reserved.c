@@ -72,9 +72,31 @@ static int redeem(struct registry *reg, const char *alias, const struct http1_he
     return 303;
 }
 
+/* GET (or HEAD) shows a button; only a POST from the app's own pages ends
+ * the session: an <img> or a form on another app's page cannot. */
 static int logout(struct registry *reg, const char *alias, const struct http1_head *h,
                   struct evbuffer *out, int close, int head_only)
 {
+    if (http1_name_is(&h->method, "get") || http1_name_is(&h->method, "head")) {
+        static const char form[] =
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Log out</title></head>"
+            "<body><h1>Log out of this app?</h1><form method=\"post\" action=\"" RESERVED_PREFIX
+            "logout\"><button type=\"submit\">Log out</button></form></body></html>\n";
+        page_send(out, 200, "text/html; charset=utf-8", form, sizeof(form) - 1, close,
+                  "Cache-Control: no-store\r\n", head_only);
+        return 200;
+    }
+    if (!http1_name_is(&h->method, "post")) {
+        page_error(out, 405, "Log out with POST.", close, "Allow: GET, HEAD, POST\r\n", 0);
+        return 405;
+    }
+    const char *why = reqhead_cross_site(h);
+    if (why) {
+        char detail[300];
+        snprintf(detail, sizeof(detail), "Not logged out: %s.", why);
+        page_error(out, 403, detail, close, NULL, 0);
+        return 403;
+    }
     struct http1_str vals[4];
     int n = reqhead_cookies(h, REQHEAD_COOKIE, vals, 4);
     registry_logout(reg, alias, vals, n);

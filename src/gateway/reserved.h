@@ -1,7 +1,8 @@
 /*
  * reserved — the gateway's own URL space on every app host, /_jobgate/...:
  *   /_jobgate/redeem/<token>[?next=/path]  one-time link -> session cookie (I1)
- *   /_jobgate/logout                       ends the session
+ *   /_jobgate/logout                       POST ends the session (not from another
+ *                                          app's page); GET shows a button for it
  *   /_jobgate/status                       {"alias","state"[,"job"]} for a session holder
  * Owns nothing; answers into the browser connection's output buffer. Any
  * worker thread; no lock (the registry locks inside).

@@ -42,6 +42,8 @@ struct route {
     int64_t created;    /* wall clock, seconds */
     int starting;       /* registered, app not listening yet: requests get 503 */
     uint32_t job;       /* the batch job it belongs to (job.h), 0 for none: ends with it */
+    int cross_site;     /* the app takes state-changing requests from other sites' pages
+                         * (reqhead_cross_site; off by default: jobgate run --cross-site) */
     /* ROUTE_TUNNEL only, not stored: the tunnel it goes through (0 while its
      * agent reconnects or sleeps) and since when it has had none (monotonic ms). */
     uint64_t tunnel;

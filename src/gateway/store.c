@@ -24,7 +24,7 @@
 #include "log.h"
 #include "util.h"
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 #define STORE_BUSY_MS 2000
 #define STORE_AUDIT_FIELD_MAX 256
 #define STORE_AUDIT_KEEP (90 * 24 * 3600)
@@ -63,14 +63,16 @@ static const char *const stmt_sql[ST_COUNT] = {
     /* An upsert, not INSERT OR REPLACE: the row stays, so the same owner's
      * links and sessions survive a re-registration (agent reconnect). */
     [ST_ROUTE_PUT] = ("INSERT INTO routes(alias, name, uid, pid, kind, path, port, v6, created, "
-                      "job) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+                      "job, starting, cross_site) "
+                      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) "
                       "ON CONFLICT(alias) DO UPDATE SET name = excluded.name, uid = excluded.uid, "
                       "pid = excluded.pid, kind = excluded.kind, path = excluded.path, "
                       "port = excluded.port, v6 = excluded.v6, created = excluded.created, "
-                      "job = excluded.job"),
+                      "job = excluded.job, starting = excluded.starting, "
+                      "cross_site = excluded.cross_site"),
     [ST_ROUTE_DEL] = "DELETE FROM routes WHERE alias = ?1",
-    [ST_ROUTE_LOAD] = ("SELECT alias, name, uid, pid, kind, path, port, v6, created, job "
-                       "FROM routes ORDER BY created, alias"),
+    [ST_ROUTE_LOAD] = ("SELECT alias, name, uid, pid, kind, path, port, v6, created, job, "
+                       "starting, cross_site FROM routes ORDER BY created, alias"),
     [ST_LINK_PUT] = "INSERT INTO links(hash, alias, expires) VALUES(?1, ?2, ?3)",
     [ST_LINK_GET] = "SELECT alias, expires FROM links WHERE hash = ?1",
     [ST_LINK_DEL] = "DELETE FROM links WHERE hash = ?1",
@@ -114,6 +116,13 @@ static const char schema_v2[] =
     "  node TEXT NOT NULL, not_after INTEGER NOT NULL, started INTEGER NOT NULL, "
     "  ended INTEGER NOT NULL, adopted INTEGER NOT NULL DEFAULT 0);"
     "PRAGMA user_version = 2;";
+
+/* Version 3 (from 2): a route's `starting` survives a restart, and the
+ * app's choice to take requests from other sites (route.h, cross_site). */
+static const char schema_v3[] =
+    "ALTER TABLE routes ADD COLUMN starting INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE routes ADD COLUMN cross_site INTEGER NOT NULL DEFAULT 0;"
+    "PRAGMA user_version = 3;";
 
 struct store {
     sqlite3 *db;
@@ -385,6 +394,11 @@ static int migrate(struct store *s, const char *path)
         if (e == 0 && version == 1) {
             e = exec_sql(s, schema_v2, "upgrade schema to v2", path);
             if (e == 0)
+                version = 2;
+        }
+        if (e == 0 && version == 2) {
+            e = exec_sql(s, schema_v3, "upgrade schema to v3", path);
+            if (e == 0)
                 log_info("store: %s: schema version %d", path, STORE_SCHEMA_VERSION);
         } else if (e == 0 && version != STORE_SCHEMA_VERSION) {
             log_err("store: %s has schema version %lld, this jobgated knows only up to %d; "
@@ -504,6 +518,10 @@ int store_route_put(struct store *s, const struct route *r)
         if (rc == SQLITE_OK)
             rc = sqlite3_bind_int64(st, 10, (sqlite3_int64)r->job);
         if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int(st, 11, r->starting ? 1 : 0);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int(st, 12, r->cross_site ? 1 : 0);
+        if (rc == SQLITE_OK)
             rc = exec_stmt(st);
         else
             stmt_done(st);
@@ -566,7 +584,7 @@ static int load_rows(struct store *s, sqlite3_stmt *st, size_t size,
 static int route_from_row(sqlite3_stmt *st, void *item)
 {
     struct route *r = item;
-    int64_t uid, pid, kind, port, v6 = 0, created = 0, job;
+    int64_t uid, pid, kind, port, v6 = 0, created = 0, job, starting, cross_site;
     memset(r, 0, sizeof(*r));
     if (col_text(st, 0, r->alias, sizeof(r->alias)) < 0 ||
         !route_alias_valid(r->alias, strlen(r->alias)))
@@ -579,7 +597,8 @@ static int route_from_row(sqlite3_stmt *st, void *item)
         return -1;
     if (col_range(st, 2, 0, UINT32_MAX, &uid) < 0 || col_range(st, 3, 0, INT32_MAX, &pid) < 0 ||
         col_range(st, 4, ROUTE_UNIX, ROUTE_DIRECT, &kind) < 0 ||
-        col_range(st, 6, 0, UINT16_MAX, &port) < 0 || col_range(st, 9, 0, UINT32_MAX, &job) < 0)
+        col_range(st, 6, 0, UINT16_MAX, &port) < 0 || col_range(st, 9, 0, UINT32_MAX, &job) < 0 ||
+        col_range(st, 10, 0, 1, &starting) < 0 || col_range(st, 11, 0, 1, &cross_site) < 0)
         return -1;
     if (sqlite3_column_type(st, 7) != SQLITE_NULL && col_range(st, 7, 0, 1, &v6) < 0)
         return -1;
@@ -593,6 +612,8 @@ static int route_from_row(sqlite3_stmt *st, void *item)
     r->v6 = (int)v6;
     r->created = created;
     r->job = (uint32_t)job;
+    r->starting = (int)starting;
+    r->cross_site = (int)cross_site;
     return 0;
 }
 

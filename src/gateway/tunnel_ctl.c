@@ -499,6 +499,7 @@ static void register_direct(struct tunnel *t, const char *id, json_t *m, const c
     r.uid = t->uid;
     r.job = t->job;
     r.kind = ROUTE_DIRECT;
+    r.cross_site = json_is_true(json_object_get(m, "cross_site")); /* checked by the caller */
     r.created = now_real();
     r.v6 = strchr(r.path, ':') != NULL;
     snprintf(r.name, sizeof(r.name), "%s", name);
@@ -548,6 +549,9 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
         return ctl_error(t, id, "invalid", "'ttl' must be " APP_LINK_TTL_RULE);
     if (json_object_get(m, "alias") && !alias)
         return ctl_error(t, id, "invalid", "'alias' must be a string");
+    json_t *cross = json_object_get(m, "cross_site");
+    if (cross && !json_is_boolean(cross))
+        return ctl_error(t, id, "invalid", "'cross_site' must be true or false");
     if (t->asleep)
         return ctl_error(t, id, "invalid", "this tunnel said it sleeps: register on the next one");
     if (json_object_get(m, "direct"))
@@ -557,7 +561,8 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
                                  .name = name,
                                  .local = local, .full = t->nreg >= TUN_MAX_REG,
                                  .mine = reg_mine, .arg = t,
-                                 .once = t->once, .poll = t->poll, .checkin = t->checkin};
+                                 .once = t->once, .poll = t->poll, .checkin = t->checkin,
+                                 .cross_site = json_is_true(cross)};
     char cb_host[46];
     json_t *cb = json_object_get(m, "callback");
     if (cb && !t->callback)

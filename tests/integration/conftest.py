@@ -732,6 +732,10 @@ class Session:
             if own:
                 c.close()
 
+    def logout(self, **kw):
+        """What the logout button does: a POST from the app's own page."""
+        return self.request("POST", "/_jobgate/logout", body=b"", **kw)
+
     def get(self, target, **kw):
         return self.request("GET", target, **kw)
 
@@ -765,6 +769,7 @@ class Gateway:
                                     "control_socket": str(self.control_path)}}
             for sec, kv in config.items():
                 sections.setdefault(sec, {}).update(kv)
+            self.domain = sections["gateway"]["domain"]
             text = "".join(f"[{sec}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()) + "\n"
                            for sec, kv in sections.items())
             self.config_path = self.root / "jobgated.conf"

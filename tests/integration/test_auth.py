@@ -213,11 +213,23 @@ def test_next_offsite_refused(gateway, app, raw):
     assert session_cookie(r)[0], "the link itself was good; the cookie should still be set"
 
 
-@pytest.mark.parametrize("method", ["GET", "POST"])
-def test_logout_ends_session(gateway, app, method):
+def test_logout_ends_session(gateway, app):
     s = gateway.login(app.alias, gateway.new_link(app.alias))
     assert s.get("/hello").status == 200
-    r = s.request(method, "/_jobgate/logout", body=b"" if method == "POST" else None)
+    # A GET (an <img> on another app's page, a prefetch) only shows the button.
+    r = s.get("/_jobgate/logout")
+    assert r.status == 200 and b'method="post"' in r.body, r
+    assert session_cookie(r)[0] is None, f"a GET logged out: {r.headers}"
+    assert s.get("/hello").status == 200
+    assert s.request("PUT", "/_jobgate/logout", body=b"").status == 405
+    # A POST from another app's page (same-site) or another site is refused.
+    for hdr in (("Sec-Fetch-Site", "same-site"), ("Sec-Fetch-Site", "cross-site"),
+                ("Origin", f"https://other.{gateway.domain}:{gateway.port}"), ("Origin", "null")):
+        r = s.logout(headers=[hdr])
+        assert r.status == 403, (hdr, r)
+        assert s.get("/hello").status == 200, f"{hdr} logged out"
+    r = s.logout(headers=[("Sec-Fetch-Site", "same-origin"),
+                          ("Origin", f"https://{s.host}")])
     assert r.status == 200, r
     val, attrs, raw = session_cookie(r)
     assert val is not None, f"logout did not clear the cookie: {r.headers}"
@@ -231,7 +243,7 @@ def test_logout_of_one_session_keeps_others(gateway, app):
     s1 = gateway.login(app.alias, gateway.new_link(app.alias))
     s2 = gateway.login(app.alias, gateway.new_link(app.alias))
     assert s1.cookie != s2.cookie
-    assert s1.get("/_jobgate/logout").status == 200
+    assert s1.logout().status == 200
     assert s1.get("/hello").status == 403
     assert s2.get("/hello").status == 200
 
@@ -285,7 +297,7 @@ def test_secrets_never_logged(make_gateway):
     token2 = link_target(link2).rsplit("/", 1)[1]
     redeem(gw, a.alias, link2)          # a good redeem
     redeem(gw, a.alias, link2)          # a reused token
-    s.get("/_jobgate/logout")
+    s.logout()
     s.get("/hello")                     # a stale session
     time.sleep(0.3)
     log = gw.log_path.read_text(errors="replace")

@@ -63,7 +63,7 @@ def test_logout_survives_restart(fresh_gateway):
     a = gw.start_direct_app()
     gw.register(a)
     s = gw.login(a.alias, a.link)
-    assert s.get("/_jobgate/logout").status == 200
+    assert s.logout().status == 200
     restart(gw)
     assert s.get("/hello").status == 403
 

@@ -153,7 +153,7 @@ def test_open_websocket_closed_when_revoked(fresh_gateway, how):
                 out = gw.cli("rm", app.alias)
                 assert out.returncode == 0, out
             else:
-                r = s.get("/_jobgate/logout")
+                r = s.logout()
                 assert r.status == 200, r
             t0 = asyncio.get_event_loop().time()
             with pytest.raises(websockets.ConnectionClosed):

@@ -307,6 +307,83 @@ static void test_cookie_strip(void **state)
     assert_int_equal(strip("abc=1", small, 4), -1);
 }
 
+/* ---- reqhead_set_cookie, reqhead_cross_site -------------------------------- */
+
+static void expect_set_cookie(const char *value, const char *want)
+{
+    char out[256];
+    struct http1_str v = str(value);
+    int n = reqhead_set_cookie(&v, out, sizeof(out));
+    if (!want) {
+        if (n >= 0)
+            fail_msg("Set-Cookie '%s' kept as '%.*s'", value, n, out);
+        return;
+    }
+    if (n < 0 || (size_t)n != strlen(want) || memcmp(out, want, (size_t)n) != 0)
+        fail_msg("Set-Cookie '%s' gave '%.*s', expected '%s'", value, n < 0 ? 0 : n, out, want);
+}
+
+static void test_set_cookie_host_only(void **state)
+{
+    (void)state;
+    expect_set_cookie("a=1; Path=/; Secure", "a=1; Path=/; Secure");
+    expect_set_cookie("a=1; Domain=apps.example.org; Path=/", "a=1; Path=/");
+    expect_set_cookie("a=1;domain=.apps.example.org;HttpOnly", "a=1; HttpOnly");
+    expect_set_cookie("a=1; DOMAIN = x; Domain=y; Max-Age=5", "a=1; Max-Age=5");
+    expect_set_cookie("a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT; Domain=x",
+                      "a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT");
+    /* A cookie called Domain is a cookie; only the attribute goes. */
+    expect_set_cookie("Domain=1; Domain=x", "Domain=1");
+    /* The gateway's own cookie, any case, is not the app's to set. */
+    expect_set_cookie("__Host-jobgate=T; Path=/; Secure", NULL);
+    expect_set_cookie("__host-JOBGATE=T", NULL);
+    expect_set_cookie("", NULL);
+    char small[4];
+    struct http1_str v = str("abcdef=1");
+    assert_int_equal(reqhead_set_cookie(&v, small, sizeof(small)), -1);
+}
+
+static const char *cross_site_of(const char *req)
+{
+    parse_req(req, &H);
+    return reqhead_cross_site(&H);
+}
+
+static void test_cross_site(void **state)
+{
+    (void)state;
+#define HOSTL "Host: alice.apps.test:8443\r\n"
+    /* Safe methods pass from anywhere: links keep working. */
+    assert_null(cross_site_of("GET / HTTP/1.1\r\n" HOSTL "Sec-Fetch-Site: cross-site\r\n\r\n"));
+    assert_null(cross_site_of("HEAD / HTTP/1.1\r\n" HOSTL "Origin: https://bob.apps.test\r\n\r\n"));
+    assert_null(cross_site_of("OPTIONS / HTTP/1.1\r\n" HOSTL "Sec-Fetch-Site: same-site\r\n\r\n"));
+    /* State-changing from the app's own page, or from no browser at all. */
+    assert_null(cross_site_of("POST / HTTP/1.1\r\n" HOSTL "Content-Length: 0\r\n"
+                              "Sec-Fetch-Site: same-origin\r\n"
+                              "Origin: https://ALICE.apps.test:8443\r\n\r\n"));
+    assert_null(cross_site_of("POST / HTTP/1.1\r\n" HOSTL "Content-Length: 0\r\n\r\n"));
+    assert_null(cross_site_of("DELETE / HTTP/1.1\r\n" HOSTL "Sec-Fetch-Site: none\r\n\r\n"));
+    /* From another app's page or another site. */
+    assert_non_null(cross_site_of("POST / HTTP/1.1\r\n" HOSTL "Content-Length: 0\r\n"
+                                  "Sec-Fetch-Site: same-site\r\n\r\n"));
+    assert_non_null(cross_site_of("PUT / HTTP/1.1\r\n" HOSTL "Content-Length: 0\r\n"
+                                  "sec-fetch-site: CROSS-SITE\r\n\r\n"));
+    assert_non_null(cross_site_of("POST / HTTP/1.1\r\n" HOSTL "Content-Length: 0\r\n"
+                                  "Origin: https://bob.apps.test:8443\r\n\r\n"));
+    assert_non_null(cross_site_of("POST / HTTP/1.1\r\n" HOSTL "Content-Length: 0\r\n"
+                                  "Origin: null\r\n\r\n"));
+    assert_non_null(cross_site_of("POST / HTTP/1.1\r\n" HOSTL "Content-Length: 0\r\n"
+                                  "Origin: http://alice.apps.test:8443\r\n\r\n"));
+    assert_non_null(cross_site_of("POST / HTTP/1.1\r\n" HOSTL "Content-Length: 0\r\n"
+                                  "Origin: https://alice.apps.test:8443.evil\r\n\r\n"));
+    /* A WebSocket handshake is a GET that acts: checked as well. */
+    assert_non_null(cross_site_of("GET /ws HTTP/1.1\r\n" HOSTL "Connection: Upgrade\r\n"
+                                  "Upgrade: websocket\r\nOrigin: https://bob.apps.test:8443\r\n\r\n"));
+    assert_null(cross_site_of("GET /ws HTTP/1.1\r\n" HOSTL "Connection: Upgrade\r\n"
+                              "Upgrade: websocket\r\nOrigin: https://alice.apps.test:8443\r\n\r\n"));
+#undef HOSTL
+}
+
 /* ---- reqhead_next ---------------------------------------------------------- */
 
 static int next_of(const char *target, char *out, size_t outlen)
@@ -863,6 +940,8 @@ int main(void)
         cmocka_unit_test(test_alias_small_out),
         cmocka_unit_test(test_cookies_find),
         cmocka_unit_test(test_cookie_strip),
+        cmocka_unit_test(test_set_cookie_host_only),
+        cmocka_unit_test(test_cross_site),
         cmocka_unit_test(test_next_accepts),
         cmocka_unit_test(test_next_refuses),
         cmocka_unit_test(test_next_bounded),

@@ -223,7 +223,7 @@ static void test_open_creates_private_wal_db(void **state)
     assert_int_equal(stat(wal, &st), 0); /* WAL mode is on */
     assert_int_equal(st.st_mode & 077, 0);
 
-    assert_int_equal(side_query(f->path, "PRAGMA user_version"), 2);
+    assert_int_equal(side_query(f->path, "PRAGMA user_version"), 3);
     assert_int_equal(side_query(f->path, "SELECT count(*) FROM routes"), 1);
 }
 
@@ -245,13 +245,15 @@ static void test_upgrade_from_v1(void **state)
               "INSERT INTO routes VALUES('old-one', 'lab', 1000, 0, 2, '', 8000, 0, 1700000000);"
               "PRAGMA user_version = 1;");
     struct store *s = open_ok(f);
-    assert_int_equal(side_query(f->path, "PRAGMA user_version"), 2);
+    assert_int_equal(side_query(f->path, "PRAGMA user_version"), 3);
     struct routes_seen rs;
     assert_int_equal(load_routes(s, &rs), 1);
     const struct route *r = seen_route(&rs, "old-one");
     assert_non_null(r);
     assert_int_equal(r->port, 8000);
     assert_int_equal(r->job, 0);
+    assert_int_equal(r->starting, 0);
+    assert_int_equal(r->cross_site, 0);
 }
 
 static int collect_job(const struct job *j, void *arg)
@@ -366,6 +368,8 @@ static void test_routes_put_load_replace(void **state)
     struct store *s = open_ok(f);
     struct route a = mk("alpha", 1000, 0);
     struct route b = mk("bravo-2", 1001, 8888);
+    b.starting = 1;   /* survives a restart (issue 13) */
+    b.cross_site = 1;
     assert_int_equal(store_route_put(s, &a), 0);
     assert_int_equal(store_route_put(s, &b), 0);
 
