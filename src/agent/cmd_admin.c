@@ -203,6 +203,47 @@ static int print_table(const json_t *routes)
 
 /* jobgate ls and jobgate jobs: the control op's list under key, printed as
  * a table (print), "empty" when there is none, or as JSON with --json. */
+/* The whole list of op's answers under key: the gateway answers in pages
+ * ("next": where the following one starts). NULL after saying why. */
+#define LIST_PAGES_MAX 10000
+static json_t *fetch_pages(const char *sock, const char *op, const char *key)
+{
+    json_t *all = json_array();
+    char *after = NULL;
+    for (int page = 0; all; page++) {
+        if (page == LIST_PAGES_MAX) {
+            cli_error("the gateway's answer has more than %d pages", LIST_PAGES_MAX);
+            break;
+        }
+        json_t *req = json_pack("{s:s}", "op", op);
+        if (req && after)
+            json_object_set_new(req, "after", json_string(after));
+        if (!req) {
+            cli_error("cannot build the request");
+            break;
+        }
+        json_t *reply = cli_call(sock, req);
+        if (!reply)
+            break;
+        json_t *list = json_object_get(reply, key);
+        const char *next = json_string_value(json_object_get(reply, "next"));
+        if (!json_is_array(list)) {
+            cli_error("bad answer from the gateway: no \"%s\" list", key);
+            json_decref(reply);
+            break;
+        }
+        json_array_extend(all, list);
+        free(after);
+        after = next && *next && json_array_size(list) > 0 ? xstrdup(next) : NULL;
+        json_decref(reply);
+        if (!after)
+            return all;
+    }
+    free(after);
+    json_decref(all);
+    return NULL;
+}
+
 static int list_command(int argc, char **argv, const char *cmd, void (*usage)(FILE *),
                         const char *op, const char *key, const char *empty,
                         int (*print)(const json_t *list))
@@ -228,27 +269,18 @@ static int list_command(int argc, char **argv, const char *cmd, void (*usage)(FI
     const char *sock = cli_control_socket();
     if (!sock)
         return 1;
-    json_t *req = json_pack("{s:s}", "op", op);
-    if (!req) {
-        cli_error("cannot build the request");
+    json_t *list = fetch_pages(sock, op, key);
+    if (!list)
         return 1;
-    }
-    json_t *reply = cli_call(sock, req);
-    if (!reply)
-        return 1;
-    json_t *list = json_object_get(reply, key);
     int rc;
-    if (!json_is_array(list)) {
-        cli_error("bad answer from the gateway: no \"%s\" list", key);
-        rc = 1;
-    } else if (json) {
+    if (json) {
         rc = print_json_line(list);
     } else if (json_array_size(list) == 0) {
         rc = printf("%s\n", empty) < 0 || fflush(stdout) != 0;
     } else {
         rc = print(list);
     }
-    json_decref(reply);
+    json_decref(list);
     return rc;
 }
 

@@ -135,6 +135,69 @@ int policy_parse_options(const char *s, struct policy *p, char *err, size_t errl
 
 /* One line (NUL-terminated, no newline) into f's next rule, or nothing for
  * a blank or comment line. */
+/* Why an expression is refused as too costly to compile, or NULL. glibc's
+ * regcomp copies a repeated subtree for each repeat, so stacked repeats
+ * ("a++", "(a+)*") and deep or large counted ones grow without bound in
+ * memory; host names never need them. Rules: no repeat right after a repeat
+ * or after a group that ends in one, groups nested at most RE_DEPTH_MAX
+ * deep, counts in {n,m} at most RE_COUNT_MAX. Escapes and bracket
+ * expressions are skipped. */
+#define RE_DEPTH_MAX 4
+#define RE_COUNT_MAX 16
+static const char *re_too_costly(const char *re, size_t n)
+{
+    int last_repeat = 0, depth = 0;
+    int inner[RE_DEPTH_MAX + 1] = {0}; /* per open group: its last item is a repeat */
+    for (size_t i = 0; i < n; i++) {
+        char c = re[i];
+        int rep = c == '*' || c == '+' || c == '?' || c == '{';
+        if (rep && last_repeat)
+            return "a repeat (*, +, ?, {n}) may not follow another";
+        if (c == '\\' && i + 1 < n) {
+            i++;
+            last_repeat = 0;
+        } else if (c == '[') {
+            size_t j = i + 1;
+            if (j < n && re[j] == '^')
+                j++;
+            if (j < n && re[j] == ']')
+                j++;
+            while (j < n && re[j] != ']')
+                j++;
+            i = j;
+            last_repeat = 0;
+        } else if (c == '{') {
+            unsigned v = 0;
+            for (i++; i < n && re[i] != '}'; i++) {
+                if (re[i] >= '0' && re[i] <= '9') {
+                    v = v * 10 + (unsigned)(re[i] - '0');
+                    if (v > RE_COUNT_MAX)
+                        return "a count in {n,m} may be at most 16";
+                } else {
+                    v = 0;
+                }
+            }
+            last_repeat = 1;
+        } else if (rep) {
+            last_repeat = 1;
+        } else if (c == '(') {
+            if (++depth > RE_DEPTH_MAX)
+                return "groups may be nested at most 4 deep";
+            inner[depth] = 0;
+            last_repeat = 0;
+            continue;
+        } else if (c == ')') {
+            last_repeat = depth > 0 ? inner[depth] : 0;
+            if (depth > 0)
+                depth--;
+        } else {
+            last_repeat = 0;
+        }
+        inner[depth] = last_repeat;
+    }
+    return NULL;
+}
+
 static int parse_line(struct policy_file *f, char *line, unsigned lineno, char *why,
                       size_t whylen)
 {
@@ -160,6 +223,11 @@ static int parse_line(struct policy_file *f, char *line, unsigned lineno, char *
     }
     if (f->n == POLICY_RULES_MAX) {
         (void)xsnprintf(why, whylen, "more than %d rules", POLICY_RULES_MAX);
+        return -EINVAL;
+    }
+    const char *costly = re_too_costly(s + 1, relen);
+    if (costly) {
+        (void)xsnprintf(why, whylen, "%s", costly);
         return -EINVAL;
     }
     struct policy p;

@@ -11,7 +11,8 @@
 #include "store.h"
 #include "util.h"
 
-struct session {
+/* What a session cookie's or a link token's hash admits to. */
+struct grant {
     char alias[ROUTE_ALIAS_MAX + 1];
     uid_t uid;
     int64_t expires;
@@ -19,7 +20,10 @@ struct session {
 
 struct auth {
     struct store *st;
-    struct hmap *sessions; /* token hash -> struct session */
+    struct hmap *sessions;     /* cookie hash -> struct grant */
+    struct hmap *links;        /* link token hash -> struct grant: the store's links, so that a
+                                * made-up token costs a lookup, never a write */
+    struct hmap *links_by_uid; /* uid -> how many of links are its (hmap_tally) */
 };
 
 struct auth *auth_new(struct store *st)
@@ -27,6 +31,8 @@ struct auth *auth_new(struct store *st)
     struct auth *a = xcalloc(1, sizeof(*a));
     a->st = st;
     a->sessions = hmap_new();
+    a->links = hmap_new();
+    a->links_by_uid = hmap_new();
     return a;
 }
 
@@ -35,49 +41,98 @@ void auth_free(struct auth *a)
     if (!a)
         return;
     hmap_free(a->sessions, free);
+    hmap_free(a->links, free);
+    hmap_free(a->links_by_uid, NULL);
     free(a);
 }
 
-static int session_add(struct auth *a, const uint8_t hash[TOKEN_HASH_LEN], const char *alias,
-                       uid_t uid, int64_t expires)
+static int grant_add(struct hmap *m, const uint8_t hash[TOKEN_HASH_LEN], const char *alias,
+                     uid_t uid, int64_t expires)
 {
-    struct session *s = xcalloc(1, sizeof(*s));
+    struct grant *g = xcalloc(1, sizeof(*g));
     size_t n = strnlen(alias, ROUTE_ALIAS_MAX);
-    memcpy(s->alias, alias, n);
-    s->uid = uid;
-    s->expires = expires;
-    if (hmap_put(a->sessions, hash, TOKEN_HASH_LEN, s) < 0) {
-        free(s);
+    memcpy(g->alias, alias, n);
+    g->uid = uid;
+    g->expires = expires;
+    if (hmap_put(m, hash, TOKEN_HASH_LEN, g) < 0) {
+        free(g);
         return -EEXIST;
     }
     return 0;
 }
 
-static int load_one(const uint8_t hash[STORE_HASH_LEN], const char *alias, uid_t uid,
-                    int64_t expires, void *arg)
+static int link_add(struct auth *a, const uint8_t hash[TOKEN_HASH_LEN], const char *alias,
+                    uid_t uid, int64_t expires)
 {
-    session_add(arg, hash, alias, uid, expires);
+    int r = grant_add(a->links, hash, alias, uid, expires);
+    if (r == 0)
+        hmap_tally(a->links_by_uid, &uid, sizeof(uid), 1);
+    return r;
+}
+
+/* Frees a link taken out of a->links. */
+static void link_gone(struct auth *a, struct grant *g)
+{
+    if (!g)
+        return;
+    hmap_tally(a->links_by_uid, &g->uid, sizeof(g->uid), -1);
+    free(g);
+}
+
+static int load_session(const uint8_t hash[STORE_HASH_LEN], const char *alias, uid_t uid,
+                        int64_t expires, void *arg)
+{
+    grant_add(((struct auth *)arg)->sessions, hash, alias, uid, expires);
+    return 0;
+}
+
+static int load_link(const uint8_t hash[STORE_HASH_LEN], const char *alias, uid_t uid,
+                     int64_t expires, void *arg)
+{
+    link_add(arg, hash, alias, uid, expires);
     return 0;
 }
 
 int auth_load(struct auth *a, int64_t now)
 {
-    return store_session_load(a->st, now, load_one, a);
+    int r = store_session_load(a->st, now, load_session, a);
+    return r < 0 ? r : store_link_load(a->st, now, load_link, a);
 }
 
-int auth_link_new(struct auth *a, const char *alias, int64_t ttl, char token[TOKEN_STR_LEN + 1],
-                  int64_t *expires)
+int auth_link_new(struct auth *a, const char *alias, uid_t uid, unsigned quota, int64_t ttl,
+                  char token[TOKEN_STR_LEN + 1], int64_t *expires)
 {
     uint8_t hash[TOKEN_HASH_LEN];
+    if (quota && hmap_tally(a->links_by_uid, &uid, sizeof(uid), 0) >= quota)
+        return -EDQUOT;
     int r = token_new(token);
     if (r < 0)
         return r;
     token_hash(token, TOKEN_STR_LEN, hash);
     *expires = now_real() + ttl;
     r = store_link_put(a->st, hash, alias, *expires);
+    if (r == 0)
+        r = link_add(a, hash, alias, uid, *expires);
     if (r < 0)
         memset(token, 0, TOKEN_STR_LEN + 1);
     return r;
+}
+
+unsigned auth_links_of(struct auth *a, uid_t uid)
+{
+    return (unsigned)hmap_tally(a->links_by_uid, &uid, sizeof(uid), 0);
+}
+
+int auth_link_check(struct auth *a, const char *alias, const char *tok, size_t len)
+{
+    uint8_t hash[TOKEN_HASH_LEN];
+    if (!token_syntax_ok(tok, len))
+        return -EINVAL;
+    token_hash(tok, len, hash);
+    const struct grant *g = hmap_get(a->links, hash, TOKEN_HASH_LEN);
+    if (!g || strcmp(g->alias, alias) != 0)
+        return -ENOENT;
+    return g->expires > now_real() ? 0 : -ETIMEDOUT;
 }
 
 int auth_redeem(struct auth *a, const char *alias, const char *tok, size_t len, uid_t uid,
@@ -88,6 +143,8 @@ int auth_redeem(struct auth *a, const char *alias, const char *tok, size_t len, 
         return -EINVAL;
     token_hash(tok, len, hash);
     int r = store_link_take(a->st, hash, alias, now_real());
+    if (r == 0 || r == -ETIMEDOUT)
+        link_gone(a, hmap_del(a->links, hash, TOKEN_HASH_LEN)); /* used up, or expired */
     if (r < 0)
         return r;
     r = token_new(cookie);
@@ -97,17 +154,17 @@ int auth_redeem(struct auth *a, const char *alias, const char *tok, size_t len, 
     int64_t expires = now_real() + session_ttl;
     r = store_session_put(a->st, hash, alias, uid, expires);
     if (r == 0)
-        r = session_add(a, hash, alias, uid, expires);
+        r = grant_add(a->sessions, hash, alias, uid, expires);
     if (r < 0)
         memset(cookie, 0, TOKEN_STR_LEN + 1);
     return r;
 }
 
 /* The live session of alias with this hash, or NULL. */
-static const struct session *live(struct auth *a, const char *alias,
+static const struct grant *live(struct auth *a, const char *alias,
                                   const uint8_t hash[TOKEN_HASH_LEN])
 {
-    const struct session *s = hmap_get(a->sessions, hash, TOKEN_HASH_LEN);
+    const struct grant *s = hmap_get(a->sessions, hash, TOKEN_HASH_LEN);
     return s && strcmp(s->alias, alias) == 0 && s->expires > now_real() ? s : NULL;
 }
 
@@ -122,7 +179,7 @@ int auth_session_check(struct auth *a, const char *alias, const char *val, size_
     if (!token_syntax_ok(val, len))
         return 0;
     token_hash(val, len, hash);
-    const struct session *s = live(a, alias, hash); /* one lookup per request */
+    const struct grant *s = live(a, alias, hash); /* one lookup per request */
     if (!s)
         return 0;
     if (uid)
@@ -146,32 +203,44 @@ void auth_logout(struct auth *a, const char *val, size_t len)
     store_session_delete(a->st, hash);
 }
 
-static int drop_if_alias(const void *key, size_t klen, void *val, void *arg)
+struct drop_ctx {
+    struct auth *a;       /* links: their per-uid count goes down */
+    const char *alias;    /* drop this alias's, or */
+    int64_t now;          /* ... the expired ones */
+};
+
+static int drop_session(const void *key, size_t klen, void *val, void *arg)
 {
-    struct session *s = val;
-    if (strcmp(s->alias, arg) != 0)
+    const struct drop_ctx *d = arg;
+    struct grant *g = val;
+    if (d->alias ? strcmp(g->alias, d->alias) != 0 : g->expires > d->now)
         return 0;
-    free(s);
+    free(g);
+    return 1;
+}
+
+static int drop_link(const void *key, size_t klen, void *val, void *arg)
+{
+    const struct drop_ctx *d = arg;
+    struct grant *g = val;
+    if (d->alias ? strcmp(g->alias, d->alias) != 0 : g->expires > d->now)
+        return 0;
+    link_gone(d->a, g);
     return 1;
 }
 
 void auth_drop_alias(struct auth *a, const char *alias)
 {
-    hmap_filter(a->sessions, drop_if_alias, (void *)alias);
-}
-
-static int drop_if_expired(const void *key, size_t klen, void *val, void *arg)
-{
-    struct session *s = val;
-    if (s->expires > *(const int64_t *)arg)
-        return 0;
-    free(s);
-    return 1;
+    struct drop_ctx d = {.a = a, .alias = alias};
+    hmap_filter(a->sessions, drop_session, &d);
+    hmap_filter(a->links, drop_link, &d);
 }
 
 void auth_expire(struct auth *a, int64_t now)
 {
-    hmap_filter(a->sessions, drop_if_expired, &now);
+    struct drop_ctx d = {.a = a, .now = now};
+    hmap_filter(a->sessions, drop_session, &d);
+    hmap_filter(a->links, drop_link, &d);
     if (store_expire(a->st, now) < 0)
         log_warn("could not delete expired links and sessions from the store");
 }

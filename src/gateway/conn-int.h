@@ -63,6 +63,9 @@ struct conn {
     int revoked;         /* marked by the sweep, acted on after the lock */
     int64_t wait_until;  /* CS_WAIT: when the agent's reconnect wait ends (ms), 0 if not waiting */
     int held;            /* counted among held_alias's held requests (registry_hold) */
+    int quiet;           /* its access line goes through the worker's quiet_log (a failed
+                          * redeem: conn_local.c) */
+    uid_t held_uid;      /* ... and among its owner's ([quota] held) */
     char held_alias[ROUTE_ALIAS_MAX + 1];
     int via_cb;          /* this exchange dials a sleeping agent's callback endpoint */
     int cb_failed;       /* ... which failed: the request waits for the poll instead */
@@ -120,6 +123,11 @@ void conn_forward(struct conn *c, const struct route *r, const struct http1_head
 void conn_exchange_done(struct conn *c);
 /* CS_WAIT: the head stays in the input and is handled again shortly (TK_WAIT). */
 void conn_wait(struct conn *c);
+
+/* conn_local.c: answered by the gateway itself (the request's head is at
+ * the front of the input). */
+void conn_node_request(struct conn *c, const struct http1_head *h, size_t head_len);
+void conn_reserved_request(struct conn *c, const struct http1_head *h, size_t head_len);
 
 /* conn_asleep.c */
 /* A request for r, whose agent sleeps (ADMIT_ASLEEP): callback, or held

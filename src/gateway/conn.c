@@ -80,15 +80,23 @@ void conn_timer_set(struct conn *c, enum timer_kind k)
     event_add(c->timer, &tv);
 }
 
+#define ACCESS_FMT "req conn=%llu ip=%s alias=%s uid=%ld \"%s %s\" %d %llu %lldms"
+
 static void access_log(struct conn *c)
 {
     if (!c->method[0])
         return;
-    log_access("req conn=%llu ip=%s alias=%s uid=%ld \"%s %s\" %d %llu %lldms",
-             (unsigned long long)c->id, c->ip, c->alias[0] ? c->alias : "-",
-             c->uid == (uid_t)-1 ? -1L : (long)c->uid, c->method, c->path, c->status,
-             (unsigned long long)c->bytes_out, (long long)(now_mono_ms() - c->t_start));
+    long uid = c->uid == (uid_t)-1 ? -1L : (long)c->uid;
+    long long ms = (long long)(now_mono_ms() - c->t_start);
+    if (c->quiet) /* a failed redeem or its 429: a flood must not flood the log */
+        log_limited(&c->w->quiet_log, LOG_LVL_INFO, ACCESS_FMT, (unsigned long long)c->id,
+                    c->ip, c->alias[0] ? c->alias : "-", uid, c->method, c->path, c->status,
+                    (unsigned long long)c->bytes_out, ms);
+    else
+        log_access(ACCESS_FMT, (unsigned long long)c->id, c->ip, c->alias[0] ? c->alias : "-",
+                   uid, c->method, c->path, c->status, (unsigned long long)c->bytes_out, ms);
     c->method[0] = '\0';
+    c->quiet = 0;
 }
 
 void conn_be_drop(struct conn *c)
@@ -370,42 +378,6 @@ void conn_forward(struct conn *c, const struct route *r, const struct http1_head
     }
 }
 
-/* A node's request (nodechan.h): answered once its whole body is here,
- * then the connection closes. */
-static void node_request(struct conn *c, const struct http1_head *h, size_t head_len)
-{
-    struct evbuffer *in = bufferevent_get_input(c->cli);
-    c->alias[0] = '\0';
-    if (h->body == HTTP1_BODY_CHUNKED ||
-        (h->body == HTTP1_BODY_LENGTH && h->content_length > NODECHAN_BODY_MAX)) {
-        evbuffer_drain(in, head_len);
-        conn_local_reply(c, 413, "A node request has a Content-Length of at most 16384.", 1, NULL);
-        return;
-    }
-    size_t blen = h->body == HTTP1_BODY_LENGTH ? (size_t)h->content_length : 0;
-    if (evbuffer_get_length(in) < head_len + blen) {
-        c->body_wait = 1; /* the head is read again when more bytes arrive */
-        return;
-    }
-    /* Copied out: a pullup past the head would move the bytes h points into. */
-    char *body = xmalloc(blen + 1);
-    struct evbuffer_ptr at;
-    evbuffer_ptr_set(in, &at, head_len, EVBUFFER_PTR_SET);
-    evbuffer_copyout_from(in, &at, body, blen);
-    struct evbuffer *out = bufferevent_get_output(c->cli);
-    size_t before = evbuffer_get_length(out);
-    if (c->w->nodes)
-        c->status = nodechan_handle(c->w->nodes, h, body, blen, c->ip, out);
-    else
-        page_error(out, c->status = 404, "This gateway has no node channel.", 1, NULL, 0);
-    free(body);
-    c->bytes_out = evbuffer_get_length(out) - before;
-    evbuffer_drain(in, head_len + blen);
-    c->client_close = 1;
-    c->req_done = c->resp_done = 1;
-    conn_exchange_done(c);
-}
-
 void conn_wait(struct conn *c)
 {
     c->st = CS_WAIT;
@@ -435,7 +407,7 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
     }
     reqhead_log_path(&h->target, c->path, sizeof(c->path)); /* after the rewrite: redaction sees the path */
     if (nodechan_match(&h->target)) {
-        node_request(c, h, head_len);
+        conn_node_request(c, h, head_len);
         return;
     }
     if (reqhead_alias(&h->host, w->cfg->domain, c->alias, sizeof(c->alias)) < 0) {
@@ -445,15 +417,7 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
         return;
     }
     if (reserved_match(&h->target)) {
-        struct evbuffer *out = bufferevent_get_output(c->cli);
-        size_t before = evbuffer_get_length(out);
-        int close = has_body || c->client_close;
-        c->status = reserved_handle(w->reg, c->alias, h, out, close);
-        c->bytes_out = evbuffer_get_length(out) - before;
-        evbuffer_drain(bufferevent_get_input(c->cli), head_len);
-        c->client_close = close;
-        c->req_done = c->resp_done = 1;
-        conn_exchange_done(c);
+        conn_reserved_request(c, h, head_len);
         return;
     }
     struct admission a;

@@ -30,7 +30,7 @@ void conn_unhold(struct conn *c)
     if (!c->held)
         return;
     c->held = 0;
-    (void)registry_hold(c->w->reg, c->held_alias, -1, 0);
+    (void)registry_hold(c->w->reg, c->held_alias, c->held_uid, -1, 0);
 }
 
 /* A request for an app whose agent sleeps (docs/policy.md): through its
@@ -65,10 +65,11 @@ void conn_asleep_request(struct conn *c, const struct route *r, struct http1_hea
         /* Counted per app; over the bound (or hold = 0) it is answered at
          * once, and the agent still hears that it was wanted. */
         unsigned max = w->cfg->hold > 0 ? w->cfg->hold_max : 0;
-        int rc = registry_hold(w->reg, c->alias, 1, max);
+        int rc = registry_hold(w->reg, c->alias, r->uid, 1, max);
         c->wait_until = now;
         if (rc == 0) {
             c->held = 1;
+            c->held_uid = r->uid;
             snprintf(c->held_alias, sizeof(c->held_alias), "%s", c->alias);
             c->wait_until = now + w->cfg->hold * 1000;
         } else if (rc == -ENOENT) {

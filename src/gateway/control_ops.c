@@ -23,6 +23,7 @@
 #include "backend.h"
 #include "config.h"
 #include "log.h"
+#include "procnet.h"
 #include "registry.h"
 #include "tunnel.h"
 #include "util.h"
@@ -77,7 +78,14 @@ static void add_link(struct ctl_peer *p, uid_t uid, const char *alias, int64_t t
                      struct reply *rp)
 {
     struct registry_link l;
-    if (registry_link(p->w->reg, alias, uid, 0, ttl, &l) < 0) {
+    int rc = registry_link(p->w->reg, alias, uid, 0, ttl, &l);
+    if (rc == -EDQUOT) {
+        char why[160];
+        registry_quota_why(p->w->reg, uid, 1, why, sizeof(why));
+        fail(rp, "quota", "%s: redeem or let some expire first", why);
+        return;
+    }
+    if (rc < 0) {
         fail(rp, "internal", "could not store a link (see the gateway's log)");
         return;
     }
@@ -165,6 +173,8 @@ static void op_register(struct ctl_peer *p, uid_t uid, json_t *req, struct reply
         snprintf(proc, sizeof(proc), "/proc/%ld", (long)r.pid);
         if (stat(proc, &st) < 0 || st.st_uid != uid)
             return fail(rp, "invalid", "process %ld is not a running process of yours", (long)r.pid);
+        if (procnet_start_time("/proc", r.pid, &r.pid_start) < 0)
+            r.pid_start = 0; /* the reaper then goes by the pid alone */
     }
     if (starting && !json_is_boolean(starting))
         return fail(rp, "invalid", "'starting' must be true or false");
@@ -175,11 +185,19 @@ static void op_register(struct ctl_peer *p, uid_t uid, json_t *req, struct reply
     r.cross_site = json_is_true(cross);
     if (get_ttl(req, p->w->cfg->link_ttl, &ttl, rp) < 0 || check_target(p, &r, r.starting, rp) < 0)
         return;
-    if (registry_route_add(p->w->reg, &r) < 0)
+    int rc = registry_route_add(p->w->reg, &r);
+    if (rc == -EDQUOT) {
+        char why[160];
+        registry_quota_why(p->w->reg, uid, 0, why, sizeof(why));
+        return fail(rp, "quota", "%s: remove one first ('jobgate rm')", why);
+    }
+    if (rc < 0)
         return fail(rp, "internal", "could not add the route (see the gateway's log)");
     rp->obj = json_pack("{s:b, s:s, s:s, s:s}", "ok", 1, "alias", r.alias, "name", r.name, "state",
                         r.starting ? "starting" : "ready");
     add_link(p, uid, r.alias, ttl, rp);
+    if (rp->code) /* no link: the app could not be opened, so it is not published */
+        registry_route_remove(p->w->reg, r.alias, uid, 0, uid, "no link could be made");
 }
 
 static void op_ready(struct ctl_peer *p, uid_t uid, json_t *req, struct reply *rp)
@@ -196,16 +214,37 @@ static void op_ready(struct ctl_peer *p, uid_t uid, json_t *req, struct reply *r
     rp->obj = json_pack("{s:b, s:s, s:s}", "ok", 1, "alias", r.alias, "state", "ready");
 }
 
+static int by_alias(const void *a, const void *b)
+{
+    return strcmp(((const struct route *)a)->alias, ((const struct route *)b)->alias);
+}
+
+/* Routes in pages (docs/control-protocol.md): sorted by alias, those after
+ * "after", until an answer holds about CTL_PAGE_BYTES; "next" names the
+ * last one when more follow, for the client's next request. */
 static void op_list(struct ctl_peer *p, uid_t uid, json_t *req, struct reply *rp)
 {
     struct route *v;
     int all = p->uid == 0 && p->w->cfg->shared && !json_object_get(req, "uid");
+    json_t *after = json_object_get(req, "after");
+    if (after && !json_is_string(after))
+        return fail(rp, "invalid", "'after' must be an alias");
     int n = registry_routes(p->w->reg, uid, all, &v);
+    qsort(v, (size_t)n, sizeof(*v), by_alias);
     json_t *arr = json_array();
-    for (int i = 0; i < n; i++)
-        json_array_append_new(arr, route_json(p->w->reg, &v[i]));
-    free(v);
+    size_t bytes = 0;
+    int i = 0;
+    while (i < n && after && strcmp(v[i].alias, json_string_value(after)) <= 0)
+        i++;
+    for (; i < n && bytes < CTL_PAGE_BYTES; i++) {
+        json_t *o = route_json(p->w->reg, &v[i]);
+        bytes += json_dumpb(o, NULL, 0, JSON_COMPACT) + 1;
+        json_array_append_new(arr, o);
+    }
     rp->obj = json_pack("{s:b, s:o}", "ok", 1, "routes", arr);
+    if (i < n && i > 0)
+        json_object_set_new(rp->obj, "next", json_string(v[i - 1].alias));
+    free(v);
 }
 
 /* The caller's batch jobs (root in shared mode: everyone's), with their destinations. */

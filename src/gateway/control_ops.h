@@ -24,6 +24,11 @@ struct ctl_peer {
     int handed_over;    /* set by the tunnel op: the connection now belongs to a tunnel */
 };
 
+/* A list answer stops after about this many bytes of items ("next" then
+ * says where the next request starts): every answer fits the clients'
+ * 64 KiB line, however many routes there are. */
+#define CTL_PAGE_BYTES 32768
+
 /* Handles one request line and appends exactly one answer line to out. */
 void control_handle(struct ctl_peer *p, const char *line, size_t len, struct evbuffer *out);
 

@@ -22,6 +22,7 @@ const char *page_reason(int status)
     case 414: return "URI Too Long";
     case 417: return "Expectation Failed";
     case 421: return "Misdirected Request";
+    case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 501: return "Not Implemented";
@@ -41,6 +42,7 @@ static const char *page_sentence(int status)
                      "or from the output of 'jobgate run'.";
     case 404: return "There is no app at this address. It may have ended with its job.";
     case 414: return "The request line is too long.";
+    case 429: return "Too many tries from your address. Wait a minute, then try again.";
     case 431: return "The request headers are too large.";
     case 501: return "The gateway does not support that transfer coding.";
     case 502: return "The app is not reachable: it may have stopped or crashed.";

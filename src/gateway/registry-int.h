@@ -16,6 +16,7 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#include "hmap.h"
 #include "log.h"
 #include "registry.h"
 #include "util.h"
@@ -37,6 +38,9 @@ struct registry {
     size_t nsched;
     struct auth *auth;
     struct store *store;
+    struct hmap *routes_by_uid; /* uid -> how many routes it owns ([quota] routes) */
+    struct hmap *held_by_uid; /* uid -> requests held for its sleeping apps ([quota] held) */
+    uid_t self;               /* the gateway's own uid: outside the quotas, like root */
     atomic_uint revocations;
     unsigned ticks;           /* under the lock (written by registry_reap only) */
     char url_suffix[300];     /* constant after open: read without the lock */
@@ -70,6 +74,12 @@ static inline void unlock(struct registry *reg)
 {
     registry_held = HELD_NONE;
     pthread_rwlock_unlock(&reg->lock);
+}
+
+/* Root and the gateway's own user are outside the per-user quotas. */
+static inline int quota_exempt(const struct registry *reg, uid_t uid)
+{
+    return uid == 0 || uid == reg->self;
 }
 
 static inline void revoked(struct registry *reg)

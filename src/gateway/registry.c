@@ -10,12 +10,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "alias.h"
 #include "auth.h"
 #include "config.h"
 #include "job.h"
 #include "log.h"
+#include "procnet.h"
 #include "store.h"
 #include "util.h"
 
@@ -48,6 +50,8 @@ static int load_route(const struct route *r, void *arg)
         c.detached = now_mono_ms(); /* its agent reconnects, or the grace time ends it */
     if (route_add(reg->routes, &c) < 0)
         log_warn("stored route %s is invalid; ignored", r->alias);
+    else
+        hmap_tally(reg->routes_by_uid, &c.uid, sizeof(c.uid), 1);
     return 0;
 }
 
@@ -65,6 +69,9 @@ struct registry *registry_open(const struct jg_config *cfg, char *err, size_t er
     pthread_rwlockattr_t la;
     struct registry *reg = xcalloc(1, sizeof(*reg));
     reg->cfg = cfg;
+    reg->self = getuid();
+    reg->routes_by_uid = hmap_new();
+    reg->held_by_uid = hmap_new();
     if (cfg->public_port == 443)
         snprintf(reg->url_suffix, sizeof(reg->url_suffix), ".%s", cfg->domain);
     else
@@ -106,6 +113,8 @@ void registry_close(struct registry *reg)
     route_table_free(reg->routes);
     job_table_free(reg->jobs);
     free(reg->sched);
+    hmap_free(reg->routes_by_uid, NULL);
+    hmap_free(reg->held_by_uid, NULL);
     store_close(reg->store);
     if (reg->lock_ready)
         pthread_rwlock_destroy(&reg->lock);
@@ -125,6 +134,9 @@ size_t registry_route_count(struct registry *reg)
 int reg_add_locked(struct registry *reg, struct route *r)
 {
     ASSERT_WRITE();
+    if (!quota_exempt(reg, r->uid) &&
+        hmap_tally(reg->routes_by_uid, &r->uid, sizeof(r->uid), 0) >= reg->cfg->quota_routes)
+        return -EDQUOT;
     int rc = alias_new(reg->routes, r->alias, sizeof(r->alias));
     if (rc < 0)
         return rc;
@@ -136,6 +148,7 @@ int reg_add_locked(struct registry *reg, struct route *r)
         store_route_delete(reg->store, r->alias);
         return rc;
     }
+    hmap_tally(reg->routes_by_uid, &r->uid, sizeof(r->uid), 1);
     char where[160], detail[200];
     route_describe(r, where, sizeof(where));
     if (r->job)
@@ -156,12 +169,25 @@ int reg_remove_locked(struct registry *reg, const char *alias, uid_t by, const c
     int rc = store_route_delete(reg->store, a);
     if (rc < 0 && rc != -ENOENT)
         return rc;
+    const struct route *r = find(reg, a);
+    if (r)
+        hmap_tally(reg->routes_by_uid, &r->uid, sizeof(r->uid), -1);
     route_remove(reg->routes, a);
     auth_drop_alias(reg->auth, a);
     revoked(reg);
     store_audit(reg->store, by, "route.remove", a, why);
     log_info("route remove alias=%s by uid=%u (%s)", a, (unsigned)by, why);
     return 0;
+}
+
+void registry_quota_why(struct registry *reg, uid_t uid, int links, char *buf, size_t len)
+{
+    rdlock(reg);
+    unsigned n = links ? auth_links_of(reg->auth, uid)
+                       : (unsigned)hmap_tally(reg->routes_by_uid, &uid, sizeof(uid), 0);
+    unlock(reg);
+    snprintf(buf, len, "uid %u has %u %s, its quota ([quota] %s)", (unsigned)uid, n,
+             links ? "unused links" : "apps", links ? "links" : "routes");
 }
 
 int registry_route_add(struct registry *reg, struct route *r)
@@ -273,15 +299,32 @@ int registry_routes(struct registry *reg, uid_t uid, int all, struct route **out
     return lc.n;
 }
 
+static int link_new(struct registry *reg, const char *alias, uid_t owner, enum route_kind kind,
+                    int64_t ttl, int counted, struct registry_link *out);
+
 int registry_link(struct registry *reg, const char *alias, uid_t owner, enum route_kind kind,
                   int64_t ttl, struct registry_link *out)
+{
+    return link_new(reg, alias, owner, kind, ttl, 1, out);
+}
+
+int registry_link_again(struct registry *reg, const char *alias, uid_t owner,
+                        struct registry_link *out)
+{
+    return link_new(reg, alias, owner, ROUTE_TUNNEL, REGISTRY_AGAIN_TTL, 0, out);
+}
+
+static int link_new(struct registry *reg, const char *alias, uid_t owner, enum route_kind kind,
+                    int64_t ttl, int counted, struct registry_link *out)
 {
     char token[TOKEN_STR_LEN + 1];
     memset(out, 0, sizeof(*out));
     wrlock(reg);
     const struct route *r = find(reg, alias);
     int rc = !r || r->uid != owner || (kind && r->kind != kind) ? -ENOENT
-             : auth_link_new(reg->auth, alias, ttl, token, &out->expires);
+             : auth_link_new(reg->auth, alias, owner,
+                             !counted || quota_exempt(reg, owner) ? 0 : reg->cfg->quota_links,
+                             ttl, token, &out->expires);
     unlock(reg);
     if (rc < 0)
         return rc;
@@ -441,21 +484,27 @@ void registry_callback_down(struct registry *reg, const char *alias)
     unlock(reg);
 }
 
-int registry_hold(struct registry *reg, const char *alias, int delta, unsigned max)
+int registry_hold(struct registry *reg, const char *alias, uid_t uid, int delta, unsigned max)
 {
     int rc = 0;
     wrlock(reg);
     const struct route *r = find(reg, alias);
+    if (delta < 0) /* counted for uid whether or not its route is still there */
+        hmap_tally(reg->held_by_uid, &uid, sizeof(uid), -1);
     if (!r || r->kind != ROUTE_TUNNEL || (delta > 0 && (r->tunnel || !r->asleep))) {
         rc = -ENOENT;
     } else {
         struct route c = *r;
         if (delta > 0) {
             c.wanted = 1;
-            if (c.held >= max)
+            if (c.held >= max || (!quota_exempt(reg, uid) &&
+                                  hmap_tally(reg->held_by_uid, &uid, sizeof(uid), 0) >=
+                                      reg->cfg->quota_held)) {
                 rc = -EBUSY;
-            else
+            } else {
                 c.held++;
+                hmap_tally(reg->held_by_uid, &uid, sizeof(uid), 1);
+            }
         } else if (c.held > 0) {
             c.held--;
         }
@@ -512,7 +561,14 @@ int registry_session_live(struct registry *reg, const char *alias,
 int registry_redeem(struct registry *reg, const char *alias, const char *tok, size_t len,
                     char cookie[TOKEN_STR_LEN + 1])
 {
-    wrlock(reg);
+    /* From memory under the read lock first: a made-up or used token costs
+     * the workers no write lock and no SQLite transaction. */
+    rdlock(reg);
+    int known = find(reg, alias) ? auth_link_check(reg->auth, alias, tok, len) : -ENXIO;
+    unlock(reg);
+    if (known < 0 && known != -ETIMEDOUT)
+        return known;
+    wrlock(reg); /* a live (or expired: deleted now) link: take it */
     const struct route *r = find(reg, alias);
     int rc = r ? auth_redeem(reg->auth, alias, tok, len, r->uid, reg->cfg->session_ttl, cookie)
                : -ENXIO;
@@ -551,46 +607,93 @@ int registry_status(struct registry *reg, const char *alias, const struct http1_
 
 /* ---- the reaper -------------------------------------------------------------------- */
 
-struct reap_ctx {
-    const struct registry *reg;
-    const struct job_table *jobs;
-    int64_t now;
-    char alias[REAP_BATCH][ROUTE_ALIAS_MAX + 1];
-    uid_t uid[REAP_BATCH];
-    const char *why[REAP_BATCH];
-    int n;
+/* What the reaper needs of a route, copied under the read lock, so that the
+ * slow part (a kill() and a /proc read per owner process) runs with no lock
+ * and the write lock is held only to remove what was found, at most
+ * REAP_BATCH routes a turn. */
+struct reap_item {
+    char alias[ROUTE_ALIAS_MAX + 1];
+    uid_t uid;
+    pid_t pid;
+    uint64_t pid_start;
+    int job_over;        /* its job ended (or is not known any more) */
+    int away;            /* a tunnel route whose agent is away longer than it may be */
+    int asleep;
+    int64_t detached;
 };
 
-static int find_dead(const struct route *r, void *arg)
+struct reap_ctx {
+    const struct registry *reg;
+    int64_t now;
+    struct reap_item *v;
+    size_t n;
+};
+
+static int snap_route(const struct route *r, void *arg)
 {
     struct reap_ctx *rc = arg;
-    const char *why = NULL;
-    if (rc->n >= REAP_BATCH)
-        return 0;
-    const struct job *j = r->job ? job_find(rc->jobs, r->job) : NULL;
-    if (r->pid > 0 && kill(r->pid, 0) < 0 && errno == ESRCH)
-        why = "owner process gone";
-    else if (r->job && (!j || j->ended))
-        why = "its job ended";
-    else if (r->kind == ROUTE_TUNNEL && r->tunnel == 0 &&
-             rc->now - r->detached > away_limit_ms(rc->reg, r))
-        why = r->asleep ? "its sleeping agent did not come back" :
-              "agent gone longer than the grace time";
-    if (why) {
-        snprintf(rc->alias[rc->n], sizeof(rc->alias[0]), "%s", r->alias);
-        rc->uid[rc->n] = r->uid;
-        rc->why[rc->n++] = why;
+    const struct job *j = r->job ? job_find(rc->reg->jobs, r->job) : NULL;
+    struct reap_item it = {.uid = r->uid, .pid = r->pid, .pid_start = r->pid_start,
+                           .job_over = r->job && (!j || j->ended), .asleep = r->asleep,
+                           .detached = r->detached};
+    it.away = r->kind == ROUTE_TUNNEL && r->tunnel == 0 &&
+              rc->now - r->detached > away_limit_ms(rc->reg, r);
+    if (it.pid > 0 || it.job_over || it.away) {
+        snprintf(it.alias, sizeof(it.alias), "%s", r->alias);
+        rc->v[rc->n++] = it;
     }
     return 0;
 }
 
+/* Why the route of it ends, or NULL: no lock held (kill, /proc). */
+static const char *reap_why(const struct reap_item *it)
+{
+    if (it->pid > 0) {
+        uint64_t start;
+        if (kill(it->pid, 0) < 0 && errno == ESRCH)
+            return "owner process gone";
+        /* kill() found a process: unless /proc says it started later than
+         * the owner did (hidepid, or no /proc: no answer, no verdict). */
+        if (it->pid_start && procnet_start_time("/proc", it->pid, &start) == 0 &&
+            start != it->pid_start)
+            return "owner process gone (its pid is another process's now)";
+    }
+    if (it->job_over)
+        return "its job ended";
+    if (it->away)
+        return it->asleep ? "its sleeping agent did not come back" :
+                            "agent gone longer than the grace time";
+    return NULL;
+}
+
 void registry_reap(struct registry *reg)
 {
-    struct reap_ctx rc = {.reg = reg, .jobs = reg->jobs, .now = now_mono_ms()};
+    struct reap_ctx rc = {.reg = reg, .now = now_mono_ms()};
+    const char *why[REAP_BATCH];
+    struct reap_item dead[REAP_BATCH];
+    int ndead = 0;
+
+    rdlock(reg);
+    rc.v = xcalloc(route_count(reg->routes) + 1, sizeof(*rc.v));
+    route_filter(reg->routes, snap_route, &rc);
+    unlock(reg);
+    for (size_t i = 0; i < rc.n && ndead < REAP_BATCH; i++) {
+        why[ndead] = reap_why(&rc.v[i]);
+        if (why[ndead])
+            dead[ndead++] = rc.v[i];
+    }
+    free(rc.v);
+
     wrlock(reg);
-    route_filter(reg->routes, find_dead, &rc);
-    for (int i = 0; i < rc.n; i++)
-        reg_remove_locked(reg, rc.alias[i], rc.uid[i], rc.why[i]);
+    for (int i = 0; i < ndead; i++) {
+        /* Still the route that was judged: not re-registered meanwhile (the
+         * same owner process, or an agent not back since). */
+        const struct route *r = find(reg, dead[i].alias);
+        if (r && r->uid == dead[i].uid && r->pid == dead[i].pid &&
+            r->pid_start == dead[i].pid_start &&
+            (!dead[i].away || (r->tunnel == 0 && r->detached == dead[i].detached)))
+            reg_remove_locked(reg, dead[i].alias, dead[i].uid, why[i]);
+    }
     if (++reg->ticks % EXPIRE_EVERY_TICKS == 0) {
         auth_expire(reg->auth, now_real());
         reg_reap_jobs_locked(reg);

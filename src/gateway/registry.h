@@ -91,7 +91,13 @@ int registry_status(struct registry *reg, const char *alias, const struct http1_
 
 /* ---- owners: the control socket and agents' tunnels ----------------------- */
 
-/* Adds a route: picks a fresh alias into r->alias, stores it, audits. 0 or -errno. */
+/* The sentence for an -EDQUOT answer: uid is at its [quota] routes (links
+ * nonzero: [quota] links) limit. */
+void registry_quota_why(struct registry *reg, uid_t uid, int links, char *buf, size_t len);
+
+/* Adds a route: picks a fresh alias into r->alias, stores it, audits. 0 or
+ * -errno: -EDQUOT when r->uid has [quota] routes already (root and the
+ * gateway's own user have no quota). */
 int registry_route_add(struct registry *reg, struct route *r);
 
 /* A copy of the route with this alias. 0 or -ENOENT. */
@@ -116,7 +122,8 @@ int registry_route_remove(struct registry *reg, const char *alias, uid_t owner,
 int registry_routes(struct registry *reg, uid_t uid, int all, struct route **out);
 
 /* A fresh one-time link for alias, which must be owner's (and of kind when
- * nonzero). Secrets: the caller wipes link once it has been handed on. */
+ * nonzero); -EDQUOT when owner has [quota] links unredeemed. Secrets: the
+ * caller wipes link once it has been handed on. */
 struct registry_link {
     char url[REGISTRY_URL_MAX];
     char link[REGISTRY_LINK_MAX];
@@ -124,6 +131,12 @@ struct registry_link {
 };
 int registry_link(struct registry *reg, const char *alias, uid_t owner, enum route_kind kind,
                   int64_t ttl, struct registry_link *out);
+/* The link of a tunnel route its agent took back (a reconnect): the answer
+ * must carry one though nobody is shown it, so it is outside [quota] links
+ * (a flapping tunnel must not run into it) and lives REGISTRY_AGAIN_TTL s. */
+#define REGISTRY_AGAIN_TTL 60
+int registry_link_again(struct registry *reg, const char *alias, uid_t owner,
+                        struct registry_link *out);
 
 /*
  * An agent's tunnel registers an app (docs/tunnel-protocol.md): its route
@@ -164,10 +177,11 @@ void registry_tunnel_detach(struct registry *reg, uint64_t tunnel, const char *c
                             unsigned n, int asleep);
 
 /* A request starts (delta 1) or stops (-1) waiting for alias's sleeping
- * agent; a start marks the route wanted. 0; -EBUSY when max wait already
- * (wanted is marked all the same); -ENOENT (gone, or not asleep: a stop
- * is then a no-op). */
-int registry_hold(struct registry *reg, const char *alias, int delta, unsigned max);
+ * agent (uid: the route's owner, whose [quota] held it counts against); a
+ * start marks the route wanted. 0; -EBUSY when max wait for the app already,
+ * or uid's quota is full (wanted is marked all the same); -ENOENT (gone, or
+ * not asleep: a stop then only uncounts it for uid). */
+int registry_hold(struct registry *reg, const char *alias, uid_t uid, int delta, unsigned max);
 
 /* A callback to alias's sleeping agent failed: requests wait for its poll
  * until its tunnel is back (attach clears it). */

@@ -137,12 +137,17 @@ static int status(struct registry *reg, const char *alias, const struct http1_he
     return 200;
 }
 
+int reserved_is_redeem(const struct http1_str *target)
+{
+    static const char pre[] = RESERVED_PREFIX "redeem/";
+    return target->n > sizeof(pre) - 1 && memcmp(target->p, pre, sizeof(pre) - 1) == 0;
+}
+
 int reserved_handle(struct registry *reg, const char *alias, const struct http1_head *h,
                     struct evbuffer *out, int close)
 {
     int head_only = http1_name_is(&h->method, "head");
-    if (h->target.n > sizeof(RESERVED_PREFIX "redeem/") - 1 &&
-        memcmp(h->target.p, RESERVED_PREFIX "redeem/", sizeof(RESERVED_PREFIX "redeem/") - 1) == 0)
+    if (reserved_is_redeem(&h->target))
         return redeem(reg, alias, h, out, close);
     if (path_is(&h->target, RESERVED_PREFIX "logout"))
         return logout(reg, alias, h, out, close, head_only);

@@ -21,6 +21,8 @@ struct registry;
 
 /* 1 if the request target is under /_jobgate/. */
 int reserved_match(const struct http1_str *target);
+/* 1 if it is a redeem (/_jobgate/redeem/...). */
+int reserved_is_redeem(const struct http1_str *target);
 
 /* Answers a reserved request for alias (the registry decides: a made-up
  * token or cookie costs no write). Returns the status sent. */

@@ -35,6 +35,8 @@ struct route {
     char name[ROUTE_NAME_MAX + 1];
     uid_t uid;          /* owner */
     pid_t pid;          /* owner process on this host, 0 if none; reaped when gone */
+    uint64_t pid_start; /* ... its start time (procnet_start_time), 0: unknown: a process
+                         * with that pid but another start time is not the owner */
     enum route_kind kind;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     uint16_t port;

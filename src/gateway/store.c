@@ -43,6 +43,7 @@ enum stmt_id {
     ST_SESS_PUT,
     ST_SESS_DEL,
     ST_SESS_LOAD,
+    ST_LINK_LOAD,
     ST_EXP_LINKS,
     ST_EXP_SESS,
     ST_EXP_AUDIT,
@@ -63,22 +64,25 @@ static const char *const stmt_sql[ST_COUNT] = {
     /* An upsert, not INSERT OR REPLACE: the row stays, so the same owner's
      * links and sessions survive a re-registration (agent reconnect). */
     [ST_ROUTE_PUT] = ("INSERT INTO routes(alias, name, uid, pid, kind, path, port, v6, created, "
-                      "job, starting, cross_site) "
-                      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) "
+                      "job, starting, cross_site, pid_start) "
+                      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
                       "ON CONFLICT(alias) DO UPDATE SET name = excluded.name, uid = excluded.uid, "
                       "pid = excluded.pid, kind = excluded.kind, path = excluded.path, "
                       "port = excluded.port, v6 = excluded.v6, created = excluded.created, "
                       "job = excluded.job, starting = excluded.starting, "
-                      "cross_site = excluded.cross_site"),
+                      "cross_site = excluded.cross_site, pid_start = excluded.pid_start"),
     [ST_ROUTE_DEL] = "DELETE FROM routes WHERE alias = ?1",
     [ST_ROUTE_LOAD] = ("SELECT alias, name, uid, pid, kind, path, port, v6, created, job, "
-                       "starting, cross_site FROM routes ORDER BY created, alias"),
+                       "starting, cross_site, pid_start FROM routes ORDER BY created, alias"),
     [ST_LINK_PUT] = "INSERT INTO links(hash, alias, expires) VALUES(?1, ?2, ?3)",
     [ST_LINK_GET] = "SELECT alias, expires FROM links WHERE hash = ?1",
     [ST_LINK_DEL] = "DELETE FROM links WHERE hash = ?1",
     [ST_SESS_PUT] = "INSERT INTO sessions(hash, alias, uid, expires) VALUES(?1, ?2, ?3, ?4)",
     [ST_SESS_DEL] = "DELETE FROM sessions WHERE hash = ?1",
     [ST_SESS_LOAD] = "SELECT hash, alias, uid, expires FROM sessions WHERE expires > ?1",
+    /* A link's owner is its route's (the cascade leaves no link without one). */
+    [ST_LINK_LOAD] = ("SELECT l.hash, l.alias, r.uid, l.expires FROM links l "
+                      "JOIN routes r ON r.alias = l.alias WHERE l.expires > ?1"),
     [ST_EXP_LINKS] = "DELETE FROM links WHERE expires <= ?1",
     [ST_EXP_SESS] = "DELETE FROM sessions WHERE expires <= ?1",
     [ST_EXP_AUDIT] = "DELETE FROM audit WHERE time < ?1",
@@ -117,11 +121,13 @@ static const char schema_v2[] =
     "  ended INTEGER NOT NULL, adopted INTEGER NOT NULL DEFAULT 0);"
     "PRAGMA user_version = 2;";
 
-/* Version 3 (from 2): a route's `starting` survives a restart, and the
- * app's choice to take requests from other sites (route.h, cross_site). */
+/* Version 3 (from 2): a route's `starting` survives a restart, the app's
+ * choice to take requests from other sites (route.h, cross_site), and its
+ * owner process's start time (pid_start). */
 static const char schema_v3[] =
     "ALTER TABLE routes ADD COLUMN starting INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE routes ADD COLUMN cross_site INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE routes ADD COLUMN pid_start INTEGER NOT NULL DEFAULT 0;"
     "PRAGMA user_version = 3;";
 
 struct store {
@@ -522,6 +528,8 @@ int store_route_put(struct store *s, const struct route *r)
         if (rc == SQLITE_OK)
             rc = sqlite3_bind_int(st, 12, r->cross_site ? 1 : 0);
         if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(st, 13, (sqlite3_int64)r->pid_start);
+        if (rc == SQLITE_OK)
             rc = exec_stmt(st);
         else
             stmt_done(st);
@@ -584,7 +592,7 @@ static int load_rows(struct store *s, sqlite3_stmt *st, size_t size,
 static int route_from_row(sqlite3_stmt *st, void *item)
 {
     struct route *r = item;
-    int64_t uid, pid, kind, port, v6 = 0, created = 0, job, starting, cross_site;
+    int64_t uid, pid, kind, port, v6 = 0, created = 0, job, starting, cross_site, pid_start;
     memset(r, 0, sizeof(*r));
     if (col_text(st, 0, r->alias, sizeof(r->alias)) < 0 ||
         !route_alias_valid(r->alias, strlen(r->alias)))
@@ -598,7 +606,8 @@ static int route_from_row(sqlite3_stmt *st, void *item)
     if (col_range(st, 2, 0, UINT32_MAX, &uid) < 0 || col_range(st, 3, 0, INT32_MAX, &pid) < 0 ||
         col_range(st, 4, ROUTE_UNIX, ROUTE_DIRECT, &kind) < 0 ||
         col_range(st, 6, 0, UINT16_MAX, &port) < 0 || col_range(st, 9, 0, UINT32_MAX, &job) < 0 ||
-        col_range(st, 10, 0, 1, &starting) < 0 || col_range(st, 11, 0, 1, &cross_site) < 0)
+        col_range(st, 10, 0, 1, &starting) < 0 || col_range(st, 11, 0, 1, &cross_site) < 0 ||
+        col_range(st, 12, 0, INT64_MAX, &pid_start) < 0)
         return -1;
     if (sqlite3_column_type(st, 7) != SQLITE_NULL && col_range(st, 7, 0, 1, &v6) < 0)
         return -1;
@@ -614,6 +623,7 @@ static int route_from_row(sqlite3_stmt *st, void *item)
     r->job = (uint32_t)job;
     r->starting = (int)starting;
     r->cross_site = (int)cross_site;
+    r->pid_start = (uint64_t)pid_start;
     return 0;
 }
 
@@ -757,18 +767,19 @@ struct session_row {
     int64_t expires;
 };
 
-int store_session_load(struct store *s, int64_t now,
+/* Sessions and links alike: (hash, alias, uid, expires) rows of statement id. */
+static int load_tokens(struct store *s, enum stmt_id id, const char *what, int64_t now,
                        int (*cb)(const uint8_t hash[STORE_HASH_LEN], const char *alias, uid_t uid,
                                  int64_t expires, void *arg),
                        void *arg)
 {
-    sqlite3_stmt *st = s->st[ST_SESS_LOAD];
+    sqlite3_stmt *st = s->st[id];
     struct session_row *rows = NULL;
     size_t n = 0, cap = 0;
     int rc = sqlite3_bind_int64(st, 1, now);
     if (rc != SQLITE_OK) {
         stmt_done(st);
-        return fail(s, rc, "session load", NULL);
+        return fail(s, rc, what, NULL);
     }
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (n == cap) {
@@ -784,7 +795,7 @@ int store_session_load(struct store *s, int64_t now,
             !route_alias_valid(row->alias, strlen(row->alias)) ||
             col_range(st, 2, 0, UINT32_MAX, &uid) < 0 ||
             col_range(st, 3, INT64_MIN, INT64_MAX, &expires) < 0) {
-            log_warn("store: skipping a malformed sessions row");
+            log_warn("store: %s: skipping a malformed row", what);
             continue;
         }
         memcpy(row->hash, h, STORE_HASH_LEN);
@@ -795,7 +806,7 @@ int store_session_load(struct store *s, int64_t now,
     stmt_done(st);
     if (rc != SQLITE_DONE) {
         free(rows);
-        return fail(s, rc, "session load", NULL);
+        return fail(s, rc, what, NULL);
     }
 
     int ret = 0;
@@ -811,6 +822,22 @@ int store_session_load(struct store *s, int64_t now,
         explicit_bzero(rows, cap * sizeof(*rows));
     free(rows);
     return ret;
+}
+
+int store_session_load(struct store *s, int64_t now,
+                       int (*cb)(const uint8_t hash[STORE_HASH_LEN], const char *alias, uid_t uid,
+                                 int64_t expires, void *arg),
+                       void *arg)
+{
+    return load_tokens(s, ST_SESS_LOAD, "session load", now, cb, arg);
+}
+
+int store_link_load(struct store *s, int64_t now,
+                    int (*cb)(const uint8_t hash[STORE_HASH_LEN], const char *alias, uid_t uid,
+                              int64_t expires, void *arg),
+                    void *arg)
+{
+    return load_tokens(s, ST_LINK_LOAD, "link load", now, cb, arg);
 }
 
 /* --- expiry and audit -------------------------------------------------------------- */

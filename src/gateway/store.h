@@ -48,6 +48,11 @@ int store_link_put(struct store *s, const uint8_t hash[STORE_HASH_LEN], const ch
  */
 int store_link_take(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
                     int64_t now);
+/* Calls cb for every unexpired link (at time now), with its route's owner. */
+int store_link_load(struct store *s, int64_t now,
+                    int (*cb)(const uint8_t hash[STORE_HASH_LEN], const char *alias, uid_t uid,
+                              int64_t expires, void *arg),
+                    void *arg);
 
 /* Sessions (the browser cookie's hash). */
 int store_session_put(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,

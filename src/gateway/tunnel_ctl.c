@@ -428,12 +428,30 @@ static int reg_mine(void *arg, const char *alias)
 }
 
 /* Adds url, link and expires to an answer; 0 or -1 (the error is answered). */
-static int add_link(struct tunnel *t, const char *id, json_t *o, const char *alias, int64_t ttl)
+/* The uid is at its [quota] routes. */
+static void quota_error(struct tunnel *t, const char *id)
+{
+    char why[160];
+    registry_quota_why(t->hub->reg, t->uid, 0, why, sizeof(why));
+    ctl_error(t, id, "quota", "%s", why);
+}
+
+/* again: the route was the agent's already (a reconnect): registry_link_again. */
+static int add_link(struct tunnel *t, const char *id, json_t *o, const char *alias, int64_t ttl,
+                    int again)
 {
     struct registry_link l;
-    if (registry_link(t->hub->reg, alias, t->uid, ROUTE_TUNNEL, ttl, &l) < 0) {
+    int rc = again ? registry_link_again(t->hub->reg, alias, t->uid, &l)
+                   : registry_link(t->hub->reg, alias, t->uid, ROUTE_TUNNEL, ttl, &l);
+    if (rc < 0) {
+        char why[160];
         json_decref(o);
-        ctl_error(t, id, "internal", "could not store a link (see the gateway's log)");
+        if (rc == -EDQUOT) {
+            registry_quota_why(t->hub->reg, t->uid, 1, why, sizeof(why));
+            ctl_error(t, id, "quota", "%s", why);
+        } else {
+            ctl_error(t, id, "internal", "could not store a link (see the gateway's log)");
+        }
         return -1;
     }
     json_object_set_new(o, "url", json_string(l.url));
@@ -512,6 +530,8 @@ static void register_direct(struct tunnel *t, const char *id, json_t *m, const c
     if (rc == -EPERM)
         return ctl_error(t, id, "not_destination", "%s port %u is not a destination of job %u",
                          r.path, (unsigned)r.port, (unsigned)t->job);
+    if (rc == -EDQUOT)
+        return quota_error(t, id);
     if (rc < 0)
         return ctl_error(t, id, "internal", "could not register the route (see the gateway's log)");
     json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "type", "registered", "alias", r.alias, "name",
@@ -578,6 +598,8 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
         return ctl_error(t, id, "forbidden", "%s is not one of your tunnel's apps", r.alias);
     if (rc == -ESTALE)
         return ctl_error(t, id, "ended", "job %u has ended", (unsigned)t->job);
+    if (rc == -EDQUOT)
+        return quota_error(t, id);
     if (rc < 0)
         return ctl_error(t, id, "internal", "could not register the route (see the gateway's log)");
     int slot = tctl_reg_find(t, r.alias);
@@ -593,7 +615,7 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
         json_object_set_new(o, "id", json_string(id));
     if (r.wanted)
         json_object_set_new(o, "wanted", json_true()); /* requests came while it slept */
-    if (add_link(t, id, o, r.alias, ttl) == 0)
+    if (add_link(t, id, o, r.alias, ttl, alias && strcmp(alias, r.alias) == 0) == 0)
         tctl_send(t, o);
 }
 
@@ -684,7 +706,7 @@ static void op_link(struct tunnel *t, const char *id, json_t *m)
         return;
     if (id)
         json_object_set_new(o, "id", json_string(id));
-    if (add_link(t, id, o, alias, ttl) == 0)
+    if (add_link(t, id, o, alias, ttl, 0) == 0)
         tctl_send(t, o);
 }
 

@@ -20,6 +20,7 @@
 #include <sys/queue.h>
 
 #include "http1.h"
+#include "log.h"
 
 struct backend_env;
 struct event_base;
@@ -27,6 +28,7 @@ struct evconnlistener;
 struct event;
 struct jg_config;
 struct nodechan;
+struct ratelimit;
 struct registry;
 struct tunnel_hub;
 struct conn;
@@ -60,6 +62,8 @@ struct worker {
     uint64_t next_conn_id;
     struct event *ev_flush;   /* every second: access-log buffer, revocation sweep */
     unsigned seen_revocation; /* the registry's revocation count at the last sweep */
+    struct ratelimit *redeem_fails; /* failed redeems per address (conn_local.c) */
+    struct log_limit quiet_log;   /* access lines of those failures, within a rate */
     pthread_t thread;
     int started;
     int draining;             /* stopping: the loop ends when the last connection does */

@@ -16,6 +16,7 @@
 #include "config.h"
 #include "conn.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "registry.h"
 #include "tunnel.h"
 #include "util.h"
@@ -79,6 +80,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         w->seen_revocation = r;
         conn_revoke_sweep(w);
     }
+    ratelimit_sweep(w->redeem_fails, now_mono_ms());
     log_flush();
 }
 
@@ -151,6 +153,7 @@ int worker_init(struct worker *w, unsigned nworkers, char *err, size_t errlen)
     int rc = listen_on(w, nworkers, err, errlen);
     if (rc < 0)
         return rc;
+    w->redeem_fails = ratelimit_new(REDEEM_FAILS_MAX, 60 * 1000, REDEEM_SOURCES_MAX);
     w->ev_flush = event_new(w->base, -1, EV_PERSIST, on_flush, w);
     struct timeval sec = {1, 0};
     event_add(w->ev_flush, &sec);
@@ -231,6 +234,8 @@ void worker_free(struct worker *w)
     }
     if (w->ev_flush)
         event_free(w->ev_flush);
+    ratelimit_free(w->redeem_fails);
+    w->redeem_fails = NULL;
     if (w->ev_moves) {
         conn_drop_moves(w);
         event_free(w->ev_moves);

@@ -202,6 +202,39 @@ static int by_ppid(const void *a, const void *b)
     return (x->ppid > y->ppid) - (x->ppid < y->ppid);
 }
 
+int procnet_start_time(const char *proc, pid_t pid, uint64_t *start)
+{
+    char path[512], buf[1024];
+    if (fmt(path, sizeof(path), "%s/%ld/stat", proc, (long)pid) < 0)
+        return -ENAMETOOLONG;
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -errno;
+    size_t got = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[got] = '\0';
+    /* After "pid (comm)": state is field 3, starttime field 22. */
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return -EINVAL;
+    p++;
+    for (int field = 3; field < 22; field++) {
+        while (*p == ' ')
+            p++;
+        while (*p && *p != ' ')
+            p++;
+        if (!*p)
+            return -EINVAL;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(p, &end, 10);
+    if (errno || end == p || (*end != ' ' && *end != '\n' && *end != '\0'))
+        return -EINVAL;
+    *start = (uint64_t)v;
+    return 0;
+}
+
 /* Reads every process's parent from <proc>/<pid>/stat. 0 or -errno. */
 static int read_procs(const char *proc, struct proc_ent **out, size_t *count)
 {

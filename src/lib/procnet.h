@@ -12,6 +12,8 @@
  *    (`jobgate run --tcp`, following the socket inode to a descriptor)?
  *  - Which listening sockets does a tree of processes hold (a Slurm job's
  *    allowed destinations, read by spank_jobgate.so inside slurmstepd)?
+ *  - When did a process start (so that a reused pid is not taken for the
+ *    route owner it replaced)?
  *
  * Owns nothing and no state; every scan is bounded (a line is 512 bytes at
  * most, tables by the kernel, processes and descriptors by the limits in
@@ -75,6 +77,11 @@ long procnet_peer_uid(int fd, const char *proc);
  * negative errno; why explains a 0 or an error.
  */
 int procnet_port_in_tree(const char *proc, uint16_t port, pid_t root, char *why, size_t len);
+
+/* When process pid started (<proc>/<pid>/stat's starttime, clock ticks since
+ * boot): with the pid it names one process, so that a reused pid is told
+ * apart from the process it names. 0, or -errno (-ENOENT: no such process). */
+int procnet_start_time(const char *proc, pid_t pid, uint64_t *start);
 
 /* At most this many listening sockets are looked at by procnet_tree_listeners. */
 #define PROCNET_TREE_LISTEN_MAX 4096

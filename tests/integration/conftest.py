@@ -362,11 +362,13 @@ def parse_head(raw):
 class RawConn:
     """One TLS connection to the gateway, with byte-level control of what is sent."""
 
-    def __init__(self, port, sni, timeout=10.0, alpn=True, raw=None):
-        """raw: an already connected TCP socket (default: one to 127.0.0.1:port)."""
+    def __init__(self, port, sni, timeout=10.0, alpn=True, raw=None, source=None):
+        """raw: an already connected TCP socket (default: one to 127.0.0.1:port, from the
+        loopback address source when given)."""
         self.port, self.sni = port, sni
         if raw is None:
-            raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+            raw = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                           source_address=(source, 0) if source else None)
         ctx = client_ctx()
         if not alpn:
             ctx.set_alpn_protocols([])

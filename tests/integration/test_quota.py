@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import (NOBODY, PY, _finish, _gateway, as_user, control_as, need_second_user,
-                      wait_for)
+from conftest import (NOBODY, PY, Control, RawConn, _finish, _gateway, as_user, build_request,
+                      control_as, need_second_user, wait_for)
 from fakeagent import FakeAgent
 
 OTHER = NOBODY - 1  # a second unprivileged uid (setpriv needs no passwd entry)
@@ -294,3 +294,171 @@ def test_tunnels_per_user_are_capped(make_gateway, munged):
     finally:
         for a in agents:
             a.close()
+
+
+# --------------------------------------------------------------------------- routes, links, ls
+
+# Run as a user: listens on argv[2] UNIX sockets in a directory of its own, registers each
+# on the control socket argv[1], then asks for one more link of the first; prints the answers.
+_REGISTER_MANY = r"""
+import json, os, socket, sys, tempfile
+path, n = sys.argv[1], int(sys.argv[2])
+d = tempfile.mkdtemp(prefix="jgq-")
+apps = []
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(os.path.join(d, f"a{i}.sock"))
+    s.listen()
+    apps.append(s)
+c = socket.socket(socket.AF_UNIX)
+c.connect(path)
+f = c.makefile("rwb")
+def call(q):
+    f.write(json.dumps(q).encode() + b"\n"); f.flush()
+    return json.loads(f.readline())
+out = [call({"op": "register", "name": f"q{i}", "socket": os.path.join(d, f"a{i}.sock")})
+       for i in range(n)]
+first = out[0].get("alias")
+out.append(call({"op": "link", "alias": first}))
+out.append(call({"op": "link", "alias": first}))
+print(json.dumps(out))
+"""
+
+
+def test_routes_and_links_per_user_are_capped(binaries):
+    need_second_user("routes")
+    gw = _gateway({"quota": {"routes": 3, "links": 4}}, name="route-quota")
+    os.chmod(gw.root, 0o711)
+    try:
+        p = subprocess.run([*as_user(NOBODY), PY, "-c", _REGISTER_MANY, str(gw.control_path),
+                            "4"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p
+        out = json.loads(p.stdout)
+        assert [a["ok"] for a in out[:3]] == [True] * 3, out[:3]
+        assert out[3]["ok"] is False and out[3]["code"] == "quota", out[3]
+        assert "[quota] routes" in out[3]["error"], out[3]
+        # Three links from the registrations, a fourth by `link`, then the quota.
+        assert out[4]["ok"] is True, out[4]
+        assert out[5]["ok"] is False and out[5]["code"] == "quota", out[5]
+        assert "[quota] links" in out[5]["error"], out[5]
+        # Root (the gateway's own user here) is outside the quota.
+        a = gw.start_direct_app()
+        try:
+            for i in range(5):
+                gw.register(a, name=f"root{i}")
+        finally:
+            a.stop()
+        gw.assert_alive()
+    finally:
+        _finish(gw)
+
+
+def test_ls_of_any_size(binaries):
+    """An ls answer used to be one line of at most 64 KiB: about 1,500 routes made `jobgate ls`
+    fail for root and their owner. The gateway answers in pages now."""
+    gw = _gateway({"quota": {"routes": 1000}}, name="big-ls")
+    a = gw.start_direct_app()
+    try:
+        c = Control(gw.control_path)
+        try:
+            for i in range(700):
+                ans = c.call({"op": "register", "name": f"app-{i:04d}-" + "x" * 40,
+                              "socket": a.sock})
+                assert ans["ok"], ans
+        finally:
+            c.close()
+        ans = gw.control({"op": "list"})
+        assert 0 < len(ans["routes"]) < 700 and ans.get("next"), "one page, then a cursor"
+        routes = gw.ls_json()
+        assert len(routes) == 700 and len({r["alias"] for r in routes}) == 700
+        out = gw.cli("ls")
+        assert out.returncode == 0, out
+        assert out.stdout.decode().count("app-0") == 700
+    finally:
+        a.stop()
+        _finish(gw)
+
+
+# --------------------------------------------------------------------------- redeem floods
+
+def _redeem(conn, host, token):
+    conn.send(build_request("GET", f"/_jobgate/redeem/{token}", host))
+    return conn.read_response()
+
+
+def test_redeem_flood_is_rate_limited_per_address(binaries):
+    """Made-up tokens on a known alias: checked from memory (no write), and past 20 failures a
+    minute one address gets 429 while another still redeems; the failures' log lines are
+    kept to a few a second, with a count of the rest."""
+    gw = _gateway({"gateway": {"workers": 1}}, name="redeem-flood")
+    a = gw.start_direct_app()
+    try:
+        gw.register(a, name="target")
+        host = gw.host(a.alias)
+        statuses = []
+        with RawConn(gw.port, gw.sni(a.alias), source="127.0.0.2") as c:
+            for _ in range(200):
+                r = _redeem(c, host, "A" * 43)
+                statuses.append(r.status)
+                if r.status == 429:
+                    retry = r.header("Retry-After")
+        assert statuses[:20] == [403] * 20, statuses[:25]
+        assert set(statuses[20:]) == {429}, statuses[20:25]
+        assert retry and 0 < int(retry) <= 60, retry
+        # Another address is not affected; its good link works.
+        link = gw.new_link(a.alias)
+        with RawConn(gw.port, gw.sni(a.alias), source="127.0.0.3") as c:
+            r = _redeem(c, host, link.rsplit("/", 1)[1])
+        assert r.status == 303, r
+        time.sleep(1.2)
+        with RawConn(gw.port, gw.sni(a.alias), source="127.0.0.2") as c:
+            assert _redeem(c, host, "B" * 43).status == 429
+        time.sleep(1.2)
+        log = gw.log_path.read_text()
+        lines = [ln for ln in log.splitlines() if "/_jobgate/redeem/" in ln and "ip=127.0.0.2" in ln]
+        assert len(lines) < 40, f"{len(lines)} log lines for 201 failed redeems"
+        assert "similar lines before it not logged" in log
+    finally:
+        a.stop()
+        _finish(gw)
+
+
+# --------------------------------------------------------------------------- reaping
+
+def test_a_reused_pid_does_not_keep_a_route(binaries):
+    """A route's owner process is its pid and its start time: when the pid comes back as
+    another process, the route ends all the same (it used to live for ever)."""
+    last_pid = "/proc/sys/kernel/ns_last_pid"
+    if not os.access(last_pid, os.W_OK):
+        pytest.skip("needs root to choose the next pid (ns_last_pid)")
+    gw = _gateway(name="pid-reuse")
+    a = gw.start_direct_app()
+    owner = subprocess.Popen(["sleep", "1000"])
+    imposter = None
+    try:
+        ans = gw.control({"op": "register", "name": "reuse", "socket": a.sock, "pid": owner.pid})
+        assert ans["ok"], ans
+        alias, pid = ans["alias"], owner.pid
+        time.sleep(0.1)  # start times are in clock ticks (10 ms): the imposter's must differ
+        owner.kill()
+        owner.wait()
+        for _ in range(50):  # another process may fork in between: try again
+            with open(last_pid, "w") as f:
+                f.write(str(pid - 1))
+            imposter = subprocess.Popen(["sleep", "1000"])
+            if imposter.pid == pid:
+                break
+            imposter.kill()
+            imposter.wait()
+            imposter = None
+        if imposter is None:
+            pytest.skip("could not make the kernel hand out the same pid again")
+        wait_for(lambda: gw.route(alias) is None, 10, what="the route of the dead owner to end")
+        assert "its pid is another process's now" in gw.log_path.read_text()
+    finally:
+        for p in (owner, imposter):
+            if p and p.poll() is None:
+                p.kill()
+                p.wait()
+        a.stop()
+        _finish(gw)

@@ -104,7 +104,8 @@ static void link_new(struct fx *f, const char *alias, int64_t ttl, char tok[TOKE
 {
     int64_t exp = 0;
     int64_t before = now_real();
-    assert_int_equal(auth_link_new(f->a, alias, ttl, tok, &exp), 0);
+    assert_int_equal(auth_link_new(f->a, alias, strcmp(alias, APP) == 0 ? OWNER : OTHER_OWNER, 0,
+                                   ttl, tok, &exp), 0);
     assert_int_equal(strlen(tok), TOKEN_STR_LEN);
     assert_true(token_syntax_ok(tok, TOKEN_STR_LEN));
     assert_true(exp >= before + ttl && exp <= now_real() + ttl);
@@ -270,12 +271,54 @@ static void test_redeem_unknown_and_malformed(void **state)
     assert_int_equal(redeem(f, APP, tok, OWNER, 3600, cookie), 0);
 }
 
+/* Links are checked from memory (no write for a made-up token) and counted
+ * per owner against a quota; the count follows redeems, drops and restarts. */
+static void test_link_check_and_quota(void **state)
+{
+    struct fx *f = *state;
+    char t1[TOKEN_STR_LEN + 1], t2[TOKEN_STR_LEN + 1], t3[TOKEN_STR_LEN + 1];
+    char cookie[TOKEN_STR_LEN + 1], made_up[TOKEN_STR_LEN + 1];
+    int64_t exp;
+    assert_int_equal(auth_link_new(f->a, APP, OWNER, 2, 600, t1, &exp), 0);
+    assert_int_equal(auth_link_new(f->a, APP, OWNER, 2, 600, t2, &exp), 0);
+    assert_int_equal(auth_link_new(f->a, APP, OWNER, 2, 600, t3, &exp), -EDQUOT);
+    assert_int_equal(auth_links_of(f->a, OWNER), 2);
+    assert_int_equal(auth_links_of(f->a, OTHER_OWNER), 0);
+
+    assert_int_equal(auth_link_check(f->a, APP, t1, TOKEN_STR_LEN), 0);
+    assert_int_equal(auth_link_check(f->a, OTHER, t1, TOKEN_STR_LEN), -ENOENT);
+    assert_int_equal(token_new(made_up), 0);
+    assert_int_equal(auth_link_check(f->a, APP, made_up, TOKEN_STR_LEN), -ENOENT);
+    assert_int_equal(auth_link_check(f->a, APP, "short", 5), -EINVAL);
+
+    /* A redeemed link no longer counts, and is no longer known. */
+    assert_int_equal(redeem(f, APP, t1, OWNER, 3600, cookie), 0);
+    assert_int_equal(auth_link_check(f->a, APP, t1, TOKEN_STR_LEN), -ENOENT);
+    assert_int_equal(auth_links_of(f->a, OWNER), 1);
+    assert_int_equal(auth_link_new(f->a, APP, OWNER, 2, 600, t3, &exp), 0);
+
+    /* Counted again after a restart (the owner comes from the route). */
+    restart(f);
+    assert_int_equal(auth_links_of(f->a, OWNER), 2);
+    assert_int_equal(auth_link_check(f->a, APP, t2, TOKEN_STR_LEN), 0);
+
+    /* Expired ones stop counting at the next expiry pass; a dropped app's at once. */
+    assert_int_equal(auth_link_new(f->a, OTHER, OTHER_OWNER, 0, -5, t1, &exp), 0);
+    assert_int_equal(auth_link_check(f->a, OTHER, t1, TOKEN_STR_LEN), -ETIMEDOUT);
+    assert_int_equal(auth_links_of(f->a, OTHER_OWNER), 1);
+    auth_expire(f->a, now_real());
+    assert_int_equal(auth_links_of(f->a, OTHER_OWNER), 0);
+    auth_drop_alias(f->a, APP);
+    assert_int_equal(auth_links_of(f->a, OWNER), 0);
+    assert_int_equal(auth_link_check(f->a, APP, t2, TOKEN_STR_LEN), -ENOENT);
+}
+
 static void test_link_expired_crafted(void **state)
 {
     struct fx *f = *state;
     char tok[TOKEN_STR_LEN + 1], cookie[TOKEN_STR_LEN + 1];
     int64_t exp;
-    assert_int_equal(auth_link_new(f->a, APP, -10, tok, &exp), 0);
+    assert_int_equal(auth_link_new(f->a, APP, OWNER, 0, -10, tok, &exp), 0);
     assert_true(exp < now_real());
     assert_int_equal(redeem(f, APP, tok, OWNER, 3600, cookie), -ETIMEDOUT);
     /* an expired link is gone after the attempt */
@@ -464,6 +507,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drop_alias, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_keeps_sessions_and_links, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_cookie, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_link_check_and_quota, setup, teardown),
     };
     return cmocka_run_group_tests_name("auth", tests, NULL, NULL);
 }

@@ -113,6 +113,23 @@ static void test_parse_errors(void **state)
     expect_error("\".*\" # only a comment\n", ":1: no options");
     expect_error("\"(\" reconnect\n", ":1: \"(\":");
     expect_error("\".*\" reconnect\x01\n", ":1: a control character");
+    /* Expressions that glibc's regcomp would blow up in memory (found by fuzzing). */
+    expect_error("\"x++++\" reconnect\n", ":1: a repeat (*, +, ?, {n}) may not follow another");
+    expect_error("\"(a+)*\" reconnect\n", "may not follow another");
+    expect_error("\"((a+))+\" reconnect\n", "may not follow another");
+    expect_error("\"a{17}\" reconnect\n", ":1: a count in {n,m} may be at most 16");
+    expect_error("\"a{2,300}\" reconnect\n", "at most 16");
+    expect_error("\"(((((a)))))\" reconnect\n", ":1: groups may be nested at most 4 deep");
+    {
+        struct policy_file f;
+        char err[256];
+        memset(&f, 0, sizeof(f));
+        const char *ok = "\"(login|cn)[0-9]+\\.example\\.org\" reconnect\n"
+                         "\"[a+*]+x{2,16}(ab)*\" poll(30)\n";
+        assert_int_equal(policy_parse(&f, "p", ok, strlen(ok), err, sizeof(err)), 0);
+        assert_int_equal(f.n, 2);
+        policy_file_free(&f);
+    }
 
     char big[POLICY_LINE_MAX + 16];
     memset(big, 'a', sizeof(big));

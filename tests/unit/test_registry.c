@@ -38,6 +38,9 @@ static int setup(void **state)
     f->cfg.domain = (char *)"localhost";
     f->cfg.public_port = 8443;
     f->cfg.link_ttl = 600;
+    f->cfg.quota_routes = 256;
+    f->cfg.quota_links = 1024;
+    f->cfg.quota_held = 64;
     f->cfg.session_ttl = 3600;
     f->cfg.grace = 0; /* an agent away is reaped at the next tick */
     f->reg = registry_open(&f->cfg, err, sizeof(err));
@@ -192,6 +195,35 @@ static void test_redeem_errors(void **state)
     assert_true(registry_redeem(f->reg, r.alias, tok, strlen(tok), cookie) < 0); /* used */
 }
 
+/* [quota] routes and links bound a user; removing frees the slot; root and
+ * the gateway's own user are outside them. */
+static void test_quotas(void **state)
+{
+    struct fx *f = *state;
+    struct registry_link l;
+    f->cfg.quota_routes = 2;
+    f->cfg.quota_links = 1;
+    struct route a = unix_route(ME, "a"), b = unix_route(ME, "b"), c = unix_route(ME, "c");
+    struct route o = unix_route(OTHER, "o");
+    assert_int_equal(registry_route_add(f->reg, &a), 0);
+    assert_int_equal(registry_route_add(f->reg, &b), 0);
+    assert_int_equal(registry_route_add(f->reg, &c), -EDQUOT);
+    assert_int_equal(registry_route_add(f->reg, &o), 0); /* another user's own count */
+    assert_int_equal(registry_route_remove(f->reg, a.alias, ME, 0, ME, "test"), 0);
+    assert_int_equal(registry_route_add(f->reg, &c), 0);
+    assert_int_equal(registry_link(f->reg, b.alias, ME, 0, 60, &l), 0);
+    assert_int_equal(registry_link(f->reg, c.alias, ME, 0, 60, &l), -EDQUOT);
+    /* Removing b takes its unredeemed link with it. */
+    assert_int_equal(registry_route_remove(f->reg, b.alias, ME, 0, ME, "test"), 0);
+    assert_int_equal(registry_link(f->reg, c.alias, ME, 0, 60, &l), 0);
+    uid_t self = getuid();
+    for (int i = 0; i < 4; i++) {
+        struct route s = unix_route(self, "mine");
+        assert_int_equal(registry_route_add(f->reg, &s), 0);
+        assert_int_equal(registry_link(f->reg, s.alias, self, 0, 60, &l), 0);
+    }
+}
+
 static void test_resolve_by_alias_or_name(void **state)
 {
     struct fx *f = *state;
@@ -241,7 +273,7 @@ static void test_tunnel_sleep_hold_wanted(void **state)
     session(f, r.alias, ME, cookie);
     struct http1_str v = str(cookie);
     /* Not asleep: nothing to hold. */
-    assert_int_equal(registry_hold(f->reg, r.alias, 1, 4), -ENOENT);
+    assert_int_equal(registry_hold(f->reg, r.alias, ME, 1, 4), -ENOENT);
 
     const char *aliases[1] = {r.alias};
     registry_tunnel_detach(f->reg, 21, aliases, 1, 1);
@@ -251,11 +283,17 @@ static void test_tunnel_sleep_hold_wanted(void **state)
     char reach[64];
     route_reach(&a.route, reach, sizeof(reach));
     assert_string_equal(reach, "poll 30s");
-    assert_int_equal(registry_hold(f->reg, r.alias, 1, 2), 0);
-    assert_int_equal(registry_hold(f->reg, r.alias, 1, 2), 0);
-    assert_int_equal(registry_hold(f->reg, r.alias, 1, 2), -EBUSY);
+    assert_int_equal(registry_hold(f->reg, r.alias, ME, 1, 2), 0);
+    assert_int_equal(registry_hold(f->reg, r.alias, ME, 1, 2), 0);
+    assert_int_equal(registry_hold(f->reg, r.alias, ME, 1, 2), -EBUSY);
     assert_int_equal(registry_route_get(f->reg, r.alias, &again), 0);
     assert_int_equal(again.held, 2);
+    /* [quota] held bounds the owner's held requests over all its apps. */
+    f->cfg.quota_held = 2;
+    assert_int_equal(registry_hold(f->reg, r.alias, ME, 1, 10), -EBUSY);
+    f->cfg.quota_held = 3;
+    assert_int_equal(registry_hold(f->reg, r.alias, ME, 1, 10), 0);
+    assert_int_equal(registry_hold(f->reg, r.alias, ME, -1, 0), 0);
 
     /* The poll: same route, told that it was wanted, the count kept for the
      * requests that still wait; once told, not again. */
@@ -266,9 +304,9 @@ static void test_tunnel_sleep_hold_wanted(void **state)
     assert_int_equal(again.wanted, 1);
     assert_int_equal(again.held, 2);
     assert_int_equal(registry_admit(f->reg, r.alias, &v, 1, &a), ADMIT_OK);
-    assert_int_equal(registry_hold(f->reg, r.alias, -1, 0), 0);
-    assert_int_equal(registry_hold(f->reg, r.alias, -1, 0), 0);
-    assert_int_equal(registry_hold(f->reg, r.alias, -1, 0), 0); /* not below zero */
+    assert_int_equal(registry_hold(f->reg, r.alias, ME, -1, 0), 0);
+    assert_int_equal(registry_hold(f->reg, r.alias, ME, -1, 0), 0);
+    assert_int_equal(registry_hold(f->reg, r.alias, ME, -1, 0), 0); /* not below zero */
     assert_int_equal(registry_route_get(f->reg, r.alias, &again), 0);
     assert_int_equal(again.held, 0);
     back.tunnel = 23;
@@ -448,7 +486,7 @@ int main(void)
         T(test_resolve_by_alias_or_name), T(test_tunnel_sleep_hold_wanted),
         T(test_tunnel_reconnect_keeps_alias),
         T(test_reap_dead_owner_and_orphan), T(test_routes_survive_reopen),
-        T(test_job_routes_end_with_the_job),
+        T(test_job_routes_end_with_the_job), T(test_quotas),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

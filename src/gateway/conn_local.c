@@ -1,0 +1,89 @@
+/*
+ * conn_local — requests the gateway answers itself, without an app: the node
+ * channel (nodechan.h) and the reserved space /_jobgate/ (reserved.h), where
+ * one-time links are redeemed. Failed redeems are counted per source address
+ * (the worker's ratelimit.h): past REDEEM_FAILS_MAX a minute the address gets
+ * 429 until its minute is over, and these answers are logged within a rate
+ * (conn->quiet). See conn-int.h. The connection's worker thread only.
+ */
+#include "conn.h"
+#include "conn-int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "nodechan.h"
+#include "page.h"
+#include "ratelimit.h"
+#include "reserved.h"
+#include "util.h"
+#include "worker-t.h"
+
+/* A node's request (nodechan.h): answered once its whole body is here,
+ * then the connection closes. */
+void conn_node_request(struct conn *c, const struct http1_head *h, size_t head_len)
+{
+    struct evbuffer *in = bufferevent_get_input(c->cli);
+    c->alias[0] = '\0';
+    if (h->body == HTTP1_BODY_CHUNKED ||
+        (h->body == HTTP1_BODY_LENGTH && h->content_length > NODECHAN_BODY_MAX)) {
+        evbuffer_drain(in, head_len);
+        conn_local_reply(c, 413, "A node request has a Content-Length of at most 16384.", 1, NULL);
+        return;
+    }
+    size_t blen = h->body == HTTP1_BODY_LENGTH ? (size_t)h->content_length : 0;
+    if (evbuffer_get_length(in) < head_len + blen) {
+        c->body_wait = 1; /* the head is read again when more bytes arrive */
+        return;
+    }
+    /* Copied out: a pullup past the head would move the bytes h points into. */
+    char *body = xmalloc(blen + 1);
+    struct evbuffer_ptr at;
+    evbuffer_ptr_set(in, &at, head_len, EVBUFFER_PTR_SET);
+    evbuffer_copyout_from(in, &at, body, blen);
+    struct evbuffer *out = bufferevent_get_output(c->cli);
+    size_t before = evbuffer_get_length(out);
+    if (c->w->nodes)
+        c->status = nodechan_handle(c->w->nodes, h, body, blen, c->ip, out);
+    else
+        page_error(out, c->status = 404, "This gateway has no node channel.", 1, NULL, 0);
+    free(body);
+    c->bytes_out = evbuffer_get_length(out) - before;
+    evbuffer_drain(in, head_len + blen);
+    c->client_close = 1;
+    c->req_done = c->resp_done = 1;
+    conn_exchange_done(c);
+}
+
+/* A request under /_jobgate/ (reserved.c answers it). */
+void conn_reserved_request(struct conn *c, const struct http1_head *h, size_t head_len)
+{
+    struct worker *w = c->w;
+    struct evbuffer *out = bufferevent_get_output(c->cli);
+    size_t before = evbuffer_get_length(out);
+    int close = h->body != HTTP1_BODY_NONE || c->client_close;
+    int redeem = reserved_is_redeem(&h->target);
+    int64_t now = now_mono_ms();
+    int64_t wait = redeem ? ratelimit_wait(w->redeem_fails, c->ip, now) : 0;
+    if (wait > 0) {
+        char extra[48];
+        snprintf(extra, sizeof(extra), "Retry-After: %lld\r\n", (long long)(wait + 999) / 1000);
+        page_error(out, c->status = 429, NULL, close, extra, 0);
+        c->quiet = 1;
+    } else {
+        c->status = reserved_handle(w->reg, c->alias, h, out, close);
+        if (redeem && c->status != 303) {
+            ratelimit_fail(w->redeem_fails, c->ip, now);
+            c->quiet = 1;
+        }
+    }
+    c->bytes_out = evbuffer_get_length(out) - before;
+    evbuffer_drain(bufferevent_get_input(c->cli), head_len);
+    c->client_close = close;
+    c->req_done = c->resp_done = 1;
+    conn_exchange_done(c);
+}

@@ -1,0 +1,91 @@
+/*
+ * libFuzzer target for what a tunnel peer sends (docs/tunnel-protocol.md),
+ * for both ends (src/lib/tunnel_proto.c): the first byte picks the role
+ * (gateway: the HTTP/2 client; agent: the server) and whether the rest is
+ * the control stream's bytes (split into lines, each decoded as a message)
+ * or raw HTTP/2 input to a session with the tunnel's settings. A session
+ * must end any input with an error or take it, within its limits; the
+ * splitter must refuse an over-long line and never return one.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <nghttp2/nghttp2.h>
+
+#include "tunnel_proto.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define CHECK(c)                                                                                   \
+    do {                                                                                           \
+        if (!(c))                                                                                  \
+            abort();                                                                               \
+    } while (0)
+
+static size_t header_bytes;
+
+static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
+                     const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    header_bytes += nlen + vlen;
+    /* SETTINGS_MAX_HEADER_LIST_SIZE is 16 KiB; nghttp2 may pass a little more
+     * before it refuses the stream, never without bound. */
+    CHECK(header_bytes < 1024 * 1024);
+    return 0;
+}
+
+static void lines(const uint8_t *data, size_t size)
+{
+    struct tunnel_lines l = {0};
+    const uint8_t *p = data;
+    size_t left = size;
+    for (;;) {
+        const char *line;
+        size_t n;
+        int r = tunnel_lines_next(&l, &p, &left, &line, &n);
+        if (r <= 0)
+            break;
+        CHECK(n < TUNNEL_CTL_LINE_MAX && !memchr(line, '\n', n));
+        json_t *m = NULL;
+        char err[200];
+        if (tunnel_msg_decode(line, n, &m, err, sizeof(err)) == 0) {
+            CHECK(json_is_object(m));
+            char *out;
+            size_t olen;
+            if (tunnel_msg_encode(m, &out, &olen) == 0) { /* takes m */
+                CHECK(olen > 0 && out[olen - 1] == '\n');
+                free(out);
+            }
+        }
+    }
+    tunnel_lines_free(&l);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    enum tunnel_role role = (data[0] & 1) ? TUNNEL_ROLE_AGENT : TUNNEL_ROLE_GATEWAY;
+    if (data[0] & 2) {
+        lines(data + 1, size - 1);
+        return 0;
+    }
+    static const struct tunnel_session_cbs cbs = {.header = on_header};
+    nghttp2_session *s = NULL;
+    header_bytes = 0;
+    if (tunnel_session_new(&s, role, &cbs, NULL) < 0)
+        return 0;
+    /* The agent (server) expects the client preface first: give it, so that
+     * the fuzzer's bytes reach the frame parser. */
+    static const uint8_t preface[] = NGHTTP2_CLIENT_MAGIC;
+    if (role == TUNNEL_ROLE_AGENT)
+        (void)nghttp2_session_mem_recv(s, preface, sizeof(preface) - 1);
+    (void)nghttp2_session_mem_recv(s, data + 1, size - 1);
+    const uint8_t *out;
+    while (nghttp2_session_mem_send(s, &out) > 0)
+        ;
+    nghttp2_session_del(s);
+    return 0;
+}
