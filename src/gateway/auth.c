@@ -168,6 +168,12 @@ static const struct grant *live(struct auth *a, const char *alias,
     return s && strcmp(s->alias, alias) == 0 && s->expires > now_real() ? s : NULL;
 }
 
+int64_t auth_session_expires(struct auth *a, const uint8_t hash[TOKEN_HASH_LEN])
+{
+    const struct grant *s = hmap_get(a->sessions, hash, TOKEN_HASH_LEN);
+    return s ? s->expires : 0;
+}
+
 int auth_session_alive(struct auth *a, const char *alias, const uint8_t hash[TOKEN_HASH_LEN])
 {
     return live(a, alias, hash) != NULL;

@@ -57,6 +57,8 @@ int auth_session_ok(struct auth *a, const char *alias, const char *val, size_t l
 /* The same, also giving the session's hash, to re-check it later without the cookie. */
 int auth_session_check(struct auth *a, const char *alias, const char *val, size_t len, uid_t *uid,
                        uint8_t hash[TOKEN_HASH_LEN]);
+/* When the session with this hash expires (wall clock, seconds), 0 if none. */
+int64_t auth_session_expires(struct auth *a, const uint8_t hash[TOKEN_HASH_LEN]);
 /* 1 if the session with this hash is still live for alias. */
 int auth_session_alive(struct auth *a, const char *alias, const uint8_t hash[TOKEN_HASH_LEN]);
 

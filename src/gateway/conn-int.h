@@ -78,6 +78,7 @@ struct conn {
     int has_session;
     char sess_alias[ROUTE_ALIAS_MAX + 1];
     uint8_t sess_hash[TOKEN_HASH_LEN];
+    int64_t sess_expires;         /* wall clock: that session ends by itself then */
 
     /* the exchange in flight */
     char alias[ROUTE_ALIAS_MAX + 1];

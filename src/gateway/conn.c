@@ -447,6 +447,9 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
     c->uid = a.uid;
     memcpy(c->sess_hash, a.sess_hash, sizeof(c->sess_hash));
     c->has_session = 1;
+    c->sess_expires = a.sess_expires;
+    if (a.sess_expires && (!w->next_expiry || a.sess_expires < w->next_expiry))
+        w->next_expiry = a.sess_expires; /* its end closes what it opened (a WebSocket) */
     memcpy(c->sess_alias, c->alias, sizeof(c->sess_alias));
     if (verdict != ADMIT_ASLEEP)
         conn_unhold(c); /* its agent is back (or the app gone) */
@@ -905,8 +908,13 @@ void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa
 void conn_revoke_sweep(struct worker *w)
 {
     struct conn *c, *next;
-    LIST_FOREACH(c, &w->conns, link)
+    w->next_expiry = 0;
+    LIST_FOREACH(c, &w->conns, link) {
         c->revoked = c->has_session && !registry_session_live(w->reg, c->sess_alias, c->sess_hash);
+        if (c->has_session && !c->revoked && c->sess_expires &&
+            (!w->next_expiry || c->sess_expires < w->next_expiry))
+            w->next_expiry = c->sess_expires;
+    }
     for (c = LIST_FIRST(&w->conns); c; c = next) {
         next = LIST_NEXT(c, link);
         if (!c->revoked)

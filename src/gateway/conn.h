@@ -41,7 +41,8 @@ struct worker;
 void conn_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen);
 
 /* Closes w's connections whose route or session has ended since they were
- * checked (on w's thread, after gateway_revoked). */
+ * checked (on w's thread, after gateway_revoked, and when the earliest of
+ * their sessions' ends, w->next_expiry, has come); sets w->next_expiry anew. */
 void conn_revoke_sweep(struct worker *w);
 
 /* Gateway stopping: closes w's idle and upgraded connections at once and

@@ -538,6 +538,7 @@ enum admit registry_admit(struct registry *reg, const char *alias, const struct 
     if (r) {
         a->route = *r;
         ok = session_among(reg, alias, vals, n, &a->uid, a->sess_hash);
+        a->sess_expires = ok ? auth_session_expires(reg->auth, a->sess_hash) : 0;
     }
     unlock(reg);
     if (!r)

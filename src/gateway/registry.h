@@ -64,6 +64,7 @@ struct admission {
     struct route route;                  /* a copy, when the app exists */
     uid_t uid;                           /* the session's owner */
     uint8_t sess_hash[TOKEN_HASH_LEN];   /* to re-check the session later */
+    int64_t sess_expires;                /* ... and when it ends by itself (wall clock) */
 };
 
 /* Admission of a request for alias carrying the cookie values vals[0..n). */

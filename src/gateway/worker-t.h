@@ -62,6 +62,7 @@ struct worker {
     uint64_t next_conn_id;
     struct event *ev_flush;   /* every second: access-log buffer, revocation sweep */
     unsigned seen_revocation; /* the registry's revocation count at the last sweep */
+    int64_t next_expiry;      /* wall clock: the first session of its connections ends (0: none) */
     struct ratelimit *redeem_fails; /* failed redeems per address (conn_local.c) */
     struct log_limit quiet_log;   /* access lines of those failures, within a rate */
     pthread_t thread;

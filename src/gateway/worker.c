@@ -76,9 +76,9 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
     unsigned r = registry_revocations(w->reg);
-    if (r != w->seen_revocation) {
+    if (r != w->seen_revocation || (w->next_expiry && now_real() >= w->next_expiry)) {
         w->seen_revocation = r;
-        conn_revoke_sweep(w);
+        conn_revoke_sweep(w); /* a session that expired closes its WebSockets too */
     }
     ratelimit_sweep(w->redeem_fails, now_mono_ms());
     log_flush();

@@ -327,7 +327,7 @@ static const struct keydef keys[] = {
     {"timeouts", "io", K_DURATION, OFF(t_io), 1, DAY, "1s..1d"},
     {"timeouts", "tunnel", K_DURATION, OFF(t_tunnel), 1, 7 * DAY, "1s..7d"},
     {"links", "ttl", K_DURATION, OFF(link_ttl), 1, 7 * DAY, "1s..7d"},
-    {"links", "session_ttl", K_DURATION, OFF(session_ttl), MINUTE, 30 * DAY, "1m..30d"},
+    {"links", "session_ttl", K_DURATION, OFF(session_ttl), 10, 30 * DAY, "10s..30d"},
     {"tunnel", "ping_interval", K_DURATION, OFF(ping_interval), 1, HOUR, "1s..1h"},
     {"tunnel", "ping_timeout", K_DURATION, OFF(ping_timeout), 1, HOUR, "1s..1h"},
     {"tunnel", "reconnect_wait", K_DURATION, OFF(reconnect_wait), 0, MINUTE, "0s..1m"},

@@ -10,8 +10,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "util.h"
-
 static const char *log_ident = "jobgate";
 static int log_syslog;
 static enum log_level log_max = LOG_LVL_INFO;
@@ -137,7 +135,9 @@ void log_limited(struct log_limit *l, enum log_level lvl, const char *fmt, ...)
 {
     if (lvl > log_max)
         return;
-    long long sec = (long long)(now_mono_ms() / 1000);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* not util's now_mono_ms: util logs */
+    long long sec = (long long)ts.tv_sec;
     if (sec != l->window) {
         l->window = sec;
         l->lines = 0;

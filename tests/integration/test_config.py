@@ -43,6 +43,18 @@ tunnel = 1h
 [links]
 ttl = 10m
 session_ttl = 12h
+
+[tunnel]
+hello_wait = 5s
+pending_max = 1024
+pending_per_address = 32
+
+[quota]
+routes = 256
+links = 1024
+tunnels = 64
+control_clients = 16
+held = 64
 """
 
 
@@ -79,6 +91,8 @@ JUNK = [
     ("unclosed_section", "[gateway\ndomain = localhost\n", 1),
     ("cert_without_key", "[gateway]\ndomain = localhost\ncert = /etc/x.crt\n", 3),
     ("binary_junk", "[gateway]\n\x01\x02\x03\xff\n", 2),
+    ("control_quota_over_total", "[quota]\nroutes = 10\ncontrol_clients = 600\n", 3),
+    ("hello_wait_too_long", "[tunnel]\nhello_wait = 2m\n", 2),
 ]
 
 

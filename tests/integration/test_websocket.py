@@ -2,6 +2,7 @@
 import asyncio
 import json
 import os
+import time
 
 import pytest
 import websockets
@@ -167,3 +168,26 @@ def test_open_websocket_closed_when_revoked(fresh_gateway, how):
         assert took < 4, f"the WebSocket stayed open {took:.1f} s after {how}"
     finally:
         app.stop()
+
+
+def test_open_websocket_closed_when_its_session_expires(make_gateway):
+    """Expiry ends a session like a logout: its WebSockets close with it (they used to echo
+    on long after the session's end)."""
+    gw = make_gateway({"links": {"session_ttl": "10s"}}, name="ws-expiry")
+    app = gw.start_direct_app(script=WSAPP)
+    gw.register(app, name="wsexpiry")
+    t_login = time.monotonic()
+    s = gw.login(app.alias, app.link)
+
+    async def go():
+        async with connect(gw, app.alias, s.cookie) as ws:
+            with pytest.raises(websockets.ConnectionClosed):
+                while time.monotonic() - t_login < 30:
+                    await ws.send("still there?")
+                    assert await asyncio.wait_for(ws.recv(), 2) == "still there?"
+                    await asyncio.sleep(0.5)
+        return time.monotonic() - t_login
+
+    took = run(go())
+    assert 8 <= took < 14, f"the WebSocket closed {took:.1f} s after a 10 s session began"
+

@@ -87,6 +87,14 @@ static void assert_defaults_untouched(const struct jg_config *c)
     assert_int_equal(c->t_tunnel, 3600);
     assert_int_equal(c->link_ttl, 600);
     assert_int_equal(c->session_ttl, 43200);
+    assert_int_equal(c->quota_routes, 256);
+    assert_int_equal(c->quota_links, 1024);
+    assert_int_equal(c->quota_tunnels, 64);
+    assert_int_equal(c->quota_control, 16);
+    assert_int_equal(c->quota_held, 64);
+    assert_int_equal(c->hello_wait, 5);
+    assert_int_equal(c->pending_max, 1024);
+    assert_int_equal(c->pending_per_address, 32);
 }
 
 /*
@@ -688,8 +696,12 @@ static void test_durations(void **state)
     bad_kv("timeouts", "tunnel", "99999999999d", "out of range (1s..7d)");
     bad_kv("links", "ttl", "0m", "value of 'ttl' out of range (1s..7d)");
     bad_kv("links", "ttl", "169h", "out of range (1s..7d)");
-    bad_kv("links", "session_ttl", "59s", "value of 'session_ttl' out of range (1m..30d)");
-    bad_kv("links", "session_ttl", "31d", "out of range (1m..30d)");
+    bad_kv("links", "session_ttl", "9s", "value of 'session_ttl' out of range (10s..30d)");
+    bad_kv("links", "session_ttl", "31d", "out of range (10s..30d)");
+    bad_kv("quota", "control_clients", "513", "value of 'control_clients' out of range (1..512)");
+    bad_kv("quota", "routes", "0", "out of range (1..1000000)");
+    bad_kv("tunnel", "hello_wait", "2m", "value of 'hello_wait' out of range (1s..1m)");
+    bad_kv("tunnel", "pending_per_address", "0", "out of range (1..1000000)");
 
     const char *junk[] = {"1w", "-1", "1.5h", "10 m", "s", "m5", "+5", "5ss", "0x10", "ten"};
     for (size_t i = 0; i < sizeof(junk) / sizeof(junk[0]); i++)
