@@ -128,6 +128,7 @@ void conn_free(struct conn *c)
     LIST_REMOVE(c, link);
     free(c);
     w->nconns--;
+    atomic_fetch_sub(w->clients, 1);
     w->conn_gone(w);
 }
 
@@ -879,6 +880,7 @@ void conn_start(struct conn *c, enum cstate st, enum timer_kind tk)
     c->timer = evtimer_new(w->base, on_timer, c);
     LIST_INSERT_HEAD(&w->conns, c, link);
     w->nconns++;
+    atomic_fetch_add(w->clients, 1);
     size_t high = w->limits->max_head + 16384;
     bufferevent_setwatermark(c->cli, EV_READ, 0, high > CONN_HIGH_WATER ? high : CONN_HIGH_WATER);
     bufferevent_setwatermark(c->cli, EV_WRITE, CONN_LOW_WATER, 0);

@@ -27,15 +27,30 @@
 #define TICK_SECS 1
 #define DRAIN_SECS 10 /* how long a stopping gateway lets requests in flight finish */
 
-/* Each proxied connection holds two descriptors: take all the kernel allows. */
-static void raise_nofile(void)
+/* Each client connection holds two descriptors (its own and its app's):
+ * raises the open-file limit as far as the hard limit allows and returns
+ * how many client connections fit, at most max_connections. */
+static unsigned fit_nofile(unsigned max_connections)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return max_connections;
+    if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
             log_warn("cannot raise the open-file limit: %s", strerror(errno));
+            (void)getrlimit(RLIMIT_NOFILE, &rl);
+        }
     }
+    rlim_t need = 2 * (rlim_t)max_connections + GATEWAY_NOFILE_RESERVE;
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+        return max_connections;
+    unsigned fit = rl.rlim_cur > 2 * GATEWAY_NOFILE_RESERVE
+                       ? (unsigned)((rl.rlim_cur - GATEWAY_NOFILE_RESERVE) / 2) : 256;
+    log_warn("max_connections = %u needs %llu open files, the limit is %llu: taking at most "
+             "%u client connections (raise LimitNOFILE, or ulimit -Hn)", max_connections,
+             (unsigned long long)need, (unsigned long long)rl.rlim_cur, fit);
+    return fit;
 }
 
 /* Routes die with their owner process or agent; links and sessions with their time. */
@@ -93,7 +108,7 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
     gw->limits.max_head = cfg->max_header_bytes;
     gw->limits.max_fields = cfg->max_headers;
 
-    raise_nofile();
+    unsigned max_clients = fit_nofile(cfg->max_connections);
     rc = mkdir_p(cfg->state_dir, 0700);
     if (rc < 0)
         return errmsg(err, errlen, rc, "cannot create state directory %s: %s", cfg->state_dir,
@@ -144,6 +159,8 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
         w->nodes = gw->nodes;
         w->env = &gw->env;
         w->stopping = &gw->stopping;
+        w->clients = &gw->clients;
+        w->max_clients = max_clients;
         w->drain_secs = DRAIN_SECS;
         w->idx = i;
         rc = worker_init(w, gw->nworkers, err, errlen);

@@ -30,6 +30,7 @@ struct jobwatch;
 struct tunnel_hub;
 
 #define GATEWAY_MAX_WORKERS 64
+#define GATEWAY_NOFILE_RESERVE 1024 /* descriptors beyond two per client connection */
 
 struct gateway {
     struct jg_config *cfg;
@@ -47,6 +48,7 @@ struct gateway {
     struct event *ev_signal[3];
     struct event *ev_tick;    /* reaping and expiry (worker 0) */
     volatile int stopping;
+    atomic_uint clients;      /* client connections of all workers (worker-t.h) */
 };
 
 int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t errlen);

@@ -470,6 +470,7 @@ static void t_free(struct tunnel *t)
     tunnel_lines_free(&t->ctl_lines);
     evbuffer_free(t->ctl_out);
     LIST_REMOVE(t, link);
+    atomic_fetch_sub(t->w->clients, 1);
     free(t);
 }
 
@@ -534,6 +535,7 @@ static struct tunnel *t_new(struct worker *w, const char *peer, const char *sour
     t->ev_tick = event_new(w->base, -1, EV_PERSIST, t_tick, t);
     t->started = t->last_ack = now_mono_ms();
     LIST_INSERT_HEAD(&w->tunnels, t, link);
+    atomic_fetch_add(w->clients, 1); /* a client connection like a browser's */
     return t;
 }
 
@@ -603,7 +605,7 @@ int tunnel_adopt_stdio(struct worker *w, int in_fd, int out_fd, int hold_fd, uid
 {
     char source[32];
     snprintf(source, sizeof(source), "uid %u", (unsigned)uid);
-    struct tunnel *t = t_new(w, "ssh", source);
+    struct tunnel *t = atomic_load(w->clients) < w->max_clients ? t_new(w, "ssh", source) : NULL;
     if (!t) {
         close(in_fd);
         close(out_fd);

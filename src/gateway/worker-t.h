@@ -16,6 +16,7 @@
 
 #include <openssl/ssl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/queue.h>
 
@@ -45,6 +46,11 @@ struct worker {
     struct nodechan *nodes;       /* the node channel (NULL: answered 404) */
     const struct backend_env *env;
     const volatile int *stopping; /* the daemon is shutting down */
+    /* Client connections of the whole gateway (browsers' and agents' tunnels),
+     * atomic, against max_clients ([gateway] max_connections, as far as the
+     * open-file limit allows): every worker stops accepting at it. */
+    atomic_uint *clients;
+    unsigned max_clients;
     int drain_secs;               /* how long a stopping worker lets requests finish */
     /* conn calls it when a browser connection ended (worker.c resumes a
      * paused listener, or ends a drained loop): a hook, so that conn never

@@ -24,7 +24,7 @@
 static void resume_if_room(struct worker *w)
 {
     if (w->listener && w->listener_paused && !*w->stopping &&
-        w->nconns < w->cfg->max_connections) {
+        atomic_load(w->clients) < w->max_clients) {
         evconnlistener_enable(w->listener);
         w->listener_paused = 0;
     }
@@ -44,9 +44,10 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
 {
     struct worker *w = arg;
     conn_accept(w, fd, sa, salen);
-    if (w->nconns >= w->cfg->max_connections && !w->listener_paused) {
-        log_warn("worker %u: %u connections open: not accepting more until some close", w->idx,
-                 w->nconns);
+    unsigned all = atomic_load(w->clients);
+    if (all >= w->max_clients && !w->listener_paused) {
+        log_warn("worker %u: %u client connections open in the gateway ([gateway] "
+                 "max_connections): not accepting more until some close", w->idx, all);
         evconnlistener_disable(lis);
         w->listener_paused = 1;
     }
@@ -81,6 +82,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         conn_revoke_sweep(w); /* a session that expired closes its WebSockets too */
     }
     ratelimit_sweep(w->redeem_fails, now_mono_ms());
+    resume_if_room(w); /* the gateway's count falls as any worker's connections close */
     log_flush();
 }
 

@@ -18,7 +18,7 @@
  *   cert = /etc/jobgate/tls.crt   both or neither; neither = self-signed in state_dir
  *   key = /etc/jobgate/tls.key
  *   log = stderr | syslog
- *   max_connections = 10000       (per worker)
+ *   max_connections = 10000       client connections in the whole gateway, tunnels too
  *   workers = 0                   event-loop threads; 0: one per CPU, at most 8
  *   [limits]
  *   request_line = 8192           bytes, 256..65536

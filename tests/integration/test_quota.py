@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import (NOBODY, PY, Control, RawConn, _finish, _gateway, as_user, build_request,
-                      control_as, need_second_user, wait_for)
+from conftest import (NOBODY, PY, Control, Gateway, RawConn, _finish, _gateway, as_user,
+                      build_request, control_as, need_second_user, start_gateway, wait_for)
 from fakeagent import FakeAgent
 
 OTHER = NOBODY - 1  # a second unprivileged uid (setpriv needs no passwd entry)
@@ -461,4 +461,64 @@ def test_a_reused_pid_does_not_keep_a_route(binaries):
                 p.kill()
                 p.wait()
         a.stop()
+        _finish(gw)
+
+
+# --------------------------------------------------------------------------- max_connections
+
+def _tls_handshake_done(port, timeout):
+    """A TLS connection to the gateway if it completes its handshake within timeout, or None
+    (the gateway stopped accepting: the connection waits in the kernel's backlog)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        s = ctx.wrap_socket(raw, server_hostname="x.localhost")
+        s.settimeout(10)
+        return s
+    except (socket.timeout, TimeoutError, ssl.SSLError, OSError):
+        raw.close()
+        return None
+
+
+def test_max_connections_is_gateway_wide_and_counts_tunnels(make_gateway, munged):
+    """max_connections used to count per worker, without tunnels: with two workers twice as
+    many connections got in, and agents' tunnels none at all. Now it is one count."""
+    gw = make_gateway({"gateway": {"max_connections": 6, "workers": 2},
+                       "tunnel": {"munge_socket": munged.socket}}, name="maxconn")
+    held = []
+    try:
+        agent = _munge_agent(gw, munged)
+        held.append(agent)
+        assert agent.wait_type("welcome")["uid"] == os.getuid()
+        for _ in range(5):  # SO_REUSEPORT spreads them over both workers
+            s = _tls_handshake_done(gw.port, 5)
+            assert s is not None, "refused below max_connections"
+            held.append(s)
+        assert _tls_handshake_done(gw.port, 2) is None, "a 7th client connection got in"
+        assert "client connections open in the gateway" in gw.log_path.read_text()
+        # One goes: within a second or two every worker accepts again.
+        held.pop().close()
+        time.sleep(1.5)
+        s = _tls_handshake_done(gw.port, 5)
+        assert s is not None, "no connection accepted after one closed"
+        held.append(s)
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_max_connections_follows_the_open_file_limit(binaries, tmp_path):
+    """With a hard open-file limit below what max_connections needs, jobgated takes fewer
+    connections and says so (the systemd unit's LimitNOFILE is that limit)."""
+    gw = Gateway({"gateway": {"max_connections": 10000}}, name="nofile")
+    gw.args = (lambda orig: lambda: ["prlimit", "--nofile=2100:2100", "--", *map(str, orig())])(
+        gw.args)
+    start_gateway(gw)
+    try:
+        log = gw.log_path.read_text()
+        assert "max_connections = 10000 needs 21024 open files, the limit is 2100: taking at " \
+               "most 538 client connections" in log, log[-1500:]
+    finally:
         _finish(gw)
