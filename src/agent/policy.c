@@ -136,26 +136,27 @@ int policy_parse_options(const char *s, struct policy *p, char *err, size_t errl
 /* One line (NUL-terminated, no newline) into f's next rule, or nothing for
  * a blank or comment line. */
 /* Why an expression is refused as too costly to compile, or NULL. glibc's
- * regcomp copies a repeated subtree for each repeat, so stacked repeats
- * ("a++", "(a+)*") and deep or large counted ones grow without bound in
- * memory; host names never need them. Rules: no repeat right after a repeat
- * or after a group that ends in one, groups nested at most RE_DEPTH_MAX
- * deep, counts in {n,m} at most RE_COUNT_MAX. Escapes and bracket
- * expressions are skipped. */
-#define RE_DEPTH_MAX 4
-#define RE_COUNT_MAX 16
+ * regcomp copies a repeated subtree once per repeat ("x+" is "xx*",
+ * "x{2,5}" five copies), so stacked or nested repeats ("a++", "(a{9}b){9}")
+ * grow without bound in memory. This estimates the compiled size the same
+ * way (an item's size times its repeat count, groups summed inside out) and
+ * refuses more than RE_COST_MAX; host names need nothing near it. Also
+ * refused: a ')' without its '(' (the expression is compiled inside a group
+ * of ours, which it must not close). Escapes and bracket expressions count
+ * as one item. */
+#define RE_COST_MAX 4096
+#define RE_DEPTH_MAX 32
 static const char *re_too_costly(const char *re, size_t n)
 {
-    int last_repeat = 0, depth = 0;
-    int inner[RE_DEPTH_MAX + 1] = {0}; /* per open group: its last item is a repeat */
+    double size[RE_DEPTH_MAX + 1] = {0}; /* per open group (0: the whole) */
+    double last = 0;                      /* the size of the last item, 0: none */
+    int depth = 0;
     for (size_t i = 0; i < n; i++) {
         char c = re[i];
-        int rep = c == '*' || c == '+' || c == '?' || c == '{';
-        if (rep && last_repeat)
-            return "a repeat (*, +, ?, {n}) may not follow another";
+        double k = 0;
         if (c == '\\' && i + 1 < n) {
             i++;
-            last_repeat = 0;
+            last = 1;
         } else if (c == '[') {
             size_t j = i + 1;
             if (j < n && re[j] == '^')
@@ -165,35 +166,50 @@ static const char *re_too_costly(const char *re, size_t n)
             while (j < n && re[j] != ']')
                 j++;
             i = j;
-            last_repeat = 0;
-        } else if (c == '{') {
-            unsigned v = 0;
-            for (i++; i < n && re[i] != '}'; i++) {
-                if (re[i] >= '0' && re[i] <= '9') {
-                    v = v * 10 + (unsigned)(re[i] - '0');
-                    if (v > RE_COUNT_MAX)
-                        return "a count in {n,m} may be at most 16";
-                } else {
-                    v = 0;
-                }
-            }
-            last_repeat = 1;
-        } else if (rep) {
-            last_repeat = 1;
+            last = 1;
         } else if (c == '(') {
-            if (++depth > RE_DEPTH_MAX)
-                return "groups may be nested at most 4 deep";
-            inner[depth] = 0;
-            last_repeat = 0;
+            if (depth == RE_DEPTH_MAX)
+                return "groups are nested too deep";
+            size[++depth] = 0;
+            last = 0;
             continue;
         } else if (c == ')') {
-            last_repeat = depth > 0 ? inner[depth] : 0;
-            if (depth > 0)
-                depth--;
+            if (depth == 0)
+                return "a ')' has no '('";
+            last = size[depth--] + 1;
+        } else if (c == '|') {
+            last = 0;
+            continue;
+        } else if (c == '*' || c == '?') {
+            k = 1; /* one node around the item */
+        } else if (c == '+') {
+            k = 2;
+        } else if (c == '{') {
+            double v = 0, most = 0;
+            for (i++; i < n && re[i] != '}'; i++) {
+                if (re[i] >= '0' && re[i] <= '9')
+                    v = v * 10 + (re[i] - '0');
+                else
+                    v = 0;
+                if (v > most)
+                    most = v;
+                if (most > RE_COST_MAX)
+                    break;
+            }
+            k = most > 1 ? most : 1;
         } else {
-            last_repeat = 0;
+            last = 1;
         }
-        inner[depth] = last_repeat;
+        if (k > 0) {
+            /* The item before is copied k times in all: add k - 1 copies. */
+            size[depth] += last * (k - 1) + 1;
+            last = last * k + 1;
+        } else {
+            size[depth] += last;
+        }
+        if (size[depth] > RE_COST_MAX)
+            return "the expression would take too much memory to compile (nested or stacked "
+                   "repeats)";
     }
     return NULL;
 }

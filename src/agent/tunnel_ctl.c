@@ -294,12 +294,16 @@ static int reply_str_ok(json_t *m, const char *key, size_t max)
 static void on_registered(struct tconn *c, struct app_entry *a, json_t *m)
 {
     struct agent_tunnel *t = c->t;
-    if (!reply_str_ok(m, "alias", 255) || !reply_str_ok(m, "url", 2048) ||
-        !reply_str_ok(m, "link", 4096)) {
-        conn_protocol_error(c, "a registered answer without alias, url or link");
+    if (!reply_str_ok(m, "alias", 255) || !reply_str_ok(m, "url", 2048)) {
+        conn_protocol_error(c, "a registered answer without alias or url");
         return;
     }
     const char *alias = json_string_value(json_object_get(m, "alias"));
+    /* Our own route back comes without a link (we have one); a new one with. */
+    if ((!a->alias || strcmp(a->alias, alias) != 0) && !reply_str_ok(m, "link", 4096)) {
+        conn_protocol_error(c, "a registered answer for a new route without its link");
+        return;
+    }
     a->id[0] = '\0';
     if (a->timer)
         evtimer_del(a->timer);

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -366,9 +367,17 @@ json_t *trust_hello_auth(struct tconn *c, const char *nonce)
         return a;
     }
 #ifdef JG_HAVE_MUNGE
-    char payload[64];
+    char payload[160], gw[JOBCERT_GATEWAY_ID_LEN + 1];
     char *cred = NULL;
-    (void)xsnprintf(payload, sizeof(payload), "jobgate/1 hello %s", nonce);
+    /* Bound to this gateway's certificate too: a gateway we reached by
+     * mistake cannot hand the credential on with another's challenge. */
+    SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
+    if (!ssl || jobcert_gateway_id(SSL_get0_peer_certificate(ssl), gw) < 0) {
+        conn_fail_rc(c, -EACCES, "cannot prove who you are to the gateway at %s: MUNGE needs "
+                     "its TLS certificate", t->where);
+        return NULL;
+    }
+    (void)jobcert_munge_payload(payload, sizeof(payload), nonce, gw);
     int rc = munge_cred_encode(t->munge_socket, payload, strlen(payload), 0, (uid_t)-1, &cred,
                                err, sizeof(err));
     if (rc < 0) {

@@ -434,6 +434,7 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
         conn_local_reply(c, 403, NULL, has_body, NULL);
         return;
     }
+    c->uid = a.uid; /* logged with the answer, whatever it is */
     const char *why = a.route.cross_site ? NULL : reqhead_cross_site(h);
     if (why) {
         /* A page of another app (same-site to this one) or of another site. */
@@ -445,7 +446,6 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
         conn_local_reply(c, 403, detail, has_body, NULL);
         return;
     }
-    c->uid = a.uid;
     memcpy(c->sess_hash, a.sess_hash, sizeof(c->sess_hash));
     c->has_session = 1;
     c->sess_expires = a.sess_expires;

@@ -2,13 +2,15 @@
  * conn_local — requests the gateway answers itself, without an app: the node
  * channel (nodechan.h) and the reserved space /_jobgate/ (reserved.h), where
  * one-time links are redeemed. Failed redeems are counted per source address
- * (the worker's ratelimit.h): past REDEEM_FAILS_MAX a minute the address gets
- * 429 until its minute is over, and these answers are logged within a rate
- * (conn->quiet). See conn-int.h. The connection's worker thread only.
+ * (an IPv6 one by its /64; the worker's ratelimit.h): past REDEEM_FAILS_MAX
+ * within a minute of its first failure, the address gets 429 until that
+ * minute is over, and these answers are logged within a rate (conn->quiet). See conn-int.h. The connection's worker thread only.
  */
 #include "conn.h"
 #include "conn-int.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +61,25 @@ void conn_node_request(struct conn *c, const struct http1_head *h, size_t head_l
     conn_exchange_done(c);
 }
 
+/* Whom a failed redeem is counted for: the IPv4 address, or the /64 of an
+ * IPv6 one (one host commonly holds a whole /64). */
+static void redeem_source(const char *ip, char *out, size_t len)
+{
+    struct in6_addr a;
+    if (!strchr(ip, ':') || inet_pton(AF_INET6, ip, &a) != 1) {
+        snprintf(out, len, "%s", ip);
+        return;
+    }
+    if (IN6_IS_ADDR_V4MAPPED(&a)) {
+        inet_ntop(AF_INET, &a.s6_addr[12], out, (socklen_t)len);
+        return;
+    }
+    memset(&a.s6_addr[8], 0, 8);
+    char net[INET6_ADDRSTRLEN];
+    inet_ntop(AF_INET6, &a, net, sizeof(net));
+    snprintf(out, len, "%s/64", net);
+}
+
 /* A request under /_jobgate/ (reserved.c answers it). */
 void conn_reserved_request(struct conn *c, const struct http1_head *h, size_t head_len)
 {
@@ -68,7 +89,9 @@ void conn_reserved_request(struct conn *c, const struct http1_head *h, size_t he
     int close = h->body != HTTP1_BODY_NONE || c->client_close;
     int redeem = reserved_is_redeem(&h->target);
     int64_t now = now_mono_ms();
-    int64_t wait = redeem ? ratelimit_wait(w->redeem_fails, c->ip, now) : 0;
+    char source[INET6_ADDRSTRLEN + 4];
+    redeem_source(c->ip, source, sizeof(source));
+    int64_t wait = redeem ? ratelimit_wait(w->redeem_fails, source, now) : 0;
     if (wait > 0) {
         char extra[48];
         snprintf(extra, sizeof(extra), "Retry-After: %lld\r\n", (long long)(wait + 999) / 1000);
@@ -77,7 +100,7 @@ void conn_reserved_request(struct conn *c, const struct http1_head *h, size_t he
     } else {
         c->status = reserved_handle(w->reg, c->alias, h, out, close);
         if (redeem && c->status != 303) {
-            ratelimit_fail(w->redeem_fails, c->ip, now);
+            ratelimit_fail(w->redeem_fails, source, now);
             c->quiet = 1;
         }
     }

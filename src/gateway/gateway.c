@@ -130,7 +130,8 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
     gw->nodes = nodechan_new(cfg, gw->reg, gw->jobca, getuid(), err, errlen);
     if (!gw->nodes)
         return -EINVAL;
-    gw->hub = tunnel_hub_new(cfg, gw->reg, gw->jobca, getuid(), err, errlen);
+    gw->hub = tunnel_hub_new(cfg, gw->reg, gw->jobca, getuid(), SSL_CTX_get0_certificate(gw->ssl),
+                             err, errlen);
     if (!gw->hub)
         return -EIO;
     gw->env.proc = "/proc";

@@ -273,6 +273,18 @@ int registry_route_remove(struct registry *reg, const char *alias, uid_t owner,
     return rc;
 }
 
+int registry_tunnel_route_remove(struct registry *reg, const char *alias, uid_t uid, uint32_t job,
+                                 uint64_t tunnel, const char *why)
+{
+    wrlock(reg);
+    const struct route *r = find(reg, alias);
+    int rc = !r || r->uid != uid || r->job != job || r->kind != ROUTE_TUNNEL ? -ENOENT
+             : r->tunnel != tunnel ? -EBUSY
+             : reg_remove_locked(reg, alias, uid, why);
+    unlock(reg);
+    return rc;
+}
+
 struct list_ctx {
     uid_t uid;
     int all;
@@ -299,23 +311,8 @@ int registry_routes(struct registry *reg, uid_t uid, int all, struct route **out
     return lc.n;
 }
 
-static int link_new(struct registry *reg, const char *alias, uid_t owner, enum route_kind kind,
-                    int64_t ttl, int counted, struct registry_link *out);
-
 int registry_link(struct registry *reg, const char *alias, uid_t owner, enum route_kind kind,
                   int64_t ttl, struct registry_link *out)
-{
-    return link_new(reg, alias, owner, kind, ttl, 1, out);
-}
-
-int registry_link_again(struct registry *reg, const char *alias, uid_t owner,
-                        struct registry_link *out)
-{
-    return link_new(reg, alias, owner, ROUTE_TUNNEL, REGISTRY_AGAIN_TTL, 0, out);
-}
-
-static int link_new(struct registry *reg, const char *alias, uid_t owner, enum route_kind kind,
-                    int64_t ttl, int counted, struct registry_link *out)
 {
     char token[TOKEN_STR_LEN + 1];
     memset(out, 0, sizeof(*out));
@@ -323,8 +320,8 @@ static int link_new(struct registry *reg, const char *alias, uid_t owner, enum r
     const struct route *r = find(reg, alias);
     int rc = !r || r->uid != owner || (kind && r->kind != kind) ? -ENOENT
              : auth_link_new(reg->auth, alias, owner,
-                             !counted || quota_exempt(reg, owner) ? 0 : reg->cfg->quota_links,
-                             ttl, token, &out->expires);
+                             quota_exempt(reg, owner) ? 0 : reg->cfg->quota_links, ttl, token,
+                             &out->expires);
     unlock(reg);
     if (rc < 0)
         return rc;
@@ -425,8 +422,9 @@ int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, s
         set_reach(out, c);
         snprintf(out->name, sizeof(out->name), "%s", c->name);
         snprintf(out->path, sizeof(out->path), "%s", c->local);
-        if (reg_add_locked(reg, out) < 0)
-            rc = -EIO;
+        int e = reg_add_locked(reg, out);
+        if (e < 0)
+            rc = e == -EDQUOT ? e : -EIO;
     }
     unlock(reg);
     return rc;

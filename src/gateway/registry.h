@@ -118,6 +118,13 @@ int registry_route_ready(struct registry *reg, const char *alias, uid_t uid);
 int registry_route_remove(struct registry *reg, const char *alias, uid_t owner,
                           enum route_kind kind, uid_t by, const char *why);
 
+/* An agent's unregister: removes tunnel route alias of uid and job only
+ * while tunnel carries it (tunnel 0: while no tunnel does, a route whose
+ * agent slept or was lost), all under one lock. 0, -ENOENT, -EBUSY
+ * (another tunnel carries it now: it was taken over), or -errno. */
+int registry_tunnel_route_remove(struct registry *reg, const char *alias, uid_t uid, uint32_t job,
+                                 uint64_t tunnel, const char *why);
+
 /* Copies of the routes of uid (of everyone when all) into a new array
  * (caller frees). The count, or -errno. */
 int registry_routes(struct registry *reg, uid_t uid, int all, struct route **out);
@@ -132,12 +139,6 @@ struct registry_link {
 };
 int registry_link(struct registry *reg, const char *alias, uid_t owner, enum route_kind kind,
                   int64_t ttl, struct registry_link *out);
-/* The link of a tunnel route its agent took back (a reconnect): the answer
- * must carry one though nobody is shown it, so it is outside [quota] links
- * (a flapping tunnel must not run into it) and lives REGISTRY_AGAIN_TTL s. */
-#define REGISTRY_AGAIN_TTL 60
-int registry_link_again(struct registry *reg, const char *alias, uid_t owner,
-                        struct registry_link *out);
 
 /*
  * An agent's tunnel registers an app (docs/tunnel-protocol.md): its route

@@ -30,6 +30,7 @@
 #include <nghttp2/nghttp2.h>
 #include <openssl/x509.h>
 
+#include "jobcert.h"
 #include "route.h"
 #include "token.h"
 #include "tunnel_bridge.h"
@@ -144,6 +145,7 @@ struct tunnel_hub {
     X509_STORE *client_store;  /* [tunnel] client_ca: users' own certificates, or NULL */
     struct gridmap *gridmap;   /* ... mapped to users (gridmap.h: locks inside) */
     uid_t uid;         /* the gateway's own: a personal gateway's agents */
+    char gateway_id[JOBCERT_GATEWAY_ID_LEN + 1]; /* its certificate's hash, in MUNGE hellos */
     pthread_mutex_t mu;
     struct hmap *byid; /* id (8 bytes) -> struct tunnel; under mu */
     uint64_t next_id;
@@ -169,7 +171,8 @@ void tunnel_flush(struct tunnel *t);
 void tunnel_kill(struct tunnel *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void tunnel_leave(struct tunnel *t);
 /* The hello passed as uid: counts t against the gateway's and uid's tunnel
- * caps and no longer as pending. 0, or -1 with why (the quota) and t uncounted. */
+ * caps and no longer as pending. 0, or -1 with why (the quota): t then
+ * stays counted as pending until it is gone. */
 int tunnel_count_hello(struct tunnel *t, uid_t uid, char *why, size_t wl);
 
 /* tunnel_ctl.c: the control stream. */

@@ -92,9 +92,15 @@ static int ensure_agent_token(struct tunnel_hub *hub, char *err, size_t errlen)
 }
 
 struct tunnel_hub *tunnel_hub_new(const struct jg_config *cfg, struct registry *reg,
-                                  const struct jobca *ca, uid_t uid, char *err, size_t errlen)
+                                  const struct jobca *ca, uid_t uid, X509 *cert, char *err,
+                                  size_t errlen)
 {
     struct tunnel_hub *hub = xcalloc(1, sizeof(*hub));
+    if (jobcert_gateway_id(cert, hub->gateway_id) < 0) {
+        errmsg(err, errlen, -EINVAL, "the gateway's TLS certificate cannot be hashed");
+        free(hub);
+        return NULL;
+    }
     hub->cfg = cfg;
     hub->reg = reg;
     hub->ca = ca;
@@ -414,7 +420,6 @@ int tunnel_count_hello(struct tunnel *t, uid_t uid, char *why, size_t wl)
     int exempt = uid == 0 || uid == hub->uid;
     int rc = 0;
     pthread_mutex_lock(&hub->mu);
-    unpend(t);
     size_t mine = hmap_tally(hub->by_uid, &uid, sizeof(uid), 0);
     if (hub->tunnels >= TUN_MAX_TUNNELS) {
         snprintf(why, wl, "the gateway has %u tunnels open, its most", hub->tunnels);
@@ -424,6 +429,7 @@ int tunnel_count_hello(struct tunnel *t, uid_t uid, char *why, size_t wl)
                  (unsigned)uid, mine);
         rc = -1;
     } else {
+        unpend(t); /* a refused one stays pending until it is gone */
         t->counted = 1;
         t->uid = uid; /* what uncount() takes it off */
         hub->tunnels++;

@@ -42,6 +42,7 @@
 #define JG_TUNNEL_H
 
 #include <event2/bufferevent.h>
+#include <openssl/x509.h>
 #include <sys/types.h>
 
 #include "route.h"
@@ -55,11 +56,13 @@ struct worker;
 
 
 /* Sets up the hub: routes change through reg; ca signed the job
- * certificates agents may prove themselves with; uid is the gateway's own. In
+ * certificates agents may prove themselves with; uid is the gateway's own;
+ * cert is the gateway's TLS certificate (MUNGE hellos are bound to it). In
  * personal mode also makes sure <state_dir>/agent.token exists (0600, 256
  * bits) and keeps its hash. NULL with err. */
 struct tunnel_hub *tunnel_hub_new(const struct jg_config *cfg, struct registry *reg,
-                                  const struct jobca *ca, uid_t uid, char *err, size_t errlen);
+                                  const struct jobca *ca, uid_t uid, X509 *cert, char *err,
+                                  size_t errlen);
 void tunnel_hub_free(struct tunnel_hub *hub);
 
 /* Takes a TLS connection whose handshake chose ALPN jobgate/1 (from conn). */

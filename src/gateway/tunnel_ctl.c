@@ -225,15 +225,15 @@ static int hello_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, siz
     if (strcmp(method, "munge") == 0) {
 #ifdef JG_HAVE_MUNGE
         const char *cred = json_string_value(json_object_get(auth, "credential"));
-        char payload[64], err[256];
+        char payload[160], err[256];
         struct munge_identity id;
         if (!cred) {
             snprintf(why, wl, "no MUNGE credential in the hello");
             return -1;
         }
-        int n = snprintf(payload, sizeof(payload), "jobgate/1 hello %s", t->nonce);
-        int rc = munge_cred_decode(hub->cfg->munge_socket, cred, strlen(cred), payload, (size_t)n,
-                                   &id, err, sizeof(err));
+        (void)jobcert_munge_payload(payload, sizeof(payload), t->nonce, hub->gateway_id);
+        int rc = munge_cred_decode(hub->cfg->munge_socket, cred, strlen(cred), payload,
+                                   strlen(payload), &id, err, sizeof(err));
         if (rc < 0) {
             snprintf(why, wl, "MUNGE credential refused: %s", err);
             return -1;
@@ -436,13 +436,10 @@ static void quota_error(struct tunnel *t, const char *id)
     ctl_error(t, id, "quota", "%s", why);
 }
 
-/* again: the route was the agent's already (a reconnect): registry_link_again. */
-static int add_link(struct tunnel *t, const char *id, json_t *o, const char *alias, int64_t ttl,
-                    int again)
+static int add_link(struct tunnel *t, const char *id, json_t *o, const char *alias, int64_t ttl)
 {
     struct registry_link l;
-    int rc = again ? registry_link_again(t->hub->reg, alias, t->uid, &l)
-                   : registry_link(t->hub->reg, alias, t->uid, ROUTE_TUNNEL, ttl, &l);
+    int rc = registry_link(t->hub->reg, alias, t->uid, ROUTE_TUNNEL, ttl, &l);
     if (rc < 0) {
         char why[160];
         json_decref(o);
@@ -615,8 +612,26 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
         json_object_set_new(o, "id", json_string(id));
     if (r.wanted)
         json_object_set_new(o, "wanted", json_true()); /* requests came while it slept */
-    if (add_link(t, id, o, r.alias, ttl, alias && strcmp(alias, r.alias) == 0) == 0)
+    if (alias && strcmp(alias, r.alias) == 0) {
+        /* Its own route back (a reconnect, a poll): the agent has its link
+         * already, so none is made (docs/tunnel-protocol.md). */
+        char url[REGISTRY_URL_MAX];
+        registry_url(t->hub->reg, r.alias, url, sizeof(url));
+        json_object_set_new(o, "url", json_string(url));
         tctl_send(t, o);
+        return;
+    }
+    if (add_link(t, id, o, r.alias, ttl) == 0) {
+        tctl_send(t, o);
+        return;
+    }
+    /* No link (the user's [quota] links): the agent cannot open the app, so
+     * it is not published; its slot goes with it. */
+    registry_tunnel_route_remove(t->hub->reg, r.alias, t->uid, t->job, t->id,
+                                 "no link could be made");
+    slot = tctl_reg_find(t, r.alias);
+    if (slot >= 0)
+        t->reg[slot] = t->reg[--t->nreg];
 }
 
 /* The agent lets one of its routes go without ending it (the run that
@@ -666,8 +681,13 @@ static void op_unregister(struct tunnel *t, const char *id, json_t *m)
     if (slot < 0 && alias && registry_route_get(t->hub->reg, alias, &r) == 0 &&
         r.uid == t->uid && r.job == t->job &&
         ((r.kind == ROUTE_DIRECT && t->job) || (r.kind == ROUTE_TUNNEL && r.tunnel == 0))) {
-        int rc = registry_route_remove(t->hub->reg, alias, t->uid, r.kind, t->uid,
-                                       "agent unregistered");
+        int rc = r.kind == ROUTE_DIRECT
+                     ? registry_route_remove(t->hub->reg, alias, t->uid, r.kind, t->uid,
+                                             "agent unregistered")
+                     : registry_tunnel_route_remove(t->hub->reg, alias, t->uid, t->job, 0,
+                                                    "agent unregistered");
+        if (rc == -EBUSY)
+            return ctl_error(t, id, "not_found", "another agent carries '%s' now", alias);
         if (rc < 0 && rc != -ENOENT)
             return ctl_error(t, id, "internal", "could not remove the route (see the gateway's "
                              "log)");
@@ -680,8 +700,13 @@ static void op_unregister(struct tunnel *t, const char *id, json_t *m)
     if (slot < 0)
         return ctl_error(t, id, "not_found", "this tunnel registered no app '%s'",
                          alias ? alias : "");
-    int rc = registry_route_remove(t->hub->reg, alias, t->uid, ROUTE_TUNNEL, t->uid,
-                                   "agent unregistered");
+    int rc = registry_tunnel_route_remove(t->hub->reg, alias, t->uid, t->job, t->id,
+                                          "agent unregistered");
+    if (rc == -EBUSY) {
+        /* Another agent took it over (this tunnel is stale): not ours to end. */
+        t->reg[slot] = t->reg[--t->nreg];
+        return ctl_error(t, id, "not_found", "another agent carries '%s' now", alias);
+    }
     if (rc < 0 && rc != -ENOENT)
         return ctl_error(t, id, "internal", "could not remove the route (see the gateway's log)");
     json_t *o = json_pack("{s:s, s:s}", "type", "unregistered", "alias", t->reg[slot].alias);
@@ -697,7 +722,7 @@ static void op_link(struct tunnel *t, const char *id, json_t *m)
     int64_t ttl;
     struct route r;
     if (!alias || tctl_reg_find(t, alias) < 0 || registry_route_get(t->hub->reg, alias, &r) < 0 ||
-        r.uid != t->uid || r.kind != ROUTE_TUNNEL)
+        r.uid != t->uid || r.kind != ROUTE_TUNNEL || r.tunnel != t->id)
         return ctl_error(t, id, "not_found", "this tunnel has no app '%s'", alias ? alias : "");
     if (app_json_ttl(m, t->hub->cfg->link_ttl, &ttl) < 0)
         return ctl_error(t, id, "invalid", "'ttl' must be " APP_LINK_TTL_RULE);
@@ -706,7 +731,7 @@ static void op_link(struct tunnel *t, const char *id, json_t *m)
         return;
     if (id)
         json_object_set_new(o, "id", json_string(id));
-    if (add_link(t, id, o, alias, ttl, 0) == 0)
+    if (add_link(t, id, o, alias, ttl) == 0)
         tctl_send(t, o);
 }
 

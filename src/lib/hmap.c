@@ -137,6 +137,8 @@ size_t hmap_count(const struct hmap *m)
 
 size_t hmap_tally(struct hmap *m, const void *key, size_t klen, long delta)
 {
+    if (delta == 0) /* a look only: safe where only reads are allowed (a read lock) */
+        return (size_t)(uintptr_t)hmap_get(m, key, klen);
     uintptr_t n = (uintptr_t)hmap_del(m, key, klen);
     n = delta < 0 && (uintptr_t)-delta > n ? 0 : n + (uintptr_t)delta;
     if (n)

@@ -26,7 +26,8 @@ void *hmap_del(struct hmap *m, const void *key, size_t klen);
 size_t hmap_count(const struct hmap *m);
 
 /* For a map of counters (the values are counts, never pointers): adds delta
- * to key's count (absent: 0), drops the entry at 0, returns the new count. */
+ * to key's count (absent: 0), drops the entry at 0, returns the new count.
+ * With delta 0 it only reads (like hmap_get). */
 size_t hmap_tally(struct hmap *m, const void *key, size_t klen, long delta);
 
 /*

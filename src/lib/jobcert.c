@@ -88,3 +88,20 @@ int jobcert_has_uri(X509 *cert, const char *uri)
     GENERAL_NAMES_free(names);
     return found;
 }
+
+int jobcert_gateway_id(X509 *cert, char out[JOBCERT_GATEWAY_ID_LEN + 1])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (!cert || !X509_digest(cert, EVP_sha256(), md, &n) || n * 2 != JOBCERT_GATEWAY_ID_LEN)
+        return -1;
+    for (unsigned i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    return 0;
+}
+
+int jobcert_munge_payload(char *buf, size_t len, const char *nonce, const char *gateway_id)
+{
+    int n = snprintf(buf, len, "jobgate/1 hello %s %s", nonce, gateway_id);
+    return n < 0 || (size_t)n >= len ? -1 : 0;
+}

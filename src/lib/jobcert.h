@@ -1,5 +1,5 @@
 /*
- * jobcert — the proof of a job certificate in the tunnel's hello
+ * jobcert — the proofs in the tunnel's hello. First, that of a job certificate
  * (docs/tunnel-protocol.md, auth method "jobcert"): the agent signs the
  * challenge's payload "jobgate/1 hello <nonce>" with the job's key
  * (JOBGATE_DIR/job.key) and sends the signature (base64) beside the job's
@@ -35,6 +35,19 @@ int jobcert_verify(X509 *cert, const void *payload, size_t len, const char *sig_
 
 /* 1 when cert names exactly the URI uri among its subject alternative names. */
 int jobcert_has_uri(X509 *cert, const char *uri);
+
+/*
+ * The payload of a MUNGE credential in the hello (auth method "munge"):
+ * "jobgate/1 hello <nonce> <gateway>", where gateway is the SHA-256 (hex)
+ * of the gateway's TLS certificate (DER): the gateway's own, the peer's
+ * for the agent. Bound to the connection by the nonce and to the gateway by
+ * its certificate, so that a gateway the agent was pointed at by mistake
+ * cannot relay another gateway's challenge with the credential. 0, or -1
+ * (no certificate, or buf too small).
+ */
+#define JOBCERT_GATEWAY_ID_LEN 64
+int jobcert_gateway_id(X509 *cert, char out[JOBCERT_GATEWAY_ID_LEN + 1]);
+int jobcert_munge_payload(char *buf, size_t len, const char *nonce, const char *gateway_id);
 
 /* Reads one PEM certificate of at most JOBCERT_PEM_MAX bytes. NULL if not. */
 X509 *jobcert_parse(const char *pem, size_t len);

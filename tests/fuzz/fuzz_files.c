@@ -6,7 +6,6 @@
  * byte picks the parser, the rest is the text. Each must accept or refuse
  * with a sentence, never crash, hang or leak.
  */
-#define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

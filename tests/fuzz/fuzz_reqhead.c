@@ -71,7 +71,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (reqhead_next(&h.target, next, sizeof(next)) == 0)
         CHECK(next[0] == '/' && next[1] != '/' && !strchr(next, '\\') && !strchr(next, '\r'));
     reqhead_log_path(&h.target, path, sizeof(path));
-    CHECK(strlen(path) < sizeof(path));
+    /* A log path never carries a redeem token, a quote or a blank (each odd byte
+     * becomes '?'), nor more than the target's path. */
+    CHECK(!strchr(path, '"') && !strchr(path, ' ') && strlen(path) <= h.target.n + 11);
+    if (h.target.n >= 17 && memcmp(h.target.p, "/_jobgate/redeem/", 17) == 0)
+        CHECK(strcmp(path, "/_jobgate/redeem/[redacted]") == 0);
+    /* Safe methods are never refused as cross-site. */
+    if (!(h.flags & HTTP1_F_UPGRADE) && h.method.n == 3 && memcmp(h.method.p, "GET", 3) == 0)
+        CHECK(reqhead_cross_site(&h) == NULL);
     cookies(&h);
     struct evbuffer *out = evbuffer_new();
     reqhead_forward_request(out, &h, "192.0.2.1");

@@ -894,10 +894,15 @@ class Gateway:
                                  f"{timeout} s (stdout {e.stdout!r}, stderr {e.stderr!r})")
 
     def route(self, alias):
-        """alias's entry in the control socket's list, or None."""
-        ans = self.control({"op": "list"})
-        assert ans.get("ok"), ans
-        return next((r for r in ans["routes"] if r["alias"] == alias), None)
+        """alias's entry in the control socket's list (every page of it), or None."""
+        req = {"op": "list"}
+        while True:
+            ans = self.control(req)
+            assert ans.get("ok"), ans
+            found = next((r for r in ans["routes"] if r["alias"] == alias), None)
+            if found or not ans.get("next"):
+                return found
+            req = {"op": "list", "after": ans["next"]}
 
     def ls_json(self, **kw):
         """`jobgate ls --json` (kw: what cli() takes): asserts exit status 0 and returns the

@@ -7,6 +7,7 @@ It runs its loop on a thread: TLS client with ALPN jobgate/1 (or any socket give
 server (the roles are reversed), the control stream as NDJSON, and CONNECT streams pumped to
 a local UNIX socket or TCP port per `local` name.
 """
+import hashlib
 import json
 import select
 import socket
@@ -18,6 +19,17 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+
+
+class Nonce(str):
+    """The challenge's nonce, knowing the gateway it came from: .gateway is the SHA-256 (hex)
+    of the gateway's TLS certificate, to which a MUNGE hello is bound (src/lib/jobcert.h)."""
+    gateway = ""
+
+
+def munge_payload(nonce, gateway=None):
+    """What a MUNGE credential in the hello must carry."""
+    return f"jobgate/1 hello {nonce} {nonce.gateway if gateway is None else gateway}"
 
 
 def _readable(socks, timeout):
@@ -37,6 +49,7 @@ class FakeAgent:
         """targets: {local name: unix path (str) or tcp port (int)}; auth: the hello's auth;
         hello_extra: more fields of the hello (its "job", say)."""
         self.hello_extra = dict(hello_extra or {})
+        self.gateway_id = ""  # TLS: the SHA-256 of the gateway's certificate
         self.targets = dict(targets or {})
         self.auth = auth
         self.lock = threading.Lock()
@@ -62,6 +75,7 @@ class FakeAgent:
             ctx.set_alpn_protocols(["jobgate/1"])
             sock = ctx.wrap_socket(raw, server_hostname="localhost")
             assert sock.selected_alpn_protocol() == "jobgate/1", sock.selected_alpn_protocol()
+            self.gateway_id = hashlib.sha256(sock.getpeercert(binary_form=True)).hexdigest()
         sock.setblocking(False)
         self.sock = sock
         cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8",
@@ -222,7 +236,9 @@ class FakeAgent:
             self.msgs.append(m)
             self.cond.notify_all()
         if m.get("type") == "challenge" and self.auto_hello:
-            auth = self.auth(m["nonce"]) if callable(self.auth) else self.auth
+            nonce = Nonce(m["nonce"])
+            nonce.gateway = self.gateway_id
+            auth = self.auth(nonce) if callable(self.auth) else self.auth
             hello = {"type": "hello", "version": 1, "agent": "fakeagent", "node": "test",
                      "auth": auth, **self.hello_extra}
             self._send_stream(self.ctl_id, (json.dumps(hello) + "\n").encode())

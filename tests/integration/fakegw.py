@@ -17,6 +17,7 @@ All socket I/O of a connection happens on its own thread; the test's calls are r
 through a queue (`GwConn.call`), since neither h2 nor an SSL socket is thread-safe.
 """
 import contextlib
+import hashlib
 import json
 import os
 import queue
@@ -526,6 +527,11 @@ class FakeGateway:
         self.lsock = None
         self.port = None
         self._stop = False
+
+    def cert_sha256(self):
+        """The SHA-256 (hex) of its certificate (DER): what a MUNGE hello is bound to."""
+        with open(self.crt) as f:
+            return hashlib.sha256(ssl.PEM_cert_to_DER_cert(f.read())).hexdigest()
 
     def new_alias(self):
         self._n += 1

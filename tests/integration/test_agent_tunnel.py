@@ -280,7 +280,7 @@ def test_munge_credential_bound_to_the_challenge(tenv, munged):
     auth = conn.hello["auth"]
     assert auth["method"] == "munge" and set(auth) == {"method", "credential"}
     assert conn.munge["uid"] == os.getuid()
-    assert conn.munge["payload"] == f"jobgate/1 hello {conn.nonce}".encode()
+    assert conn.munge["payload"] == f"jobgate/1 hello {conn.nonce} {gw.cert_sha256()}".encode()
     assert conn.munge["replay_refused"]
     assert token.encode() not in gw.all_raw()
     assert a.ready["alias"]

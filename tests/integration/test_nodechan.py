@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conftest import HTTPAPP, PY, Gateway, Munged, control_as, wait_for
-from fakeagent import FakeAgent
+from fakeagent import FakeAgent, munge_payload
 from slurm import cluster_user
 
 USER = "jgnode1"   # the jobs' user: the gateway must know it by name and uid
@@ -435,7 +435,7 @@ def test_a_hello_that_names_a_job_is_bound_to_it_once_the_scheduler_agrees(
 
     def agent(job):
         return FakeAgent(port=gw.port, hello_extra={"job": job}, auth=lambda nonce: {
-            "method": "munge", "credential": munged.encode(f"jobgate/1 hello {nonce}")})
+            "method": "munge", "credential": munged.encode(munge_payload(nonce))})
     a = agent("4601")
     try:
         w = a.wait_type("welcome")

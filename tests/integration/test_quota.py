@@ -15,7 +15,7 @@ import pytest
 
 from conftest import (NOBODY, PY, Control, Gateway, RawConn, _finish, _gateway, as_user,
                       build_request, control_as, need_second_user, start_gateway, wait_for)
-from fakeagent import FakeAgent
+from fakeagent import FakeAgent, munge_payload
 
 OTHER = NOBODY - 1  # a second unprivileged uid (setpriv needs no passwd entry)
 
@@ -114,14 +114,17 @@ def test_control_clients_per_user_are_capped(qgw):
         out = control_as(OTHER, qgw.control_path, [{"op": "list"}])
         assert isinstance(out, list) and out[0]["ok"] is True, out
         out = control_as(NOBODY, qgw.control_path, [{"op": "list"}])
-        assert out == [None] or out[0]["code"] == "quota", out
+        assert out[0] and out[0]["code"] == "quota", out
         log = qgw.log_path.read_text()
         assert f"control: refused uid={NOBODY}" in log
     finally:
         h.close()
-    # The slots come back with the connections.
-    out = control_as(NOBODY, qgw.control_path, [{"op": "list"}])
-    assert isinstance(out, list) and out[0]["ok"] is True, out
+
+    # The slots come back with the connections (once the gateway saw them close).
+    def served():
+        out = control_as(NOBODY, qgw.control_path, [{"op": "list"}])
+        return isinstance(out, list) and out[0] and out[0]["ok"] is True
+    wait_for(served, 10, interval=0.2, what="the user's control slots to come back")
 
 
 def test_root_keeps_a_reserve_when_every_slot_is_taken(binaries):
@@ -140,7 +143,7 @@ def test_root_keeps_a_reserve_when_every_slot_is_taken(binaries):
             r = gw.cli("ls")
             assert r.returncode == 0, r
             out = control_as(OTHER, gw.control_path, [{"op": "list"}])
-            assert out == [None] or out[0]["code"] == "quota", out
+            assert out[0] and out[0]["code"] == "quota", out
         finally:
             h.close()
     finally:
@@ -187,7 +190,7 @@ def _states(socks, timeout=1.0):
 
 def _munge_agent(gw, munged, uid=None):
     return FakeAgent(port=gw.port, auth=lambda nonce: {
-        "method": "munge", "credential": munged.encode(f"jobgate/1 hello {nonce}", uid=uid)})
+        "method": "munge", "credential": munged.encode(munge_payload(nonce), uid=uid)})
 
 
 def test_tunnels_without_hello_are_capped_per_address_and_in_all(make_gateway, munged):
@@ -195,32 +198,46 @@ def test_tunnels_without_hello_are_capped_per_address_and_in_all(make_gateway, m
     tunnels of the whole gateway: one address could keep every agent out. They are capped
     apart now, per source address and in all."""
     gw = make_gateway({"tunnel": {"pending_per_address": 4, "pending_max": 6,
-                                  "hello_wait": "30s", "munge_socket": munged.socket}},
-                      name="pending")
+                                  "hello_wait": "60s", "munge_socket": munged.socket},
+                       "timeouts": {"handshake": "60s"}}, name="pending")
     flood = [_tls_tunnel(gw.port, "127.0.0.2") for _ in range(7)]
-    other = [_tls_tunnel(gw.port, "127.0.0.3") for _ in range(3)]
+    other = []
     try:
-        assert _states(flood) == ["open"] * 4 + ["closed"] * 3
-        assert _states(other) == ["open"] * 2 + ["closed"]
+        # Which ones get in depends on the order the workers take them: count them.
+        assert sorted(_states(flood)) == ["closed"] * 3 + ["open"] * 4
+        other = [_tls_tunnel(gw.port, "127.0.0.3") for _ in range(3)]
+        assert sorted(_states(other)) == ["closed"] + ["open"] * 2
         assert "have not said hello yet" in gw.log_path.read_text()
-        # All six pre-hello slots are taken: an agent waits for one to free.
+        # All six pre-hello places are taken: an agent is closed at once.
         a = _munge_agent(gw, munged)
         try:
             a.wait_closed(5)
+            assert not any(m.get("type") == "welcome" for m in a.msgs)
         finally:
             a.close()
         for s in flood:
             s.close()
-        a = _munge_agent(gw, munged)
+        agents = []
+
+        def welcomed():
+            a = _munge_agent(gw, munged)
+            agents.append(a)
+            try:
+                return a.wait_type("welcome", timeout=3)["uid"] == os.getuid()
+            except AssertionError:
+                return False
         try:
-            assert a.wait_type("welcome")["uid"] == os.getuid()
-            # Past its hello it no longer counts: the flood's address has its four again.
+            wait_for(welcomed, 15, interval=0.2, what="an agent to get in once the flood closed")
+            # Past its hello the agent no longer counts as pending: with the other address's
+            # two, the flood's address has its four again (six in all).
             again = [_tls_tunnel(gw.port, "127.0.0.2") for _ in range(5)]
-            assert _states(again) == ["open"] * 4 + ["closed"], "the welcomed agent still counts"
+            assert sorted(_states(again)) == ["closed"] + ["open"] * 4, \
+                "the welcomed agent still counts as waiting for its hello"
             for s in again:
                 s.close()
         finally:
-            a.close()
+            for a in agents:
+                a.close()
     finally:
         for s in flood + other:
             s.close()
@@ -241,10 +258,11 @@ def _frame(typ, flags, sid, payload):
 
 
 def test_continuation_flood_before_hello_ends_the_tunnel(make_gateway):
-    """CVE-2024-27316 class: HEADERS without END_HEADERS, then CONTINUATION frames without
-    end, each one header more. Debian's nghttp2 (1.52.0-1+deb12u3) stops it; the tunnel must
-    end on the flood, long before the hello deadline."""
-    gw = make_gateway({"tunnel": {"hello_wait": "60s"}}, name="continuation")
+    """CVE-2024-28182: HEADERS without END_HEADERS, then CONTINUATION frames without end,
+    each one header more. Debian's nghttp2 (since 1.52.0-1+deb12u2) stops it; the tunnel must
+    end on the flood, long before any deadline (both are a minute here)."""
+    gw = make_gateway({"tunnel": {"hello_wait": "60s"}, "timeouts": {"handshake": "60s"}},
+                      name="continuation")
     s = _tls_tunnel(gw.port, "127.0.0.1")
     try:
         s.settimeout(5)
@@ -261,10 +279,11 @@ def test_continuation_flood_before_hello_ends_the_tunnel(make_gateway):
             except OSError:
                 closed_at = i
                 break
-        assert closed_at is not None or _closed_soon(s, 10), \
+        assert closed_at is not None or _closed_soon(s, 5), \
             "200 CONTINUATION frames did not end the tunnel"
+        wait_for(lambda: "closed:" in gw.log_path.read_text(), 5, what="the tunnel's end logged")
         log = gw.log_path.read_text()
-        assert "closed:" in log and "no hello within" not in log, log[-2000:]
+        assert "no hello within" not in log and "no welcome within" not in log, log[-2000:]
     finally:
         s.close()
     gw.assert_alive()
@@ -275,22 +294,32 @@ def test_tunnels_per_user_are_capped(make_gateway, munged):
     need_second_user("tunnels")
     gw = make_gateway({"tunnel": {"munge_socket": munged.socket}, "quota": {"tunnels": 2}},
                       name="tunnel-quota")
+    agents = []
 
-    agents = [_munge_agent(gw, munged, NOBODY) for _ in range(3)]
+    def nobody():
+        a = _munge_agent(gw, munged, NOBODY)
+        agents.append(a)
+        return a
+
     try:
-        assert agents[0].wait_type("welcome")["uid"] == NOBODY
-        assert agents[1].wait_type("welcome")["uid"] == NOBODY
-        err = agents[2].wait_type("error")
+        for _ in range(2):  # one after the other: which one is third must not be a race
+            assert nobody().wait_type("welcome")["uid"] == NOBODY
+        third = nobody()
+        err = third.wait_type("error")
         assert err["code"] == "quota" and "[quota] tunnels" in err["error"], err
-        agents[2].wait_closed()
+        third.wait_closed()
         root = _munge_agent(gw, munged)
         agents.append(root)
         assert root.wait_type("welcome")["uid"] == 0
         agents[0].close()
-        wait_for(lambda: "tunnel" in gw.log_path.read_text(), 5)
-        late = _munge_agent(gw, munged, NOBODY)
-        agents.append(late)
-        assert late.wait_type("welcome")["uid"] == NOBODY, "a closed tunnel still counted"
+
+        def late_gets_in():
+            a = nobody()
+            try:
+                return a.wait_type("welcome", timeout=3)["uid"] == NOBODY
+            except AssertionError:
+                return False
+        wait_for(late_gets_in, 15, interval=0.2, what="a closed tunnel to stop counting")
     finally:
         for a in agents:
             a.close()
@@ -395,7 +424,8 @@ def test_redeem_flood_is_rate_limited_per_address(binaries):
     try:
         gw.register(a, name="target")
         host = gw.host(a.alias)
-        statuses = []
+        statuses, retry = [], None
+        t0 = time.monotonic()
         with RawConn(gw.port, gw.sni(a.alias), source="127.0.0.2") as c:
             for _ in range(200):
                 r = _redeem(c, host, "A" * 43)
@@ -416,7 +446,9 @@ def test_redeem_flood_is_rate_limited_per_address(binaries):
         time.sleep(1.2)
         log = gw.log_path.read_text()
         lines = [ln for ln in log.splitlines() if "/_jobgate/redeem/" in ln and "ip=127.0.0.2" in ln]
-        assert len(lines) < 40, f"{len(lines)} log lines for 201 failed redeems"
+        took = time.monotonic() - t0
+        # 10 a second get through (one worker here), and the rest are counted.
+        assert len(lines) <= 10 * (took + 2), f"{len(lines)} log lines for 201 failed redeems"
         assert "similar lines before it not logged" in log
     finally:
         a.stop()
@@ -433,31 +465,41 @@ def test_a_reused_pid_does_not_keep_a_route(binaries):
         pytest.skip("needs root to choose the next pid (ns_last_pid)")
     gw = _gateway(name="pid-reuse")
     a = gw.start_direct_app()
-    owner = subprocess.Popen(["sleep", "1000"])
-    imposter = None
+    procs = []
     try:
-        ans = gw.control({"op": "register", "name": "reuse", "socket": a.sock, "pid": owner.pid})
-        assert ans["ok"], ans
-        alias, pid = ans["alias"], owner.pid
-        time.sleep(0.1)  # start times are in clock ticks (10 ms): the imposter's must differ
-        owner.kill()
-        owner.wait()
-        for _ in range(50):  # another process may fork in between: try again
-            with open(last_pid, "w") as f:
-                f.write(str(pid - 1))
-            imposter = subprocess.Popen(["sleep", "1000"])
-            if imposter.pid == pid:
-                break
-            imposter.kill()
-            imposter.wait()
+        for attempt in range(5):
+            owner = subprocess.Popen(["sleep", "1000"])
+            procs.append(owner)
+            ans = gw.control({"op": "register", "name": f"reuse{attempt}", "socket": a.sock,
+                              "pid": owner.pid})
+            assert ans["ok"], ans
+            alias, pid = ans["alias"], owner.pid
+            time.sleep(0.1)  # start times are in clock ticks (10 ms): the imposter's must differ
+            owner.kill()
+            owner.wait()
             imposter = None
-        if imposter is None:
-            pytest.skip("could not make the kernel hand out the same pid again")
-        wait_for(lambda: gw.route(alias) is None, 10, what="the route of the dead owner to end")
-        assert "its pid is another process's now" in gw.log_path.read_text()
+            for _ in range(50):  # another process may fork in between: try again
+                with open(last_pid, "w") as f:
+                    f.write(str(pid - 1))
+                p = subprocess.Popen(["sleep", "1000"])
+                procs.append(p)
+                if p.pid == pid:
+                    imposter = p
+                    break
+                p.kill()
+                p.wait()
+            # The reaper (once a second) may have seen the pid free in between: then the
+            # imposter proves nothing, and the test tries again.
+            if imposter is None or gw.route(alias) is None:
+                continue
+            wait_for(lambda: gw.route(alias) is None, 10, what="the route of the dead owner to end")
+            assert f"route remove alias={alias} " in gw.log_path.read_text()
+            assert "its pid is another process's now" in gw.log_path.read_text()
+            return
+        pytest.skip("could not make the kernel hand out the same pid again in time")
     finally:
-        for p in (owner, imposter):
-            if p and p.poll() is None:
+        for p in procs:
+            if p.poll() is None:
                 p.kill()
                 p.wait()
         a.stop()

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import wait_for, build_request
-from fakeagent import FakeAgent
+from fakeagent import FakeAgent, munge_payload
 
 
 def token_of(gw):
@@ -309,7 +309,7 @@ def shared_munge_gateway(make_gateway, munged):
 def test_munge_hello_names_the_owner(shared_munge_gateway, munged):
     gw = shared_munge_gateway
     a = FakeAgent(port=gw.port, auth=lambda nonce: {
-        "method": "munge", "credential": munged.encode(f"jobgate/1 hello {nonce}")})
+        "method": "munge", "credential": munged.encode(munge_payload(nonce))})
     try:
         assert a.wait_type("welcome")["uid"] == os.getuid()
         assert a.register("m", "m")["type"] == "registered"
@@ -324,7 +324,7 @@ def test_unanswered_stream_gets_503_after_the_connect_timeout(make_gateway, mung
     gw = make_gateway({"tunnel": {"munge_socket": munged.socket},
                        "timeouts": {"connect": "2s"}}, name="munge-slow")
     a = FakeAgent(port=gw.port, auth=lambda nonce: {
-        "method": "munge", "credential": munged.encode(f"jobgate/1 hello {nonce}")})
+        "method": "munge", "credential": munged.encode(munge_payload(nonce))})
     a.hold_connect.add("slow")
     try:
         a.wait_type("welcome")
@@ -342,7 +342,8 @@ def test_unanswered_stream_gets_503_after_the_connect_timeout(make_gateway, mung
     gw.assert_alive()
 
 
-@pytest.mark.parametrize("case", ["replayed", "other nonce", "expired", "token in shared mode"])
+@pytest.mark.parametrize("case", ["replayed", "other nonce", "other gateway", "expired",
+                                  "token in shared mode"])
 def test_munge_refusals(shared_munge_gateway, munged, case):
     gw = shared_munge_gateway
     used = {}
@@ -351,12 +352,17 @@ def test_munge_refusals(shared_munge_gateway, munged, case):
         if case == "token in shared mode":
             return {"method": "token", "token": "x" * 43}
         if case == "other nonce":
-            return {"method": "munge", "credential": munged.encode("jobgate/1 hello " + "A" * 43)}
+            return {"method": "munge",
+                    "credential": munged.encode(munge_payload("A" * 43, nonce.gateway))}
+        if case == "other gateway":
+            # Made for another gateway's certificate (this gateway relays a challenge it got
+            # from another, or the agent was pointed here by mistake): worth nothing here.
+            return {"method": "munge", "credential": munged.encode(munge_payload(nonce, "0" * 64))}
         if case == "expired":
-            cred = munged.encode(f"jobgate/1 hello {nonce}", ttl=1)
+            cred = munged.encode(munge_payload(nonce), ttl=1)
             time.sleep(2.2)
             return {"method": "munge", "credential": cred}
-        cred = munged.encode(f"jobgate/1 hello {nonce}")
+        cred = munged.encode(munge_payload(nonce))
         used["cred"] = cred
         return {"method": "munge", "credential": cred}
 
@@ -453,3 +459,36 @@ def test_new_agent_takes_over_an_orphaned_route_by_name(fresh_gateway):
         assert other["alias"] != reg["alias"]
     finally:
         b.close()
+
+
+def test_a_stale_tunnel_cannot_act_on_a_route_taken_over(gateway):
+    """Agent A registered an app; agent B (the same user, after A was thought lost) took the
+    route over by its alias. A, still connected, must not end B's route nor mint its links:
+    every tunnel operation checks that the route is still carried by that tunnel."""
+    a = agent(gateway)
+    b = None
+    try:
+        a.wait_type("welcome")
+        reg = a.register("stale", "stale")
+        assert reg["type"] == "registered", reg
+        alias = reg["alias"]
+        b = agent(gateway)
+        b.wait_type("welcome")
+        again = b.register("stale", "stale", alias=alias)
+        assert again["type"] == "registered" and again["alias"] == alias, again
+        a.send_ctl({"type": "link", "id": "l1", "alias": alias})
+        ans = a.wait_msg(lambda m: m.get("id") == "l1")
+        assert ans["type"] == "error" and ans["code"] == "not_found", ans
+        a.send_ctl({"type": "unregister", "id": "u1", "alias": alias})
+        ans = a.wait_msg(lambda m: m.get("id") == "u1")
+        assert ans["type"] == "error" and "another agent carries" in ans["error"], ans
+        r = gateway.route(alias)
+        assert r is not None and r["state"] == "ready", "the stale tunnel ended the taken route"
+        # The agent that carries it may end it.
+        b.send_ctl({"type": "unregister", "id": "u2", "alias": alias})
+        assert b.wait_msg(lambda m: m.get("id") == "u2")["type"] == "unregistered"
+        wait_for(lambda: gateway.route(alias) is None, 5, what="the route to end")
+    finally:
+        a.close()
+        if b:
+            b.close()
