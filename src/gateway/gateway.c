@@ -25,7 +25,6 @@
 #include "worker.h"
 
 #define TICK_SECS 1
-#define DRAIN_SECS 10 /* how long a stopping gateway lets requests in flight finish */
 
 /* Each client connection holds two descriptors (its own and its app's):
  * raises the open-file limit as far as the hard limit allows and returns
@@ -70,7 +69,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     if (gw->stopping)
         return;
     log_info("signal %d: stopping; requests in flight get up to %d s to finish", (int)sig,
-             DRAIN_SECS);
+             (int)gw->cfg->drain);
     gw->stopping = 1;
     control_stop(gw->control);
     gw->control = NULL;
@@ -162,7 +161,7 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
         w->stopping = &gw->stopping;
         w->clients = &gw->clients;
         w->max_clients = max_clients;
-        w->drain_secs = DRAIN_SECS;
+        w->drain_secs = (int)cfg->drain;
         w->idx = i;
         rc = worker_init(w, gw->nworkers, err, errlen);
         if (rc < 0)

@@ -477,7 +477,10 @@ static void t_free(struct tunnel *t)
     evbuffer_free(t->ctl_out);
     LIST_REMOVE(t, link);
     atomic_fetch_sub(t->w->clients, 1);
+    struct worker *w = t->w;
     free(t);
+    if (w->draining)
+        w->conn_gone(w); /* the drain may be over */
 }
 
 void tunnel_kill(struct tunnel *t, const char *fmt, ...)
@@ -645,6 +648,23 @@ int tunnel_adopt_stdio(struct worker *w, int in_fd, int out_fd, int hold_fd, uid
     }
     tunnel_leave(t);
     return rc;
+}
+
+void tunnel_goaway_all(struct worker *w)
+{
+    struct tunnel *t, *next;
+    for (t = LIST_FIRST(&w->tunnels); t; t = next) {
+        next = LIST_NEXT(t, link);
+        if (!t->h2 || t->dead)
+            continue;
+        t->busy++;
+        nghttp2_session_terminate_session(t->h2, NGHTTP2_NO_ERROR);
+        /* t_write when all is out, not at the usual low-water mark: then
+         * tunnel_flush finds the session over and the tunnel ends. */
+        bufferevent_setwatermark(t->wr, EV_WRITE, 0, 0);
+        tunnel_flush(t);
+        tunnel_leave(t);
+    }
 }
 
 void tunnel_close_all(struct worker *w)

@@ -32,7 +32,7 @@ static void resume_if_room(struct worker *w)
 
 static void conn_gone(struct worker *w)
 {
-    if (*w->stopping && w->draining && w->nconns == 0) {
+    if (*w->stopping && w->draining && w->nconns == 0 && LIST_EMPTY(&w->tunnels)) {
         event_base_loopexit(w->base, NULL); /* drained */
         return;
     }
@@ -43,8 +43,14 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
                       int salen, void *arg)
 {
     struct worker *w = arg;
-    conn_accept(w, fd, sa, salen);
     unsigned all = atomic_load(w->clients);
+    if (all >= w->max_clients) {
+        /* Another worker took the last place since this one last looked. */
+        close(fd);
+    } else {
+        conn_accept(w, fd, sa, salen);
+        all = atomic_load(w->clients);
+    }
     if (all >= w->max_clients && !w->listener_paused) {
         log_warn("worker %u: %u client connections open in the gateway ([gateway] "
                  "max_connections): not accepting more until some close", w->idx, all);
@@ -178,9 +184,9 @@ static void drain(evutil_socket_t fd, short what, void *arg)
         w->listener = NULL;
     }
     w->draining = 1;
-    tunnel_close_all(w);
+    tunnel_goaway_all(w); /* agents hear it (and reconnect to the next gateway) */
     conn_drain(w);
-    if (w->nconns == 0)
+    if (w->nconns == 0 && LIST_EMPTY(&w->tunnels))
         event_base_loopexit(w->base, NULL);
     else
         event_base_loopexit(w->base, &limit);

@@ -91,6 +91,7 @@ int config_defaults(struct jg_config *c)
     c->use_syslog = 0;
     c->max_connections = 10000;
     c->workers = 0;
+    c->drain = 10;
     c->max_request_line = 8192;
     c->max_header_bytes = 32768;
     c->max_headers = 100;
@@ -317,6 +318,7 @@ static const struct keydef keys[] = {
     {"gateway", "log", K_LOG, OFF(use_syslog), 0, 0, NULL},
     {"gateway", "max_connections", K_UINT, OFF(max_connections), 1, 1000000, "1..1000000"},
     {"gateway", "workers", K_UINT, OFF(workers), 0, 64, "0..64 (0: one per CPU, at most 8)"},
+    {"gateway", "drain", K_DURATION, OFF(drain), 0, 10 * MINUTE, "0s..10m"},
     {"limits", "request_line", K_UINT, OFF(max_request_line), 256, 65536, "256..65536"},
     {"limits", "header_bytes", K_UINT, OFF(max_header_bytes), 1024, 1048576, "1024..1048576"},
     {"limits", "headers", K_UINT, OFF(max_headers), 8, 256, "8..256"},

@@ -20,6 +20,7 @@
  *   log = stderr | syslog
  *   max_connections = 10000       client connections in the whole gateway, tunnels too
  *   workers = 0                   event-loop threads; 0: one per CPU, at most 8
+ *   drain = 10s                   on SIGTERM, requests in flight get this long (0s..10m)
  *   [limits]
  *   request_line = 8192           bytes, 256..65536
  *   header_bytes = 32768          bytes of a whole head, 1024..1048576
@@ -75,6 +76,7 @@ struct jg_config {
     int use_syslog;
     unsigned max_connections;
     unsigned workers;       /* 0: one per CPU, at most 8 */
+    int64_t drain;          /* seconds a stopping gateway lets requests in flight finish */
 
     unsigned max_request_line;
     unsigned max_header_bytes;

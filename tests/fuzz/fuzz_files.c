@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "fuzz.h"
 #include "config.h"
 #include "gridmap.h"
 #include "jobwatch.h"
@@ -20,13 +21,6 @@
 #include "registry.h"
 #include "tunnel.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-    do {                                                                                           \
-        if (!(c))                                                                                  \
-            abort();                                                                               \
-    } while (0)
 
 /* jobwatch.c's calls into the registry and the tunnel hub: never reached
  * from jobwatch_parse. */

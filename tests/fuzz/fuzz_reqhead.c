@@ -16,16 +16,10 @@
 
 #include <event2/buffer.h>
 
+#include "fuzz.h"
 #include "http1.h"
 #include "reqhead.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-    do {                                                                                           \
-        if (!(c))                                                                                  \
-            abort();                                                                               \
-    } while (0)
 
 static const struct http1_limits lim = {1024, 8192, 64};
 static struct http1_head h;

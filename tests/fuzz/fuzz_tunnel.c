@@ -14,15 +14,9 @@
 #include <jansson.h>
 #include <nghttp2/nghttp2.h>
 
+#include "fuzz.h"
 #include "tunnel_proto.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-    do {                                                                                           \
-        if (!(c))                                                                                  \
-            abort();                                                                               \
-    } while (0)
 
 /* Headers as the gateway's and the agent's callbacks get them: name and
  * value within the input's bounds (HPACK may repeat a table entry). */

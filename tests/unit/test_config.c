@@ -93,6 +93,7 @@ static void assert_defaults_untouched(const struct jg_config *c)
     assert_int_equal(c->quota_control, 16);
     assert_int_equal(c->quota_held, 64);
     assert_int_equal(c->hello_wait, 5);
+    assert_int_equal(c->drain, 10);
     assert_int_equal(c->pending_max, 1024);
     assert_int_equal(c->pending_per_address, 32);
 }
@@ -701,6 +702,7 @@ static void test_durations(void **state)
     bad_kv("quota", "control_clients", "513", "value of 'control_clients' out of range (1..512)");
     bad_kv("quota", "routes", "0", "out of range (1..1000000)");
     bad_kv("tunnel", "hello_wait", "2m", "value of 'hello_wait' out of range (1s..1m)");
+    bad_kv("gateway", "drain", "11m", "value of 'drain' out of range (0s..10m)");
     bad_kv("tunnel", "pending_per_address", "0", "out of range (1..1000000)");
 
     const char *junk[] = {"1w", "-1", "1.5h", "10 m", "s", "m5", "+5", "5ss", "0x10", "ten"};
