@@ -139,24 +139,24 @@ int auth_redeem(struct auth *a, const char *alias, const char *tok, size_t len, 
                 int64_t session_ttl, char cookie[TOKEN_STR_LEN + 1])
 {
     uint8_t hash[TOKEN_HASH_LEN];
+    struct store_session sess = {.uid = uid, .expires = now_real() + session_ttl};
     if (!token_syntax_ok(tok, len))
         return -EINVAL;
+    int r = token_new(cookie);
+    if (r < 0)
+        return r;
+    token_hash(cookie, TOKEN_STR_LEN, sess.hash);
     token_hash(tok, len, hash);
-    int r = store_link_take(a->st, hash, alias, now_real());
+    /* One transaction: the link goes only with the session made (a write that
+     * fails leaves the link good for the next try). */
+    r = store_link_take(a->st, hash, alias, now_real(), &sess);
     if (r == 0 || r == -ETIMEDOUT)
         link_gone(a, hmap_del(a->links, hash, TOKEN_HASH_LEN)); /* used up, or expired */
-    if (r < 0)
-        return r;
-    r = token_new(cookie);
-    if (r < 0)
-        return r;
-    token_hash(cookie, TOKEN_STR_LEN, hash);
-    int64_t expires = now_real() + session_ttl;
-    r = store_session_put(a->st, hash, alias, uid, expires);
     if (r == 0)
-        r = grant_add(a->sessions, hash, alias, uid, expires);
+        r = grant_add(a->sessions, sess.hash, alias, uid, sess.expires);
     if (r < 0)
         memset(cookie, 0, TOKEN_STR_LEN + 1);
+    explicit_bzero(&sess, sizeof(sess));
     return r;
 }
 

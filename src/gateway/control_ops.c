@@ -86,7 +86,7 @@ static void add_link(struct ctl_peer *p, uid_t uid, const char *alias, int64_t t
         return;
     }
     if (rc < 0) {
-        fail(rp, "internal", "could not store a link (see the gateway's log)");
+        fail(rp, REGISTRY_CODE(rc), "could not store a link: %s", registry_why(rc));
         return;
     }
     json_object_set_new(rp->obj, "url", json_string(l.url));
@@ -192,7 +192,7 @@ static void op_register(struct ctl_peer *p, uid_t uid, json_t *req, struct reply
         return fail(rp, "quota", "%s: remove one first ('jobgate rm')", why);
     }
     if (rc < 0)
-        return fail(rp, "internal", "could not add the route (see the gateway's log)");
+        return fail(rp, REGISTRY_CODE(rc), "could not add the route: %s", registry_why(rc));
     rp->obj = json_pack("{s:b, s:s, s:s, s:s}", "ok", 1, "alias", r.alias, "name", r.name, "state",
                         r.starting ? "starting" : "ready");
     add_link(p, uid, r.alias, ttl, rp);
@@ -208,8 +208,10 @@ static void op_ready(struct ctl_peer *p, uid_t uid, json_t *req, struct reply *r
     if (r.starting) {
         if (check_target(p, &r, 0, rp) < 0)
             return;
-        if (registry_route_ready(p->w->reg, r.alias, uid) < 0)
-            return fail(rp, "internal", "could not update the route (see the gateway's log)");
+        int rc = registry_route_ready(p->w->reg, r.alias, uid);
+        if (rc < 0)
+            return fail(rp, REGISTRY_CODE(rc), "could not update the route: %s",
+                        registry_why(rc));
     }
     rp->obj = json_pack("{s:b, s:s, s:s}", "ok", 1, "alias", r.alias, "state", "ready");
 }
@@ -313,7 +315,7 @@ static void op_remove(struct ctl_peer *p, uid_t uid, json_t *req, struct reply *
     if (rc == -ENOENT)
         return fail(rp, "not_found", "you have no app '%s'", r.alias);
     if (rc < 0)
-        return fail(rp, "internal", "could not remove the route (see the gateway's log)");
+        return fail(rp, REGISTRY_CODE(rc), "could not remove the route: %s", registry_why(rc));
     rp->obj = json_pack("{s:b, s:s}", "ok", 1, "alias", r.alias);
 }
 

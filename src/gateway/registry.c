@@ -180,6 +180,11 @@ int reg_remove_locked(struct registry *reg, const char *alias, uid_t by, const c
     return 0;
 }
 
+const char *registry_why(int err)
+{
+    return store_why(err);
+}
+
 void registry_quota_why(struct registry *reg, uid_t uid, int links, char *buf, size_t len)
 {
     rdlock(reg);
@@ -279,7 +284,7 @@ int registry_tunnel_route_remove(struct registry *reg, const char *alias, uid_t 
     wrlock(reg);
     const struct route *r = find(reg, alias);
     int rc = !r || r->uid != uid || r->job != job || r->kind != ROUTE_TUNNEL ? -ENOENT
-             : r->tunnel != tunnel ? -EBUSY
+             : r->tunnel != tunnel ? -EXDEV
              : reg_remove_locked(reg, alias, uid, why);
     unlock(reg);
     return rc;
@@ -405,8 +410,9 @@ int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, s
         r.cross_site = c->cross_site;
         set_reach(&r, c);
         r.wanted = 0;
-        if ((changed && store_route_put(reg->store, &r) < 0) || route_replace(reg->routes, &r) < 0)
-            rc = -EIO;
+        int e = changed ? store_route_put(reg->store, &r) : 0;
+        if (e < 0 || route_replace(reg->routes, &r) < 0)
+            rc = e < 0 ? e : -EIO;
         else
             log_info("route attach alias=%s uid=%u tunnel=%" PRIx64 "%s", r.alias,
                      (unsigned)r.uid, c->tunnel, wanted ? " (requests held)" : "");
@@ -424,7 +430,7 @@ int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, s
         snprintf(out->path, sizeof(out->path), "%s", c->local);
         int e = reg_add_locked(reg, out);
         if (e < 0)
-            rc = e == -EDQUOT ? e : -EIO;
+            rc = e;
     }
     unlock(reg);
     return rc;

@@ -92,6 +92,13 @@ int registry_status(struct registry *reg, const char *alias, const struct http1_
 
 /* ---- owners: the control socket and agents' tunnels ----------------------- */
 
+/* A sentence for users about a change the registry could not make (its
+ * -errno: the store's -EBUSY, -EROFS, -ENOSPC, -EIO), and the answer code
+ * that goes with it: "unavailable" (a state of the host that passes) or
+ * "internal". */
+const char *registry_why(int err);
+#define REGISTRY_CODE(err) ((err) == -EIO ? "internal" : "unavailable")
+
 /* The sentence for an -EDQUOT answer: uid is at its [quota] routes (links
  * nonzero: [quota] links) limit. */
 void registry_quota_why(struct registry *reg, uid_t uid, int links, char *buf, size_t len);
@@ -120,7 +127,7 @@ int registry_route_remove(struct registry *reg, const char *alias, uid_t owner,
 
 /* An agent's unregister: removes tunnel route alias of uid and job only
  * while tunnel carries it (tunnel 0: while no tunnel does, a route whose
- * agent slept or was lost), all under one lock. 0, -ENOENT, -EBUSY
+ * agent slept or was lost), all under one lock. 0, -ENOENT, -EXDEV
  * (another tunnel carries it now: it was taken over), or -errno. */
 int registry_tunnel_route_remove(struct registry *reg, const char *alias, uid_t uid, uint32_t job,
                                  uint64_t tunnel, const char *why);

@@ -57,6 +57,15 @@ static int redeem(struct registry *reg, const char *alias, const struct http1_he
                    close, NULL, 0);
         return 403;
     }
+    if (rc == -EBUSY || rc == -EROFS || rc == -ENOSPC || rc == -ENOMEM || rc == -EIO) {
+        /* The gateway cannot write (its state is locked, read-only or full):
+         * the link is still good, so say so and when to try again. */
+        char detail[300];
+        snprintf(detail, sizeof(detail), "The gateway cannot open a session right now: %s. "
+                 "Your link is still good; try it again in a minute.", registry_why(rc));
+        page_error(out, 503, detail, close, "Retry-After: 60\r\n", 0);
+        return 503;
+    }
     if (rc < 0) {
         page_error(out, 403,
                    "This link is not valid: it was used already, or it belongs to another app. "

@@ -25,7 +25,10 @@
 #include "util.h"
 
 #define STORE_SCHEMA_VERSION 3
-#define STORE_BUSY_MS 2000
+/* How long a write waits for another process's lock on the database (an
+ * admin's sqlite3 shell): short, since the registry's write lock is held
+ * meanwhile and every request waits for it. */
+#define STORE_BUSY_MS 250
 #define STORE_AUDIT_FIELD_MAX 256
 #define STORE_AUDIT_KEEP (90 * 24 * 3600)
 
@@ -156,6 +159,11 @@ static int errno_of(int rc)
         return -ENOSPC;
     case SQLITE_NOMEM:
         return -ENOMEM;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return -EBUSY;
+    case SQLITE_READONLY:
+        return -EROFS;
     default:
         return -EIO;
     }
@@ -164,9 +172,14 @@ static int errno_of(int rc)
 /* Logs a failed SQLite call and returns the errno-style code for it. */
 static int fail(const struct store *s, int rc, const char *op, const char *alias)
 {
-    log_err("store: %s [%s]: %s", op, alias ? alias : "-",
-            s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
-    return errno_of(rc);
+    static struct log_limit limit; /* under the registry's write lock, like every call here */
+    log_limited(&limit, LOG_LVL_ERR, "store: %s [%s]: %s", op, alias ? alias : "-",
+                s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+    int e = errno_of(rc);
+    int sys = s->db ? sqlite3_system_errno(s->db) : 0;
+    if (e == -EIO && (sys == EROFS || sys == ENOSPC || sys == EDQUOT))
+        e = sys == EROFS ? -EROFS : -ENOSPC; /* an I/O error of the file system's */
+    return e;
 }
 
 /* Makes the statement ready for its next use. sqlite3_reset repeats the
@@ -669,8 +682,11 @@ int store_link_put(struct store *s, const uint8_t hash[STORE_HASH_LEN], const ch
     return tx_end(s, rc, "link put", alias);
 }
 
+static int sess_insert(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
+                       uid_t uid, int64_t expires);
+
 int store_link_take(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
-                    int64_t now)
+                    int64_t now, const struct store_session *sess)
 {
     if (!hash || !alias_ok(alias))
         return -EINVAL;
@@ -709,6 +725,10 @@ int store_link_take(struct store *s, const uint8_t hash[STORE_HASH_LEN], const c
         rc = exec_stmt(st);
     else
         stmt_done(st);
+    /* The session in the same transaction: the link is used up only if it
+     * was turned into a session. */
+    if (rc == SQLITE_OK && sess && expires > now)
+        rc = sess_insert(s, sess->hash, alias, sess->uid, sess->expires);
     e = tx_end(s, rc, "link take", alias);
     if (e < 0)
         return e;
@@ -717,14 +737,10 @@ int store_link_take(struct store *s, const uint8_t hash[STORE_HASH_LEN], const c
 
 /* --- sessions ------------------------------------------------------------------- */
 
-int store_session_put(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
-                      uid_t uid, int64_t expires)
+/* The session row, inside the caller's transaction. An SQLite code. */
+static int sess_insert(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
+                       uid_t uid, int64_t expires)
 {
-    if (!hash || !alias_ok(alias))
-        return -EINVAL;
-    int e = tx_begin(s, "session put", alias);
-    if (e < 0)
-        return e;
     sqlite3_stmt *st = s->st[ST_SESS_PUT];
     int rc = bind_hash(st, 1, hash);
     if (rc == SQLITE_OK)
@@ -737,7 +753,18 @@ int store_session_put(struct store *s, const uint8_t hash[STORE_HASH_LEN], const
         rc = exec_stmt(st);
     else
         stmt_done(st);
-    return tx_end(s, rc, "session put", alias);
+    return rc;
+}
+
+int store_session_put(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
+                      uid_t uid, int64_t expires)
+{
+    if (!hash || !alias_ok(alias))
+        return -EINVAL;
+    int e = tx_begin(s, "session put", alias);
+    if (e < 0)
+        return e;
+    return tx_end(s, sess_insert(s, hash, alias, uid, expires), "session put", alias);
 }
 
 int store_session_delete(struct store *s, const uint8_t hash[STORE_HASH_LEN])
@@ -980,4 +1007,15 @@ int store_job_load(struct store *s, int (*cb)(const struct job *j, void *arg), v
             break;
     free(rows);
     return 0;
+}
+
+const char *store_why(int err)
+{
+    switch (err) {
+    case -EBUSY: return "the gateway's state database is locked by another process; try again";
+    case -EROFS: return "the gateway's state directory is read-only";
+    case -ENOSPC: return "the disk that holds the gateway's state is full";
+    case -ENOMEM: return "the gateway is out of memory";
+    default: return "the gateway could not write its state database (see its log)";
+    }
 }

@@ -26,9 +26,13 @@
 struct store;
 
 /* Opens (creating when needed, mode 0600) the database at path. 0 or -errno;
- * the reason is logged. */
+ * the reason is logged. Every write below returns -EBUSY (another process
+ * holds the database's lock), -EROFS, -ENOSPC or -EIO when SQLite cannot
+ * write; nothing of it is then in memory either (store_why says it for users). */
 int store_open(struct store **out, const char *path);
 void store_close(struct store *s);
+/* A sentence for users about a failed write's -errno. */
+const char *store_why(int err);
 
 /* Routes. put replaces an existing row with the same alias. Removing a route
  * also removes its links and sessions. */
@@ -42,12 +46,18 @@ int store_link_put(struct store *s, const uint8_t hash[STORE_HASH_LEN], const ch
                    int64_t expires);
 /*
  * Redeems a link atomically: if a link with this hash exists for this alias
- * and has not expired at time now, deletes it and returns 0. Returns -ENOENT
- * when there is no such link (unknown, already used, or for another alias)
- * and -ETIMEDOUT when it expired (it is deleted then too).
+ * and has not expired at time now, deletes it, stores sess (when not NULL)
+ * in the same transaction, and returns 0. Returns -ENOENT when there is no
+ * such link (unknown, already used, or for another alias) and -ETIMEDOUT
+ * when it expired (it is deleted then too); a failed write changes nothing.
  */
+struct store_session {
+    uint8_t hash[STORE_HASH_LEN];
+    uid_t uid;
+    int64_t expires;
+};
 int store_link_take(struct store *s, const uint8_t hash[STORE_HASH_LEN], const char *alias,
-                    int64_t now);
+                    int64_t now, const struct store_session *sess);
 /* Calls cb for every unexpired link (at time now), with its route's owner. */
 int store_link_load(struct store *s, int64_t now,
                     int (*cb)(const uint8_t hash[STORE_HASH_LEN], const char *alias, uid_t uid,

@@ -436,10 +436,13 @@ static void quota_error(struct tunnel *t, const char *id)
     ctl_error(t, id, "quota", "%s", why);
 }
 
-static int add_link(struct tunnel *t, const char *id, json_t *o, const char *alias, int64_t ttl)
+/* Adds a fresh link of alias (a route of kind) to the answer o; -1 after
+ * answering the error (o freed). */
+static int add_link(struct tunnel *t, const char *id, json_t *o, const char *alias, int64_t ttl,
+                    enum route_kind kind)
 {
     struct registry_link l;
-    int rc = registry_link(t->hub->reg, alias, t->uid, ROUTE_TUNNEL, ttl, &l);
+    int rc = registry_link(t->hub->reg, alias, t->uid, kind, ttl, &l);
     if (rc < 0) {
         char why[160];
         json_decref(o);
@@ -447,7 +450,7 @@ static int add_link(struct tunnel *t, const char *id, json_t *o, const char *ali
             registry_quota_why(t->hub->reg, t->uid, 1, why, sizeof(why));
             ctl_error(t, id, "quota", "%s", why);
         } else {
-            ctl_error(t, id, "internal", "could not store a link (see the gateway's log)");
+            ctl_error(t, id, REGISTRY_CODE(rc), "could not store a link: %s", registry_why(rc));
         }
         return -1;
     }
@@ -530,24 +533,19 @@ static void register_direct(struct tunnel *t, const char *id, json_t *m, const c
     if (rc == -EDQUOT)
         return quota_error(t, id);
     if (rc < 0)
-        return ctl_error(t, id, "internal", "could not register the route (see the gateway's log)");
+        return ctl_error(t, id, REGISTRY_CODE(rc), "could not register the route: %s",
+                         registry_why(rc));
     json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "type", "registered", "alias", r.alias, "name",
                           r.name, "kind", "direct");
     if (!o)
         return;
     if (id)
         json_object_set_new(o, "id", json_string(id));
-    struct registry_link l;
-    if (registry_link(t->hub->reg, r.alias, t->uid, ROUTE_DIRECT, ttl, &l) < 0) {
-        json_decref(o);
+    if (add_link(t, id, o, r.alias, ttl, ROUTE_DIRECT) < 0) {
         registry_route_remove(t->hub->reg, r.alias, t->uid, ROUTE_DIRECT, t->uid,
                               "no link could be stored");
-        return ctl_error(t, id, "internal", "could not store a link (see the gateway's log)");
+        return;
     }
-    json_object_set_new(o, "url", json_string(l.url));
-    json_object_set_new(o, "link", json_string(l.link));
-    json_object_set_new(o, "expires", json_integer(l.expires));
-    memset(&l, 0, sizeof(l));
     tctl_send(t, o);
 }
 
@@ -598,7 +596,8 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
     if (rc == -EDQUOT)
         return quota_error(t, id);
     if (rc < 0)
-        return ctl_error(t, id, "internal", "could not register the route (see the gateway's log)");
+        return ctl_error(t, id, REGISTRY_CODE(rc), "could not register the route: %s",
+                         registry_why(rc));
     int slot = tctl_reg_find(t, r.alias);
     if (slot < 0)
         slot = (int)t->nreg++;
@@ -621,7 +620,7 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
         tctl_send(t, o);
         return;
     }
-    if (add_link(t, id, o, r.alias, ttl) == 0) {
+    if (add_link(t, id, o, r.alias, ttl, ROUTE_TUNNEL) == 0) {
         tctl_send(t, o);
         return;
     }
@@ -686,11 +685,11 @@ static void op_unregister(struct tunnel *t, const char *id, json_t *m)
                                              "agent unregistered")
                      : registry_tunnel_route_remove(t->hub->reg, alias, t->uid, t->job, 0,
                                                     "agent unregistered");
-        if (rc == -EBUSY)
+        if (rc == -EXDEV)
             return ctl_error(t, id, "not_found", "another agent carries '%s' now", alias);
         if (rc < 0 && rc != -ENOENT)
-            return ctl_error(t, id, "internal", "could not remove the route (see the gateway's "
-                             "log)");
+            return ctl_error(t, id, REGISTRY_CODE(rc), "could not remove the route: %s",
+                             registry_why(rc));
         json_t *o = json_pack("{s:s, s:s}", "type", "unregistered", "alias", r.alias);
         if (o && id)
             json_object_set_new(o, "id", json_string(id));
@@ -702,13 +701,14 @@ static void op_unregister(struct tunnel *t, const char *id, json_t *m)
                          alias ? alias : "");
     int rc = registry_tunnel_route_remove(t->hub->reg, alias, t->uid, t->job, t->id,
                                           "agent unregistered");
-    if (rc == -EBUSY) {
+    if (rc == -EXDEV) {
         /* Another agent took it over (this tunnel is stale): not ours to end. */
         t->reg[slot] = t->reg[--t->nreg];
         return ctl_error(t, id, "not_found", "another agent carries '%s' now", alias);
     }
     if (rc < 0 && rc != -ENOENT)
-        return ctl_error(t, id, "internal", "could not remove the route (see the gateway's log)");
+        return ctl_error(t, id, REGISTRY_CODE(rc), "could not remove the route: %s",
+                         registry_why(rc));
     json_t *o = json_pack("{s:s, s:s}", "type", "unregistered", "alias", t->reg[slot].alias);
     if (o && id)
         json_object_set_new(o, "id", json_string(id));
@@ -731,7 +731,7 @@ static void op_link(struct tunnel *t, const char *id, json_t *m)
         return;
     if (id)
         json_object_set_new(o, "id", json_string(id));
-    if (add_link(t, id, o, alias, ttl) == 0)
+    if (add_link(t, id, o, alias, ttl, ROUTE_TUNNEL) == 0)
         tctl_send(t, o);
 }
 

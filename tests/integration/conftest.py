@@ -231,7 +231,8 @@ def start_stalled_transfer(s, direction, n=1 << 30, timeout=30):
         except OSError:
             pass  # the caller closed it
 
-    threading.Thread(target=send_body, daemon=True).start()
+    c.sender = threading.Thread(target=send_body, daemon=True)  # close() stops it
+    c.sender.start()
     return c
 
 
@@ -382,6 +383,14 @@ class RawConn:
         self.eof = False
 
     def close(self):
+        sender = getattr(self, "sender", None)
+        if sender is not None:
+            # A thread still sending on it (start_stalled_transfer): stop it first, or its next
+            # send could go to whatever file reuses the descriptor number once it is closed.
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            sender.join(10)
+            self.sender = None
         with contextlib.suppress(OSError):
             self.sock.close()
 
@@ -893,16 +902,24 @@ class Gateway:
             raise AssertionError(f"`jobgate {' '.join(map(str, args))}` still running after "
                                  f"{timeout} s (stdout {e.stdout!r}, stderr {e.stderr!r})")
 
-    def route(self, alias):
-        """alias's entry in the control socket's list (every page of it), or None."""
+    def routes(self):
+        """Every route in the control socket's list, page after page."""
         req = {"op": "list"}
         while True:
             ans = self.control(req)
             assert ans.get("ok"), ans
-            found = next((r for r in ans["routes"] if r["alias"] == alias), None)
-            if found or not ans.get("next"):
-                return found
+            yield from ans["routes"]
+            if not ans.get("next"):
+                return
             req = {"op": "list", "after": ans["next"]}
+
+    def route(self, alias):
+        """alias's entry in the control socket's list, or None."""
+        return next((r for r in self.routes() if r["alias"] == alias), None)
+
+    def route_by_name(self, name):
+        """The entry of the (first) route called name in the control socket's list, or None."""
+        return next((r for r in self.routes() if r["name"] == name), None)
 
     def ls_json(self, **kw):
         """`jobgate ls --json` (kw: what cli() takes): asserts exit status 0 and returns the

@@ -4,9 +4,13 @@ import os
 import random
 import signal
 import sqlite3
+import subprocess
 import time
 
-from conftest import _finish, _gateway, start_stalled_transfer, wait_for
+import pytest
+
+from conftest import (Gateway, _finish, _gateway, build_request, link_target, start_gateway,
+                      start_stalled_transfer, wait_for)
 from fakeagent import FakeAgent
 
 
@@ -73,8 +77,11 @@ def test_kill_9_at_random_points_loses_nothing_committed(binaries):
             for c in stalled:
                 c.close()
             gw.stopped_on_purpose = True
-            with sqlite3.connect(gw.state_dir / "jobgate.db") as db:
+            db = sqlite3.connect(gw.state_dir / "jobgate.db")
+            try:
                 assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            finally:
+                db.close()
             gw.start()
             for alias, s in sessions.items():
                 r = s.get("/hello")
@@ -86,3 +93,115 @@ def test_kill_9_at_random_points_loses_nothing_committed(binaries):
         for a in apps:
             a.stop()
         _finish(gw)
+
+
+# --------------------------------------------------------------------------- the state store
+
+def _register(gw, app, name):
+    return gw.control({"op": "register", "name": name, "socket": app.sock})
+
+
+def _redeem(gw, alias, link):
+    with gw.connect(alias) as c:
+        c.send(build_request("GET", link_target(link), gw.host(alias)))
+        return c.read_response()
+
+
+def _store_fault(gw, why, undo):
+    """With the store unable to write (why, a fault in force until undo()): the gateway says
+    what is wrong, keeps serving its apps and sessions, loses no link it could not use, and
+    works again once the fault is gone."""
+    app = gw.start_direct_app()
+    try:
+        assert _register(gw, app, "before")["ok"]
+        before = gw.route_by_name("before")
+        s = gw.login(before["alias"], gw.new_link(before["alias"]))
+        link = gw.new_link(before["alias"])
+        try:
+            yield  # the fault is made here
+            ans = _register(gw, app, "during")
+            assert ans["ok"] is False and ans["code"] == "unavailable", ans
+            assert why in ans["error"], ans
+            assert s.get("/hello").status == 200, "an app stopped being served"
+            r = _redeem(gw, before["alias"], link)
+            assert r.status == 503 and b"still good" in r.body, r
+            assert r.header("Retry-After"), r
+            gw.assert_alive()
+        finally:
+            undo()
+        r = _redeem(gw, before["alias"], link)
+        assert r.status == 303, f"the link was lost while the store could not write: {r!r}"
+        assert _register(gw, app, "after")["ok"]
+        assert s.get("/hello").status == 200
+    finally:
+        app.stop()
+
+
+def _run_fault(gw, why, make, undo):
+    steps = _store_fault(gw, why, undo)
+    next(steps)
+    make()
+    try:
+        next(steps)
+    except StopIteration:
+        pass
+
+
+def test_a_database_locked_by_another_process(fresh_gateway):
+    gw = fresh_gateway
+    db = sqlite3.connect(gw.state_dir / "jobgate.db", timeout=0, isolation_level=None)
+    try:
+        _run_fault(gw, "locked by another process", lambda: db.execute("BEGIN EXCLUSIVE"),
+                   lambda: db.execute("ROLLBACK"))
+    finally:
+        db.close()
+    assert "database is locked" in gw.log_path.read_text()
+
+
+def _mount(*args):
+    return subprocess.run(["mount", *map(str, args)], capture_output=True).returncode == 0
+
+
+def test_a_read_only_state_directory(binaries):
+    """A state directory that is read-only (a file system remounted so after errors): the
+    gateway refuses to start and says which directory and why, rather than run without
+    durable state. (While it runs, Linux refuses to remount a file system it writes to, so a
+    store that turns read-only then is mapped by the same code as a full one: unavailable.)"""
+    gw = Gateway({}, name="readonly")
+    d = gw.state_dir
+    if os.geteuid() != 0 or not _mount("--bind", d, d):
+        gw.cleanup()
+        pytest.skip("needs root to bind-mount the state directory read-only")
+    try:
+        assert _mount("-o", "remount,ro,bind", d)
+        with pytest.raises(AssertionError, match="exited with 1 during startup"):
+            gw.start()
+        log = gw.log_path.read_text()
+        assert f"{d}/" in log and "Read-only file system" in log, log[-800:]
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+        gw.cleanup()
+
+
+def test_a_full_disk(binaries):
+    gw = Gateway(name="full")
+    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs",
+                                       gw.state_home):
+        gw.cleanup()
+        pytest.skip("needs root to mount a small tmpfs for the state")
+    filler = gw.state_home / "filler"
+    try:
+        start_gateway(gw)
+
+        def fill():
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 16))
+                        f.flush()
+                except OSError:
+                    pass
+        _run_fault(gw, "is full", fill, lambda: filler.unlink())
+    finally:
+        _finish(gw)
+        subprocess.run(["umount", "-l", str(gw.state_home)], capture_output=True)

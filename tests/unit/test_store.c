@@ -427,7 +427,7 @@ static void test_replace_same_owner_keeps_links(void **state)
     assert_int_equal(store_route_put(s, &a), 0);
     struct sessions_seen ss;
     assert_int_equal(load_sessions(s, NOW, &ss), 1);
-    assert_int_equal(store_link_take(s, h, "alpha", NOW), 0);
+    assert_int_equal(store_link_take(s, h, "alpha", NOW, NULL), 0);
 }
 
 static void test_replace_other_owner_drops_links(void **state)
@@ -447,7 +447,7 @@ static void test_replace_other_owner_drops_links(void **state)
     assert_int_equal(store_route_put(s, &b), 0);
     struct sessions_seen ss;
     assert_int_equal(load_sessions(s, NOW, &ss), 0);
-    assert_int_equal(store_link_take(s, h, "alpha", NOW), -ENOENT);
+    assert_int_equal(store_link_take(s, h, "alpha", NOW, NULL), -ENOENT);
     struct routes_seen rs;
     assert_int_equal(load_routes(s, &rs), 1);
     assert_int_equal(rs.r[0].uid, 2000);
@@ -475,13 +475,13 @@ static void test_route_delete_cascades(void **state)
     assert_int_equal(side_query(f->path, "SELECT count(*) FROM links WHERE alias = 'alpha'"), 0);
     assert_int_equal(side_query(f->path, "SELECT count(*) FROM sessions WHERE alias = 'alpha'"),
                      0);
-    assert_int_equal(store_link_take(s, h1, "alpha", NOW), -ENOENT);
+    assert_int_equal(store_link_take(s, h1, "alpha", NOW, NULL), -ENOENT);
     struct sessions_seen ss;
     assert_int_equal(load_sessions(s, NOW, &ss), 1);
     assert_null(seen_session(&ss, s1));
     assert_non_null(seen_session(&ss, s2));
     /* The other route's things are untouched. */
-    assert_int_equal(store_link_take(s, h2, "bravo", NOW), 0);
+    assert_int_equal(store_link_take(s, h2, "bravo", NOW, NULL), 0);
 }
 
 static void test_link_take_once(void **state)
@@ -494,13 +494,13 @@ static void test_link_take_once(void **state)
     assert_int_equal(store_route_put(s, &a), 0);
     assert_int_equal(store_link_put(s, h, "alpha", NOW + 300), 0);
     assert_int_equal(store_link_put(s, h, "alpha", NOW + 300), -EEXIST);
-    assert_int_equal(store_link_take(s, h, "alpha", NOW), 0);
-    assert_int_equal(store_link_take(s, h, "alpha", NOW), -ENOENT);
+    assert_int_equal(store_link_take(s, h, "alpha", NOW, NULL), 0);
+    assert_int_equal(store_link_take(s, h, "alpha", NOW, NULL), -ENOENT);
     assert_int_equal(side_query(f->path, "SELECT count(*) FROM links"), 0);
 
     uint8_t other[STORE_HASH_LEN];
     hash_of(other, 10);
-    assert_int_equal(store_link_take(s, other, "alpha", NOW), -ENOENT);
+    assert_int_equal(store_link_take(s, other, "alpha", NOW, NULL), -ENOENT);
 }
 
 static void test_link_wrong_alias(void **state)
@@ -513,10 +513,10 @@ static void test_link_wrong_alias(void **state)
     assert_int_equal(store_route_put(s, &a), 0);
     assert_int_equal(store_route_put(s, &b), 0);
     assert_int_equal(store_link_put(s, h, "alpha", NOW + 300), 0);
-    assert_int_equal(store_link_take(s, h, "bravo", NOW), -ENOENT);
-    assert_int_equal(store_link_take(s, h, "alph", NOW), -ENOENT);
+    assert_int_equal(store_link_take(s, h, "bravo", NOW, NULL), -ENOENT);
+    assert_int_equal(store_link_take(s, h, "alph", NOW, NULL), -ENOENT);
     /* Still valid for its own app. */
-    assert_int_equal(store_link_take(s, h, "alpha", NOW), 0);
+    assert_int_equal(store_link_take(s, h, "alpha", NOW, NULL), 0);
     /* A link cannot name a route that does not exist. */
     assert_int_equal(store_link_put(s, h, "ghost", NOW + 300), -ENOENT);
     assert_int_equal(store_link_put(s, h, "-bad", NOW + 300), -EINVAL);
@@ -533,11 +533,11 @@ static void test_link_expired(void **state)
     assert_int_equal(store_route_put(s, &a), 0);
     assert_int_equal(store_link_put(s, h1, "alpha", NOW - 1), 0);
     assert_int_equal(store_link_put(s, h2, "alpha", NOW), 0);
-    assert_int_equal(store_link_take(s, h1, "alpha", NOW), -ETIMEDOUT);
+    assert_int_equal(store_link_take(s, h1, "alpha", NOW, NULL), -ETIMEDOUT);
     /* Deleted on the way: a second try finds nothing. */
-    assert_int_equal(store_link_take(s, h1, "alpha", NOW), -ENOENT);
+    assert_int_equal(store_link_take(s, h1, "alpha", NOW, NULL), -ENOENT);
     /* Expiry time itself counts as expired. */
-    assert_int_equal(store_link_take(s, h2, "alpha", NOW), -ETIMEDOUT);
+    assert_int_equal(store_link_take(s, h2, "alpha", NOW, NULL), -ETIMEDOUT);
     assert_int_equal(side_query(f->path, "SELECT count(*) FROM links"), 0);
 }
 
@@ -617,12 +617,12 @@ static void test_reopen_persists(void **state)
     struct sessions_seen ss;
     assert_int_equal(load_sessions(s, NOW, &ss), 1);
     assert_memory_equal(ss.v[0].hash, hs, STORE_HASH_LEN);
-    assert_int_equal(store_link_take(s, h, "alpha", NOW), 0);
+    assert_int_equal(store_link_take(s, h, "alpha", NOW, NULL), 0);
     assert_int_equal(side_query(f->path, "SELECT count(*) FROM audit"), 1);
 
     /* And the one-time link stays used across a restart. */
     reopen(f);
-    assert_int_equal(store_link_take(f->s, h, "alpha", NOW), -ENOENT);
+    assert_int_equal(store_link_take(f->s, h, "alpha", NOW, NULL), -ENOENT);
 }
 
 static void test_audit(void **state)
