@@ -7,7 +7,7 @@ PYTHON     := /usr/bin/python3
 CLANG      ?= clang
 FUZZ_SECONDS ?= 120
 
-.PHONY: all deps check layout unit unit-asan integration integration-asan fuzz demo bench bench-smoke bench-deps clean browser-deps
+.PHONY: all deps check layout unit unit-asan integration integration-asan fuzz valgrind demo bench bench-smoke bench-deps clean browser-deps
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -22,7 +22,7 @@ $(ASAN_BUILD)/build.ninja:
 check:
 	scripts/install-deps test browser
 	$(MAKE) all browser-deps
-	$(MAKE) FUZZ_SECONDS=20 layout unit unit-asan bench-smoke fuzz integration integration-asan
+	$(MAKE) FUZZ_SECONDS=20 layout unit unit-asan bench-smoke fuzz integration integration-asan valgrind
 
 # The architecture's promises that a program can check (docs/architecture.md).
 layout:
@@ -64,6 +64,10 @@ integration-asan: $(ASAN_BUILD)/build.ninja
 	@if [ -n "$$(ls -A $(ASAN_BUILD)/sanitizer-logs)" ]; then \
 	  echo "integration-asan: sanitizer reports:"; cat $(ASAN_BUILD)/sanitizer-logs/*; exit 1; \
 	else echo "integration-asan: no sanitizer reports"; fi
+
+# memcheck over an integration subset that touches every module (scripts/valgrind).
+valgrind: all
+	PYTHON=$(PYTHON) scripts/valgrind $(BUILD)
 
 demo:
 	scripts/install-deps demo
