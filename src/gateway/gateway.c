@@ -2,11 +2,13 @@
 #include "gateway.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -98,6 +100,31 @@ static int make_tls(struct gateway *gw, char *err, size_t errlen)
     return gw->ssl ? 0 : -EINVAL;
 }
 
+/* One gateway per state directory: two would share one database and one
+ * agent CA behind each other's back (on other ports, or the same one). */
+static int lock_state(struct gateway *gw, char *err, size_t errlen)
+{
+    char path[4096], pid[32];
+    snprintf(path, sizeof(path), "%s/jobgated.lock", gw->cfg->state_dir);
+    gw->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (gw->lock_fd < 0)
+        return errmsg(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
+    if (flock(gw->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        ssize_t n = pread(gw->lock_fd, pid, sizeof(pid) - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        if (e == EWOULDBLOCK)
+            return errmsg(err, errlen, -EBUSY, "another jobgated (pid %s) uses the state "
+                          "directory %s", pid[0] ? pid : "?", gw->cfg->state_dir);
+        return errmsg(err, errlen, -e, "cannot lock %s: %s", path, strerror(e));
+    }
+    int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(gw->lock_fd, 0) < 0 || pwrite(gw->lock_fd, pid, (size_t)n, 0) != n)
+        log_warn("cannot write the pid into %s: %s", path, strerror(errno));
+    return 0;
+}
+
 int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t errlen)
 {
     int rc;
@@ -108,10 +135,14 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
     gw->limits.max_fields = cfg->max_headers;
 
     unsigned max_clients = fit_nofile(cfg->max_connections);
+    gw->lock_fd = -1;
     rc = mkdir_p(cfg->state_dir, 0700);
     if (rc < 0)
         return errmsg(err, errlen, rc, "cannot create state directory %s: %s", cfg->state_dir,
                       strerror(-rc));
+    rc = lock_state(gw, err, errlen);
+    if (rc < 0)
+        return rc;
     rc = make_tls(gw, err, errlen);
     if (rc < 0)
         return rc;
@@ -244,5 +275,7 @@ void gateway_free(struct gateway *gw)
     nodechan_free(gw->nodes);
     jobca_free(gw->jobca);
     registry_close(gw->reg);
+    if (gw->lock_fd >= 0)
+        close(gw->lock_fd); /* the lock goes with it: the next gateway may start */
     memset(gw, 0, sizeof(*gw));
 }

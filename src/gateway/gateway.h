@@ -49,6 +49,7 @@ struct gateway {
     struct event *ev_tick;    /* reaping and expiry (worker 0) */
     volatile int stopping;
     atomic_uint clients;      /* client connections of all workers (worker-t.h) */
+    int lock_fd;              /* <state_dir>/jobgated.lock, held (flock) while it runs */
 };
 
 int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t errlen);

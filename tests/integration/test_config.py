@@ -379,3 +379,25 @@ def test_a_second_gateway_on_the_same_port_is_refused(tmp_path):
         assert gw.proc.poll() is None
     finally:
         _finish(gw)
+
+
+def test_a_second_gateway_on_the_same_state_is_refused(tmp_path):
+    """Two gateways on other ports and control sockets but one state directory would share
+    one database and one agent CA behind each other's back: the second refuses to start and
+    names the first."""
+    gw = start_gateway(Gateway({}, name="first"))
+    try:
+        (tmp_path / "run").mkdir(mode=0o700)
+        conf = gw.config_path.read_text() \
+                 .replace(f"127.0.0.1:{gw.port}", f"127.0.0.1:{free_port()}") \
+                 .replace(str(gw.control_path), str(tmp_path / "run" / "control.sock"))
+        (tmp_path / "second.conf").write_text(conf)
+        r = subprocess.run([JOBGATED, "-f", "-c", str(tmp_path / "second.conf")],
+                           capture_output=True, timeout=20)
+        assert r.returncode != 0, r
+        assert f"another jobgated (pid {gw.proc.pid}) uses the state directory".encode() \
+            in r.stderr, r.stderr
+        assert gw.proc.poll() is None
+        assert (gw.state_dir / "jobgated.lock").read_text().strip() == str(gw.proc.pid)
+    finally:
+        _finish(gw)

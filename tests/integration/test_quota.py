@@ -77,7 +77,11 @@ _OOB_THEN_HELLO = r"""
 import json, socket, sys, time
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
-s.send(b"\n", socket.MSG_OOB)
+try:
+    s.send(b"\n", socket.MSG_OOB)
+except OSError as e:  # a kernel without MSG_OOB on UNIX sockets (before 5.15)
+    print(json.dumps({"no_oob": str(e)}))
+    sys.exit(0)
 time.sleep(0.3)
 s.sendall(b'{"op":"hello"}\n')
 s.settimeout(5)
@@ -95,6 +99,8 @@ def test_out_of_band_byte_does_not_wedge_a_control_client(qgw):
     p = subprocess.run([*as_user(NOBODY), PY, "-c", _OOB_THEN_HELLO, str(qgw.control_path)],
                        capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
     out = json.loads(p.stdout)
+    if isinstance(out, dict) and "no_oob" in out:
+        pytest.skip(f"this kernel has no MSG_OOB on UNIX sockets: {out['no_oob']}")
     assert isinstance(out, list), f"the gateway never answered after an out-of-band byte: {out}"
     assert out[0]["ok"] is False and out[0]["code"] == "invalid", out
     assert out[1]["ok"] is True, out
