@@ -1,8 +1,11 @@
 /* gateway — see gateway.h. */
 #include "gateway.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -100,6 +103,64 @@ static int make_tls(struct gateway *gw, char *err, size_t errlen)
     return gw->ssl ? 0 : -EINVAL;
 }
 
+/* Shared mode started as root: whom to become once bound ([gateway] user).
+ * 0 with *to (uid -1: stay as we are), or -errno with err. */
+static int run_as(const struct jg_config *cfg, struct passwd *to, char *buf, size_t len, char *err,
+                  size_t errlen)
+{
+    struct passwd *res = NULL;
+    uint64_t id;
+    to->pw_uid = (uid_t)-1;
+    if (!cfg->shared || geteuid() != 0) {
+        if (cfg->run_user && geteuid() != 0)
+            log_warn("[gateway] user = %s is for a gateway started as root; running as uid %u",
+                     cfg->run_user, (unsigned)geteuid());
+        return 0;
+    }
+    if (!cfg->run_user)
+        return errmsg(err, errlen, -EPERM, "a shared gateway does not run as root: set "
+                      "[gateway] user = ACCOUNT (jobgated drops to it once it has bound its "
+                      "port), or user = root to stay root");
+    int r = parse_uint(cfg->run_user, 0, UINT32_MAX - 1, &id) == 0
+                ? getpwuid_r((uid_t)id, to, buf, len, &res)
+                : getpwnam_r(cfg->run_user, to, buf, len, &res);
+    if (r != 0 || !res)
+        return errmsg(err, errlen, -ENOENT, "[gateway] user = %s: no such user", cfg->run_user);
+    if (to->pw_uid == 0) {
+        log_warn("running as root ([gateway] user = %s)", cfg->run_user);
+        to->pw_uid = (uid_t)-1;
+    }
+    return 0;
+}
+
+/* Gives the state directory (and what is in it) to the account, then
+ * becomes it for good: its uid, its gid, no other groups. */
+static int drop_to(const struct jg_config *cfg, const struct passwd *to, char *err, size_t errlen)
+{
+    DIR *d = opendir(cfg->state_dir);
+    struct dirent *e;
+    if (!d || fchown(dirfd(d), to->pw_uid, to->pw_gid) < 0) {
+        int x = errno;
+        if (d)
+            closedir(d);
+        return errmsg(err, errlen, -x, "cannot give %s to %s: %s", cfg->state_dir, to->pw_name,
+                      strerror(x));
+    }
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.' &&
+            fchownat(dirfd(d), e->d_name, to->pw_uid, to->pw_gid, AT_SYMLINK_NOFOLLOW) < 0)
+            log_warn("cannot give %s/%s to %s: %s", cfg->state_dir, e->d_name, to->pw_name,
+                     strerror(errno));
+    closedir(d);
+    if (setgroups(0, NULL) < 0 || setgid(to->pw_gid) < 0 || setuid(to->pw_uid) < 0 ||
+        setuid(0) == 0)
+        return errmsg(err, errlen, -EPERM, "cannot become %s (uid %u): %s", to->pw_name,
+                      (unsigned)to->pw_uid, strerror(errno));
+    log_info("running as %s (uid %u, gid %u)", to->pw_name, (unsigned)to->pw_uid,
+             (unsigned)to->pw_gid);
+    return 0;
+}
+
 /* One gateway per state directory: two would share one database and one
  * agent CA behind each other's back (on other ports, or the same one). */
 static int lock_state(struct gateway *gw, char *err, size_t errlen)
@@ -136,6 +197,11 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
 
     unsigned max_clients = fit_nofile(cfg->max_connections);
     gw->lock_fd = -1;
+    struct passwd to;
+    char pwbuf[2048];
+    rc = run_as(cfg, &to, pwbuf, sizeof(pwbuf), err, errlen);
+    if (rc < 0)
+        return rc;
     rc = mkdir_p(cfg->state_dir, 0700);
     if (rc < 0)
         return errmsg(err, errlen, rc, "cannot create state directory %s: %s", cfg->state_dir,
@@ -201,6 +267,9 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
     gw->control = control_start(&gw->workers[0], err, errlen);
     if (!gw->control)
         return -EIO;
+    /* Bound, and every file it needs open: root is no longer needed. */
+    if (to.pw_uid != (uid_t)-1 && (rc = drop_to(cfg, &to, err, errlen)) < 0)
+        return rc;
 
     struct event_base *main_base = gw->workers[0].base;
     static const int sigs[3] = {SIGTERM, SIGINT, SIGHUP};

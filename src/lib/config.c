@@ -92,6 +92,7 @@ int config_defaults(struct jg_config *c)
     c->max_connections = 10000;
     c->workers = 0;
     c->drain = 10;
+    c->run_user = NULL;
     c->max_request_line = 8192;
     c->max_header_bytes = 32768;
     c->max_headers = 100;
@@ -151,6 +152,7 @@ void config_free(struct jg_config *c)
     free_str(&c->key_file);
     free_str(&c->munge_socket);
     free_str(&c->node_users);
+    free_str(&c->run_user);
     free_str(&c->squeue);
     free_str(&c->client_ca);
     free_str(&c->gridmap);
@@ -172,6 +174,7 @@ static void config_copy(struct jg_config *dst, const struct jg_config *src)
     dst->key_file = dup_or_null(src->key_file);
     dst->munge_socket = dup_or_null(src->munge_socket);
     dst->node_users = dup_or_null(src->node_users);
+    dst->run_user = dup_or_null(src->run_user);
     dst->squeue = dup_or_null(src->squeue);
     dst->client_ca = dup_or_null(src->client_ca);
     dst->gridmap = dup_or_null(src->gridmap);
@@ -294,7 +297,7 @@ int config_users_ok(const char *v)
 
 /* ---- the key table ------------------------------------------------------ */
 
-enum kind { K_LISTEN, K_DOMAIN, K_PATH, K_SOCKPATH, K_LOG, K_UINT, K_DURATION, K_USERS };
+enum kind { K_LISTEN, K_DOMAIN, K_PATH, K_SOCKPATH, K_LOG, K_UINT, K_DURATION, K_USERS, K_USER };
 
 struct keydef {
     const char *section;
@@ -319,6 +322,7 @@ static const struct keydef keys[] = {
     {"gateway", "max_connections", K_UINT, OFF(max_connections), 1, 1000000, "1..1000000"},
     {"gateway", "workers", K_UINT, OFF(workers), 0, 64, "0..64 (0: one per CPU, at most 8)"},
     {"gateway", "drain", K_DURATION, OFF(drain), 0, 10 * MINUTE, "0s..10m"},
+    {"gateway", "user", K_USER, OFF(run_user), 0, 0, NULL},
     {"limits", "request_line", K_UINT, OFF(max_request_line), 256, 65536, "256..65536"},
     {"limits", "header_bytes", K_UINT, OFF(max_header_bytes), 1024, 1048576, "1024..1048576"},
     {"limits", "headers", K_UINT, OFF(max_headers), 8, 256, "8..256"},
@@ -398,6 +402,12 @@ static int set_value(struct jg_config *w, const struct keydef *k, const char *v,
         break;
     case K_DOMAIN:
         break; /* checked on the copy below */
+    case K_USER:
+        if (!config_users_ok(v) || strpbrk(v, " \t"))
+            return fail(err, errlen, path, line,
+                        "'%s' must be one user name or uid (A-Z a-z 0-9 . _ -), not '%s'",
+                        k->key, v);
+        break;
     case K_USERS:
         if (!config_users_ok(v))
             return fail(err, errlen, path, line,

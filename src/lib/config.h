@@ -21,6 +21,8 @@
  *   max_connections = 10000       client connections in the whole gateway, tunnels too
  *   workers = 0                   event-loop threads; 0: one per CPU, at most 8
  *   drain = 10s                   on SIGTERM, requests in flight get this long (0s..10m)
+ *   user = jobgate                started as root: the account to drop to once bound (shared
+ *                                 mode refuses root without it; "root" stays root)
  *   [limits]
  *   request_line = 8192           bytes, 256..65536
  *   header_bytes = 32768          bytes of a whole head, 1024..1048576
@@ -77,6 +79,8 @@ struct jg_config {
     unsigned max_connections;
     unsigned workers;       /* 0: one per CPU, at most 8 */
     int64_t drain;          /* seconds a stopping gateway lets requests in flight finish */
+    char *run_user;         /* shared mode started as root: the account it drops to after
+                             * binding (a name or uid; "root": stays root); NULL: none */
 
     unsigned max_request_line;
     unsigned max_header_bytes;

@@ -778,8 +778,16 @@ class Gateway:
             sections = {"gateway": {"listen": f"127.0.0.1:{self.port}", "domain": self.domain,
                                     "state_dir": str(self.state_dir),
                                     "control_socket": str(self.control_path)}}
+            if os.geteuid() == 0:
+                # A shared gateway started as root must be told whom to become; the tests
+                # that need root's powers (connecting to any user's socket) say: stay root.
+                sections["gateway"]["user"] = "root"
+
             for sec, kv in config.items():
                 sections.setdefault(sec, {}).update(kv)
+            for kv in sections.values():  # None drops a key (e.g. "user")
+                for k in [k for k, v in kv.items() if v is None]:
+                    del kv[k]
             self.domain = sections["gateway"]["domain"]
             text = "".join(f"[{sec}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()) + "\n"
                            for sec, kv in sections.items())

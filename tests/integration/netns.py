@@ -502,6 +502,8 @@ class NsGateway(Gateway):
         sections = {"gateway": {"listen": f"{listen}:{self.port}", "domain": domain,
                                 "state_dir": str(self.state_dir),
                                 "control_socket": str(self.control_path)}}
+        if os.geteuid() == 0:
+            sections["gateway"]["user"] = "root"  # as conftest's Gateway: stay root
         if own_cert:
             crt, key = make_cert(self.pki, [domain], [*topo.addrs(host).values(), "127.0.0.1"])
             sections["gateway"].update(cert=str(crt), key=str(key))

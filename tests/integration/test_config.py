@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from conftest import (JOBGATED, NOBODY, Gateway, _finish, build_request, control_as, free_port,
-                      start_gateway)
+from conftest import (JOBGATED, NOBODY, PY, Gateway, _finish, as_user, build_request, control_as,
+                      free_port, need_second_user, start_gateway, tcp_connectable, wait_for)
 
 
 def check(path, timeout=10):
@@ -400,4 +400,50 @@ def test_a_second_gateway_on_the_same_state_is_refused(tmp_path):
         assert gw.proc.poll() is None
         assert (gw.state_dir / "jobgated.lock").read_text().strip() == str(gw.proc.pid)
     finally:
+        _finish(gw)
+
+
+def test_shared_mode_refuses_root_without_an_account(binaries):
+    """Issue 13: a shared gateway started as root must be told which account to drop to once
+    it has bound its port ([gateway] user; user = root to stay root)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    gw = Gateway({"gateway": {"user": None}}, name="rootless")
+    try:
+        with pytest.raises(AssertionError, match="exited with 1 during startup"):
+            gw.start()
+        assert "a shared gateway does not run as root: set [gateway] user = ACCOUNT" in \
+            gw.log_path.read_text()
+    finally:
+        gw.cleanup()
+
+
+def test_shared_mode_drops_to_its_account_and_serves(binaries):
+    """With user = nobody the gateway binds as root, gives its state to nobody, becomes nobody
+    for good, and serves (here an app of nobody's on a loopback port)."""
+    need_second_user("app")
+    gw = Gateway({"gateway": {"user": "nobody"}}, name="dropped")
+    os.chmod(gw.root, 0o711)
+    app = None
+    try:
+        start_gateway(gw)
+        status = open(f"/proc/{gw.proc.pid}/status").read()
+        uids = next(ln for ln in status.splitlines() if ln.startswith("Uid:")).split()[1:]
+        assert uids == [str(NOBODY)] * 4, status
+        assert os.stat(gw.state_dir / "jobgate.db").st_uid == NOBODY
+        assert "running as nobody" in gw.log_path.read_text()
+        port = free_port()
+        app = subprocess.Popen([*as_user(NOBODY), PY, "-m", "http.server", str(port),
+                                "--bind", "127.0.0.1", "--directory", "/"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+        wait_for(lambda: tcp_connectable(port), 10, what="nobody's app to listen")
+        out = control_as(NOBODY, gw.control_path, [{"op": "register", "port": port}])
+        assert out[0]["ok"], out
+        s = gw.login(out[0]["alias"], out[0]["link"])
+        assert s.get("/").status == 200
+        assert gw.stop() == 0
+    finally:
+        if app:
+            app.kill()
+            app.wait()
         _finish(gw)

@@ -451,7 +451,8 @@ def test_redeem_flood_is_rate_limited_per_address(binaries):
             assert _redeem(c, host, "B" * 43).status == 429
         time.sleep(1.2)
         log = gw.log_path.read_text()
-        lines = [ln for ln in log.splitlines() if "/_jobgate/redeem/" in ln and "ip=127.0.0.2" in ln]
+        lines = [ln for ln in log.splitlines()
+                 if "/_jobgate/redeem/" in ln and "ip=127.0.0.2" in ln]
         took = time.monotonic() - t0
         # 10 a second get through (one worker here), and the rest are counted.
         assert len(lines) <= 10 * (took + 2), f"{len(lines)} log lines for 201 failed redeems"
