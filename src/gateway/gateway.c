@@ -20,6 +20,7 @@
 
 #include "control.h"
 #include "jobca.h"
+#include "jobcert.h"
 #include "log.h"
 #include "nodechan.h"
 #include "jobwatch.h"
@@ -64,11 +65,13 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     registry_reap(gw->reg);
 }
 
+static void reload(struct gateway *gw);
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct gateway *gw = arg;
     if (sig == SIGHUP) {
-        log_info("SIGHUP: nothing to reload yet");
+        reload(gw);
         return;
     }
     if (gw->stopping)
@@ -85,22 +88,58 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 }
 
 /* The certificate: the configured one, or a self-signed one made on first start. */
-static int make_tls(struct gateway *gw, char *err, size_t errlen)
+/* The TLS context of the certificate and key (the configured ones, else the
+ * self-signed pair in the state directory, made first when create). */
+static SSL_CTX *load_tls(const struct jg_config *cfg, int create, char *err, size_t errlen)
 {
-    const struct jg_config *cfg = gw->cfg;
     const char *cert = cfg->cert_file, *key = cfg->key_file;
     char crt_path[4096], key_path[4096];
     if (!cert) {
-        int rc = tls_selfsigned_ensure(cfg->state_dir, cfg->domain, err, errlen);
-        if (rc < 0)
-            return rc;
+        if (create && tls_selfsigned_ensure(cfg->state_dir, cfg->domain, err, errlen) < 0)
+            return NULL;
         snprintf(crt_path, sizeof(crt_path), "%s/tls.crt", cfg->state_dir);
         snprintf(key_path, sizeof(key_path), "%s/tls.key", cfg->state_dir);
         cert = crt_path;
         key = key_path;
     }
-    gw->ssl = tls_server_ctx(cert, key, err, errlen);
+    return tls_server_ctx(cert, key, err, errlen);
+}
+
+static int make_tls(struct gateway *gw, char *err, size_t errlen)
+{
+    gw->ssl = load_tls(gw->cfg, 1, err, errlen);
     return gw->ssl ? 0 : -EINVAL;
+}
+
+/* SIGHUP: the certificate and key read again (a renewed certificate) and
+ * handed to every worker, for new connections: open ones keep theirs. The
+ * grid-mapfile is read again whenever it changes anyway; the configuration
+ * file is checked, and what changed in it applies at the next start. */
+static void reload(struct gateway *gw)
+{
+    char err[512], id[JOBCERT_GATEWAY_ID_LEN + 1];
+    SSL_CTX *ctx = load_tls(gw->cfg, 0, err, sizeof(err));
+    if (!ctx) {
+        log_err("SIGHUP: keeping the certificate in use: %s", err);
+    } else {
+        for (unsigned i = 0; i < gw->nworkers; i++)
+            worker_set_tls(&gw->workers[i], ctx);
+        tunnel_hub_set_cert(gw->hub, SSL_CTX_get0_certificate(ctx));
+        SSL_CTX_free(gw->ssl);
+        gw->ssl = ctx;
+        if (jobcert_gateway_id(SSL_CTX_get0_certificate(ctx), id) == 0)
+            log_info("SIGHUP: certificate read again (SHA-256 %.16s...) for new connections", id);
+    }
+    if (gw->cfg->shared && gw->config_path) {
+        struct jg_config c;
+        if (config_defaults(&c) == 0 && config_load(&c, gw->config_path, err, sizeof(err)) < 0)
+            log_err("SIGHUP: the configuration file has an error (fix it before the next "
+                    "start): %s", err);
+        else
+            log_info("SIGHUP: the configuration file is valid; changes to it apply at the next "
+                     "start");
+        config_free(&c);
+    }
 }
 
 /* Shared mode started as root: whom to become once bound ([gateway] user).

@@ -50,6 +50,7 @@ struct gateway {
     volatile int stopping;
     atomic_uint clients;      /* client connections of all workers (worker-t.h) */
     int lock_fd;              /* <state_dir>/jobgated.lock, held (flock) while it runs */
+    const char *config_path;  /* shared mode: the file, checked again on SIGHUP */
 };
 
 int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t errlen);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +138,9 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
+    static char cfgpath[PATH_MAX]; /* absolute: a detached gateway runs in / */
+    if (file && realpath(file, cfgpath))
+        gw.config_path = cfgpath;
     if (!fg && (rc = daemonize(&gw)) < 0) {
         fprintf(stderr, "jobgated: cannot run in the background: %s\n", strerror(-rc));
         gateway_free(&gw);

@@ -145,7 +145,8 @@ struct tunnel_hub {
     X509_STORE *client_store;  /* [tunnel] client_ca: users' own certificates, or NULL */
     struct gridmap *gridmap;   /* ... mapped to users (gridmap.h: locks inside) */
     uid_t uid;         /* the gateway's own: a personal gateway's agents */
-    char gateway_id[JOBCERT_GATEWAY_ID_LEN + 1]; /* its certificate's hash, in MUNGE hellos */
+    char gateway_id[JOBCERT_GATEWAY_ID_LEN + 1]; /* its certificate's hash, in MUNGE hellos;
+                                                  * under mu (SIGHUP changes it) */
     pthread_mutex_t mu;
     struct hmap *byid; /* id (8 bytes) -> struct tunnel; under mu */
     uint64_t next_id;

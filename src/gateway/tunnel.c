@@ -152,6 +152,16 @@ void tunnel_job_verdict(struct tunnel_hub *hub, uint64_t tunnel, int ok, const c
     pthread_mutex_unlock(&hub->mu);
 }
 
+void tunnel_hub_set_cert(struct tunnel_hub *hub, X509 *cert)
+{
+    char id[JOBCERT_GATEWAY_ID_LEN + 1];
+    if (jobcert_gateway_id(cert, id) < 0)
+        return;
+    pthread_mutex_lock(&hub->mu);
+    memcpy(hub->gateway_id, id, sizeof(id));
+    pthread_mutex_unlock(&hub->mu);
+}
+
 void tunnel_hub_free(struct tunnel_hub *hub)
 {
     if (!hub)

@@ -64,6 +64,8 @@ struct tunnel_hub *tunnel_hub_new(const struct jg_config *cfg, struct registry *
                                   const struct jobca *ca, uid_t uid, X509 *cert, char *err,
                                   size_t errlen);
 void tunnel_hub_free(struct tunnel_hub *hub);
+/* SIGHUP's new certificate: MUNGE hellos from now on are bound to it. */
+void tunnel_hub_set_cert(struct tunnel_hub *hub, X509 *cert);
 
 /* Takes a TLS connection whose handshake chose ALPN jobgate/1 (from conn). */
 void tunnel_adopt_tls(struct worker *w, struct bufferevent *bev, const char *ip);

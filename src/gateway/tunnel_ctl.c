@@ -231,7 +231,9 @@ static int hello_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, siz
             snprintf(why, wl, "no MUNGE credential in the hello");
             return -1;
         }
+        pthread_mutex_lock(&hub->mu);
         (void)jobcert_munge_payload(payload, sizeof(payload), t->nonce, hub->gateway_id);
+        pthread_mutex_unlock(&hub->mu);
         int rc = munge_cred_decode(hub->cfg->munge_socket, cred, strlen(cred), payload,
                                    strlen(payload), &id, err, sizeof(err));
         if (rc < 0) {

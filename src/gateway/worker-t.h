@@ -40,7 +40,8 @@ struct worker {
     /* shared, read-only after start */
     const struct jg_config *cfg;
     const struct http1_limits *limits;
-    SSL_CTX *ssl;
+    SSL_CTX *ssl;                 /* this worker's reference: SIGHUP hands a new one in
+                                   * ssl_next (worker_set_tls), which its loop takes */
     struct registry *reg;
     struct tunnel_hub *hub;
     struct nodechan *nodes;       /* the node channel (NULL: answered 404) */
@@ -83,6 +84,8 @@ struct worker {
     pthread_mutex_t moves_mu;
     struct conn_move *moves;
     struct event *ev_moves;
+    SSL_CTX *ssl_next;            /* under moves_mu: a new certificate to take (SIGHUP) */
+    struct event *ev_tls;
 };
 
 #endif

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <openssl/ssl.h>
 #include <event2/listener.h>
 
 #include "config.h"
@@ -145,6 +146,31 @@ static int listen_on(struct worker *w, unsigned nworkers, char *err, size_t errl
     return 0;
 }
 
+static void take_tls(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    pthread_mutex_lock(&w->moves_mu);
+    SSL_CTX *next = w->ssl_next;
+    w->ssl_next = NULL;
+    pthread_mutex_unlock(&w->moves_mu);
+    if (!next)
+        return;
+    SSL_CTX_free(w->ssl); /* open connections hold references of their own */
+    w->ssl = next;
+}
+
+void worker_set_tls(struct worker *w, SSL_CTX *ssl)
+{
+    SSL_CTX_up_ref(ssl);
+    pthread_mutex_lock(&w->moves_mu);
+    SSL_CTX *old = w->ssl_next;
+    w->ssl_next = ssl;
+    pthread_mutex_unlock(&w->moves_mu);
+    if (old)
+        SSL_CTX_free(old);
+    event_active(w->ev_tls, EV_READ, 0);
+}
+
 int worker_init(struct worker *w, unsigned nworkers, char *err, size_t errlen)
 {
     w->conn_gone = conn_gone;
@@ -167,7 +193,9 @@ int worker_init(struct worker *w, unsigned nworkers, char *err, size_t errlen)
     event_add(w->ev_flush, &sec);
     pthread_mutex_init(&w->moves_mu, NULL);
     w->ev_moves = event_new(w->base, -1, 0, conn_take_moves, w);
-    if (!w->ev_flush || !w->ev_moves)
+    w->ev_tls = event_new(w->base, -1, 0, take_tls, w);
+    SSL_CTX_up_ref(w->ssl); /* its own reference, handed back at worker_free */
+    if (!w->ev_flush || !w->ev_moves || !w->ev_tls)
         return errmsg(err, errlen, -ENOMEM, "cannot create an event loop");
     return 0;
 }
@@ -244,6 +272,12 @@ void worker_free(struct worker *w)
         event_free(w->ev_flush);
     ratelimit_free(w->redeem_fails);
     w->redeem_fails = NULL;
+    if (w->ev_tls) {
+        event_free(w->ev_tls);
+        SSL_CTX_free(w->ssl_next);
+        SSL_CTX_free(w->ssl);
+        w->ssl = w->ssl_next = NULL;
+    }
     if (w->ev_moves) {
         conn_drop_moves(w);
         event_free(w->ev_moves);

@@ -31,6 +31,10 @@ void worker_join(struct worker *w);
  * connections and lets exchanges in flight finish within w->drain_secs. */
 void worker_stop(struct worker *w);
 
+/* SIGHUP (from any thread): new connections of w use ssl from its next loop
+ * turn on (w takes a reference of its own); open ones keep theirs. */
+void worker_set_tls(struct worker *w, SSL_CTX *ssl);
+
 /* After fork(): reinitialises w's loop. 0 or -EIO. */
 int worker_reinit(struct worker *w);
 /* Frees w's loop, listener and what is still open (threads joined). */

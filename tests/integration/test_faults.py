@@ -1,9 +1,12 @@
 """Faults survived (issue 13): the gateway stopping (drain), killed at random points of
 transfers and started again, with real processes. Each test says what a site relies on."""
+import hashlib
 import os
 import random
+import shutil
 import signal
 import sqlite3
+import ssl
 import subprocess
 import time
 
@@ -12,6 +15,7 @@ import pytest
 from conftest import (Gateway, _finish, _gateway, build_request, link_target, start_gateway,
                       start_stalled_transfer, wait_for)
 from fakeagent import FakeAgent
+from fakegw import make_cert
 
 
 def token_agent(gw):
@@ -205,3 +209,64 @@ def test_a_full_disk(binaries):
     finally:
         _finish(gw)
         subprocess.run(["umount", "-l", str(gw.state_home)], capture_output=True)
+
+
+# --------------------------------------------------------------------------- SIGHUP
+
+def _der_sha256(pem_path):
+    with open(pem_path) as f:
+        return hashlib.sha256(ssl.PEM_cert_to_DER_cert(f.read())).hexdigest()
+
+
+def test_sighup_reads_the_certificate_again_without_dropping_connections(binaries, tmp_path):
+    """A renewed certificate: SIGHUP makes new connections present it, while open ones (and
+    their requests) go on with the one they began with. A file that does not load keeps the
+    certificate in use, with the reason in the log."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    a_crt, a_key = make_cert(tmp_path / "a")
+    b_crt, b_key = make_cert(tmp_path / "b")
+    live_crt, live_key = tmp_path / "live.crt", tmp_path / "live.key"
+    shutil.copy(a_crt, live_crt)
+    shutil.copy(a_key, live_key)
+    gw = _gateway({"gateway": {"cert": str(live_crt), "key": str(live_key)}}, name="sighup")
+    app = gw.start_direct_app()
+    try:
+        gw.register(app, name="hup")
+        s = gw.login(app.alias, app.link)
+        old = s.conn()
+        try:
+            assert s.get("/hello", conn=old).status == 200
+            seen = hashlib.sha256(old.sock.getpeercert(binary_form=True)).hexdigest()
+            assert seen == _der_sha256(a_crt)
+            shutil.copy(b_crt, live_crt)
+            shutil.copy(b_key, live_key)
+            gw.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "SIGHUP: certificate read again" in gw.log_path.read_text(), 5,
+                     what="the reload")
+            assert s.get("/hello", conn=old).status == 200, "an open connection was dropped"
+            new = s.conn()
+            try:
+                got = hashlib.sha256(new.sock.getpeercert(binary_form=True)).hexdigest()
+                assert got == _der_sha256(b_crt), "new connections still get the old certificate"
+                assert s.get("/hello", conn=new).status == 200
+            finally:
+                new.close()
+            # A broken file: the certificate in use stays.
+            live_crt.write_text("not a certificate\n")
+            gw.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "SIGHUP: keeping the certificate in use" in gw.log_path.read_text(),
+                     5, what="the failed reload to be logged")
+            newer = s.conn()
+            try:
+                got = hashlib.sha256(newer.sock.getpeercert(binary_form=True)).hexdigest()
+                assert got == _der_sha256(b_crt)
+            finally:
+                newer.close()
+            assert "SIGHUP: the configuration file is valid" in gw.log_path.read_text()
+            gw.assert_alive()
+        finally:
+            old.close()
+    finally:
+        app.stop()
+        _finish(gw)
