@@ -209,6 +209,8 @@ static void op_ready(struct ctl_peer *p, uid_t uid, json_t *req, struct reply *r
         if (check_target(p, &r, 0, rp) < 0)
             return;
         int rc = registry_route_ready(p->w->reg, r.alias, uid);
+        if (rc == -ENOENT)
+            return fail(rp, "not_found", "you have no app '%s' any more", r.alias);
         if (rc < 0)
             return fail(rp, REGISTRY_CODE(rc), "could not update the route: %s",
                         registry_why(rc));

@@ -132,9 +132,15 @@ static void reload(struct gateway *gw)
     }
     if (gw->cfg->shared && gw->config_path) {
         struct jg_config c;
-        if (config_defaults(&c) == 0 && config_load(&c, gw->config_path, err, sizeof(err)) < 0)
-            log_err("SIGHUP: the configuration file has an error (fix it before the next "
-                    "start): %s", err);
+        memset(&c, 0, sizeof(c));
+        int rc = config_defaults(&c);
+        if (rc == 0)
+            rc = config_load(&c, gw->config_path, err, sizeof(err));
+        else
+            snprintf(err, sizeof(err), "its defaults cannot be set (no HOME?)");
+        if (rc < 0)
+            log_err("SIGHUP: the configuration file cannot be checked or has an error (fix it "
+                    "before the next start): %s", err);
         else
             log_info("SIGHUP: the configuration file is valid; changes to it apply at the next "
                      "start");
@@ -219,10 +225,17 @@ static int lock_state(struct gateway *gw, char *err, size_t errlen)
                           "directory %s", pid[0] ? pid : "?", gw->cfg->state_dir);
         return errmsg(err, errlen, -e, "cannot lock %s: %s", path, strerror(e));
     }
+    gateway_note_pid(gw);
+    return 0;
+}
+
+void gateway_note_pid(struct gateway *gw)
+{
+    char pid[32];
     int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
     if (ftruncate(gw->lock_fd, 0) < 0 || pwrite(gw->lock_fd, pid, (size_t)n, 0) != n)
-        log_warn("cannot write the pid into %s: %s", path, strerror(errno));
-    return 0;
+        log_warn("cannot write the pid into %s/jobgated.lock: %s", gw->cfg->state_dir,
+                 strerror(errno));
 }
 
 int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t errlen)

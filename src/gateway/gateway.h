@@ -56,6 +56,9 @@ struct gateway {
 int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t errlen);
 /* Runs worker 0 on this thread and the others on their own until a signal. */
 int gateway_run(struct gateway *gw);
+/* Writes this process's pid into the state directory's lock file (after a
+ * fork that detached it). */
+void gateway_note_pid(struct gateway *gw);
 /* After fork(): reinitialises every event loop. */
 int gateway_reinit(struct gateway *gw);
 void gateway_free(struct gateway *gw);

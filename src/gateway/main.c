@@ -131,6 +131,9 @@ int main(int argc, char **argv)
 
     log_init("jobgated", !fg && cfg.use_syslog, verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO);
     struct gateway gw;
+    static char cfgpath[PATH_MAX]; /* absolute (a detached gateway runs in /), and found
+                                    * before the gateway may drop to an account that cannot */
+    int have_path = file && realpath(file, cfgpath);
     rc = gateway_init(&gw, &cfg, err, sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "jobgated: %s\n", err);
@@ -138,8 +141,7 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
-    static char cfgpath[PATH_MAX]; /* absolute: a detached gateway runs in / */
-    if (file && realpath(file, cfgpath))
+    if (have_path)
         gw.config_path = cfgpath;
     if (!fg && (rc = daemonize(&gw)) < 0) {
         fprintf(stderr, "jobgated: cannot run in the background: %s\n", strerror(-rc));
@@ -147,6 +149,8 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
+    if (!fg)
+        gateway_note_pid(&gw); /* the lock file names the detached process */
     rc = gateway_run(&gw);
     log_info("stopped");
     gateway_free(&gw);

@@ -388,7 +388,7 @@ int registry_tunnel_attach(struct registry *reg, const struct tunnel_claim *c, s
     if (c->job && (!job || job->ended || job->uid != c->uid)) {
         rc = -ESTALE; /* the job ended since the hello */
     } else if (c->full && !(old && c->mine(c->arg, old->alias))) {
-        rc = -ENOSPC;
+        rc = -EMLINK; /* not -ENOSPC: that is the store's full disk */
     } else if (old && (old->uid != c->uid || old->kind != ROUTE_TUNNEL || old->job != c->job)) {
         snprintf(out->alias, sizeof(out->alias), "%s", old->alias);
         rc = -EPERM;

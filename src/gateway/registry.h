@@ -97,7 +97,9 @@ int registry_status(struct registry *reg, const char *alias, const struct http1_
  * that goes with it: "unavailable" (a state of the host that passes) or
  * "internal". */
 const char *registry_why(int err);
-#define REGISTRY_CODE(err) ((err) == -EIO ? "internal" : "unavailable")
+#define REGISTRY_CODE(err)                                                                         \
+    ((err) == -EBUSY || (err) == -EROFS || (err) == -ENOSPC || (err) == -ENOMEM ? "unavailable"   \
+                                                                                   : "internal")
 
 /* The sentence for an -EDQUOT answer: uid is at its [quota] routes (links
  * nonzero: [quota] links) limit. */
@@ -155,7 +157,7 @@ int registry_link(struct registry *reg, const char *alias, uid_t owner, enum rou
  * already registered alias; a full tunnel may only re-register those.
  * A tunnel of a job (c->job) registers only while that job runs, and takes
  * back only that job's routes; its new routes carry the job's id.
- * 0 with a copy in out; -ENOSPC (full), -EPERM (not the uid's tunnel route
+ * 0 with a copy in out; -EMLINK (full), -EPERM (not the uid's tunnel route
  * of this job: its alias in out->alias), -ESTALE (the job ended), -EIO.
  */
 struct tunnel_claim {
@@ -231,7 +233,7 @@ int registry_job_dest(struct registry *reg, uint32_t id, uid_t uid, const char *
 /* Adds direct route r (ROUTE_DIRECT, r->job, r->uid, r->path:r->port) when,
  * under the write lock, its job runs as r->uid and the address is one of its
  * destinations, and the job has fewer than REGISTRY_DIRECT_MAX direct routes.
- * 0 with r->alias, -ENOENT, -ESTALE, -EPERM, -ENOSPC, or -errno. */
+ * 0 with r->alias, -ENOENT, -ESTALE, -EPERM, -EMLINK (the job has its most), or -errno. */
 #define REGISTRY_DIRECT_MAX 16
 int registry_direct_add(struct registry *reg, struct route *r);
 

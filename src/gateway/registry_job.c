@@ -207,7 +207,7 @@ int registry_direct_add(struct registry *reg, struct route *r)
              : !job_dest_has(reg->jobs, r->job, r->path, r->port) ? -EPERM : 0;
     if (rc == 0) {
         route_filter(reg->routes, count_direct, &dc);
-        rc = dc.n >= REGISTRY_DIRECT_MAX ? -ENOSPC : reg_add_locked(reg, r);
+        rc = dc.n >= REGISTRY_DIRECT_MAX ? -EMLINK : reg_add_locked(reg, r);
     }
     unlock(reg);
     return rc;

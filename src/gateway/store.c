@@ -61,7 +61,8 @@ int store_fail(const struct store *s, int rc, const char *op, const char *alias)
     log_limited(&limit, LOG_LVL_ERR, "store: %s [%s]: %s", op, alias ? alias : "-",
                 s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
     int e = errno_of(rc);
-    int sys = s->db ? sqlite3_system_errno(s->db) : 0;
+    /* The file system's errno is kept by SQLite only for I/O errors (and stale otherwise). */
+    int sys = s->db && (rc & 0xff) == SQLITE_IOERR ? sqlite3_system_errno(s->db) : 0;
     if (e == -EIO && (sys == EROFS || sys == ENOSPC || sys == EDQUOT))
         e = sys == EROFS ? -EROFS : -ENOSPC; /* an I/O error of the file system's */
     return e;

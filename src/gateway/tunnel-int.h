@@ -105,6 +105,7 @@ struct tunnel {
     char source[48];            /* whom the pre-hello cap counts it for: the address, or
                                  * "uid N" for a hand-over */
     int pending;                /* counted in hub->pending (no hello yet); under hub->mu */
+    int drain_sent;             /* the drain's GOAWAY went (tunnel_goaway_all, t_tick) */
     int counted;                /* counted in hub->tunnels and by_uid (hello passed) */
     uid_t uid;                  /* the owner, once welcomed */
     uint32_t job;               /* its job: the certificate's (jobcert), or the hello's once

@@ -357,12 +357,28 @@ static void t_event(struct bufferevent *bev, short what, void *arg)
     tunnel_leave(t);
 }
 
+/* The drain's end of a tunnel (t->busy held): GOAWAY, and t_write when it
+ * is all out (not at the usual low-water mark), where tunnel_flush finds the
+ * session over and the tunnel ends. */
+static void t_goaway(struct tunnel *t)
+{
+    t->drain_sent = 1;
+    nghttp2_session_terminate_session(t->h2, NGHTTP2_NO_ERROR);
+    bufferevent_setwatermark(t->wr, EV_WRITE, 0, 0);
+    tunnel_flush(t);
+}
+
 static void t_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct tunnel *t = arg;
     const struct jg_config *cf = t->hub->cfg;
     int64_t now = now_mono_ms();
     t->busy++;
+    if (t->w->draining && !t->drain_sent && !t->dead && t->nstreams == 0) {
+        t_goaway(t); /* its requests are done: the drain ends it */
+        tunnel_leave(t);
+        return;
+    }
     if (t->st == T_HELLO && now - t->started > cf->hello_wait * 1000) {
         tunnel_kill(t, "no hello within %" PRId64 " s", cf->hello_wait);
     } else if (t->st == T_VERIFY && now - t->started > cf->t_handshake * 500) {
@@ -665,14 +681,10 @@ void tunnel_goaway_all(struct worker *w)
     struct tunnel *t, *next;
     for (t = LIST_FIRST(&w->tunnels); t; t = next) {
         next = LIST_NEXT(t, link);
-        if (!t->h2 || t->dead)
-            continue;
+        if (!t->h2 || t->dead || t->nstreams > 0)
+            continue; /* one carrying requests goes at its first tick without them */
         t->busy++;
-        nghttp2_session_terminate_session(t->h2, NGHTTP2_NO_ERROR);
-        /* t_write when all is out, not at the usual low-water mark: then
-         * tunnel_flush finds the session over and the tunnel ends. */
-        bufferevent_setwatermark(t->wr, EV_WRITE, 0, 0);
-        tunnel_flush(t);
+        t_goaway(t);
         tunnel_leave(t);
     }
 }

@@ -105,7 +105,8 @@ void tunnel_job_verdict(struct tunnel_hub *hub, uint64_t tunnel, int ok, const c
 /* Worker w is stopping: GOAWAY to its tunnels and free them (on w's thread). */
 void tunnel_close_all(struct worker *w);
 /* Drain (on w's thread): every tunnel of w sends GOAWAY and ends once it is
- * out (the worker's drain time bounds the wait). */
+ * out; one that carries requests does so at its first tick without them
+ * (the worker's drain time bounds the wait). */
 void tunnel_goaway_all(struct worker *w);
 
 #endif

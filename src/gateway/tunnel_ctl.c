@@ -18,6 +18,7 @@
 #include <pthread.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
 
 #include <openssl/err.h>
 #include <openssl/x509_vfy.h>
@@ -231,9 +232,16 @@ static int hello_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, siz
             snprintf(why, wl, "no MUNGE credential in the hello");
             return -1;
         }
-        pthread_mutex_lock(&hub->mu);
-        (void)jobcert_munge_payload(payload, sizeof(payload), t->nonce, hub->gateway_id);
-        pthread_mutex_unlock(&hub->mu);
+        /* The certificate this very connection showed (a SIGHUP may have
+         * brought another one since): the one the agent bound its credential to. */
+        char gwid[JOBCERT_GATEWAY_ID_LEN + 1];
+        SSL *ssl = t->stdio ? NULL : bufferevent_openssl_get_ssl(t->rd);
+        if (!ssl || jobcert_gateway_id(SSL_get_certificate(ssl), gwid) < 0) {
+            pthread_mutex_lock(&hub->mu);
+            memcpy(gwid, hub->gateway_id, sizeof(gwid));
+            pthread_mutex_unlock(&hub->mu);
+        }
+        (void)jobcert_munge_payload(payload, sizeof(payload), t->nonce, gwid);
         int rc = munge_cred_decode(hub->cfg->munge_socket, cred, strlen(cred), payload,
                                    strlen(payload), &id, err, sizeof(err));
         if (rc < 0) {
@@ -526,7 +534,7 @@ static void register_direct(struct tunnel *t, const char *id, json_t *m, const c
     int rc = registry_direct_add(t->hub->reg, &r);
     if (rc == -ESTALE)
         return ctl_error(t, id, "ended", "job %u has ended", (unsigned)t->job);
-    if (rc == -ENOSPC)
+    if (rc == -EMLINK)
         return ctl_error(t, id, "limit", "job %u has %d direct routes already", (unsigned)t->job,
                          REGISTRY_DIRECT_MAX);
     if (rc == -EPERM)
@@ -589,7 +597,7 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
     claim.cb_host = cb_host;
     struct route r;
     int rc = registry_tunnel_attach(t->hub->reg, &claim, &r);
-    if (rc == -ENOSPC)
+    if (rc == -EMLINK)
         return ctl_error(t, id, "limit", "at most %d apps per tunnel", TUN_MAX_REG);
     if (rc == -EPERM)
         return ctl_error(t, id, "forbidden", "%s is not one of your tunnel's apps", r.alias);
@@ -628,11 +636,12 @@ static void op_register(struct tunnel *t, const char *id, json_t *m)
     }
     /* No link (the user's [quota] links): the agent cannot open the app, so
      * it is not published; its slot goes with it. */
-    registry_tunnel_route_remove(t->hub->reg, r.alias, t->uid, t->job, t->id,
-                                 "no link could be made");
-    slot = tctl_reg_find(t, r.alias);
-    if (slot >= 0)
-        t->reg[slot] = t->reg[--t->nreg];
+    if (registry_tunnel_route_remove(t->hub->reg, r.alias, t->uid, t->job, t->id,
+                                     "no link could be made") == 0) {
+        slot = tctl_reg_find(t, r.alias);
+        if (slot >= 0)
+            t->reg[slot] = t->reg[--t->nreg];
+    } /* else it stays this tunnel's, so that its end detaches it as usual */
 }
 
 /* The agent lets one of its routes go without ending it (the run that

@@ -372,7 +372,7 @@ static void test_tunnel_reconnect_keeps_alias(void **state)
     full.tunnel = 11;
     full.name = "another";
     full.full = 1;
-    assert_int_equal(registry_tunnel_attach(f->reg, &full, &again), -ENOSPC);
+    assert_int_equal(registry_tunnel_attach(f->reg, &full, &again), -EMLINK);
     full.alias = r.alias;
     full.mine = mine_all;
     assert_int_equal(registry_tunnel_attach(f->reg, &full, &again), 0);
