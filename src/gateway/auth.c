@@ -168,19 +168,13 @@ static const struct grant *live(struct auth *a, const char *alias,
     return s && strcmp(s->alias, alias) == 0 && s->expires > now_real() ? s : NULL;
 }
 
-int64_t auth_session_expires(struct auth *a, const uint8_t hash[TOKEN_HASH_LEN])
-{
-    const struct grant *s = hmap_get(a->sessions, hash, TOKEN_HASH_LEN);
-    return s ? s->expires : 0;
-}
-
 int auth_session_alive(struct auth *a, const char *alias, const uint8_t hash[TOKEN_HASH_LEN])
 {
     return live(a, alias, hash) != NULL;
 }
 
 int auth_session_check(struct auth *a, const char *alias, const char *val, size_t len, uid_t *uid,
-                       uint8_t hash[TOKEN_HASH_LEN])
+                       uint8_t hash[TOKEN_HASH_LEN], int64_t *expires)
 {
     if (!token_syntax_ok(val, len))
         return 0;
@@ -190,13 +184,15 @@ int auth_session_check(struct auth *a, const char *alias, const char *val, size_
         return 0;
     if (uid)
         *uid = s->uid;
+    if (expires)
+        *expires = s->expires;
     return 1;
 }
 
 int auth_session_ok(struct auth *a, const char *alias, const char *val, size_t len, uid_t *uid)
 {
     uint8_t hash[TOKEN_HASH_LEN];
-    return auth_session_check(a, alias, val, len, uid, hash);
+    return auth_session_check(a, alias, val, len, uid, hash, NULL);
 }
 
 void auth_logout(struct auth *a, const char *val, size_t len)

@@ -54,11 +54,10 @@ int auth_redeem(struct auth *a, const char *alias, const char *tok, size_t len, 
 
 /* 1 if the cookie value is a live session for alias (and gives its owner's uid). */
 int auth_session_ok(struct auth *a, const char *alias, const char *val, size_t len, uid_t *uid);
-/* The same, also giving the session's hash, to re-check it later without the cookie. */
+/* The same, also giving the session's hash, to re-check it later without the
+ * cookie, and when it ends (wall clock, seconds; expires may be NULL). */
 int auth_session_check(struct auth *a, const char *alias, const char *val, size_t len, uid_t *uid,
-                       uint8_t hash[TOKEN_HASH_LEN]);
-/* When the session with this hash expires (wall clock, seconds), 0 if none. */
-int64_t auth_session_expires(struct auth *a, const uint8_t hash[TOKEN_HASH_LEN]);
+                       uint8_t hash[TOKEN_HASH_LEN], int64_t *expires);
 /* 1 if the session with this hash is still live for alias. */
 int auth_session_alive(struct auth *a, const char *alias, const uint8_t hash[TOKEN_HASH_LEN]);
 

@@ -522,13 +522,13 @@ int registry_hold(struct registry *reg, const char *alias, uid_t uid, int delta,
 
 /* The first of the cookie values that is a live session of alias. */
 static int session_among(struct registry *reg, const char *alias, const struct http1_str *vals,
-                         int n, uid_t *uid, uint8_t hash[TOKEN_HASH_LEN])
+                         int n, uid_t *uid, uint8_t hash[TOKEN_HASH_LEN], int64_t *expires)
 {
     ASSERT_READ();
     uint8_t scratch[TOKEN_HASH_LEN];
     for (int i = 0; i < n; i++)
         if (auth_session_check(reg->auth, alias, vals[i].p, vals[i].n, uid,
-                               hash ? hash : scratch))
+                               hash ? hash : scratch, expires))
             return 1;
     return 0;
 }
@@ -541,8 +541,8 @@ enum admit registry_admit(struct registry *reg, const char *alias, const struct 
     int ok = 0;
     if (r) {
         a->route = *r;
-        ok = session_among(reg, alias, vals, n, &a->uid, a->sess_hash);
-        a->sess_expires = ok ? auth_session_expires(reg->auth, a->sess_hash) : 0;
+        a->sess_expires = 0;
+        ok = session_among(reg, alias, vals, n, &a->uid, a->sess_hash, &a->sess_expires);
     }
     unlock(reg);
     if (!r)
@@ -603,7 +603,7 @@ int registry_status(struct registry *reg, const char *alias, const struct http1_
 {
     rdlock(reg);
     const struct route *r = find(reg, alias);
-    int rc = !r ? -ENXIO : session_among(reg, alias, vals, n, NULL, NULL) ? 0 : -EACCES;
+    int rc = !r ? -ENXIO : session_among(reg, alias, vals, n, NULL, NULL, NULL) ? 0 : -EACCES;
     if (rc == 0)
         *out = *r;
     unlock(reg);
