@@ -111,40 +111,124 @@ static int make_tls(struct gateway *gw, char *err, size_t errlen)
     return gw->ssl ? 0 : -EINVAL;
 }
 
-/* SIGHUP: the certificate and key read again (a renewed certificate) and
- * handed to every worker, for new connections: open ones keep theirs. The
- * grid-mapfile is read again whenever it changes anyway; the configuration
- * file is checked, and what changed in it applies at the next start. */
+/* A configuration SIGHUP applied, with what derives from it. Kept until the
+ * gateway ends: other threads may still read one they loaded before. */
+struct config_gen {
+    struct jg_config cfg;
+    struct http1_limits limits;
+    struct config_gen *older;
+};
+
+/* The keys a SIGHUP found changed, for its log lines. */
+struct changes {
+    char live[600], later[600];
+};
+
+static void on_changed(void *arg, const char *section, const char *key, int live)
+{
+    struct changes *ch = arg;
+    char *list = live ? ch->live : ch->later;
+    size_t n = strlen(list), cap = sizeof(ch->live);
+    if (n + 64 < cap)
+        snprintf(list + n, cap - n, "%s[%s] %s", n ? ", " : "", section, key);
+}
+
+/* The configuration file read again into a new generation whose keys that
+ * apply only at a start are the running ones. NULL with err. */
+static struct config_gen *read_again(struct gateway *gw, struct changes *ch, char *err,
+                                     size_t errlen)
+{
+    struct config_gen *g = xcalloc(1, sizeof(*g));
+    int rc = config_defaults(&g->cfg);
+    if (rc == 0)
+        rc = config_load(&g->cfg, gw->config_path, err, errlen);
+    else
+        snprintf(err, errlen, "its defaults cannot be set (no HOME?)");
+    if (rc < 0) {
+        config_free(&g->cfg);
+        free(g);
+        return NULL;
+    }
+    if (gw->listen_arg) { /* jobgated --listen */
+        free(g->cfg.listen);
+        g->cfg.listen = xstrdup(gw->listen_arg);
+    }
+    if (g->cfg.public_port == 0) {
+        char host[256];
+        (void)config_split_hostport(g->cfg.listen, host, sizeof(host), &g->cfg.public_port);
+    }
+    config_reconcile(&g->cfg, gw->cfg, on_changed, ch);
+    g->limits.max_start_line = g->cfg.max_request_line;
+    g->limits.max_head = g->cfg.max_header_bytes;
+    g->limits.max_fields = g->cfg.max_headers;
+    return g;
+}
+
+/* SIGHUP: the configuration file (shared mode) and the certificate and key
+ * read again. All or nothing: a file with an error, a certificate, CA or
+ * grid-mapfile that cannot be read, or a node user who does not exist
+ * leaves everything as it was. Open connections keep their certificate and
+ * go on with the new limits and timeouts; the keys config_reconcile names
+ * apply at the next start. */
 static void reload(struct gateway *gw)
 {
     char err[512], id[JOBCERT_GATEWAY_ID_LEN + 1];
-    SSL_CTX *ctx = load_tls(gw->cfg, 0, err, sizeof(err));
-    if (!ctx) {
-        log_err("SIGHUP: keeping the certificate in use: %s", err);
-    } else {
-        for (unsigned i = 0; i < gw->nworkers; i++)
-            worker_set_tls(&gw->workers[i], ctx);
-        tunnel_hub_set_cert(gw->hub, SSL_CTX_get0_certificate(ctx));
-        SSL_CTX_free(gw->ssl);
-        gw->ssl = ctx;
-        if (jobcert_gateway_id(SSL_CTX_get0_certificate(ctx), id) == 0)
-            log_info("SIGHUP: certificate read again (SHA-256 %.16s...) for new connections", id);
+    struct changes ch = {{0}, {0}};
+    struct config_gen *g = NULL;
+    struct tunnel_trust *trust = NULL;
+    struct node_users *users = NULL;
+    SSL_CTX *ctx = NULL;
+    int file = gw->cfg->shared && gw->config_path;
+    if (file) {
+        g = read_again(gw, &ch, err, sizeof(err));
+        if (!g || tunnel_trust_load(&g->cfg, &trust, err, sizeof(err)) < 0 ||
+            !(users = nodechan_users_load(&g->cfg, err, sizeof(err))))
+            goto refused;
     }
-    if (gw->cfg->shared && gw->config_path) {
-        struct jg_config c;
-        memset(&c, 0, sizeof(c));
-        int rc = config_defaults(&c);
-        if (rc == 0)
-            rc = config_load(&c, gw->config_path, err, sizeof(err));
-        else
-            snprintf(err, sizeof(err), "its defaults cannot be set (no HOME?)");
-        if (rc < 0)
-            log_err("SIGHUP: the configuration file cannot be checked or has an error (fix it "
-                    "before the next start): %s", err);
-        else
-            log_info("SIGHUP: the configuration file is valid; changes to it apply at the next "
-                     "start");
-        config_free(&c);
+    ctx = load_tls(g ? &g->cfg : gw->cfg, 0, err, sizeof(err));
+    if (!ctx)
+        goto refused;
+
+    for (unsigned i = 0; i < gw->nworkers; i++)
+        worker_set_tls(&gw->workers[i], ctx);
+    tunnel_hub_set_cert(gw->hub, SSL_CTX_get0_certificate(ctx));
+    SSL_CTX_free(gw->ssl);
+    gw->ssl = ctx;
+    if (jobcert_gateway_id(SSL_CTX_get0_certificate(ctx), id) == 0)
+        log_info("SIGHUP: certificate read again (SHA-256 %.16s...) for new connections", id);
+    if (!g)
+        return;
+    unsigned max_clients = g->cfg.max_connections != gw->cfg->max_connections
+                               ? fit_nofile(g->cfg.max_connections) : 0;
+    for (unsigned i = 0; i < gw->nworkers; i++) {
+        struct worker *w = &gw->workers[i];
+        atomic_store(&w->cfg, &g->cfg);
+        atomic_store(&w->limits, &g->limits);
+        if (max_clients)
+            atomic_store(&w->max_clients, max_clients);
+    }
+    registry_reconfigure(gw->reg, &g->cfg);
+    tunnel_hub_reconfigure(gw->hub, &g->cfg, trust);
+    nodechan_reconfigure(gw->nodes, &g->cfg, users);
+    jobwatch_reconfigure(gw->watch, &g->cfg);
+    g->older = gw->gens;
+    gw->gens = g;
+    gw->cfg = &g->cfg;
+    if (ch.later[0])
+        log_warn("SIGHUP: changed in the configuration file, but taken only at the next start: "
+                 "%s", ch.later);
+    log_info("SIGHUP: configuration applied (%s)", ch.live[0] ? ch.live : "nothing changed");
+    return;
+refused:
+    if (file) {
+        log_err("SIGHUP: nothing applied, all stays as it was: %s", err);
+        tunnel_trust_free(trust);
+        nodechan_users_free(users);
+        if (g)
+            config_free(&g->cfg);
+        free(g);
+    } else {
+        log_err("SIGHUP: keeping the certificate in use: %s", err);
     }
 }
 
@@ -310,7 +394,6 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
         w->stopping = &gw->stopping;
         w->clients = &gw->clients;
         w->max_clients = max_clients;
-        w->drain_secs = (int)cfg->drain;
         w->idx = i;
         rc = worker_init(w, gw->nworkers, err, errlen);
         if (rc < 0)
@@ -398,5 +481,11 @@ void gateway_free(struct gateway *gw)
     registry_close(gw->reg);
     if (gw->lock_fd >= 0)
         close(gw->lock_fd); /* the lock goes with it: the next gateway may start */
+    while (gw->gens) {
+        struct config_gen *older = gw->gens->older;
+        config_free(&gw->gens->cfg);
+        free(gw->gens);
+        gw->gens = older;
+    }
     memset(gw, 0, sizeof(*gw));
 }

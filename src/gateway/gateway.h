@@ -28,6 +28,7 @@ struct nodechan;
 struct registry;
 struct jobwatch;
 struct tunnel_hub;
+struct config_gen;
 
 #define GATEWAY_MAX_WORKERS 64
 #define GATEWAY_NOFILE_RESERVE 1024 /* descriptors beyond two per client connection */
@@ -50,7 +51,9 @@ struct gateway {
     volatile int stopping;
     atomic_uint clients;      /* client connections of all workers (worker-t.h) */
     int lock_fd;              /* <state_dir>/jobgated.lock, held (flock) while it runs */
-    const char *config_path;  /* shared mode: the file, checked again on SIGHUP */
+    const char *config_path;  /* shared mode: the file, read again on SIGHUP */
+    const char *listen_arg;   /* jobgated --listen, over the file's (also on SIGHUP) */
+    struct config_gen *gens;  /* what SIGHUPs applied, newest first (gw->cfg), kept to the end */
 };
 
 int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t errlen);

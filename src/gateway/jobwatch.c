@@ -10,6 +10,7 @@
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -35,7 +36,7 @@ struct claim {
 };
 
 struct jobwatch {
-    const struct jg_config *cfg;
+    const struct jg_config *_Atomic cfg; /* jobwatch_reconfigure swaps it */
     struct registry *reg;
     struct tunnel_hub *hub;
     pthread_t thread;
@@ -443,6 +444,12 @@ static void *jobwatch_main(void *arg)
     }
     pthread_mutex_unlock(&sc->mu);
     return NULL;
+}
+
+void jobwatch_reconfigure(struct jobwatch *sc, const struct jg_config *cfg)
+{
+    if (sc)
+        atomic_store(&sc->cfg, cfg);
 }
 
 struct jobwatch *jobwatch_start(const struct jg_config *cfg, struct registry *reg,

@@ -57,6 +57,9 @@ struct watched_job {
     char state[JOBWATCH_STATE_MAX];
 };
 
+/* SIGHUP: squeue and job_cert_max from cfg from now on (job_check is the
+ * running one; the caller keeps cfg until the thread is stopped). */
+void jobwatch_reconfigure(struct jobwatch *sc, const struct jg_config *cfg);
 /* Starts the thread (none when cfg->job_check is 0: returns NULL without an
  * error, err empty). NULL with the reason in err when it cannot start. */
 struct jobwatch *jobwatch_start(const struct jg_config *cfg, struct registry *reg,

@@ -143,6 +143,7 @@ int main(int argc, char **argv)
     }
     if (have_path)
         gw.config_path = cfgpath;
+    gw.listen_arg = listen;
     if (!fg && (rc = daemonize(&gw)) < 0) {
         fprintf(stderr, "jobgated: cannot run in the background: %s\n", strerror(-rc));
         gateway_free(&gw);

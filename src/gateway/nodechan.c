@@ -8,6 +8,7 @@
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -25,13 +26,19 @@
 
 #define DEFAULT_NODE_USERS "root slurm"
 
+struct node_users {
+    uid_t uid[CONFIG_USERS_MAX];
+    unsigned n;
+    struct node_users *older; /* the list it replaced (SIGHUP), kept until the end */
+};
+
 struct nodechan {
-    const struct jg_config *cfg;
+    const struct jg_config *_Atomic cfg;     /* nodechan_reconfigure swaps them: what */
+    const struct node_users *_Atomic users;  /* they pointed to is kept until the end */
+    struct node_users *all;                  /* the main thread's: every list, to free */
     struct registry *reg;
     const struct jobca *ca;
     uid_t self;
-    uid_t trusted[CONFIG_USERS_MAX];
-    unsigned ntrusted;
 };
 
 /* A user name or uid of node_users; 0 with *uid, -ENOENT for no such user. */
@@ -50,14 +57,9 @@ static int resolve_user(const char *name, uid_t *uid)
     return 0;
 }
 
-struct nodechan *nodechan_new(const struct jg_config *cfg, struct registry *reg,
-                              const struct jobca *ca, uid_t self, char *err, size_t errlen)
+struct node_users *nodechan_users_load(const struct jg_config *cfg, char *err, size_t errlen)
 {
-    struct nodechan *nc = xcalloc(1, sizeof(*nc));
-    nc->cfg = cfg;
-    nc->reg = reg;
-    nc->ca = ca;
-    nc->self = self;
+    struct node_users *u = xcalloc(1, sizeof(*u));
     int dflt = cfg->node_users == NULL;
     char *list = xstrdup(dflt ? DEFAULT_NODE_USERS : cfg->node_users), *save = NULL;
     for (char *w = strtok_r(list, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
@@ -67,25 +69,61 @@ struct nodechan *nodechan_new(const struct jg_config *cfg, struct registry *reg,
                 continue; /* no slurm user on this host: root alone */
             errmsg(err, errlen, -ENOENT, "[slurm] node_users: no such user '%s'", w);
             free(list);
-            free(nc);
+            free(u);
             return NULL;
         }
-        if (nc->ntrusted < CONFIG_USERS_MAX)
-            nc->trusted[nc->ntrusted++] = uid;
+        if (u->n < CONFIG_USERS_MAX)
+            u->uid[u->n++] = uid;
     }
     free(list);
+    return u;
+}
+
+void nodechan_users_free(struct node_users *u)
+{
+    while (u) {
+        struct node_users *older = u->older;
+        free(u);
+        u = older;
+    }
+}
+
+struct nodechan *nodechan_new(const struct jg_config *cfg, struct registry *reg,
+                              const struct jobca *ca, uid_t self, char *err, size_t errlen)
+{
+    struct node_users *u = nodechan_users_load(cfg, err, errlen);
+    if (!u)
+        return NULL;
+    struct nodechan *nc = xcalloc(1, sizeof(*nc));
+    nc->cfg = cfg;
+    nc->users = nc->all = u;
+    nc->reg = reg;
+    nc->ca = ca;
+    nc->self = self;
     return nc;
+}
+
+void nodechan_reconfigure(struct nodechan *nc, const struct jg_config *cfg,
+                          struct node_users *users)
+{
+    users->older = nc->all;
+    nc->all = users;
+    atomic_store(&nc->users, users);
+    atomic_store(&nc->cfg, cfg);
 }
 
 void nodechan_free(struct nodechan *nc)
 {
+    if (nc)
+        nodechan_users_free(nc->all);
     free(nc);
 }
 
 int nodechan_trusts(const struct nodechan *nc, uid_t uid)
 {
-    for (unsigned i = 0; nc && i < nc->ntrusted; i++)
-        if (nc->trusted[i] == uid)
+    const struct node_users *u = nc ? nc->users : NULL;
+    for (unsigned i = 0; u && i < u->n; i++)
+        if (u->uid[i] == uid)
             return 1;
     return 0;
 }

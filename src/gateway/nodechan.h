@@ -34,6 +34,7 @@
 struct jg_config;
 struct jobca;
 struct nodechan;
+struct node_users;
 struct registry;
 
 #define NODECHAN_PREFIX "/_jobgate/node/"
@@ -44,6 +45,14 @@ struct registry;
 struct nodechan *nodechan_new(const struct jg_config *cfg, struct registry *reg,
                               const struct jobca *ca, uid_t self, char *err, size_t errlen);
 void nodechan_free(struct nodechan *nc);
+
+/* [slurm] node_users of cfg resolved to uids (NULL with err: no such user). */
+struct node_users *nodechan_users_load(const struct jg_config *cfg, char *err, size_t errlen);
+void nodechan_users_free(struct node_users *u);
+/* SIGHUP (main thread): nc works by cfg and users (nodechan_users_load of
+ * cfg, taken) from now on; the caller keeps cfg until nc is freed. */
+void nodechan_reconfigure(struct nodechan *nc, const struct jg_config *cfg,
+                          struct node_users *users);
 
 /* 1 if uid is one of node_users (they speak for nodes; quotas do not bound them). */
 int nodechan_trusts(const struct nodechan *nc, uid_t uid);

@@ -24,7 +24,7 @@
 #define REAP_BATCH 32         /* routes (or jobs) ended per reap; the rest wait for the next second */
 
 struct registry {
-    const struct jg_config *cfg;
+    const struct jg_config *_Atomic cfg; /* registry_reconfigure swaps it */
     /*
      * The state lock guards routes, jobs, auth and store. It prefers writers; it is
      * taken only by the registry's functions (registry.c, registry_job.c) and

@@ -63,6 +63,11 @@ static int load_job(const struct job *j, void *arg)
     return 0;
 }
 
+void registry_reconfigure(struct registry *reg, const struct jg_config *cfg)
+{
+    atomic_store(&reg->cfg, cfg);
+}
+
 struct registry *registry_open(const struct jg_config *cfg, char *err, size_t errlen)
 {
     char path[4096];

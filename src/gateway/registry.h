@@ -40,6 +40,10 @@ struct registry;
 /* Opens the store under cfg->state_dir, loads routes and live sessions.
  * cfg->public_port must be known (URLs are built from it). NULL with err. */
 struct registry *registry_open(const struct jg_config *cfg, char *err, size_t errlen);
+/* SIGHUP: quotas, link and session lifetimes, grace from cfg from now on
+ * (cfg's domain and ports are the running ones; the caller keeps cfg until
+ * the registry is closed). */
+void registry_reconfigure(struct registry *reg, const struct jg_config *cfg);
 void registry_close(struct registry *reg);
 
 /* ".localhost:8443": what follows an alias in the apps' URLs. */

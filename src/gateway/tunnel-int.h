@@ -20,6 +20,7 @@
 #define JG_TUNNEL_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/queue.h>
@@ -139,12 +140,17 @@ struct tunnel {
     char why[160];
 };
 
+struct tunnel_trust {
+    X509_STORE *store;         /* [tunnel] client_ca: users' own certificates */
+    struct gridmap *gridmap;   /* ... mapped to users (gridmap.h: locks inside) */
+    struct tunnel_trust *older; /* the ones it replaced (SIGHUP), kept until the hub ends */
+};
+
 struct tunnel_hub {
-    const struct jg_config *cfg;
+    const struct jg_config *_Atomic cfg; /* tunnel_hub_reconfigure swaps it */
     struct registry *reg;
     const struct jobca *ca;  /* job certificates' issuer (read-only) */
-    X509_STORE *client_store;  /* [tunnel] client_ca: users' own certificates, or NULL */
-    struct gridmap *gridmap;   /* ... mapped to users (gridmap.h: locks inside) */
+    struct tunnel_trust *trust; /* under mu (SIGHUP replaces it); NULL: no client_ca */
     uid_t uid;         /* the gateway's own: a personal gateway's agents */
     char gateway_id[JOBCERT_GATEWAY_ID_LEN + 1]; /* its certificate's hash, in MUNGE hellos;
                                                   * under mu (SIGHUP changes it) */

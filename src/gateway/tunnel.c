@@ -113,22 +113,61 @@ struct tunnel_hub *tunnel_hub_new(const struct jg_config *cfg, struct registry *
         tunnel_hub_free(hub);
         return NULL;
     }
-    if (cfg->client_ca) {
-        hub->client_store = X509_STORE_new();
-        if (!hub->client_store ||
-            X509_STORE_load_file(hub->client_store, cfg->client_ca) != 1) {
-            errmsg(err, errlen, -EINVAL, "[tunnel] client_ca: cannot load %s: %s",
-                   cfg->client_ca, tls_errstr());
-            tunnel_hub_free(hub);
-            return NULL;
-        }
-        hub->gridmap = gridmap_open(cfg->gridmap, err, errlen);
-        if (!hub->gridmap) {
-            tunnel_hub_free(hub);
-            return NULL;
-        }
+    if (tunnel_trust_load(cfg, &hub->trust, err, errlen) < 0) {
+        tunnel_hub_free(hub);
+        return NULL;
     }
     return hub;
+}
+
+int tunnel_trust_load(const struct jg_config *cfg, struct tunnel_trust **out, char *err,
+                      size_t errlen)
+{
+    *out = NULL;
+    if (!cfg->client_ca)
+        return 0;
+    struct tunnel_trust *tr = xcalloc(1, sizeof(*tr));
+    tr->store = X509_STORE_new();
+    if (!tr->store || X509_STORE_load_file(tr->store, cfg->client_ca) != 1) {
+        errmsg(err, errlen, -EINVAL, "[tunnel] client_ca: cannot load %s: %s", cfg->client_ca,
+               tls_errstr());
+        tunnel_trust_free(tr);
+        return -EINVAL;
+    }
+    tr->gridmap = gridmap_open(cfg->gridmap, err, errlen);
+    if (!tr->gridmap) {
+        tunnel_trust_free(tr);
+        return -EINVAL;
+    }
+    *out = tr;
+    return 0;
+}
+
+void tunnel_trust_free(struct tunnel_trust *tr)
+{
+    while (tr) {
+        struct tunnel_trust *older = tr->older;
+        X509_STORE_free(tr->store);
+        gridmap_free(tr->gridmap);
+        free(tr);
+        tr = older;
+    }
+}
+
+void tunnel_hub_reconfigure(struct tunnel_hub *hub, const struct jg_config *cfg,
+                            struct tunnel_trust *trust)
+{
+    pthread_mutex_lock(&hub->mu);
+    if (trust) {
+        trust->older = hub->trust;
+        hub->trust = trust;
+    } else if (hub->trust) { /* none from now on: the old ones stay for hellos under way */
+        struct tunnel_trust *none = xcalloc(1, sizeof(*none));
+        none->older = hub->trust;
+        hub->trust = none;
+    }
+    pthread_mutex_unlock(&hub->mu);
+    atomic_store(&hub->cfg, cfg);
 }
 
 void tunnel_hub_set_job_check(struct tunnel_hub *hub,
@@ -169,8 +208,7 @@ void tunnel_hub_free(struct tunnel_hub *hub)
     hmap_free(hub->byid, NULL);
     hmap_free(hub->pending_by, NULL);
     hmap_free(hub->by_uid, NULL);
-    X509_STORE_free(hub->client_store);
-    gridmap_free(hub->gridmap);
+    tunnel_trust_free(hub->trust);
     pthread_mutex_destroy(&hub->mu);
     memset(hub->token_hash, 0, sizeof(hub->token_hash));
     free(hub);

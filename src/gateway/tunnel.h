@@ -67,6 +67,18 @@ void tunnel_hub_free(struct tunnel_hub *hub);
 /* SIGHUP's new certificate: MUNGE hellos from now on are bound to it. */
 void tunnel_hub_set_cert(struct tunnel_hub *hub, X509 *cert);
 
+/* Users' certificates: [tunnel] client_ca and gridmap, read from cfg's files. */
+struct tunnel_trust;
+/* 0 with *out (NULL when cfg takes no users' certificates), or -errno with err. */
+int tunnel_trust_load(const struct jg_config *cfg, struct tunnel_trust **out, char *err,
+                      size_t errlen);
+void tunnel_trust_free(struct tunnel_trust *tr);
+/* SIGHUP: the hub works by cfg from now on (the caller keeps cfg until the
+ * hub is freed) and takes trust (tunnel_trust_load of that cfg) in place of
+ * its own; hellos under way finish with the old one, kept until the end. */
+void tunnel_hub_reconfigure(struct tunnel_hub *hub, const struct jg_config *cfg,
+                            struct tunnel_trust *trust);
+
 /* Takes a TLS connection whose handshake chose ALPN jobgate/1 (from conn). */
 void tunnel_adopt_tls(struct worker *w, struct bufferevent *bev, const char *ip);
 

@@ -164,21 +164,24 @@ static int usercert_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, 
     struct tunnel_hub *hub = t->hub;
     const char *pem = json_string_value(json_object_get(auth, "cert"));
     const char *sig = json_string_value(json_object_get(auth, "signature"));
-    X509 *cert = pem ? jobcert_parse(pem, strlen(pem)) : NULL;
     char payload[64], user[GRIDMAP_USER_MAX], err[400], *dn = NULL;
     struct jobca_job cj;
     int rc = -1;
-    if (!hub->client_store) {
+    pthread_mutex_lock(&hub->mu); /* kept until the hub ends: usable after unlocking */
+    const struct tunnel_trust *trust = hub->trust;
+    pthread_mutex_unlock(&hub->mu);
+    if (!trust || !trust->store) {
         snprintf(why, wl, "this gateway takes no users' certificates (no [tunnel] client_ca)");
         return -1;
     }
+    X509 *cert = pem ? jobcert_parse(pem, strlen(pem)) : NULL;
     if (!cert) {
         snprintf(why, wl, "the hello's 'cert' is not a PEM certificate");
         return -1;
     }
     int n = snprintf(payload, sizeof(payload), "jobgate/1 hello %s", t->nonce);
     X509_STORE_CTX *xs = X509_STORE_CTX_new();
-    int ok = xs && X509_STORE_CTX_init(xs, hub->client_store, cert, NULL) == 1 &&
+    int ok = xs && X509_STORE_CTX_init(xs, trust->store, cert, NULL) == 1 &&
              X509_STORE_CTX_set_purpose(xs, X509_PURPOSE_SSL_CLIENT) == 1 &&
              X509_verify_cert(xs) == 1;
     const char *verr = xs ? X509_verify_cert_error_string(X509_STORE_CTX_get_error(xs)) : "";
@@ -193,7 +196,7 @@ static int usercert_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, 
         /* Whole, or not at all: a subject cut short could name someone else. */
         snprintf(why, wl, "the certificate's subject cannot be read whole (at most %d bytes)",
                  GRIDMAP_DN_MAX - 1);
-    } else if (gridmap_lookup(hub->gridmap, dn, user, sizeof(user), err, sizeof(err)) < 0) {
+    } else if (gridmap_lookup(trust->gridmap, dn, user, sizeof(user), err, sizeof(err)) < 0) {
         snprintf(why, wl, "%s", err);
     } else {
         struct passwd pw, *res = NULL;

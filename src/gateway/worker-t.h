@@ -37,9 +37,11 @@ struct conn_move;
 struct tunnel;
 
 struct worker {
-    /* shared, read-only after start */
-    const struct jg_config *cfg;
-    const struct http1_limits *limits;
+    /* shared, read-only after start, except cfg, limits and max_clients:
+     * SIGHUP swaps them (atomic; what they point to is never freed before
+     * the gateway ends, so a reader may keep what it loaded) */
+    const struct jg_config *_Atomic cfg;
+    const struct http1_limits *_Atomic limits;
     SSL_CTX *ssl;                 /* this worker's reference: SIGHUP hands a new one in
                                    * ssl_next (worker_set_tls), which its loop takes */
     struct registry *reg;
@@ -51,8 +53,7 @@ struct worker {
      * atomic, against max_clients ([gateway] max_connections, as far as the
      * open-file limit allows): every worker stops accepting at it. */
     atomic_uint *clients;
-    unsigned max_clients;
-    int drain_secs;               /* how long a stopping worker lets requests finish */
+    atomic_uint max_clients;
     /* conn calls it when a browser connection ended (worker.c resumes a
      * paused listener, or ends a drained loop): a hook, so that conn never
      * calls up into the worker. */

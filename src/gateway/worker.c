@@ -202,11 +202,11 @@ int worker_init(struct worker *w, unsigned nworkers, char *err, size_t errlen)
 
 /* On the worker's thread: stop accepting, close idle connections, let
  * exchanges in flight finish, and end the loop when none is left (or after
- * w->drain_secs). */
+ * [gateway] drain). */
 static void drain(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
-    struct timeval limit = {w->drain_secs, 0};
+    struct timeval limit = {(time_t)w->cfg->drain, 0};
     if (w->listener) { /* closed, not paused: new connections are refused at once */
         evconnlistener_free(w->listener);
         w->listener = NULL;

@@ -306,57 +306,63 @@ struct keydef {
     size_t off;
     int64_t min, max;
     const char *range; /* how the range reads in messages */
+    int live;          /* a running gateway takes a change on SIGHUP (else: at the next start) */
 };
+
+#define LIVE 1
+#define AT_START 0
 
 #define OFF(f) offsetof(struct jg_config, f)
 
 static const struct keydef keys[] = {
-    {"gateway", "listen", K_LISTEN, OFF(listen), 0, 0, NULL},
-    {"gateway", "domain", K_DOMAIN, OFF(domain), 0, 0, NULL},
-    {"gateway", "public_port", K_UINT, OFF(public_port), 1, 65535, "1..65535"},
-    {"gateway", "state_dir", K_PATH, OFF(state_dir), 0, 0, NULL},
-    {"gateway", "control_socket", K_SOCKPATH, OFF(control_socket), 0, 0, NULL},
-    {"gateway", "cert", K_PATH, OFF(cert_file), 0, 0, NULL},
-    {"gateway", "key", K_PATH, OFF(key_file), 0, 0, NULL},
-    {"gateway", "log", K_LOG, OFF(use_syslog), 0, 0, NULL},
-    {"gateway", "max_connections", K_UINT, OFF(max_connections), 1, 1000000, "1..1000000"},
-    {"gateway", "workers", K_UINT, OFF(workers), 0, 64, "0..64 (0: one per CPU, at most 8)"},
-    {"gateway", "drain", K_DURATION, OFF(drain), 0, 10 * MINUTE, "0s..10m"},
-    {"gateway", "user", K_USER, OFF(run_user), 0, 0, NULL},
-    {"limits", "request_line", K_UINT, OFF(max_request_line), 256, 65536, "256..65536"},
-    {"limits", "header_bytes", K_UINT, OFF(max_header_bytes), 1024, 1048576, "1024..1048576"},
-    {"limits", "headers", K_UINT, OFF(max_headers), 8, 256, "8..256"},
-    {"timeouts", "handshake", K_DURATION, OFF(t_handshake), 1, DAY, "1s..1d"},
-    {"timeouts", "request_head", K_DURATION, OFF(t_request_head), 1, DAY, "1s..1d"},
-    {"timeouts", "idle", K_DURATION, OFF(t_idle), 1, DAY, "1s..1d"},
-    {"timeouts", "connect", K_DURATION, OFF(t_connect), 1, DAY, "1s..1d"},
-    {"timeouts", "io", K_DURATION, OFF(t_io), 1, DAY, "1s..1d"},
-    {"timeouts", "tunnel", K_DURATION, OFF(t_tunnel), 1, 7 * DAY, "1s..7d"},
-    {"links", "ttl", K_DURATION, OFF(link_ttl), 1, 7 * DAY, "1s..7d"},
-    {"links", "session_ttl", K_DURATION, OFF(session_ttl), 10, 30 * DAY, "10s..30d"},
-    {"tunnel", "ping_interval", K_DURATION, OFF(ping_interval), 1, HOUR, "1s..1h"},
-    {"tunnel", "ping_timeout", K_DURATION, OFF(ping_timeout), 1, HOUR, "1s..1h"},
-    {"tunnel", "reconnect_wait", K_DURATION, OFF(reconnect_wait), 0, MINUTE, "0s..1m"},
-    {"tunnel", "grace", K_DURATION, OFF(grace), 1, 7 * DAY, "1s..7d"},
-    {"tunnel", "hold", K_DURATION, OFF(hold), 0, 5 * MINUTE, "0s..5m"},
-    {"tunnel", "hold_max", K_UINT, OFF(hold_max), 0, 10000, "0..10000"},
-    {"tunnel", "poll_min", K_DURATION, OFF(poll_min), 1, HOUR, "1s..1h"},
-    {"tunnel", "hello_wait", K_DURATION, OFF(hello_wait), 1, MINUTE, "1s..1m"},
-    {"tunnel", "pending_max", K_UINT, OFF(pending_max), 1, 1000000, "1..1000000"},
-    {"tunnel", "pending_per_address", K_UINT, OFF(pending_per_address), 1, 1000000, "1..1000000"},
-    {"tunnel", "munge_socket", K_SOCKPATH, OFF(munge_socket), 0, 0, NULL},
-    {"tunnel", "client_ca", K_PATH, OFF(client_ca), 0, 0, NULL},
-    {"tunnel", "gridmap", K_PATH, OFF(gridmap), 0, 0, NULL},
-    {"slurm", "node_users", K_USERS, OFF(node_users), 0, 0, NULL},
-    {"slurm", "job_cert_margin", K_DURATION, OFF(job_cert_margin), 0, DAY, "0s..1d"},
-    {"slurm", "job_cert_max", K_DURATION, OFF(job_cert_max), MINUTE, 366 * DAY, "1m..366d"},
-    {"slurm", "job_check", K_DURATION, OFF(job_check), 0, HOUR, "0s..1h (0: never)"},
-    {"slurm", "squeue", K_PATH, OFF(squeue), 0, 0, NULL},
-    {"quota", "routes", K_UINT, OFF(quota_routes), 1, 1000000, "1..1000000"},
-    {"quota", "links", K_UINT, OFF(quota_links), 1, 1000000, "1..1000000"},
-    {"quota", "tunnels", K_UINT, OFF(quota_tunnels), 1, 1000000, "1..1000000"},
-    {"quota", "control_clients", K_UINT, OFF(quota_control), 1, 512, "1..512"},
-    {"quota", "held", K_UINT, OFF(quota_held), 0, 1000000, "0..1000000"},
+    {"gateway", "listen", K_LISTEN, OFF(listen), 0, 0, NULL, AT_START},
+    {"gateway", "domain", K_DOMAIN, OFF(domain), 0, 0, NULL, AT_START},
+    {"gateway", "public_port", K_UINT, OFF(public_port), 1, 65535, "1..65535", AT_START},
+    {"gateway", "state_dir", K_PATH, OFF(state_dir), 0, 0, NULL, AT_START},
+    {"gateway", "control_socket", K_SOCKPATH, OFF(control_socket), 0, 0, NULL, AT_START},
+    {"gateway", "cert", K_PATH, OFF(cert_file), 0, 0, NULL, LIVE},
+    {"gateway", "key", K_PATH, OFF(key_file), 0, 0, NULL, LIVE},
+    {"gateway", "log", K_LOG, OFF(use_syslog), 0, 0, NULL, AT_START},
+    {"gateway", "max_connections", K_UINT, OFF(max_connections), 1, 1000000, "1..1000000", LIVE},
+    {"gateway", "workers", K_UINT, OFF(workers), 0, 64, "0..64 (0: one per CPU, at most 8)",
+     AT_START},
+    {"gateway", "drain", K_DURATION, OFF(drain), 0, 10 * MINUTE, "0s..10m", LIVE},
+    {"gateway", "user", K_USER, OFF(run_user), 0, 0, NULL, AT_START},
+    {"limits", "request_line", K_UINT, OFF(max_request_line), 256, 65536, "256..65536", LIVE},
+    {"limits", "header_bytes", K_UINT, OFF(max_header_bytes), 1024, 1048576, "1024..1048576", LIVE},
+    {"limits", "headers", K_UINT, OFF(max_headers), 8, 256, "8..256", LIVE},
+    {"timeouts", "handshake", K_DURATION, OFF(t_handshake), 1, DAY, "1s..1d", LIVE},
+    {"timeouts", "request_head", K_DURATION, OFF(t_request_head), 1, DAY, "1s..1d", LIVE},
+    {"timeouts", "idle", K_DURATION, OFF(t_idle), 1, DAY, "1s..1d", LIVE},
+    {"timeouts", "connect", K_DURATION, OFF(t_connect), 1, DAY, "1s..1d", LIVE},
+    {"timeouts", "io", K_DURATION, OFF(t_io), 1, DAY, "1s..1d", LIVE},
+    {"timeouts", "tunnel", K_DURATION, OFF(t_tunnel), 1, 7 * DAY, "1s..7d", LIVE},
+    {"links", "ttl", K_DURATION, OFF(link_ttl), 1, 7 * DAY, "1s..7d", LIVE},
+    {"links", "session_ttl", K_DURATION, OFF(session_ttl), 10, 30 * DAY, "10s..30d", LIVE},
+    {"tunnel", "ping_interval", K_DURATION, OFF(ping_interval), 1, HOUR, "1s..1h", LIVE},
+    {"tunnel", "ping_timeout", K_DURATION, OFF(ping_timeout), 1, HOUR, "1s..1h", LIVE},
+    {"tunnel", "reconnect_wait", K_DURATION, OFF(reconnect_wait), 0, MINUTE, "0s..1m", LIVE},
+    {"tunnel", "grace", K_DURATION, OFF(grace), 1, 7 * DAY, "1s..7d", LIVE},
+    {"tunnel", "hold", K_DURATION, OFF(hold), 0, 5 * MINUTE, "0s..5m", LIVE},
+    {"tunnel", "hold_max", K_UINT, OFF(hold_max), 0, 10000, "0..10000", LIVE},
+    {"tunnel", "poll_min", K_DURATION, OFF(poll_min), 1, HOUR, "1s..1h", LIVE},
+    {"tunnel", "hello_wait", K_DURATION, OFF(hello_wait), 1, MINUTE, "1s..1m", LIVE},
+    {"tunnel", "pending_max", K_UINT, OFF(pending_max), 1, 1000000, "1..1000000", LIVE},
+    {"tunnel", "pending_per_address", K_UINT, OFF(pending_per_address), 1, 1000000, "1..1000000",
+     LIVE},
+    {"tunnel", "munge_socket", K_SOCKPATH, OFF(munge_socket), 0, 0, NULL, LIVE},
+    {"tunnel", "client_ca", K_PATH, OFF(client_ca), 0, 0, NULL, LIVE},
+    {"tunnel", "gridmap", K_PATH, OFF(gridmap), 0, 0, NULL, LIVE},
+    {"slurm", "node_users", K_USERS, OFF(node_users), 0, 0, NULL, LIVE},
+    {"slurm", "job_cert_margin", K_DURATION, OFF(job_cert_margin), 0, DAY, "0s..1d", LIVE},
+    {"slurm", "job_cert_max", K_DURATION, OFF(job_cert_max), MINUTE, 366 * DAY, "1m..366d", LIVE},
+    {"slurm", "job_check", K_DURATION, OFF(job_check), 0, HOUR, "0s..1h (0: never)", AT_START},
+    {"slurm", "squeue", K_PATH, OFF(squeue), 0, 0, NULL, LIVE},
+    {"quota", "routes", K_UINT, OFF(quota_routes), 1, 1000000, "1..1000000", LIVE},
+    {"quota", "links", K_UINT, OFF(quota_links), 1, 1000000, "1..1000000", LIVE},
+    {"quota", "tunnels", K_UINT, OFF(quota_tunnels), 1, 1000000, "1..1000000", LIVE},
+    {"quota", "control_clients", K_UINT, OFF(quota_control), 1, 512, "1..512", LIVE},
+    {"quota", "held", K_UINT, OFF(quota_held), 0, 1000000, "0..1000000", LIVE},
 };
 
 #define NKEYS JG_ARRAY_LEN(keys)
@@ -740,4 +746,52 @@ int config_load(struct jg_config *c, const char *path, char *err, size_t errlen)
     *c = w;
     c->shared = 1;
     return 0;
+}
+
+/* 1 when k's value differs between a and b. */
+static int key_differs(const struct keydef *k, const struct jg_config *a, const struct jg_config *b)
+{
+    const char *pa = (const char *)a + k->off, *pb = (const char *)b + k->off;
+    switch (k->kind) {
+    case K_LOG:
+        return *(const int *)pa != *(const int *)pb;
+    case K_UINT:
+        return *(const unsigned *)pa != *(const unsigned *)pb;
+    case K_DURATION:
+        return *(const int64_t *)pa != *(const int64_t *)pb;
+    default: {
+        const char *sa = *(char *const *)pa, *sb = *(char *const *)pb;
+        return !sa != !sb || (sa && strcmp(sa, sb) != 0);
+    }
+    }
+}
+
+void config_reconcile(struct jg_config *next, const struct jg_config *cur,
+                      void (*changed)(void *arg, const char *section, const char *key, int live),
+                      void *arg)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct keydef *k = &keys[i];
+        if (!key_differs(k, next, cur))
+            continue;
+        changed(arg, k->section, k->key, k->live);
+        if (k->live)
+            continue;
+        char *dst = (char *)next + k->off;
+        const char *src = (const char *)cur + k->off;
+        switch (k->kind) {
+        case K_LOG:
+            *(int *)dst = *(const int *)src;
+            break;
+        case K_UINT:
+            *(unsigned *)dst = *(const unsigned *)src;
+            break;
+        case K_DURATION:
+            *(int64_t *)dst = *(const int64_t *)src;
+            break;
+        default:
+            free(*(char **)dst);
+            *(char **)dst = dup_or_null(*(char *const *)src);
+        }
+    }
 }

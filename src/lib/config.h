@@ -128,6 +128,16 @@ int config_load(struct jg_config *c, const char *path, char *err, size_t errlen)
 
 void config_free(struct jg_config *c);
 
+/* SIGHUP in a running gateway (next: the file read again, cur: what runs).
+ * Calls changed() for every key whose value differs, with live = 1 when the
+ * gateway takes the change at once; a key that takes effect only at the next
+ * start (listen, domain, public_port, state_dir, control_socket, log,
+ * workers, user, job_check) gets cur's value back in next, so that next
+ * describes what runs. */
+void config_reconcile(struct jg_config *next, const struct jg_config *cur,
+                      void (*changed)(void *arg, const char *section, const char *key, int live),
+                      void *arg);
+
 /* $XDG_STATE_HOME/jobgate, else $HOME/.local/state/jobgate. Caller frees. NULL if neither is set. */
 char *config_default_state_dir(void);
 /* $XDG_RUNTIME_DIR/jobgate/control.sock when XDG_RUNTIME_DIR is set and is a

@@ -856,6 +856,35 @@ class Gateway:
             raise AssertionError(f"jobgated died (exit status {self.proc.returncode}):\n"
                                  f"{tail(self.log_path)}")
 
+    def reconfigure(self, changes, expect="SIGHUP: configuration applied"):
+        """Shared mode: merges changes ({section: {key: value, or None to drop it}}) into the
+        configuration file, sends SIGHUP and waits for `expect` among the log lines written
+        since. Returns those lines."""
+        sections, sec = {}, None
+        for line in self.config_path.read_text().splitlines():
+            line = line.strip()
+            if line.startswith("["):
+                sec = sections.setdefault(line[1:-1], {})
+            elif "=" in line:
+                k, v = (x.strip() for x in line.split("=", 1))
+                sec[k] = v
+        for name, kv in changes.items():
+            for k, v in kv.items():
+                if v is None:
+                    sections.get(name, {}).pop(k, None)
+                else:
+                    sections.setdefault(name, {})[k] = v
+        self.config_path.write_text("".join(
+            f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()) + "\n"
+            for name, kv in sections.items()))
+        start = len(self.log_path.read_bytes())
+        self.proc.send_signal(signal.SIGHUP)
+        since = lambda: self.log_path.read_bytes()[start:].decode(errors="replace")
+        wait_for(lambda: expect in since(), 5,
+                 what=f"'{expect}' in the log after SIGHUP; it has:\n{since()}")
+        self.assert_alive()
+        return since()
+
     def cleanup(self):
         for a in self._published:
             a.stop()

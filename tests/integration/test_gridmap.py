@@ -170,3 +170,39 @@ def test_client_ca_needs_a_gridmap(binaries, tmp_path):
     finally:
         gw.stopped_on_purpose = True
         gw.cleanup()
+
+
+def test_sighup_takes_a_new_users_ca_and_grid_mapfile(make_gateway, tmp_path):
+    """[tunnel] client_ca and gridmap set, renewed and dropped on a running gateway (SIGHUP):
+    the CA file is read again each time, so a site's renewed CA counts from then on."""
+    if os.geteuid() != 0:
+        pytest.skip("maps certificates to a test user that the tests create (root)")
+    cluster_user(USER)
+    old, new = SiteCA(), SiteCA()
+    ca_path, gridmap = tmp_path / "ca.pem", tmp_path / "grid-mapfile"
+    ca_path.write_text(pem(old.cert))
+    gridmap.write_text(f'"/O=Example/CN=Alice" {USER}\n')
+    gw = make_gateway({}, name="gridmap-hup")
+    err = hello_error(gw, cert_auth(*old.user("Alice")))
+    assert "takes no users' certificates" in err["error"], err
+
+    gw.reconfigure({"tunnel": {"client_ca": str(ca_path), "gridmap": str(gridmap)}})
+    a = FakeAgent(port=gw.port, auth=cert_auth(*old.user("Alice")))
+    try:
+        assert a.wait_type("welcome")["user"] == USER
+    finally:
+        a.close()
+
+    ca_path.write_text(pem(new.cert))  # the site's CA renewed: the same file, read again
+    assert "client_ca" not in gw.reconfigure({}).split("applied")[-1]
+    err = hello_error(gw, cert_auth(*old.user("Alice")))
+    assert "certificate refused" in err["error"], err
+    a = FakeAgent(port=gw.port, auth=cert_auth(*new.user("Alice")))
+    try:
+        assert a.wait_type("welcome")["user"] == USER
+    finally:
+        a.close()
+
+    gw.reconfigure({"tunnel": {"client_ca": None, "gridmap": None}})
+    err = hello_error(gw, cert_auth(*new.user("Alice")))
+    assert "takes no users' certificates" in err["error"], err

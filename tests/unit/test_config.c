@@ -978,6 +978,49 @@ static void test_error_leaves_config_unchanged(void **state)
     config_free(&c);
 }
 
+/* SIGHUP: every changed key reported once, with when it applies; the keys
+ * only a start changes take the running value back, the others stay new. */
+struct seen {
+    char keys[512];
+};
+
+static void note_change(void *arg, const char *section, const char *key, int live)
+{
+    struct seen *s = arg;
+    size_t n = strlen(s->keys);
+    snprintf(s->keys + n, sizeof(s->keys) - n, "%s%s.%s=%s", n ? " " : "", section, key,
+             live ? "live" : "start");
+}
+
+static void test_reconcile(void **state)
+{
+    (void)state;
+    struct jg_config cur, next;
+    char err[256], p1[64], p2[64];
+    struct seen seen = {{0}};
+    assert_int_equal(config_defaults(&cur), 0);
+    assert_int_equal(config_defaults(&next), 0);
+    write_tmp("[gateway]\ndomain = one.org\nworkers = 2\n[quota]\nroutes = 9\n", p1);
+    write_tmp("[gateway]\ndomain = two.org\nworkers = 2\ncert = /c\nkey = /k\n"
+              "[limits]\nheaders = 50\n[slurm]\njob_check = 0\n[quota]\nroutes = 9\n", p2);
+    assert_int_equal(config_load(&cur, p1, err, sizeof(err)), 0);
+    assert_int_equal(config_load(&next, p2, err, sizeof(err)), 0);
+    config_reconcile(&next, &cur, note_change, &seen);
+    assert_string_equal(seen.keys, "gateway.domain=start gateway.cert=live gateway.key=live "
+                                   "limits.headers=live slurm.job_check=start");
+    assert_string_equal(next.domain, "one.org");
+    assert_string_equal(next.cert_file, "/c");
+    assert_int_equal(next.max_headers, 50);
+    assert_int_equal(next.job_check, cur.job_check);
+    seen.keys[0] = '\0';
+    config_reconcile(&next, &next, note_change, &seen);
+    assert_string_equal(seen.keys, "");
+    assert_int_equal(unlink(p1), 0);
+    assert_int_equal(unlink(p2), 0);
+    config_free(&cur);
+    config_free(&next);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1009,6 +1052,7 @@ int main(void)
         cmocka_unit_test_setup(test_cert_key, env_reset),
         cmocka_unit_test_setup(test_log, env_reset),
         cmocka_unit_test_setup(test_error_leaves_config_unchanged, env_reset),
+        cmocka_unit_test_setup(test_reconcile, env_reset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
