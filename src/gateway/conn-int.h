@@ -23,6 +23,7 @@
 #include "route.h"
 #include "token.h"
 
+struct node_job;
 struct worker;
 
 enum cstate {
@@ -73,6 +74,7 @@ struct conn {
     struct worker *move_to; /* CS_MOVING: the tunnel's worker */
     int move_wait;          /* a head for a tunnel elsewhere waits for our answers to go out */
     int body_wait;          /* a node request's head waits for the rest of its body */
+    struct node_job *node_job; /* a node request checked off the loop (conn_local.c) */
 
     /* the session that let the current exchange (or tunnel) through */
     int has_session;
@@ -128,6 +130,9 @@ void conn_wait(struct conn *c);
 /* conn_local.c: answered by the gateway itself (the request's head is at
  * the front of the input). */
 void conn_node_request(struct conn *c, const struct http1_head *h, size_t head_len);
+/* The connection no longer waits for its node request's answer (it ends, or
+ * answered otherwise): the answer is dropped when it comes. */
+void conn_node_forget(struct conn *c);
 void conn_reserved_request(struct conn *c, const struct http1_head *h, size_t head_len);
 
 /* conn_asleep.c */

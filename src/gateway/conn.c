@@ -117,6 +117,7 @@ void conn_free(struct conn *c)
         c->status = 499; /* nginx's "client closed request", for the log */
     access_log(c);
     conn_unhold(c);
+    conn_node_forget(c);
     if (c->cb_head)
         evbuffer_free(c->cb_head);
     conn_be_drop(c);
@@ -165,6 +166,7 @@ void conn_local_reply(struct conn *c, int status, const char *detail, int must_c
     struct evbuffer *out = bufferevent_get_output(c->cli);
     size_t before = evbuffer_get_length(out);
     int close = must_close || c->client_close;
+    conn_node_forget(c); /* the answer given here is the only one */
     page_error(out, status, detail, close, extra, c->head_req);
     c->status = status;
     c->bytes_out += evbuffer_get_length(out) - before;

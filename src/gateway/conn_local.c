@@ -4,7 +4,9 @@
  * one-time links are redeemed. Failed redeems are counted per source address
  * (an IPv6 one by its /64; the worker's ratelimit.h): past REDEEM_FAILS_MAX
  * within a minute of its first failure, the address gets 429 until that
- * minute is over, and these answers are logged within a rate (conn->quiet). See conn-int.h. The connection's worker thread only.
+ * minute is over, and these answers are logged within a rate (conn->quiet).
+ * See conn-int.h. The connection's worker thread only; a node request's
+ * check runs off it (offload.h).
  */
 #include "conn.h"
 #include "conn-int.h"
@@ -17,16 +19,58 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
 
 #include "nodechan.h"
+#include "offload.h"
 #include "page.h"
 #include "ratelimit.h"
 #include "reserved.h"
 #include "util.h"
 #include "worker-t.h"
 
-/* A node's request (nodechan.h): answered once its whole body is here,
- * then the connection closes. */
+/* A node request on its way through the offload's threads (nodechan.h). */
+struct node_job {
+    struct offload_job oj;      /* first: the offload's */
+    struct conn *c;             /* the conn's thread's: NULL once it stopped waiting */
+    struct nodechan_call *call; /* the pool thread's while it works */
+};
+
+static void node_work(struct offload_job *oj)
+{
+    nodechan_call_run(((struct node_job *)oj)->call);
+}
+
+/* The answer, on the connection's loop (or at the end, the conn long gone). */
+static void node_done(struct offload_job *oj)
+{
+    struct node_job *j = (struct node_job *)oj;
+    struct conn *c = j->c;
+    if (!c) {
+        nodechan_call_free(j->call);
+        free(j);
+        return;
+    }
+    c->node_job = NULL;
+    struct evbuffer *out = bufferevent_get_output(c->cli);
+    size_t before = evbuffer_get_length(out);
+    c->status = nodechan_call_finish(j->call, out);
+    free(j);
+    c->bytes_out = evbuffer_get_length(out) - before;
+    c->req_done = c->resp_done = 1;
+    conn_exchange_done(c);
+}
+
+void conn_node_forget(struct conn *c)
+{
+    if (c->node_job)
+        c->node_job->c = NULL;
+    c->node_job = NULL;
+}
+
+/* A node's request (nodechan.h): once its whole body is here, checked and
+ * answered off the loop while the connection waits (CS_EXCHANGE, reading
+ * nothing, within [timeouts] connect: a 504 after it), then it closes. */
 void conn_node_request(struct conn *c, const struct http1_head *h, size_t head_len)
 {
     struct evbuffer *in = bufferevent_get_input(c->cli);
@@ -49,14 +93,34 @@ void conn_node_request(struct conn *c, const struct http1_head *h, size_t head_l
     evbuffer_copyout_from(in, &at, body, blen);
     struct evbuffer *out = bufferevent_get_output(c->cli);
     size_t before = evbuffer_get_length(out);
+    struct nodechan_call *call = NULL;
     if (c->w->nodes)
-        c->status = nodechan_handle(c->w->nodes, h, body, blen, c->ip, out);
+        call = nodechan_call_new(c->w->nodes, h, body, blen, c->ip, out, &c->status);
     else
         page_error(out, c->status = 404, "This gateway has no node channel.", 1, NULL, 0);
     free(body);
-    c->bytes_out = evbuffer_get_length(out) - before;
     evbuffer_drain(in, head_len + blen);
     c->client_close = 1;
+    if (call) {
+        struct node_job *j = xcalloc(1, sizeof(*j));
+        j->c = c;
+        j->call = call;
+        j->oj.work = node_work;
+        j->oj.done = node_done;
+        j->oj.base = c->w->base;
+        if (offload_submit(c->w->offload, &j->oj) == 0) {
+            c->node_job = j;
+            c->st = CS_EXCHANGE;
+            bufferevent_disable(c->cli, EV_READ);
+            conn_timer_set(c, TK_CONNECT);
+            return;
+        }
+        nodechan_call_free(call);
+        free(j);
+        page_error(out, c->status = 503, "The gateway is busy: try again shortly.", 1,
+                   "Retry-After: 1\r\n", 0);
+    }
+    c->bytes_out = evbuffer_get_length(out) - before;
     c->req_done = c->resp_done = 1;
     conn_exchange_done(c);
 }

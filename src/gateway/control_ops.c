@@ -8,7 +8,6 @@
 #include "control_ops.h"
 
 #include <errno.h>
-#include <pwd.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <stdarg.h>
@@ -280,18 +279,15 @@ static void op_jobs(struct ctl_peer *p, uid_t uid, json_t *req, struct reply *rp
     struct registry_sched_job *sv;
     int ns = registry_sched_jobs(p->w->reg, uid, all, &sv);
     for (int i = 0; i < ns; i++) {
-        struct passwd pw, *res = NULL;
-        char pwbuf[1024], state[32];
+        char state[32];
         size_t k = 0;
         const char *st = strcmp(sv[i].state, "PENDING") == 0 ? "queued" : sv[i].state;
         for (; st[k] && k + 1 < sizeof(state); k++)
             state[k] = (char)(st[k] >= 'A' && st[k] <= 'Z' ? st[k] - 'A' + 'a' : st[k]);
         state[k] = '\0';
-        const char *user = getpwuid_r(sv[i].uid, &pw, pwbuf, sizeof(pwbuf), &res) == 0 && res
-                               ? res->pw_name : "";
         json_array_append_new(arr, json_pack("{s:I, s:I, s:s, s:s, s:o}", "job",
                                              (json_int_t)sv[i].id, "uid", (json_int_t)sv[i].uid,
-                                             "user", user, "state", state, "destinations",
+                                             "user", sv[i].user, "state", state, "destinations",
                                              json_array()));
     }
     free(sv);

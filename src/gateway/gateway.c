@@ -390,6 +390,7 @@ int gateway_init(struct gateway *gw, struct jg_config *cfg, char *err, size_t er
         w->reg = gw->reg;
         w->hub = gw->hub;
         w->nodes = gw->nodes;
+        w->offload = &gw->offload;
         w->env = &gw->env;
         w->stopping = &gw->stopping;
         w->clients = &gw->clients;
@@ -428,6 +429,11 @@ int gateway_run(struct gateway *gw)
 {
     char err[256];
     /* Threads start here, after a daemon's fork: a thread does not survive fork(). */
+    int rc = offload_start(&gw->offload);
+    if (rc < 0) {
+        log_err("cannot start the threads for MUNGE and user lookups: %s", strerror(-rc));
+        on_signal(SIGTERM, 0, gw);
+    }
     gw->watch = jobwatch_start(gw->cfg, gw->reg, gw->hub, err, sizeof(err));
     if (!gw->watch && err[0]) {
         log_err("%s", err);
@@ -436,7 +442,7 @@ int gateway_run(struct gateway *gw)
     if (gw->watch) /* before the workers start: the hub reads it without a lock */
         tunnel_hub_set_job_check(gw->hub, jobwatch_ask, gw->watch);
     for (unsigned i = 1; i < gw->nworkers; i++) {
-        int rc = worker_start(&gw->workers[i]);
+        rc = worker_start(&gw->workers[i]);
         if (rc != 0) {
             log_err("cannot start worker %u: %s", i, strerror(rc));
             on_signal(SIGTERM, 0, gw);
@@ -448,6 +454,7 @@ int gateway_run(struct gateway *gw)
         on_signal(SIGTERM, 0, gw);
     for (unsigned i = 1; i < gw->nworkers; i++)
         worker_join(&gw->workers[i]);
+    offload_stop(&gw->offload); /* before the loops are freed: no thread posts to them now */
     return 0;
 }
 
@@ -469,9 +476,11 @@ void gateway_free(struct gateway *gw)
             event_free(gw->ev_signal[i]);
     if (gw->ev_tick)
         event_free(gw->ev_tick);
+    offload_stop(&gw->offload);
     for (unsigned i = 0; gw->workers && i < gw->nworkers; i++)
         worker_free(&gw->workers[i]);
     free(gw->workers);
+    offload_free(&gw->offload); /* the jobs left: their owners are gone */
     if (gw->ssl)
         SSL_CTX_free(gw->ssl);
     jobwatch_stop(gw->watch);

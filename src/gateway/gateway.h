@@ -19,6 +19,7 @@
 #include "backend.h"
 #include "config.h"
 #include "http1.h"
+#include "offload.h"
 #include "worker-t.h"
 
 struct control;
@@ -41,6 +42,7 @@ struct gateway {
     struct jobca *jobca;      /* the agent CA (jobca.h) */
     struct nodechan *nodes;   /* the node channel (nodechan.h) */
     struct jobwatch *watch;   /* the scheduler's word on jobs (jobwatch.h), or NULL */
+    struct offload offload;   /* calls that may wait on munged or NSS (offload.h) */
     struct control *control;
     struct http1_limits limits;
     struct backend_env env;

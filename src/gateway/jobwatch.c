@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "hmap.h"
 #include "log.h"
 #include "registry.h"
 #include "tunnel.h"
@@ -275,6 +276,25 @@ static int run_command(struct jobwatch *sc, char **out, size_t *olen, char *err,
     return 0;
 }
 
+/* uid's name into out ("" if it has none), once per uid and round (names). */
+static void user_name(struct hmap *names, uid_t uid, char *out, size_t len)
+{
+    const char *known = hmap_get(names, &uid, sizeof(uid));
+    if (!known) {
+        struct passwd pw, *res = NULL;
+        char pwbuf[1024];
+        int ok = getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &res) == 0 && res;
+        char *name = xstrdup(ok ? res->pw_name : "");
+        if (hmap_put(names, &uid, sizeof(uid), name) < 0) {
+            snprintf(out, len, "%s", name);
+            free(name);
+            return;
+        }
+        known = name;
+    }
+    snprintf(out, len, "%s", known);
+}
+
 /* Answers a claim from the scheduler's list (jobs[0..m)), or with why when
  * the scheduler could not be read (m < 0). */
 static void answer_claim(struct jobwatch *sc, const struct claim *c, const struct watched_job *jobs,
@@ -345,13 +365,17 @@ static void check(struct jobwatch *sc, const struct claim *claims, unsigned ncla
     if (sc->failing)
         log_info("jobwatch: the scheduler answers again (%d jobs)", m);
     sc->failing = 0;
-    /* The whole answer, for listings (queued jobs, jobs without jobgate). */
+    /* The whole answer, for listings (queued jobs, jobs without jobgate), with
+     * the users' names: looked up here, where waiting on NSS stalls no loop. */
     struct registry_sched_job *view = xcalloc((size_t)m + 1, sizeof(*view));
+    struct hmap *names = hmap_new();
     for (int i = 0; i < m; i++) {
         view[i].id = jobs[i].id;
         view[i].uid = jobs[i].uid;
         snprintf(view[i].state, sizeof(view[i].state), "%s", jobs[i].state);
+        user_name(names, jobs[i].uid, view[i].user, sizeof(view[i].user));
     }
+    hmap_free(names, free);
     registry_sched_set(sc->reg, view, (size_t)m);
     /* A job missing from an answer ends only when an earlier answer listed it: a
      * scheduler that shows the gateway nothing (PrivateData=jobs, another cluster) must

@@ -158,19 +158,26 @@ static int answer(struct evbuffer *out, json_t *o)
     return 200;
 }
 
+/* One node request between the loop that read it and the thread that
+ * answers it (nodechan_call_run): the loop's copies, the thread's answer. */
+struct nodechan_call {
+    struct nodechan *nc;
+    const struct node_op *op;
+    char *cred;                 /* the Authorization's MUNGE credential */
+    size_t clen;
+    char *body;
+    size_t len;
+    char ip[64];
+    struct evbuffer *out;       /* the answer */
+    int status;
+};
+
 /* The MUNGE credential of the request, bound to op and body: 0 with *uid,
  * or the status refused (answered). */
-static int node_auth(struct nodechan *nc, const struct http1_head *h, const char *op,
+static int node_auth(struct nodechan *nc, const char *cred, size_t clen, const char *op,
                      const char *body, size_t len, struct evbuffer *out, uid_t *uid)
 {
-    int i = http1_find(h, "authorization");
-    static const char scheme[] = "MUNGE ";
-    if (i < 0 || h->fields[i].value.n <= sizeof(scheme) - 1 ||
-        memcmp(h->fields[i].value.p, scheme, sizeof(scheme) - 1) != 0)
-        return refuse(out, 401, "a node request needs 'Authorization: MUNGE <credential>'");
 #ifdef JG_HAVE_MUNGE
-    const char *cred = h->fields[i].value.p + sizeof(scheme) - 1;
-    size_t clen = h->fields[i].value.n - (sizeof(scheme) - 1);
     uint8_t hash[TOKEN_HASH_LEN];
     char hex[2 * TOKEN_HASH_LEN + 1], payload[160], err[256];
     token_hash(body, len, hash);
@@ -192,7 +199,7 @@ static int node_auth(struct nodechan *nc, const struct http1_head *h, const char
              (unsigned)id.uid);
     return refuse(out, 403, why);
 #else
-    (void)nc; (void)op; (void)body; (void)len; (void)uid;
+    (void)nc; (void)cred; (void)clen; (void)op; (void)body; (void)len; (void)uid;
     return refuse(out, 501, "this gateway was built without MUNGE");
 #endif
 }
@@ -368,43 +375,105 @@ static int job_ready(struct nodechan *nc, json_t *m, uid_t by, struct evbuffer *
 }
 
 /* The fixed table of what a node may ask. */
-static const struct node_op {
+struct node_op {
     const char *path;
     const char *name;
     int (*fn)(struct nodechan *nc, json_t *m, uid_t by, struct evbuffer *out);
-} node_ops[] = {
+};
+static const struct node_op node_ops[] = {
     {NODECHAN_PREFIX "v1/job-start", "job-start", job_start},
     {NODECHAN_PREFIX "v1/job-end", "job-end", job_end},
     {NODECHAN_PREFIX "v1/job-ready", "job-ready", job_ready},
 };
 
-int nodechan_handle(struct nodechan *nc, const struct http1_head *h, const char *body, size_t len,
-                    const char *ip, struct evbuffer *out)
+struct nodechan_call *nodechan_call_new(struct nodechan *nc, const struct http1_head *h,
+                                       const char *body, size_t len, const char *ip,
+                                       struct evbuffer *out, int *status)
 {
+    static const char scheme[] = "MUNGE ";
     const struct node_op *op = NULL;
     for (size_t i = 0; i < JG_ARRAY_LEN(node_ops); i++)
         if (h->target.n == strlen(node_ops[i].path) &&
             memcmp(h->target.p, node_ops[i].path, h->target.n) == 0)
             op = &node_ops[i];
+    int i = http1_find(h, "authorization");
     if (!op)
-        return refuse(out, 404, "no such node request");
-    if (!http1_name_is(&h->method, "post"))
-        return refuse(out, 405, "node requests are POSTs");
+        *status = refuse(out, 404, "no such node request");
+    else if (!http1_name_is(&h->method, "post"))
+        *status = refuse(out, 405, "node requests are POSTs");
+    else if (i < 0 || h->fields[i].value.n <= sizeof(scheme) - 1 ||
+             memcmp(h->fields[i].value.p, scheme, sizeof(scheme) - 1) != 0)
+        *status = refuse(out, 401, "a node request needs 'Authorization: MUNGE <credential>'");
+    else
+        *status = 0;
+    if (*status) {
+        if (op)
+            log_info("node ip=%s %s refused (%d)", ip, op->name, *status);
+        return NULL;
+    }
+    struct nodechan_call *call = xcalloc(1, sizeof(*call));
+    call->nc = nc;
+    call->op = op;
+    call->clen = h->fields[i].value.n - (sizeof(scheme) - 1);
+    call->cred = xmalloc(call->clen + 1);
+    memcpy(call->cred, h->fields[i].value.p + sizeof(scheme) - 1, call->clen);
+    call->cred[call->clen] = '\0';
+    call->body = xmalloc(len + 1);
+    memcpy(call->body, body, len);
+    call->len = len;
+    snprintf(call->ip, sizeof(call->ip), "%s", ip);
+    return call;
+}
+
+void nodechan_call_run(struct nodechan_call *call)
+{
+    struct nodechan *nc = call->nc;
+    const struct node_op *op = call->op;
     uid_t by = (uid_t)-1;
-    int st = node_auth(nc, h, op->name, body, len, out, &by);
+    call->out = evbuffer_new();
+    if (!call->out) {
+        call->status = 500;
+        return;
+    }
+    int st = node_auth(nc, call->cred, call->clen, op->name, call->body, call->len, call->out,
+                       &by);
     if (st != 0) {
-        log_info("node ip=%s %s refused (%d)", ip, op->name, st);
-        return st;
+        log_info("node ip=%s %s refused (%d)", call->ip, op->name, st);
+        call->status = st;
+        return;
     }
     json_error_t jerr;
-    json_t *m = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *m = json_loadb(call->body, call->len, JSON_REJECT_DUPLICATES, &jerr);
     if (!json_is_object(m)) {
         json_decref(m);
-        return refuse(out, 400, "the body must be one JSON object");
+        call->status = refuse(call->out, 400, "the body must be one JSON object");
+        return;
     }
-    st = op->fn(nc, m, by, out);
+    st = op->fn(nc, m, by, call->out);
     json_decref(m);
     if (st != 200)
-        log_info("node ip=%s uid=%u %s answered %d", ip, (unsigned)by, op->name, st);
+        log_info("node ip=%s uid=%u %s answered %d", call->ip, (unsigned)by, op->name, st);
+    call->status = st;
+}
+
+int nodechan_call_finish(struct nodechan_call *call, struct evbuffer *out)
+{
+    int st = call->status;
+    if (call->out)
+        evbuffer_add_buffer(out, call->out);
+    else
+        st = refuse(out, 500, "out of memory");
+    nodechan_call_free(call);
     return st;
+}
+
+void nodechan_call_free(struct nodechan_call *call)
+{
+    if (!call)
+        return;
+    if (call->out)
+        evbuffer_free(call->out);
+    free(call->cred);
+    free(call->body);
+    free(call);
 }

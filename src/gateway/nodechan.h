@@ -17,9 +17,10 @@
  * slurm where that user exists); everyone else gets 403. The certificate's
  * every field comes from the job record, never from the request (jobca.h).
  *
- * Owns the resolved list of trusted uids; read-only after nodechan_new, so
- * any worker thread answers with it, without a lock (the registry locks
- * inside, jobca is read-only).
+ * Owns the resolved list of trusted uids: a SIGHUP swaps it
+ * (nodechan_reconfigure) and older lists stay to the end, so any thread
+ * answers with it without a lock (the registry locks inside, jobca is
+ * read-only).
  */
 #ifndef JG_NODECHAN_H
 #define JG_NODECHAN_H
@@ -60,9 +61,22 @@ int nodechan_trusts(const struct nodechan *nc, uid_t uid);
 /* 1 if the request target is under NODECHAN_PREFIX. */
 int nodechan_match(const struct http1_str *target);
 
-/* Answers one node request (head h, its whole body of len bytes, from ip)
- * into out, with Connection: close. Returns the status sent. */
-int nodechan_handle(struct nodechan *nc, const struct http1_head *h, const char *body, size_t len,
-                    const char *ip, struct evbuffer *out);
+/* One node request (head h, its whole body of len bytes, from ip), in
+ * three steps, since its MUNGE credential and the job's user are checked
+ * with daemons that may keep it waiting (munged, NSS):
+ * - nodechan_call_new, on the loop: looks at the head alone. NULL with the
+ *   answer in out and its status in *status; else the call, with copies.
+ * - nodechan_call_run, off the loop (offload.h): checks and answers it, into
+ *   the call's own buffer.
+ * - nodechan_call_finish, on the loop again: the answer moved into out (with
+ *   Connection: close); returns its status and frees the call.
+ * nodechan_call_free drops a call that will not finish. */
+struct nodechan_call;
+struct nodechan_call *nodechan_call_new(struct nodechan *nc, const struct http1_head *h,
+                                       const char *body, size_t len, const char *ip,
+                                       struct evbuffer *out, int *status);
+void nodechan_call_run(struct nodechan_call *call);
+int nodechan_call_finish(struct nodechan_call *call, struct evbuffer *out);
+void nodechan_call_free(struct nodechan_call *call);
 
 #endif

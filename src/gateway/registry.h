@@ -266,6 +266,7 @@ struct registry_sched_job {
     uint32_t id;
     uid_t uid;
     char state[32];    /* the scheduler's, e.g. PENDING, RUNNING */
+    char user[JOB_USER_MAX]; /* uid's name, looked up by the job watch ("" if none) */
 };
 /* Replaces the view by v[0..n) (taken: freed by the registry). */
 void registry_sched_set(struct registry *reg, struct registry_sched_job *v, size_t n);

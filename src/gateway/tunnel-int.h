@@ -1,9 +1,10 @@
 /*
  * tunnel-int.h — the gateway's tunnels inside (see tunnel.h for the outside):
  * the types shared by tunnel.c (the session: hub, transport, nghttp2
- * callbacks, life and death), tunnel_ctl.c (the control stream: hello,
- * register, unregister, link) and tunnel_stream.c (CONNECT streams and the
- * in-memory pairs that carry them from conn).
+ * callbacks, life and death), tunnel_hello.c (the hello: its credential,
+ * checked off the loop, and the welcome), tunnel_ctl.c (the control stream
+ * after it: register, unregister, link, sleep, release) and tunnel_stream.c
+ * (CONNECT streams and the in-memory pairs that carry them from conn).
  *
  * Who touches what: a struct tunnel and everything it points to belong to
  * the worker whose loop accepted it and are touched only on that worker's
@@ -37,6 +38,7 @@
 #include "tunnel_bridge.h"
 #include "tunnel_proto.h"
 
+struct hello_job;
 struct jg_config;
 struct registry;
 struct hmap;
@@ -56,6 +58,7 @@ struct worker;
 
 enum tstate {
     T_HELLO,   /* challenge sent, waiting for the hello */
+    T_AUTH,    /* hello read; its credential and user checked off the loop (tunnel_hello.c) */
     T_VERIFY,  /* hello accepted; the scheduler is asked about the job it names */
     T_READY,   /* welcomed: registrations and data streams */
     T_CLOSING, /* refused or failed: the last control line, then GOAWAY */
@@ -109,6 +112,8 @@ struct tunnel {
     int drain_sent;             /* the drain's GOAWAY went (tunnel_goaway_all, t_tick) */
     int counted;                /* counted in hub->tunnels and by_uid (hello passed) */
     uid_t uid;                  /* the owner, once welcomed */
+    char user[64];              /* ... and its name ("" if it has none) */
+    struct hello_job *hello;    /* T_AUTH: the check under way (tunnel_hello.c) */
     uint32_t job;               /* its job: the certificate's (jobcert), or the hello's once
                                  * the scheduler confirmed it; else 0 */
     uint32_t claimed;           /* T_VERIFY: the job the hello named */
@@ -183,9 +188,13 @@ void tunnel_leave(struct tunnel *t);
  * stays counted as pending until it is gone. */
 int tunnel_count_hello(struct tunnel *t, uid_t uid, char *why, size_t wl);
 
-/* tunnel_ctl.c: the control stream. */
+/* tunnel_hello.c: the hello, its credential, the welcome. */
+void tctl_hello(struct tunnel *t, json_t *m);         /* T_HELLO: the hello; T_AUTH, refused */
+void tctl_hello_forget(struct tunnel *t);             /* t ends: a check under way drops it */
 void tctl_welcome(struct tunnel *t, const char *job_refused);  /* T_READY, and the welcome */
 void tctl_on_verdict(evutil_socket_t fd, short what, void *arg); /* t->ev_verdict */
+
+/* tunnel_ctl.c: the control stream after the hello. */
 void tctl_send(struct tunnel *t, json_t *msg);        /* one message; takes msg */
 void tctl_refuse(struct tunnel *t, const char *code, const char *why);
 void tctl_input(struct tunnel *t, const uint8_t *data, size_t len); /* control stream bytes */

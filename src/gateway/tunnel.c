@@ -533,6 +533,7 @@ static void t_free(struct tunnel *t)
         event_free(t->ev_post);
     if (t->ev_verdict)
         event_free(t->ev_verdict);
+    tctl_hello_forget(t);
     if (t->ev_tick)
         event_free(t->ev_tick);
     if (t->hold_fd >= 0)
@@ -557,7 +558,7 @@ void tunnel_kill(struct tunnel *t, const char *fmt, ...)
     va_end(ap);
     t->dead = 1;
     log_info("tunnel=%" PRIx64 " peer=%s uid=%ld closed: %s", t->id, t->peer,
-             t->st == T_HELLO ? -1L : (long)t->uid, t->why);
+             t->st == T_HELLO || t->st == T_AUTH ? -1L : (long)t->uid, t->why);
 }
 
 void tunnel_leave(struct tunnel *t)

@@ -1,39 +1,25 @@
 /*
  * tunnel_ctl — the control stream of a gateway tunnel (docs/tunnel-protocol.md):
- * the challenge, the hello and its credential (MUNGE, the personal token, or
- * SO_PEERCRED of the SSH hand-over), then register / unregister / link,
- * each answered on the same stream. Routes change only through the
- * registry. See tunnel-int.h for who may touch what.
+ * its lines, and after the hello (tunnel_hello.c) register / unregister /
+ * link / sleep / release, each answered on the same stream. Routes change
+ * only through the registry. See tunnel-int.h for who may touch what.
  */
 #include "tunnel.h"
 #include "tunnel-int.h"
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pwd.h>
-#include <stdarg.h>
-#include <pthread.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent_ssl.h>
-
-#include <openssl/err.h>
-#include <openssl/x509_vfy.h>
-#include <openssl/x509v3.h>
 
 #include "config.h"
-#include "gridmap.h"
-#include "jobca.h"
-#include "jobcert.h"
 #include "log.h"
 #include "registry.h"
 #include "util.h"
-#ifdef JG_HAVE_MUNGE
-#include "munge_cred.h"
-#endif
 
 void tctl_send(struct tunnel *t, json_t *msg)
 {
@@ -108,331 +94,6 @@ void tctl_refuse(struct tunnel *t, const char *code, const char *why)
         t->ctl_deferred = 0;
         nghttp2_session_resume_data(t->h2, t->ctl_id);
     }
-}
-
-/* Copies a short, printable string from the agent for the log ("-" if absent or odd). */
-static void log_str(const json_t *v, char *out, size_t len)
-{
-    const char *s = json_string_value(v);
-    if (!s || !*s || strlen(s) >= len) {
-        snprintf(out, len, "-");
-        return;
-    }
-    for (size_t i = 0; s[i]; i++)
-        out[i] = (s[i] > ' ' && s[i] < 0x7f) ? s[i] : '?';
-    out[strlen(s)] = '\0';
-}
-
-/* A job's certificate and its signature of the challenge: 0 with *uid and
- * t->job, or -1 with why. */
-static int jobcert_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, size_t wl)
-{
-    const char *pem = json_string_value(json_object_get(auth, "cert"));
-    const char *sig = json_string_value(json_object_get(auth, "signature"));
-    X509 *cert = pem ? jobcert_parse(pem, strlen(pem)) : NULL;
-    struct jobca_job cj;
-    struct job j;
-    char err[256], payload[64];
-    int rc = -1;
-    if (!cert) {
-        snprintf(why, wl, "the hello's 'cert' is not a PEM certificate");
-        return -1;
-    }
-    int n = snprintf(payload, sizeof(payload), "jobgate/1 hello %s", t->nonce);
-    if (jobca_verify(t->hub->ca, cert, now_real(), &cj, err, sizeof(err)) < 0)
-        snprintf(why, wl, "job certificate refused: %s", err);
-    else if (!jobcert_verify(cert, payload, (size_t)n, sig))
-        snprintf(why, wl, "the signature is not the job certificate's key's");
-    else if (registry_job_get(t->hub->reg, cj.job_id, &j) < 0 || j.uid != cj.uid)
-        snprintf(why, wl, "job %u is not known to this gateway", (unsigned)cj.job_id);
-    else if (j.ended)
-        snprintf(why, wl, "job %u has ended", (unsigned)cj.job_id);
-    else {
-        *uid = j.uid;
-        t->job = j.id;
-        t->seen_revocation = registry_revocations(t->hub->reg);
-        rc = 0;
-    }
-    X509_free(cert);
-    return rc;
-}
-
-/* A user's own certificate (the site's client_ca) and its signature of the
- * challenge: the grid-mapfile names its user. 0 with *uid, or -1 with why. */
-static int usercert_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, size_t wl)
-{
-    struct tunnel_hub *hub = t->hub;
-    const char *pem = json_string_value(json_object_get(auth, "cert"));
-    const char *sig = json_string_value(json_object_get(auth, "signature"));
-    char payload[64], user[GRIDMAP_USER_MAX], err[400], *dn = NULL;
-    struct jobca_job cj;
-    int rc = -1;
-    pthread_mutex_lock(&hub->mu); /* kept until the hub ends: usable after unlocking */
-    const struct tunnel_trust *trust = hub->trust;
-    pthread_mutex_unlock(&hub->mu);
-    if (!trust || !trust->store) {
-        snprintf(why, wl, "this gateway takes no users' certificates (no [tunnel] client_ca)");
-        return -1;
-    }
-    X509 *cert = pem ? jobcert_parse(pem, strlen(pem)) : NULL;
-    if (!cert) {
-        snprintf(why, wl, "the hello's 'cert' is not a PEM certificate");
-        return -1;
-    }
-    int n = snprintf(payload, sizeof(payload), "jobgate/1 hello %s", t->nonce);
-    X509_STORE_CTX *xs = X509_STORE_CTX_new();
-    int ok = xs && X509_STORE_CTX_init(xs, trust->store, cert, NULL) == 1 &&
-             X509_STORE_CTX_set_purpose(xs, X509_PURPOSE_SSL_CLIENT) == 1 &&
-             X509_verify_cert(xs) == 1;
-    const char *verr = xs ? X509_verify_cert_error_string(X509_STORE_CTX_get_error(xs)) : "";
-    if (jobca_verify(hub->ca, cert, now_real(), &cj, err, sizeof(err)) == 0) {
-        snprintf(why, wl, "a job's certificate proves a job (method jobcert), not a user");
-    } else if (!ok) {
-        snprintf(why, wl, "certificate refused: %s", verr);
-    } else if (!jobcert_verify(cert, payload, (size_t)n, sig)) {
-        snprintf(why, wl, "the signature is not the certificate's key's");
-    } else if (!(dn = X509_NAME_oneline(X509_get_subject_name(cert), NULL, 0)) ||
-               strlen(dn) >= GRIDMAP_DN_MAX) {
-        /* Whole, or not at all: a subject cut short could name someone else. */
-        snprintf(why, wl, "the certificate's subject cannot be read whole (at most %d bytes)",
-                 GRIDMAP_DN_MAX - 1);
-    } else if (gridmap_lookup(trust->gridmap, dn, user, sizeof(user), err, sizeof(err)) < 0) {
-        snprintf(why, wl, "%s", err);
-    } else {
-        struct passwd pw, *res = NULL;
-        char pwbuf[1024];
-        if (getpwnam_r(user, &pw, pwbuf, sizeof(pwbuf), &res) != 0 || !res) {
-            snprintf(why, wl, "the grid-mapfile names user '%s', who does not exist here", user);
-        } else {
-            *uid = res->pw_uid;
-            log_info("tunnel=%" PRIx64 " certificate %.300s is user %s", t->id, dn, user);
-            rc = 0;
-        }
-    }
-    OPENSSL_free(dn);
-    X509_STORE_CTX_free(xs);
-    X509_free(cert);
-    ERR_clear_error();
-    return rc;
-}
-
-/* Checks the hello's credential. 0 with *uid, or -1 with why. */
-static int hello_auth(struct tunnel *t, json_t *auth, uid_t *uid, char *why, size_t wl)
-{
-    struct tunnel_hub *hub = t->hub;
-    const char *method = json_string_value(json_object_get(auth, "method"));
-    if (!method) {
-        snprintf(why, wl, "the hello has no auth.method");
-        return -1;
-    }
-    snprintf(t->method, sizeof(t->method), "%s", strlen(method) < 12 ? method : "?");
-    if (strcmp(method, "munge") == 0) {
-#ifdef JG_HAVE_MUNGE
-        const char *cred = json_string_value(json_object_get(auth, "credential"));
-        char payload[160], err[256];
-        struct munge_identity id;
-        if (!cred) {
-            snprintf(why, wl, "no MUNGE credential in the hello");
-            return -1;
-        }
-        /* The certificate this very connection showed (a SIGHUP may have
-         * brought another one since): the one the agent bound its credential to. */
-        char gwid[JOBCERT_GATEWAY_ID_LEN + 1];
-        SSL *ssl = t->stdio ? NULL : bufferevent_openssl_get_ssl(t->rd);
-        if (!ssl || jobcert_gateway_id(SSL_get_certificate(ssl), gwid) < 0) {
-            pthread_mutex_lock(&hub->mu);
-            memcpy(gwid, hub->gateway_id, sizeof(gwid));
-            pthread_mutex_unlock(&hub->mu);
-        }
-        (void)jobcert_munge_payload(payload, sizeof(payload), t->nonce, gwid);
-        int rc = munge_cred_decode(hub->cfg->munge_socket, cred, strlen(cred), payload,
-                                   strlen(payload), &id, err, sizeof(err));
-        if (rc < 0) {
-            snprintf(why, wl, "MUNGE credential refused: %s", err);
-            return -1;
-        }
-        *uid = id.uid;
-#else
-        snprintf(why, wl, "this gateway was built without MUNGE");
-        return -1;
-#endif
-    } else if (strcmp(method, "token") == 0) {
-        const char *tok = json_string_value(json_object_get(auth, "token"));
-        uint8_t h[TOKEN_HASH_LEN];
-        if (!hub->have_token) {
-            snprintf(why, wl, "agent tokens are for personal gateways; use MUNGE or SSH");
-            return -1;
-        }
-        if (!tok || strlen(tok) > TUNNEL_TOKEN_MAX) {
-            snprintf(why, wl, "bad agent token");
-            return -1;
-        }
-        token_hash(tok, strlen(tok), h);
-        if (!token_hash_equal(h, hub->token_hash)) {
-            snprintf(why, wl, "bad agent token");
-            return -1;
-        }
-        *uid = hub->uid;
-    } else if (strcmp(method, "jobcert") == 0) {
-        if (jobcert_auth(t, auth, uid, why, wl) < 0)
-            return -1;
-    } else if (strcmp(method, "cert") == 0) {
-        if (usercert_auth(t, auth, uid, why, wl) < 0)
-            return -1;
-    } else if (strcmp(method, "peercred") == 0) {
-        if (!t->stdio) {
-            snprintf(why, wl, "peercred is only for tunnels handed over by 'jobgate tunnel'");
-            return -1;
-        }
-        *uid = t->peer_uid;
-    } else {
-        snprintf(why, wl, "unknown auth method");
-        return -1;
-    }
-    if (!hub->cfg->shared && *uid != hub->uid) {
-        snprintf(why, wl, "this personal gateway takes only its own user's agents (uid %u)",
-                 (unsigned)hub->uid);
-        return -1;
-    }
-    return 0;
-}
-
-/* The hello's "policy" (docs/tunnel-protocol.md); none: persistent, with
- * reconnect. -1 with why when it is malformed. */
-static int hello_policy(struct tunnel *t, json_t *p, char *why, size_t wl)
-{
-    if (!p)
-        return 0;
-    json_t *rc = json_object_get(p, "reconnect"), *cb = json_object_get(p, "callback");
-    json_t *sl = json_object_get(p, "sleeps"), *poll = json_object_get(p, "poll");
-    json_t *ci = json_object_get(p, "checkin");
-    if (!json_is_object(p) || (rc && !json_is_boolean(rc)) || (cb && !json_is_boolean(cb)) ||
-        (sl && !json_is_boolean(sl)) ||
-        (poll && (!json_is_integer(poll) || json_integer_value(poll) < 0 ||
-                  json_integer_value(poll) > 86400)) ||
-        (ci && (!json_is_integer(ci) || json_integer_value(ci) < 1 ||
-                json_integer_value(ci) > 86400)) ||
-        (json_is_true(sl) && (!ci || (!json_is_true(cb) && (!poll ||
-                                                             json_integer_value(poll) == 0))))) {
-        snprintf(why, wl, "'policy' must be {\"reconnect\": bool, \"callback\": bool, "
-                 "\"sleeps\": bool, \"poll\": 0..86400, \"checkin\": 1..86400}, with "
-                 "checkin and callback or poll when it sleeps");
-        return -1;
-    }
-    /* Between poll_min and an hour: a sleeping route outlives its agent by at
-     * most twice that (or the grace time), whatever the agent asks. */
-    int64_t min = t->hub->cfg->poll_min, max = TUN_CHECKIN_MAX;
-    t->once = rc && json_is_false(rc);
-    t->callback = json_is_true(cb);
-    t->sleeps = json_is_true(sl);
-    int64_t pv = poll ? json_integer_value(poll) : 0;
-    t->poll = (uint32_t)(pv > 0 && pv < min ? min : pv > max ? max : pv);
-    if (t->sleeps) {
-        int64_t cv = t->poll ? t->poll : json_integer_value(ci);
-        t->checkin = (uint32_t)(cv < min ? min : cv > max ? max : cv);
-    }
-    return 0;
-}
-
-static void on_hello(struct tunnel *t, json_t *m)
-{
-    char why[400], node[65], job[33], agent[65];
-    uid_t uid;
-    json_t *ver = json_object_get(m, "version");
-    if (strcmp(json_string_value(json_object_get(m, "type")) ?: "", "hello") != 0) {
-        tctl_refuse(t, "protocol", "the first message must be a hello");
-        return;
-    }
-    if (!json_is_integer(ver) || json_integer_value(ver) != 1) {
-        tctl_refuse(t, "version", "this gateway speaks tunnel protocol version 1");
-        return;
-    }
-    if (hello_policy(t, json_object_get(m, "policy"), why, sizeof(why)) < 0) {
-        tctl_refuse(t, "protocol", why);
-        return;
-    }
-    if (hello_auth(t, json_object_get(m, "auth"), &uid, why, sizeof(why)) < 0) {
-        tctl_refuse(t, "auth", why);
-        return;
-    }
-    if (tunnel_count_hello(t, uid, why, sizeof(why)) < 0) {
-        tctl_refuse(t, "quota", why);
-        return;
-    }
-    log_str(json_object_get(m, "node"), node, sizeof(node));
-    log_str(json_object_get(m, "job"), job, sizeof(job));
-    log_str(json_object_get(m, "agent"), agent, sizeof(agent));
-    t->uid = uid;
-    if (t->job)
-        snprintf(job, sizeof(job), "%u", (unsigned)t->job); /* the certificate's, not the hello's */
-    log_info("tunnel=%" PRIx64 " peer=%s hello uid=%u method=%s node=%s job=%s agent=%s", t->id,
-             t->peer, (unsigned)uid, t->method, node, job, agent);
-    /* A job named in the hello without its certificate (SLURM_JOB_ID, a site
-     * without the plugin): the tunnel belongs to it only once the scheduler
-     * says that it runs as this uid (docs/slurm.md, "Without the plugin"). */
-    uint64_t claimed;
-    if (!t->job && t->hub->ask_job && strcmp(job, "-") != 0 &&
-        parse_uint(job, 1, UINT32_MAX - 1, &claimed) == 0) {
-        t->claimed = (uint32_t)claimed;
-        t->st = T_VERIFY;
-        if (t->hub->ask_job(t->hub->ask_arg, t->claimed, uid, node, t->id) == 0)
-            return;
-        t->claimed = 0;
-        tctl_welcome(t, "the scheduler cannot be asked");
-        return;
-    }
-    tctl_welcome(t, NULL);
-}
-
-void tctl_welcome(struct tunnel *t, const char *job_refused)
-{
-    struct passwd pw, *res = NULL;
-    char pwbuf[1024], idhex[17];
-    const char *user = getpwuid_r(t->uid, &pw, pwbuf, sizeof(pwbuf), &res) == 0 && res
-                           ? res->pw_name : "";
-    t->st = T_READY;
-    snprintf(idhex, sizeof(idhex), "%016" PRIx64, t->id);
-    if (job_refused)
-        log_info("tunnel=%" PRIx64 " welcomed uid=%u, not as job %u: %s", t->id,
-                 (unsigned)t->uid, (unsigned)t->claimed, job_refused);
-    else
-        log_info("tunnel=%" PRIx64 " welcomed uid=%u job=%u", t->id, (unsigned)t->uid,
-                 (unsigned)t->job);
-    json_t *w = json_pack("{s:s, s:I, s:s, s:s}", "type", "welcome", "uid", (json_int_t)t->uid,
-                          "user", user, "tunnel", idhex);
-    if (w && t->job)
-        json_object_set_new(w, "job", json_integer(t->job));
-    if (w && job_refused)
-        json_object_set_new(w, "job_refused", json_string(job_refused));
-    if (w && t->sleeps) /* what we expect of it (poll raised to poll_min) */
-        json_object_set_new(w, "policy", json_pack("{s:I, s:I}", "poll", (json_int_t)t->poll,
-                                                   "checkin", (json_int_t)t->checkin));
-    t->claimed = 0;
-    tctl_send(t, w);
-}
-
-/* The scheduler's answer about the job the hello named (tunnel_job_verdict). */
-void tctl_on_verdict(evutil_socket_t fd, short what, void *arg)
-{
-    struct tunnel *t = arg;
-    char why[sizeof(t->verdict_why)];
-    pthread_mutex_lock(&t->hub->mu);
-    int verdict = t->verdict;
-    memcpy(why, t->verdict_why, sizeof(why));
-    t->verdict = 0;
-    pthread_mutex_unlock(&t->hub->mu);
-    if (t->dead || t->st != T_VERIFY || verdict == 0)
-        return;
-    t->busy++;
-    if (verdict > 0) {
-        t->job = t->claimed;
-        t->seen_revocation = registry_revocations(t->hub->reg);
-        tctl_welcome(t, NULL);
-    } else {
-        tctl_welcome(t, why);
-    }
-    tunnel_flush(t);
-    tunnel_leave(t);
 }
 
 static int reg_mine(void *arg, const char *alias)
@@ -759,7 +420,7 @@ static void ctl_line(struct tunnel *t, const char *line, size_t len)
         return;
     }
     if (t->st == T_HELLO) {
-        on_hello(t, m);
+        tctl_hello(t, m);
         json_decref(m);
         return;
     }

@@ -29,6 +29,7 @@ struct evconnlistener;
 struct event;
 struct jg_config;
 struct nodechan;
+struct offload;
 struct ratelimit;
 struct registry;
 struct tunnel_hub;
@@ -47,6 +48,7 @@ struct worker {
     struct registry *reg;
     struct tunnel_hub *hub;
     struct nodechan *nodes;       /* the node channel (NULL: answered 404) */
+    struct offload *offload;      /* threads for calls that may wait on munged or NSS */
     const struct backend_env *env;
     const volatile int *stopping; /* the daemon is shutting down */
     /* Client connections of the whole gateway (browsers' and agents' tunnels),

@@ -271,3 +271,83 @@ def test_sighup_reads_the_certificate_again_without_dropping_connections(binarie
     finally:
         app.stop()
         _finish(gw)
+
+
+# --------------------------------------------------------------------------- hung daemons
+
+class HungDaemon:
+    """A unix socket that takes connections and never answers: munged hanging."""
+
+    def __init__(self, path):
+        import socket as _s
+        import threading
+        self.sock = _s.socket(_s.AF_UNIX, _s.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(64)
+        self.held, self.stop = [], False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(c)
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def test_a_hung_munged_stalls_no_worker(binaries, tmp_path):
+    """MUNGE credentials are decoded off the event loops (src/gateway/offload.c): with munged
+    hanging, tunnels' hellos and a node's request wait for it, while their worker (the only
+    one) goes on serving apps; the waits end with the handshake and connect timeouts, and
+    the gateway still stops. Before, the worker itself waited in munge_decode."""
+    import threading
+    from test_nodechan import node_post
+    hung = HungDaemon(tmp_path / "munge.sock")
+    gw = _gateway({"gateway": {"workers": "1"},
+                   "timeouts": {"handshake": "3s", "connect": "3s"},
+                   "tunnel": {"munge_socket": str(tmp_path / "munge.sock")}}, name="hung-munge")
+    app = gw.start_direct_app()
+    agents, node = [], []
+
+    def node_request():
+        try:
+            node.append(node_post(gw, "job-end", {"job": 1}, cred="MUNGE:x"))
+        except (OSError, IndexError, ValueError) as e:
+            node.append(e)
+    try:
+        gw.register(app, name="alive")
+        s = gw.login(app.alias, app.link)
+        t_start = time.monotonic()
+        agents = [FakeAgent(port=gw.port, auth={"method": "munge", "credential": "MUNGE:x"})
+                  for _ in range(3)]
+        threading.Thread(target=node_request, daemon=True).start()
+        wait_for(lambda: len(hung.held) >= 2, 5, what="munged to be asked")
+        for _ in range(5):
+            t0 = time.monotonic()
+            assert s.get("/hello", timeout=3).status == 200
+            assert time.monotonic() - t0 < 1.5, "the worker waited on munged"
+            time.sleep(0.1)
+        wait_for(lambda: node, 8, what="the node request's answer")
+        assert isinstance(node[0], tuple) and node[0][0] == 504, node
+        for a in agents:
+            a.wait_closed(8)
+        assert time.monotonic() - t_start < 9, "the waits were not bounded by the timeouts"
+        assert "no welcome within 3 s" in gw.log_path.read_text()
+        gw.assert_alive()
+        t0 = time.monotonic()
+        assert gw.stop(timeout=15) == 0
+        assert time.monotonic() - t0 < 12
+    finally:
+        for a in agents:
+            a.close()
+        app.stop()
+        _finish(gw)
+        hung.close()
