@@ -142,18 +142,23 @@ int policy_parse_options(const char *s, struct policy *p, char *err, size_t errl
  * way (an item's size times its repeat count, groups summed inside out) and
  * refuses more than RE_COST_MAX; host names need nothing near it. Also
  * refused: a ')' without its '(' (the expression is compiled inside a group
- * of ours, which it must not close). Escapes and bracket expressions count
- * as one item. */
+ * of ours, which it must not close), and a repeat right after a repeat
+ * ("a**", "a+{2}"): POSIX leaves it undefined, and glibc's regcomp takes
+ * time exponential in their number (found by fuzzing). Escapes and bracket
+ * expressions count as one item. */
 #define RE_COST_MAX 4096
 #define RE_DEPTH_MAX 32
 static const char *re_too_costly(const char *re, size_t n)
 {
     double size[RE_DEPTH_MAX + 1] = {0}; /* per open group (0: the whole) */
     double last = 0;                      /* the size of the last item, 0: none */
-    int depth = 0;
+    int depth = 0, repeated = 0;          /* the last item is a repeat */
     for (size_t i = 0; i < n; i++) {
         char c = re[i];
         double k = 0;
+        if ((c == '*' || c == '?' || c == '+' || c == '{') && repeated)
+            return "a repeat ('*', '+', '?', '{...}') right after another one";
+        repeated = c == '*' || c == '?' || c == '+' || c == '{';
         if (c == '\\' && i + 1 < n) {
             i++;
             last = 1;

@@ -111,7 +111,11 @@ static void test_parse_errors(void **state)
     expect_error("\"(\" reconnect\n", ":1: \"(\":");
     expect_error("\".*\" reconnect\x01\n", ":1: a control character");
     /* Expressions that glibc's regcomp would blow up in memory (found by fuzzing). */
-    expect_error("\"x++++++++++++++++\" reconnect\n", ":1: the expression would take too much memory");
+    expect_error("\"((((((((((((((x+)+)+)+)+)+)+)+)+)+)+)+)+)+)+\" reconnect\n",
+                 ":1: the expression would take too much memory");
+    expect_error("\"x++\" reconnect\n", ":1: a repeat ('*', '+', '?', '{...}') right after another one");
+    expect_error("\"(ab)*****\" reconnect\n", "right after another one");
+    expect_error("\"a{2}*\" reconnect\n", "right after another one");
     expect_error("\"((((a{16}b){16}b){16}b){16}b)\" reconnect\n", "too much memory");
     expect_error("\"((a{16}b){16}c){16}\" poll(30)\n", "too much memory");
     expect_error("\"a{9999}\" reconnect\n", "too much memory");
