@@ -32,6 +32,7 @@
 #define OUT_LOW (64 * 1024)            /* ... and resume below this */
 #define IO_CHUNK (64 * 1024)           /* largest single read or write of a socket */
 #define STABLE_MS 10000                /* a welcomed connection this old resets the backoff */
+#define OPEN_BUSY_TRIES 5              /* a busy gateway is tried again so often while opening */
 
 static uint32_t rand32(void)
 {
@@ -454,7 +455,10 @@ void conn_teardown(struct tconn *c)
         event_base_loopbreak(t->base);
         return;
     }
-    if (t->opening) {
+    /* A busy gateway (it cannot check credentials now) is tried again: for
+     * ever once the tunnel worked, a few times while it opens. */
+    int busy = rc == -EAGAIN && (!t->opening || t->attempt < OPEN_BUSY_TRIES);
+    if (t->opening && !busy) {
         tun_waiter_done(t, &t->open_w, rc, NULL, "%s", reason);
         t->stopping = 1;
         event_base_loopbreak(t->base);
@@ -477,7 +481,7 @@ void conn_teardown(struct tconn *c)
         evtimer_add(t->retry_ev, &tv);
         return;
     }
-    if (!t->policy.reconnect) {
+    if (!t->policy.reconnect && !busy) {
         char msg[ERRLEN + 128];
         (void)xsnprintf(msg, sizeof(msg), "lost the connection to the gateway (%s); the "
                         "connection policy has no reconnect", reason);

@@ -411,9 +411,13 @@ static void cmsg_message(struct tconn *c, const char *line, size_t len)
             char msg[300], code[40];
             tun_printable(msg, sizeof(msg), json_string_value(json_object_get(m, "error")), 256);
             tun_printable(code, sizeof(code), json_string_value(json_object_get(m, "code")), 32);
-            conn_fail_rc(c, -EACCES, "the gateway at %s refused this agent: %s%s%s%s", t->where,
-                         msg[0] ? msg : "no reason given", code[0] ? " (" : "", code,
-                         code[0] ? ")" : "");
+            if (strcmp(code, "busy") == 0) /* it cannot check credentials now: again later */
+                conn_fail_rc(c, -EAGAIN, "the gateway at %s is busy: %s", t->where,
+                             msg[0] ? msg : "no reason given");
+            else
+                conn_fail_rc(c, -EACCES, "the gateway at %s refused this agent: %s%s%s%s",
+                             t->where, msg[0] ? msg : "no reason given", code[0] ? " (" : "",
+                             code, code[0] ? ")" : "");
         } else {
             conn_protocol_error(c, "expected a welcome, got '%s'", ptype);
         }

@@ -74,6 +74,7 @@ struct conn {
     struct worker *move_to; /* CS_MOVING: the tunnel's worker */
     int move_wait;          /* a head for a tunnel elsewhere waits for our answers to go out */
     int body_wait;          /* a node request's head waits for the rest of its body */
+    const struct http1_limits *read_lim; /* the limits its read watermark was set for */
     struct node_job *node_job; /* a node request checked off the loop (conn_local.c) */
 
     /* the session that let the current exchange (or tunnel) through */

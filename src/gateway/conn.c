@@ -498,6 +498,14 @@ static void handle_request(struct conn *c, struct http1_head *h, size_t head_len
 }
 
 /* Reads request heads from the browser while the connection waits for one. */
+/* Reads up to a whole head of lim's (SIGHUP may raise it on an open connection). */
+static void read_watermark(struct conn *c, const struct http1_limits *lim)
+{
+    size_t high = lim->max_head + 16384;
+    bufferevent_setwatermark(c->cli, EV_READ, 0, high > CONN_HIGH_WATER ? high : CONN_HIGH_WATER);
+    c->read_lim = lim;
+}
+
 void conn_on_head(struct conn *c)
 {
     const struct http1_limits *lim = c->w->limits;
@@ -505,6 +513,8 @@ void conn_on_head(struct conn *c)
         conn_free(c);
         return;
     }
+    if (lim != c->read_lim)
+        read_watermark(c, lim);
     struct evbuffer *in = bufferevent_get_input(c->cli);
     int batch = 0;
     c->in_head_loop = 1;
@@ -853,8 +863,12 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
             conn_callback_failed(c, "no answer in time"))
             return;
         if (c->st == CS_EXCHANGE && !c->resp_started) {
-            log_info("conn=%llu alias=%s the app did not answer in time", (unsigned long long)c->id,
-                     c->alias);
+            if (c->node_job)
+                log_warn("conn=%llu ip=%s node request: munged or the user database did not "
+                         "answer in time", (unsigned long long)c->id, c->ip);
+            else
+                log_info("conn=%llu alias=%s the app did not answer in time",
+                         (unsigned long long)c->id, c->alias);
             conn_be_drop(c);
             conn_local_reply(c, 504, NULL, 1, NULL);
             return;
@@ -883,8 +897,7 @@ void conn_start(struct conn *c, enum cstate st, enum timer_kind tk)
     LIST_INSERT_HEAD(&w->conns, c, link);
     w->nconns++;
     atomic_fetch_add(w->clients, 1);
-    size_t high = w->limits->max_head + 16384;
-    bufferevent_setwatermark(c->cli, EV_READ, 0, high > CONN_HIGH_WATER ? high : CONN_HIGH_WATER);
+    read_watermark(c, w->limits);
     bufferevent_setwatermark(c->cli, EV_WRITE, CONN_LOW_WATER, 0);
     bufferevent_setcb(c->cli, cli_read, cli_write, cli_event, c);
     bufferevent_enable(c->cli, EV_READ | EV_WRITE);

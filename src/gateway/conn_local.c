@@ -63,8 +63,10 @@ static void node_done(struct offload_job *oj)
 
 void conn_node_forget(struct conn *c)
 {
-    if (c->node_job)
+    if (c->node_job) {
         c->node_job->c = NULL;
+        offload_cancel(&c->node_job->oj);
+    }
     c->node_job = NULL;
 }
 
@@ -108,7 +110,7 @@ void conn_node_request(struct conn *c, const struct http1_head *h, size_t head_l
         j->oj.work = node_work;
         j->oj.done = node_done;
         j->oj.base = c->w->base;
-        if (offload_submit(c->w->offload, &j->oj) == 0) {
+        if (offload_submit(c->w->offload, &j->oj, OFFLOAD_QUEUE_MAX) == 0) {
             c->node_job = j;
             c->st = CS_EXCHANGE;
             bufferevent_disable(c->cli, EV_READ);

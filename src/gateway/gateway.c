@@ -131,20 +131,19 @@ static void on_changed(void *arg, const char *section, const char *key, int live
     size_t n = strlen(list), cap = sizeof(ch->live);
     if (n + 64 < cap)
         snprintf(list + n, cap - n, "%s[%s] %s", n ? ", " : "", section, key);
+    else if (n + 5 < cap && strcmp(list + n - 3, "...") != 0)
+        snprintf(list + n, cap - n, ", ...");
 }
 
 /* The configuration file read again into a new generation whose keys that
- * apply only at a start are the running ones. NULL with err. */
-static struct config_gen *read_again(struct gateway *gw, struct changes *ch, char *err,
+ * apply only at a start are the running ones. NULL with err and *rc. */
+static struct config_gen *read_again(struct gateway *gw, struct changes *ch, int *rc, char *err,
                                      size_t errlen)
 {
     struct config_gen *g = xcalloc(1, sizeof(*g));
-    int rc = config_defaults(&g->cfg);
-    if (rc == 0)
-        rc = config_load(&g->cfg, gw->config_path, err, errlen);
-    else
-        snprintf(err, errlen, "its defaults cannot be set (no HOME?)");
-    if (rc < 0) {
+    (void)config_defaults(&g->cfg); /* no HOME: the file names its paths (as at the start) */
+    *rc = config_load(&g->cfg, gw->config_path, err, errlen);
+    if (*rc < 0) {
         config_free(&g->cfg);
         free(g);
         return NULL;
@@ -164,40 +163,15 @@ static struct config_gen *read_again(struct gateway *gw, struct changes *ch, cha
     return g;
 }
 
-/* SIGHUP: the configuration file (shared mode) and the certificate and key
- * read again. All or nothing: a file with an error, a certificate, CA or
- * grid-mapfile that cannot be read, or a node user who does not exist
- * leaves everything as it was. Open connections keep their certificate and
- * go on with the new limits and timeouts; the keys config_reconcile names
- * apply at the next start. */
-static void reload(struct gateway *gw)
+static int same_str(const char *a, const char *b)
 {
-    char err[512], id[JOBCERT_GATEWAY_ID_LEN + 1];
-    struct changes ch = {{0}, {0}};
-    struct config_gen *g = NULL;
-    struct tunnel_trust *trust = NULL;
-    struct node_users *users = NULL;
-    SSL_CTX *ctx = NULL;
-    int file = gw->cfg->shared && gw->config_path;
-    if (file) {
-        g = read_again(gw, &ch, err, sizeof(err));
-        if (!g || tunnel_trust_load(&g->cfg, &trust, err, sizeof(err)) < 0 ||
-            !(users = nodechan_users_load(&g->cfg, err, sizeof(err))))
-            goto refused;
-    }
-    ctx = load_tls(g ? &g->cfg : gw->cfg, 0, err, sizeof(err));
-    if (!ctx)
-        goto refused;
+    return !a == !b && (!a || strcmp(a, b) == 0);
+}
 
-    for (unsigned i = 0; i < gw->nworkers; i++)
-        worker_set_tls(&gw->workers[i], ctx);
-    tunnel_hub_set_cert(gw->hub, SSL_CTX_get0_certificate(ctx));
-    SSL_CTX_free(gw->ssl);
-    gw->ssl = ctx;
-    if (jobcert_gateway_id(SSL_CTX_get0_certificate(ctx), id) == 0)
-        log_info("SIGHUP: certificate read again (SHA-256 %.16s...) for new connections", id);
-    if (!g)
-        return;
+/* The new generation g (when a key that applies at once changed) in every
+ * holder; users (NULL: unchanged) to the node channel. */
+static void publish(struct gateway *gw, struct config_gen *g, struct node_users *users)
+{
     unsigned max_clients = g->cfg.max_connections != gw->cfg->max_connections
                                ? fit_nofile(g->cfg.max_connections) : 0;
     for (unsigned i = 0; i < gw->nworkers; i++) {
@@ -208,15 +182,80 @@ static void reload(struct gateway *gw)
             atomic_store(&w->max_clients, max_clients);
     }
     registry_reconfigure(gw->reg, &g->cfg);
-    tunnel_hub_reconfigure(gw->hub, &g->cfg, trust);
+    tunnel_hub_reconfigure(gw->hub, &g->cfg);
     nodechan_reconfigure(gw->nodes, &g->cfg, users);
     jobwatch_reconfigure(gw->watch, &g->cfg);
     g->older = gw->gens;
     gw->gens = g;
     gw->cfg = &g->cfg;
+}
+
+/* SIGHUP: the configuration file (shared mode) and the certificate and key
+ * read again. All or nothing: a file with an error, a certificate, CA or
+ * grid-mapfile that cannot be read, or a node user who does not exist
+ * leaves everything as it was. A file the gateway's account may not read
+ * (started as root, it dropped to [gateway] user) leaves the configuration
+ * as it runs and renews the certificate alone. Open connections keep their
+ * certificate and go on with the new limits and timeouts; the keys
+ * config_reconcile names apply at the next start. Nothing is kept for a
+ * SIGHUP that changes nothing (no new generation, the users' CA reused
+ * while its file is the same), so that renewal hooks do not grow memory. */
+static void reload(struct gateway *gw)
+{
+    char err[512], id[JOBCERT_GATEWAY_ID_LEN + 1];
+    struct changes ch = {{0}, {0}};
+    struct config_gen *g = NULL;
+    struct tunnel_trust *trust = NULL;
+    struct node_users *users = NULL;
+    SSL_CTX *ctx = NULL;
+    int file = gw->cfg->shared && gw->config_path, rc = 0, new_trust = 0;
+    if (file) {
+        g = read_again(gw, &ch, &rc, err, sizeof(err));
+        if (!g && rc == -EACCES) {
+            log_warn("SIGHUP: %s: the configuration stays as it runs (the gateway's account "
+                     "must be able to read it); the certificate alone is read again", err);
+            file = 0;
+        } else if (!g) {
+            goto refused;
+        }
+    }
+    const struct jg_config *cfg = g ? &g->cfg : gw->cfg;
+    if (file && !tunnel_trust_current(gw->hub, cfg)) {
+        if (tunnel_trust_load(cfg, &trust, err, sizeof(err)) < 0)
+            goto refused;
+        new_trust = 1;
+    }
+    if (file && !same_str(cfg->node_users, gw->cfg->node_users) &&
+        !(users = nodechan_users_load(cfg, err, sizeof(err))))
+        goto refused;
+    ctx = load_tls(cfg, 0, err, sizeof(err));
+    if (!ctx)
+        goto refused;
+
+    for (unsigned i = 0; i < gw->nworkers; i++)
+        worker_set_tls(&gw->workers[i], ctx);
+    tunnel_hub_set_cert(gw->hub, SSL_CTX_get0_certificate(ctx));
+    SSL_CTX_free(gw->ssl);
+    gw->ssl = ctx;
+    if (jobcert_gateway_id(SSL_CTX_get0_certificate(ctx), id) == 0)
+        log_info("SIGHUP: certificate read again (SHA-256 %.16s...) for new connections", id);
+    if (!file)
+        return;
+    if (new_trust) {
+        tunnel_hub_set_trust(gw->hub, trust);
+        log_info("SIGHUP: users' certificates: %s", cfg->client_ca ? "CA and grid-mapfile read "
+                 "again" : "none taken any more");
+    }
     if (ch.later[0])
         log_warn("SIGHUP: changed in the configuration file, but taken only at the next start: "
                  "%s", ch.later);
+    if (ch.live[0]) {
+        publish(gw, g, users);
+    } else {
+        nodechan_users_free(users); /* none: node_users is a key, so it did not change */
+        config_free(&g->cfg);
+        free(g);
+    }
     log_info("SIGHUP: configuration applied (%s)", ch.live[0] ? ch.live : "nothing changed");
     return;
 refused:
@@ -470,13 +509,16 @@ int gateway_reinit(struct gateway *gw)
 void gateway_free(struct gateway *gw)
 {
     log_flush();
+    /* A call stuck in a hung munged or NSS still uses the registry, the hub,
+     * the node channel and the agent CA when it returns: those then stay for
+     * the process's last moments. */
+    unsigned stuck = offload_stop(&gw->offload);
     control_stop(gw->control);
     for (int i = 0; i < 3; i++)
         if (gw->ev_signal[i])
             event_free(gw->ev_signal[i]);
     if (gw->ev_tick)
         event_free(gw->ev_tick);
-    offload_stop(&gw->offload);
     for (unsigned i = 0; gw->workers && i < gw->nworkers; i++)
         worker_free(&gw->workers[i]);
     free(gw->workers);
@@ -484,6 +526,12 @@ void gateway_free(struct gateway *gw)
     if (gw->ssl)
         SSL_CTX_free(gw->ssl);
     jobwatch_stop(gw->watch);
+    if (stuck) { /* gw stays as it is too (main's is static): the threads' offload */
+        log_warn("%u call%s to munged or the user database still waiting: the registry and "
+                 "the tunnel hub stay until the process exits", stuck, stuck == 1 ? "" : "s");
+        log_flush();
+        return;
+    }
     tunnel_hub_free(gw->hub);
     nodechan_free(gw->nodes);
     jobca_free(gw->jobca);

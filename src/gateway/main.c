@@ -130,7 +130,9 @@ int main(int argc, char **argv)
     }
 
     log_init("jobgated", !fg && cfg.use_syslog, verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO);
-    struct gateway gw;
+    /* static: a call stuck in a hung munged may still use it as the process exits
+     * (gateway_free) */
+    static struct gateway gw;
     static char cfgpath[PATH_MAX]; /* absolute (a detached gateway runs in /), and found
                                     * before the gateway may drop to an account that cannot */
     int have_path = file && realpath(file, cfgpath);

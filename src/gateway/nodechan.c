@@ -106,9 +106,11 @@ struct nodechan *nodechan_new(const struct jg_config *cfg, struct registry *reg,
 void nodechan_reconfigure(struct nodechan *nc, const struct jg_config *cfg,
                           struct node_users *users)
 {
-    users->older = nc->all;
-    nc->all = users;
-    atomic_store(&nc->users, users);
+    if (users) {
+        users->older = nc->all;
+        nc->all = users;
+        atomic_store(&nc->users, users);
+    }
     atomic_store(&nc->cfg, cfg);
 }
 
@@ -229,6 +231,7 @@ static int sign(struct nodechan *nc, const char *csr, const struct job *j, char 
 
 static int job_start(struct nodechan *nc, json_t *m, uid_t by, struct evbuffer *out)
 {
+    const struct jg_config *cfg = nc->cfg; /* one generation for the whole request */
     struct job j = {.id = job_id_of(m)};
     json_t *uidv = json_object_get(m, "uid"), *limv = json_object_get(m, "time_limit");
     const char *user = json_string_value(json_object_get(m, "user"));
@@ -259,13 +262,13 @@ static int job_start(struct nodechan *nc, json_t *m, uid_t by, struct evbuffer *
         return refuse(out, 400, "the job's uid has no user on the gateway's host");
     if (strcmp(res->pw_name, j.user) != 0)
         return refuse(out, 400, "the job's 'user' and 'uid' disagree on the gateway's host");
-    if (!nc->cfg->shared && j.uid != nc->self)
+    if (!cfg->shared && j.uid != nc->self)
         return refuse(out, 403, "this personal gateway takes only its own user's jobs");
 
-    int64_t now = now_real(), life = nc->cfg->job_cert_max;
+    int64_t now = now_real(), life = cfg->job_cert_max;
     int64_t lim = limv ? json_integer_value(limv) : 0;
-    if (lim > 0 && lim < life - nc->cfg->job_cert_margin)
-        life = lim + nc->cfg->job_cert_margin;
+    if (lim > 0 && lim < life - cfg->job_cert_margin)
+        life = lim + cfg->job_cert_margin;
     j.not_after = now + life;
 
     /* The request is checked (signed) before anything is recorded; signed again in the

@@ -51,7 +51,8 @@ void nodechan_free(struct nodechan *nc);
 struct node_users *nodechan_users_load(const struct jg_config *cfg, char *err, size_t errlen);
 void nodechan_users_free(struct node_users *u);
 /* SIGHUP (main thread): nc works by cfg and users (nodechan_users_load of
- * cfg, taken) from now on; the caller keeps cfg until nc is freed. */
+ * cfg, taken; NULL: the list it has) from now on; the caller keeps cfg
+ * until nc is freed. */
 void nodechan_reconfigure(struct nodechan *nc, const struct jg_config *cfg,
                           struct node_users *users);
 

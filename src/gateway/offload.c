@@ -2,6 +2,7 @@
 #include "offload.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 #include <time.h>
 
@@ -40,7 +41,8 @@ static void *pool_main(void *arg)
         j->running = 1;
         o->running++;
         pthread_mutex_unlock(&o->mu);
-        j->work(j);
+        if (!atomic_load(&j->cancelled))
+            j->work(j);
         pthread_mutex_lock(&o->mu);
         j->running = 0;
         o->running--;
@@ -62,25 +64,32 @@ int offload_start(struct offload *o)
     TAILQ_INIT(&o->queue);
     TAILQ_INIT(&o->flight);
     o->ready = 1;
-    for (; o->nthreads < OFFLOAD_THREADS; o->nthreads++) {
-        int rc = pthread_create(&o->threads[o->nthreads], NULL, pool_main, o);
-        if (rc != 0)
-            return -rc;
-    }
-    return 0;
+    /* No signal of the daemon's lands here (it would interrupt munged's or
+     * NSS's calls): the threads start with every signal blocked. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = 0;
+    for (; o->nthreads < OFFLOAD_THREADS && rc == 0; o->nthreads++)
+        rc = pthread_create(&o->threads[o->nthreads], NULL, pool_main, o);
+    if (rc != 0)
+        o->nthreads--;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return -rc;
 }
 
-int offload_submit(struct offload *o, struct offload_job *j)
+int offload_submit(struct offload *o, struct offload_job *j, unsigned limit)
 {
     int rc = 0;
     pthread_mutex_lock(&o->mu);
     if (o->stop || o->nthreads == 0) {
         rc = -ESHUTDOWN;
-    } else if (o->count >= OFFLOAD_QUEUE_MAX) {
+    } else if (o->count >= limit || o->count >= OFFLOAD_QUEUE_MAX) {
         rc = -EBUSY;
     } else {
         j->o = o;
         j->running = 0;
+        atomic_store(&j->cancelled, 0);
         TAILQ_INSERT_TAIL(&o->queue, j, link);
         o->count++;
         pthread_cond_signal(&o->cond);
@@ -89,10 +98,15 @@ int offload_submit(struct offload *o, struct offload_job *j)
     return rc;
 }
 
-void offload_stop(struct offload *o)
+void offload_cancel(struct offload_job *j)
 {
-    if (!o->ready)
-        return;
+    atomic_store(&j->cancelled, 1);
+}
+
+unsigned offload_stop(struct offload *o)
+{
+    if (!o->ready || o->stop)
+        return o->stuck;
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += STOP_WAIT_SECS;
@@ -101,11 +115,9 @@ void offload_stop(struct offload *o)
     pthread_cond_broadcast(&o->cond);
     while (o->running > 0 && pthread_cond_timedwait(&o->cond, &o->mu, &until) == 0)
         ;
-    unsigned stuck = o->running;
+    unsigned stuck = o->stuck = o->running;
     pthread_mutex_unlock(&o->mu);
     if (stuck) {
-        log_warn("offload: %u call%s to munged or the user database still waiting: left behind",
-                 stuck, stuck == 1 ? "" : "s");
         for (unsigned i = 0; i < o->nthreads; i++)
             pthread_detach(o->threads[i]);
     } else {
@@ -113,6 +125,7 @@ void offload_stop(struct offload *o)
             pthread_join(o->threads[i], NULL);
     }
     o->nthreads = 0;
+    return stuck;
 }
 
 void offload_free(struct offload *o)

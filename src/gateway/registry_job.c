@@ -257,7 +257,8 @@ static int copy_job(const struct job *j, void *arg)
     o->jobs[o->n] = *j;
     o->first[o->n] = o->ndests;
     o->count[o->n] = nd;
-    memcpy(o->dests + o->ndests, d, nd * sizeof(*d));
+    if (nd) /* none: d and o->dests may be NULL, and memcpy's pointers must not be */
+        memcpy(o->dests + o->ndests, d, nd * sizeof(*d));
     o->ndests += nd;
     o->n++;
     return 0;
@@ -292,7 +293,8 @@ int registry_jobs(struct registry *reg, uid_t uid, int all, struct registry_jobs
     unsigned k = 0;
     for (unsigned i = 0; i < out->n; i++) {
         out->jobs[i] = v[i].j;
-        memcpy(dests + k, out->dests + v[i].first, v[i].count * sizeof(*dests));
+        if (v[i].count)
+            memcpy(dests + k, out->dests + v[i].first, v[i].count * sizeof(*dests));
         out->first[i] = k;
         out->count[i] = v[i].count;
         k += v[i].count;

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/queue.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <event2/bufferevent.h>
@@ -117,6 +118,7 @@ struct tunnel {
     uint32_t job;               /* its job: the certificate's (jobcert), or the hello's once
                                  * the scheduler confirmed it; else 0 */
     uint32_t claimed;           /* T_VERIFY: the job the hello named */
+    int64_t verify_at;          /* ... since when the scheduler is asked (monotonic ms) */
     struct event *ev_verdict;   /* the scheduler's answer arrived (verdict below) */
     int verdict;                /* under the hub's mutex: 1 confirmed, -1 not, 0 none yet */
     char verdict_why[160];      /* under the hub's mutex */
@@ -148,6 +150,8 @@ struct tunnel {
 struct tunnel_trust {
     X509_STORE *store;         /* [tunnel] client_ca: users' own certificates */
     struct gridmap *gridmap;   /* ... mapped to users (gridmap.h: locks inside) */
+    char *ca_path, *gridmap_path; /* what it was read from (NULL: none) */
+    struct stat ca_st;         /* the CA file as it was read */
     struct tunnel_trust *older; /* the ones it replaced (SIGHUP), kept until the hub ends */
 };
 

@@ -127,7 +127,11 @@ int tunnel_trust_load(const struct jg_config *cfg, struct tunnel_trust **out, ch
     if (!cfg->client_ca)
         return 0;
     struct tunnel_trust *tr = xcalloc(1, sizeof(*tr));
+    tr->ca_path = xstrdup(cfg->client_ca);
+    tr->gridmap_path = xstrdup(cfg->gridmap);
     tr->store = X509_STORE_new();
+    if (stat(cfg->client_ca, &tr->ca_st) < 0)
+        memset(&tr->ca_st, 0, sizeof(tr->ca_st));
     if (!tr->store || X509_STORE_load_file(tr->store, cfg->client_ca) != 1) {
         errmsg(err, errlen, -EINVAL, "[tunnel] client_ca: cannot load %s: %s", cfg->client_ca,
                tls_errstr());
@@ -149,13 +153,34 @@ void tunnel_trust_free(struct tunnel_trust *tr)
         struct tunnel_trust *older = tr->older;
         X509_STORE_free(tr->store);
         gridmap_free(tr->gridmap);
+        free(tr->ca_path);
+        free(tr->gridmap_path);
         free(tr);
         tr = older;
     }
 }
 
-void tunnel_hub_reconfigure(struct tunnel_hub *hub, const struct jg_config *cfg,
-                            struct tunnel_trust *trust)
+static int same_path(const char *a, const char *b)
+{
+    return !a == !b && (!a || strcmp(a, b) == 0);
+}
+
+int tunnel_trust_current(struct tunnel_hub *hub, const struct jg_config *cfg)
+{
+    struct stat st;
+    pthread_mutex_lock(&hub->mu);
+    const struct tunnel_trust *tr = hub->trust;
+    pthread_mutex_unlock(&hub->mu);
+    const char *ca = tr ? tr->ca_path : NULL, *gm = tr ? tr->gridmap_path : NULL;
+    if (!same_path(ca, cfg->client_ca) || !same_path(gm, cfg->gridmap))
+        return 0;
+    return !ca || (stat(ca, &st) == 0 && st.st_ino == tr->ca_st.st_ino &&
+                   st.st_dev == tr->ca_st.st_dev && st.st_size == tr->ca_st.st_size &&
+                   st.st_mtim.tv_sec == tr->ca_st.st_mtim.tv_sec &&
+                   st.st_mtim.tv_nsec == tr->ca_st.st_mtim.tv_nsec);
+}
+
+void tunnel_hub_set_trust(struct tunnel_hub *hub, struct tunnel_trust *trust)
 {
     pthread_mutex_lock(&hub->mu);
     if (trust) {
@@ -167,6 +192,10 @@ void tunnel_hub_reconfigure(struct tunnel_hub *hub, const struct jg_config *cfg,
         hub->trust = none;
     }
     pthread_mutex_unlock(&hub->mu);
+}
+
+void tunnel_hub_reconfigure(struct tunnel_hub *hub, const struct jg_config *cfg)
+{
     atomic_store(&hub->cfg, cfg);
 }
 
@@ -419,8 +448,10 @@ static void t_tick(evutil_socket_t fd, short what, void *arg)
     }
     if (t->st == T_HELLO && now - t->started > cf->hello_wait * 1000) {
         tunnel_kill(t, "no hello within %" PRId64 " s", cf->hello_wait);
-    } else if (t->st == T_VERIFY && now - t->started > cf->t_handshake * 500) {
-        /* The scheduler is slow: the tunnel works, without the job. */
+    } else if (t->st == T_VERIFY && (now - t->verify_at > cf->t_handshake * 500 ||
+                                     now - t->started >= cf->t_handshake * 1000)) {
+        /* The scheduler is slow (half the handshake time from the question,
+         * within the handshake's): the tunnel works, without the job. */
         tctl_welcome(t, "the scheduler did not answer in time");
     } else if (t->st != T_READY && now - t->started > cf->t_handshake * 1000) {
         tunnel_kill(t, "no welcome within %" PRId64 " s", cf->t_handshake);

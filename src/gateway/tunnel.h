@@ -73,11 +73,16 @@ struct tunnel_trust;
 int tunnel_trust_load(const struct jg_config *cfg, struct tunnel_trust **out, char *err,
                       size_t errlen);
 void tunnel_trust_free(struct tunnel_trust *tr);
-/* SIGHUP: the hub works by cfg from now on (the caller keeps cfg until the
- * hub is freed) and takes trust (tunnel_trust_load of that cfg) in place of
- * its own; hellos under way finish with the old one, kept until the end. */
-void tunnel_hub_reconfigure(struct tunnel_hub *hub, const struct jg_config *cfg,
-                            struct tunnel_trust *trust);
+/* 1 when the hub's users' certificates are those of cfg: the same files, the
+ * CA file unchanged since it was read (the grid-mapfile follows its file by
+ * itself). Main thread. */
+int tunnel_trust_current(struct tunnel_hub *hub, const struct jg_config *cfg);
+/* SIGHUP: the hub takes trust (tunnel_trust_load, NULL: none) in place of its
+ * own; hellos under way finish with the old one, kept until the end. */
+void tunnel_hub_set_trust(struct tunnel_hub *hub, struct tunnel_trust *trust);
+/* SIGHUP: the hub works by cfg from now on (kept by the caller until the hub
+ * is freed). */
+void tunnel_hub_reconfigure(struct tunnel_hub *hub, const struct jg_config *cfg);
 
 /* Takes a TLS connection whose handshake chose ALPN jobgate/1 (from conn). */
 void tunnel_adopt_tls(struct worker *w, struct bufferevent *bev, const char *ip);

@@ -353,6 +353,7 @@ static void hello_authed(struct tunnel *t, struct hello_job *j)
         parse_uint(j->job, 1, UINT32_MAX - 1, &claimed) == 0) {
         t->claimed = (uint32_t)claimed;
         t->st = T_VERIFY;
+        t->verify_at = now_mono_ms();
         if (t->hub->ask_job(t->hub->ask_arg, t->claimed, uid, j->node, t->id) == 0)
             return;
         t->claimed = 0;
@@ -381,8 +382,10 @@ static void hello_done(struct offload_job *oj)
 
 void tctl_hello_forget(struct tunnel *t)
 {
-    if (t->hello)
+    if (t->hello) {
         t->hello->t = NULL;
+        offload_cancel(&t->hello->oj);
+    }
     t->hello = NULL;
 }
 
@@ -416,7 +419,7 @@ void tctl_hello(struct tunnel *t, json_t *m)
     j->oj.work = hello_work;
     j->oj.done = hello_done;
     j->oj.base = t->w->base;
-    int rc = offload_submit(t->w->offload, &j->oj);
+    int rc = offload_submit(t->w->offload, &j->oj, OFFLOAD_QUEUE_MAX - OFFLOAD_RESERVE);
     if (rc < 0) {
         hello_job_free(j);
         tctl_refuse(t, "busy", rc == -EBUSY ? "the gateway is checking too many credentials "

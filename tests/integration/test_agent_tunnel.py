@@ -297,6 +297,34 @@ def test_refused_hello_exits_without_running_the_app(tenv):
     assert not marker.exists()
 
 
+def test_a_busy_gateway_is_tried_again_while_opening(tenv):
+    """code "busy" (the gateway has too many credential checks under way) is not a refusal:
+    the agent tries again with its backoff, a few times while it opens, and runs the app once
+    welcomed; a gateway that stays busy ends the run with the reason."""
+    gw = tenv.gateway()
+    busy = []
+
+    def answer(c, h):
+        if len(busy) < 2:
+            busy.append(c)
+            return {"type": "error", "code": "busy", "error": "try again shortly"}
+        return {"type": "welcome", "uid": os.getuid(), "user": "tester", "tunnel": "t1"}
+    gw.hello_reply = answer
+    tenv.pin()
+    a = tenv.run(["-g", gw_url(gw)])
+    conn = gw.wait_conn(3, timeout=20)
+    conn.wait_registered()
+    assert len(busy) == 2
+    assert a.proc.poll() is None
+    a.stop()
+    gw2 = tenv.gateway()
+    gw2.hello_reply = lambda c, h: {"type": "error", "code": "busy", "error": "still busy"}
+    out = tenv.cli("run", "-g", gw_url(gw2), "--", "sleep", "30", timeout=90)
+    assert out.returncode == 1, out
+    assert "is busy: still busy" in out.stderr.decode(), out.stderr
+    assert len(gw2.conns) == 6, len(gw2.conns)  # the first and five more
+
+
 def test_untrusted_certificate(tenv):
     gw = tenv.gateway()
     out = tenv.cli("run", "-g", gw_url(gw), "--", "true")

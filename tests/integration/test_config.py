@@ -441,6 +441,14 @@ def test_shared_mode_drops_to_its_account_and_serves(binaries):
         assert out[0]["ok"], out
         s = gw.login(out[0]["alias"], out[0]["link"])
         assert s.get("/").status == 200
+        # SIGHUP as nobody: a configuration file only root may read leaves the configuration
+        # as it runs and renews the certificate alone; readable again, it applies.
+        os.chmod(gw.config_path, 0o600)
+        lines = gw.reconfigure({"links": {"ttl": "1h"}}, expect="SIGHUP: certificate read again")
+        assert "Permission denied" in lines and "the certificate alone is read again" in lines
+        assert "configuration applied" not in lines, lines
+        os.chmod(gw.config_path, 0o644)
+        gw.reconfigure({}, expect="SIGHUP: configuration applied ([links] ttl)")
         assert gw.stop() == 0
     finally:
         if app:

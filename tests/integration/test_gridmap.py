@@ -193,8 +193,11 @@ def test_sighup_takes_a_new_users_ca_and_grid_mapfile(make_gateway, tmp_path):
     finally:
         a.close()
 
+    assert "users' certificates" not in gw.reconfigure({}), "an unchanged CA file read again"
     ca_path.write_text(pem(new.cert))  # the site's CA renewed: the same file, read again
-    assert "client_ca" not in gw.reconfigure({}).split("applied")[-1]
+    lines = gw.reconfigure({})
+    assert "users' certificates: CA and grid-mapfile read again" in lines, lines
+    assert "configuration applied (nothing changed)" in lines, lines
     err = hello_error(gw, cert_auth(*old.user("Alice")))
     assert "certificate refused" in err["error"], err
     a = FakeAgent(port=gw.port, auth=cert_auth(*new.user("Alice")))

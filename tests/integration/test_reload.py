@@ -103,3 +103,23 @@ def test_sighup_in_personal_mode_reads_the_certificate_again(binaries):
         gw.assert_alive()
     finally:
         _finish(gw)
+
+
+def test_sighup_raising_the_head_limit_counts_on_open_connections(binaries):
+    """A head larger than the read buffer an open connection was given at its start (256 KiB)
+    is read whole once SIGHUP raised [limits] header_bytes (it stalled into a 408 before)."""
+    gw = _gateway({"timeouts": {"request_head": "3s"}}, name="reload-head")
+    try:
+        c = gw.connect("nothing")
+        try:
+            c.send(build_request("GET", "/", gw.host("nothing")))
+            assert c.read_response("GET").status == 404
+            lines = gw.reconfigure({"limits": {"header_bytes": "1048576"}})
+            assert "[limits] header_bytes" in lines, lines
+            big = [(f"X-Big-{i}", "b" * 8000) for i in range(40)]  # 320 KB
+            c.send(build_request("GET", "/", gw.host("nothing"), headers=big))
+            assert c.read_response("GET").status == 404
+        finally:
+            c.close()
+    finally:
+        _finish(gw)

@@ -68,7 +68,7 @@ static void test_work_off_the_loop_done_on_it(void **state)
     int dones = 0;
     assert_int_equal(offload_start(&o), 0);
     for (int i = 0; i < 10; i++)
-        assert_int_equal(offload_submit(&o, &new_job(base, &dones, 10)->oj), 0);
+        assert_int_equal(offload_submit(&o, &new_job(base, &dones, 10)->oj, OFFLOAD_QUEUE_MAX), 0);
     struct timeval limit = {10, 0};
     event_base_loopexit(base, &limit);
     event_base_dispatch(base);
@@ -91,7 +91,7 @@ static void test_bounded_and_left_jobs_done_at_the_end(void **state)
         struct tjob *j = new_job(base, &dones, 1 << 30);
         j->block = 1;
         j->release = &release;
-        int rc = offload_submit(&o, &j->oj);
+        int rc = offload_submit(&o, &j->oj, OFFLOAD_QUEUE_MAX);
         if (rc < 0) {
             assert_int_equal(rc, -EBUSY);
             free(j);
@@ -102,7 +102,7 @@ static void test_bounded_and_left_jobs_done_at_the_end(void **state)
     release = 1;
     offload_stop(&o); /* no loop ran: the works' dones were never posted */
     struct tjob *late = new_job(base, &dones, 1);
-    assert_int_equal(offload_submit(&o, &late->oj), -ESHUTDOWN);
+    assert_int_equal(offload_submit(&o, &late->oj, OFFLOAD_QUEUE_MAX), -ESHUTDOWN);
     free(late);
     event_base_free(base); /* drops what was posted to it */
     offload_free(&o);      /* ... whose jobs go to their done here */
