@@ -124,7 +124,7 @@ void publish_tunnel_event(void *arg, const struct agent_tunnel_event *ev)
         if (r->json)
             run_emit_json(json_pack("{s:s,s:s}", "event", "lost", "reason",
                                     ev->reason ? ev->reason : ""));
-        cli_error("%s", ev->message);
+        cli_error("%s", ev->message ? ev->message : "lost the connection to the gateway");
         app_end();
     } else if (ev->message) {
         cli_error("%s", ev->message);

@@ -282,6 +282,12 @@ void conn_teardown(struct tconn *c);
 void conn_retry_cb(evutil_socket_t fd, short what, void *arg);
 /* Dials now (the retry timer's work; also to wake a sleeping tunnel). */
 void conn_attempt(struct agent_tunnel *t);
+/* t's new connection (t->conn, before it dials), its timers and control
+ * buffer made; -ENOMEM when one was not (the connection exists all the
+ * same: conn_fail ends it). */
+int conn_new(struct agent_tunnel *t);
+/* The gateway's bytes in into the HTTP/2 session (a bad frame ends the connection). */
+void conn_take_input(struct tconn *c, struct evbuffer *in);
 /* Arms or stops the keepalive timer after anything that changes whether
  * the connection is idle (a stream ended, an answer came). */
 void conn_idle_check(struct tconn *c);

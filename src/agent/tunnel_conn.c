@@ -94,10 +94,9 @@ static void conn_flush(struct tconn *c)
         conn_fail(c, "HTTP/2 error: %s", nghttp2_strerror(rv));
 }
 
-static void conn_read_cb(struct bufferevent *b, void *arg)
+void conn_take_input(struct tconn *c, struct evbuffer *in)
 {
-    struct tconn *c = arg;
-    int rv = c->h2 ? tunnel_bridge_pump_in(c->h2, bufferevent_get_input(b), &c->dead) : 0;
+    int rv = c->h2 ? tunnel_bridge_pump_in(c->h2, in, &c->dead) : 0;
     if (rv < 0) {
         if (c->closing)
             conn_fail(c, "%s", c->reason);
@@ -105,6 +104,12 @@ static void conn_read_cb(struct bufferevent *b, void *arg)
             conn_fail_rc(c, -EPROTO, "HTTP/2 error from the gateway at %s: %s", c->t->where,
                          nghttp2_strerror(rv));
     }
+}
+
+static void conn_read_cb(struct bufferevent *b, void *arg)
+{
+    struct tconn *c = arg;
+    conn_take_input(c, bufferevent_get_input(b));
     conn_pump(c);
 }
 
@@ -319,9 +324,8 @@ static int64_t poll_delay_ms(const struct agent_tunnel *t)
 /* One connection attempt. Dialing blocks this thread (bounded by
  * TUNNEL_OPEN_TIMEOUT_MS); nothing else needs it while there is no
  * connection, and commands wait in the queue. */
-void conn_attempt(struct agent_tunnel *t)
+int conn_new(struct agent_tunnel *t)
 {
-    char err[ERRLEN];
     struct tconn *c = xcalloc(1, sizeof(*c));
     c->t = t;
     c->wake = t->asleep;
@@ -333,8 +337,16 @@ void conn_attempt(struct agent_tunnel *t)
     c->ping_deadline = evtimer_new(t->base, ping_deadline_cb, c);
     c->close_timer = evtimer_new(t->base, close_timer_cb, c);
     c->ctl_out = evbuffer_new();
-    if (!c->phase_timer || !c->ping_timer || !c->ping_deadline ||
-        !c->close_timer || !c->ctl_out || !c->idle_timer) {
+    return c->phase_timer && c->ping_timer && c->ping_deadline && c->close_timer &&
+           c->ctl_out && c->idle_timer ? 0 : -ENOMEM;
+}
+
+void conn_attempt(struct agent_tunnel *t)
+{
+    char err[ERRLEN];
+    int made = conn_new(t);
+    struct tconn *c = t->conn;
+    if (made < 0) {
         conn_fail(c, "out of memory");
         conn_pump(c);
         return;

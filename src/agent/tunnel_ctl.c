@@ -230,9 +230,12 @@ static void on_welcome(struct tconn *c, json_t *m)
         t->policy.poll = json_integer_value(gp);
     }
     const char *refused = json_string_value(json_object_get(m, "job_refused"));
-    if (refused && !again)
-        tun_notice(t, "the gateway does not bind this app to job %s: %.200s",
-                   t->job ? t->job : "?", refused);
+    if (refused && !again) {
+        char why[201];
+        tun_printable(why, sizeof(why), refused, 200); /* the gateway's text: printable */
+        tun_notice(t, "the gateway does not bind this app to job %s: %s", t->job ? t->job : "?",
+                   why);
+    }
     if (t->opening) {
         t->opening = 0;
         tun_waiter_done(t, &t->open_w, 0, NULL, NULL);
@@ -389,9 +392,11 @@ static void cmsg_message(struct tconn *c, const char *line, size_t len)
     if (len == 0 || (len == 1 && line[0] == '\r'))
         return;
     json_t *m;
-    char why[200];
+    char why[200], pwhy[161];
     if (tunnel_msg_decode(line, len, &m, why, sizeof(why)) < 0) {
-        conn_protocol_error(c, "malformed control message (%s)", why);
+        /* jansson quotes the gateway's bytes: printable before they become a message */
+        tun_printable(pwhy, sizeof(pwhy), why, 160);
+        conn_protocol_error(c, "malformed control message (%s)", pwhy);
         return;
     }
     const char *type = json_string_value(json_object_get(m, "type"));
