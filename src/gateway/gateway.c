@@ -163,11 +163,6 @@ static struct config_gen *read_again(struct gateway *gw, struct changes *ch, int
     return g;
 }
 
-static int same_str(const char *a, const char *b)
-{
-    return !a == !b && (!a || strcmp(a, b) == 0);
-}
-
 /* The new generation g (when a key that applies at once changed) in every
  * holder; users (NULL: unchanged) to the node channel. */
 static void publish(struct gateway *gw, struct config_gen *g, struct node_users *users)
@@ -225,7 +220,7 @@ static void reload(struct gateway *gw)
             goto refused;
         new_trust = 1;
     }
-    if (file && !same_str(cfg->node_users, gw->cfg->node_users) &&
+    if (file && !str_same(cfg->node_users, gw->cfg->node_users) &&
         !(users = nodechan_users_load(cfg, err, sizeof(err))))
         goto refused;
     ctx = load_tls(cfg, 0, err, sizeof(err));

@@ -160,11 +160,6 @@ void tunnel_trust_free(struct tunnel_trust *tr)
     }
 }
 
-static int same_path(const char *a, const char *b)
-{
-    return !a == !b && (!a || strcmp(a, b) == 0);
-}
-
 int tunnel_trust_current(struct tunnel_hub *hub, const struct jg_config *cfg)
 {
     struct stat st;
@@ -172,7 +167,7 @@ int tunnel_trust_current(struct tunnel_hub *hub, const struct jg_config *cfg)
     const struct tunnel_trust *tr = hub->trust;
     pthread_mutex_unlock(&hub->mu);
     const char *ca = tr ? tr->ca_path : NULL, *gm = tr ? tr->gridmap_path : NULL;
-    if (!same_path(ca, cfg->client_ca) || !same_path(gm, cfg->gridmap))
+    if (!str_same(ca, cfg->client_ca) || !str_same(gm, cfg->gridmap))
         return 0;
     return !ca || (stat(ca, &st) == 0 && st.st_ino == tr->ca_st.st_ino &&
                    st.st_dev == tr->ca_st.st_dev && st.st_size == tr->ca_st.st_size &&

@@ -319,7 +319,6 @@ static int hello_policy(struct tunnel *t, json_t *p, char *why, size_t wl)
     return 0;
 }
 
-
 /* Back on the tunnel's loop with the credential's verdict and the user's name. */
 static void hello_authed(struct tunnel *t, struct hello_job *j)
 {

@@ -760,8 +760,7 @@ static int key_differs(const struct keydef *k, const struct jg_config *a, const 
     case K_DURATION:
         return *(const int64_t *)pa != *(const int64_t *)pb;
     default: {
-        const char *sa = *(char *const *)pa, *sb = *(char *const *)pb;
-        return !sa != !sb || (sa && strcmp(sa, sb) != 0);
+        return !str_same(*(char *const *)pa, *(char *const *)pb);
     }
     }
 }

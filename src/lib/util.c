@@ -43,6 +43,11 @@ void *xrealloc(void *p, size_t n)
     return q;
 }
 
+int str_same(const char *a, const char *b)
+{
+    return !a == !b && (!a || strcmp(a, b) == 0);
+}
+
 char *xstrdup(const char *s)
 {
     return xstrndup(s, strlen(s));

@@ -25,6 +25,8 @@ void *xmalloc(size_t n);
 void *xcalloc(size_t nmemb, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
+/* 1 when a and b are equal strings, or both NULL. */
+int str_same(const char *a, const char *b);
 char *xstrndup(const char *s, size_t n);
 
 /* snprintf that reports truncation: returns 0 when the whole string fit,
